@@ -1,0 +1,129 @@
+"""Run configuration: one TOML (or JSON) file with a section per stage.
+
+Parsed with tomllib/json only (config text is never evaluated). Unknown keys are user errors, so a
+typo does not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+@dataclass
+class TeacherCfg:
+    model: str = "efficientnet_lite0"
+    weights: str = "default"       # default | hub | offline-lite0 | path to .safetensors/.pth
+    resolution: int | None = None   # None: the model's own input size
+
+
+@dataclass
+class DataCfg:
+    train: str = "embedded"         # embedded | folder path (class subfolders or labels.tsv)
+    eval: str | None = None         # None: a held-out part of `train`
+    eval_fraction: float = 0.2
+    max_images: int | None = None
+
+
+@dataclass
+class DistillCfg:
+    preset: str = "tiny"
+    steps: int = 200
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup_steps: int = 10
+    resolution: int | None = None   # distillation resolution; None: teacher resolution
+    slots: list[int] | None = None
+    spans: int = 0                  # fused spans of up to this many slots (0: none)
+    group_mb: int = 4000            # memory budget per candidate group
+    checkpoint_every: int = 50
+    seed: int = 0
+
+
+@dataclass
+class ScoreCfg:
+    batch_size: int = 32
+    max_images: int | None = None
+
+
+@dataclass
+class ProfileCfg:
+    backend: str = "ort"
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    batch: int = 1
+    threads: int | None = None
+    lut: str | None = None          # None: ~/.cache/hant-trt/latency.sqlite
+    max_seconds: float = 2.0        # per-measurement time cap
+    cv_target: float = 0.02
+
+
+@dataclass
+class SearchCfg:
+    budget: str = "0.7x"            # "0.7x" of the teacher, "2ms", "0.002s"
+    metric: str = "agreement"
+    solver: str = "cbc"
+    time_limit: float = 60.0
+    sweep: int = 0
+
+
+@dataclass
+class BuildCfg:
+    finetune_steps: int = 100
+    finetune_lr: float = 1e-4
+    batch_size: int = 16
+    engine_name: str | None = None
+
+
+@dataclass
+class RunConfig:
+    run_dir: str = "runs/demo"
+    teacher: TeacherCfg = field(default_factory=TeacherCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    distill: DistillCfg = field(default_factory=DistillCfg)
+    score: ScoreCfg = field(default_factory=ScoreCfg)
+    profile: ProfileCfg = field(default_factory=ProfileCfg)
+    search: SearchCfg = field(default_factory=SearchCfg)
+    build: BuildCfg = field(default_factory=BuildCfg)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _fill(cls: type, data: dict, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise UserError(f"config: [{where}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise UserError(f"config: unknown key '{key}' in [{where}] (known: {', '.join(fields)})")
+        sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            kwargs[key] = _fill(sub, value, key)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def from_dict(data: dict) -> RunConfig:
+    return _fill(RunConfig, data, "top level")
+
+
+def load(path: str | Path) -> RunConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {p} not found")
+    try:
+        if p.suffix == ".json":
+            data = json.loads(p.read_text())
+        else:
+            data = tomllib.loads(p.read_text())
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {p} is not valid {'JSON' if p.suffix == '.json' else 'TOML'}: {exc}") from None
+    return from_dict(data)

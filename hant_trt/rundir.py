@@ -1,0 +1,149 @@
+"""The run directory: the one thing stages hand to each other.
+
+`run.json` records the configuration, package versions, teacher, device and each stage's status
+(`pending`, `running`, `done`) with a fingerprint of the stage's inputs. A stage skips itself when
+it is `done` with the same fingerprint; a `running` status left by a kill means "resume".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import atomic
+from .errors import UserError
+
+STAGES = ("teacher", "distill", "score", "profile", "search", "build")
+MANIFEST = "run.json"
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable short hash of JSON-able data (dict key order does not matter)."""
+    text = json.dumps(obj, sort_keys=True, default=atomic._jsonable, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("hant-trt", "torch", "torchvision", "timm", "onnx", "onnxruntime", "pulp",
+                 "polygraphy", "tensorrt"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class StageStatus:
+    status: str = "pending"
+    fingerprint: str = ""
+    started: float | None = None
+    finished: float | None = None
+    info: dict | None = None
+
+
+class RunDir:
+    """A run directory and its manifest. Safe for several processes (ranks) at once."""
+
+    def __init__(self, path: str | Path, create: bool = True):
+        self.root = Path(path)
+        if not self.root.exists():
+            if not create:
+                raise UserError(f"run directory {self.root} does not exist")
+            self.root.mkdir(parents=True)
+        elif not self.root.is_dir():
+            raise UserError(f"run directory {self.root} is not a directory")
+        mpath = self.root / MANIFEST
+        if not mpath.exists():
+            if not create:
+                raise UserError(f"{self.root} is not a run directory (no {MANIFEST})")
+            with self._locked():
+                if not mpath.exists():
+                    atomic.write_json(mpath, {
+                        "format": 1,
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                        "packages": package_versions(),
+                        "config": {},
+                        "teacher": {},
+                        "stages": {},
+                    })
+        self.manifest()  # fail early on a corrupt manifest
+
+    # -- paths -----------------------------------------------------------------------------
+    def path(self, *parts: str) -> Path:
+        p = self.root.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    # -- manifest --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.root / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def manifest(self) -> dict:
+        try:
+            return json.loads((self.root / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"{self.root / MANIFEST} is unreadable or corrupt ({exc})") from None
+
+    def update(self, **fields: Any) -> dict:
+        """Merge top-level fields into the manifest under the lock."""
+        with self._locked():
+            m = self.manifest()
+            m.update(fields)
+            atomic.write_json(self.root / MANIFEST, m)
+            return m
+
+    def stage(self, name: str) -> StageStatus:
+        raw = self.manifest().get("stages", {}).get(name)
+        return StageStatus(**raw) if raw else StageStatus()
+
+    def is_done(self, name: str, fp: str) -> bool:
+        st = self.stage(name)
+        return st.status == "done" and st.fingerprint == fp
+
+    def set_stage(self, name: str, status: str, fp: str, info: dict | None = None) -> None:
+        with self._locked():
+            m = self.manifest()
+            st = m.setdefault("stages", {}).get(name) or {}
+            now = time.time()
+            if status == "running" and st.get("status") != "running":
+                st["started"] = now
+            if status == "done":
+                st["finished"] = now
+            st.update(status=status, fingerprint=fp)
+            if info is not None:
+                st["info"] = info
+            m["stages"][name] = st
+            atomic.write_json(self.root / MANIFEST, m)
+
+    def invalidate_from(self, name: str) -> None:
+        """Mark `name` and every later stage pending (for `run --from STAGE`)."""
+        with self._locked():
+            m = self.manifest()
+            for s in STAGES[STAGES.index(name):]:
+                if s in m.get("stages", {}):
+                    m["stages"][s]["status"] = "pending"
+            atomic.write_json(self.root / MANIFEST, m)
+
+    def require(self, name: str) -> dict:
+        """The stage's manifest entry; a user error if it has not finished."""
+        st = self.stage(name)
+        if st.status != "done":
+            raise UserError(f"stage '{name}' has not finished in {self.root}: run `hant-trt {name}` first")
+        return st.info or {}
