@@ -1,0 +1,132 @@
+"""End-to-end fine-tune of the assembled student by distillation from the teacher's logits
+(plus cross-entropy when labels exist). Resumable: model + optimizer + step checkpointed
+atomically; batches are seeded by (seed, step) like phase 1."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import atomic
+from ..distill.train import _progress, batch_for_step, eval_batches, lr_at
+
+
+def _labelled_batch(dataset, step: int, batch_size: int, seed: int):
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    idx = torch.randint(0, len(dataset), (batch_size,), generator=g).tolist()
+    state = torch.get_rng_state()
+    torch.manual_seed(seed * 7_919 + step)
+    try:
+        items = [dataset[i] for i in idx]
+    finally:
+        torch.set_rng_state(state)
+    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+
+
+def kd_loss(student_logits, teacher_logits, labels=None, temperature: float = 1.0, ce_weight: float = 0.5):
+    """KL(teacher || student) at `temperature`, plus weighted CE on labelled samples (label >= 0)."""
+    t = temperature
+    loss = F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
+                    log_target=True, reduction="batchmean") * t * t
+    if labels is not None and (labels >= 0).any():
+        mask = labels >= 0
+        loss = loss + ce_weight * F.cross_entropy(student_logits[mask], labels[mask])
+    return loss
+
+
+def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batch_size: int, lr: float,
+             ckpt_dir: Path, seed: int = 0, fingerprint: str = "", warmup: int = 5,
+             checkpoint_every: int = 25) -> dict:
+    """Fine-tune `student` in place; resumes from `ckpt_dir` when it holds the same fingerprint."""
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr, weight_decay=1e-5)
+    ckpt_dir = Path(ckpt_dir)
+    state_p = ckpt_dir / "state.json"
+    start = 0
+    if state_p.exists():
+        st = json.loads(state_p.read_text())
+        if st.get("fingerprint") == fingerprint:
+            blob = torch.load(ckpt_dir / f"ft.s{st['step']:07d}.pt", map_location="cpu", weights_only=True)
+            student.load_state_dict(blob["model"])
+            opt.load_state_dict(blob["opt"])
+            start = st["step"]
+    t0 = time.time()
+    bar = _progress(steps, start, "fine-tune")
+    losses = []
+    student.train()
+    for step in range(start, steps):
+        x, y = _labelled_batch(train_set, step, batch_size, seed)
+        with torch.no_grad():
+            t_logits = teacher(x)
+        for pg in opt.param_groups:
+            pg["lr"] = lr_at(step, steps, lr, warmup)
+        loss = kd_loss(student(x), t_logits, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        done = step + 1
+        if done % checkpoint_every == 0 or done == steps:
+            blob = {"model": student.state_dict(), "opt": opt.state_dict()}
+            atomic.write_with(ckpt_dir / f"ft.s{done:07d}.pt", lambda tmp, b=blob: torch.save(b, tmp))
+            atomic.write_json(state_p, {"step": done, "fingerprint": fingerprint})
+            for f in ckpt_dir.glob("ft.s*.pt"):
+                if not f.name.endswith(f".s{done:07d}.pt"):
+                    f.unlink(missing_ok=True)
+    bar.close()
+    student.eval()
+    return {"steps": steps, "resumed_from": start, "seconds": round(time.time() - t0, 1),
+            "final_loss": losses[-1] if losses else None}
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """BatchNorm statistics re-estimated (cumulative average) at the deploy resolution."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or not batches:
+        return
+    moms = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for x in batches:
+        model(x)
+    for m, mom in zip(bns, moms):
+        m.momentum = mom
+    model.eval()
+
+
+@torch.no_grad()
+def agreement(model: nn.Module, teacher: nn.Module, loader) -> dict:
+    """Top-1 agreement with the teacher (and top-1 accuracy of both when labelled)."""
+    model.eval()
+    teacher.eval()
+    n = agree = s_ok = t_ok = 0
+    labelled = True
+    for x, y in loader:
+        s = model(x).argmax(1)
+        t = teacher(x).argmax(1)
+        agree += int((s == t).sum())
+        if (y >= 0).all():
+            s_ok += int((s == y).sum())
+            t_ok += int((t == y).sum())
+        else:
+            labelled = False
+        n += x.shape[0]
+    out = {"images": n, "agreement": 100.0 * agree / max(1, n)}
+    if labelled and n:
+        out.update(student_top1=100.0 * s_ok / n, teacher_top1=100.0 * t_ok / n)
+    return out
+
+
+__all__ = ["finetune", "recalibrate_bn", "agreement", "kd_loss", "eval_batches", "batch_for_step"]

@@ -1,0 +1,74 @@
+"""`build` stage: solution.json → fine-tuned student → verified ONNX → engine + metadata → Triton
+repository → measured speed and agreement next to the teacher → report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .. import atomic
+from ..config import RunConfig
+from ..rundir import RunDir, fingerprint
+from .assemble import Choice, StudentSpec, assemble, save_student
+
+
+def build_fingerprint(run: RunDir, cfg: RunConfig) -> str:
+    sol = run.stage("search").fingerprint
+    return fingerprint({"search": sol, "build": cfg.build, "backend": cfg.profile.backend,
+                        "batch": cfg.profile.batch})
+
+
+def read_solution(run: RunDir) -> dict:
+    run.require("search")
+    return json.loads(run.path("solution.json").read_text())
+
+
+def _trained_modules(run: RunDir, d, choices: list[Choice]) -> dict:
+    from ..distill.pool import load_trained
+
+    wanted = {(c.first, c.last, c.op) for c in choices if c.op != "keep"}
+    return {(f, l, op): m for _, f, l, op, m in load_trained(run.root / "candidates", d) if (f, l, op) in wanted}
+
+
+def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> dict:
+    from torch.utils.data import DataLoader
+
+    from ..distill.stage import data_splits
+    from ..teacher.stage import load_from_config
+    from .deploy import deploy
+    from .finetune import agreement, eval_batches, finetune, recalibrate_bn
+
+    fp = build_fingerprint(run, cfg)
+    if run.is_done("build", fp):
+        return run.stage("build").info or {}
+    solution = read_solution(run)
+    run.set_stage("build", "running", fp)
+    t0 = time.time()
+    teacher, d = load_from_config(cfg)
+    choices = [Choice(c["first"], c["last"], c["op"], c.get("precision", "fp32")) for c in solution["choices"]]
+    student = assemble(d, choices, _trained_modules(run, d, choices))
+    splits = data_splits(cfg, teacher.data_config, train_resolution=cfg.distill.resolution)
+    deploy_train = data_splits(cfg, teacher.data_config, train_augment=False).train
+    eval_loader = DataLoader(splits.eval, batch_size=32)
+    bn_batches = eval_batches(deploy_train, 4 * cfg.build.batch_size, cfg.build.batch_size)
+    before = agreement(student, teacher.model, eval_loader)
+    ft = {"steps": 0}
+    if cfg.build.finetune_steps > 0:
+        ft = finetune(student, teacher.model, splits.train, cfg.build.finetune_steps, cfg.build.batch_size,
+                      cfg.build.finetune_lr, run.root / "student" / "ckpt", seed=cfg.distill.seed,
+                      fingerprint=fp)
+    recalibrate_bn(student, bn_batches)
+    after = agreement(student, teacher.model, eval_loader)
+    spec = StudentSpec(model=teacher.name, resolution=teacher.resolution, data_config=teacher.data_config,
+                       choices=choices, notes={"agreement_assembled": before, "agreement": after,
+                                               "finetune": ft})
+    save_student(run.root / "student", student, spec)
+    result = deploy(run, cfg, student, teacher, solution, spec, after, eval_loader, engines_dir)
+    info = {"seconds": round(time.time() - t0, 1), "agreement_assembled": before["agreement"],
+            "agreement": after["agreement"], **result}
+    atomic.write_json(run.path("build.json"), info)
+    run.set_stage("build", "done", fp, info)
+    return info

@@ -1,0 +1,158 @@
+"""`hant-trt`: a thin map from subcommands onto the package API.
+
+The one place where a UserError becomes one line on stderr and exit code 2; any other exception is
+an internal error (exit 1; `--verbose` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+
+STAGE_HELP = {
+    "teacher": "load a timm teacher and print its slot table",
+    "distill": "phase 1: distil every candidate op of every slot (layer-wise, shared teacher)",
+    "score": "swap-one scoring of every distilled candidate",
+    "profile": "measure every unique candidate's latency on the target backend (latency table)",
+    "search": "pick one candidate per slot under a latency budget (integer program)",
+    "build": "assemble, fine-tune, export, verify and benchmark the student; Triton repo; report",
+    "run": "every stage in order from a config file (resumable)",
+    "demo": "the whole pipeline on the embedded default (offline Lite0, bundled photos, tiny, ORT CPU)",
+    "bench": "trtexec-like benchmark of an .onnx or .plan",
+    "lut": "list, export or clear the latency table",
+    "export-triton": "write a Triton model repository for an .onnx or .plan",
+}
+
+
+# -- config plumbing ------------------------------------------------------------------------------
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(cfg, pairs: list[str]):
+    """`section.key=value` overrides (value read as JSON when it parses, else as a string)."""
+    import dataclasses
+
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise UserError(f"--set expects section.key=value, got '{pair}'")
+        key, value = pair.split("=", 1)
+        target = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if not hasattr(target, p) or not dataclasses.is_dataclass(getattr(target, p)):
+                raise UserError(f"--set: unknown config section '{p}'")
+            target = getattr(target, p)
+        if not hasattr(target, parts[-1]):
+            raise UserError(f"--set: unknown config key '{key}'")
+        setattr(target, parts[-1], _parse_value(value))
+    return cfg
+
+
+def open_run(args, create: bool = True):
+    """RunDir + RunConfig for a stage subcommand: config from --config, else the run's own."""
+    from . import config as config_mod
+    from .rundir import RunDir
+
+    run = RunDir(args.run_dir, create=create)
+    if getattr(args, "config", None):
+        cfg = config_mod.load(args.config)
+    else:
+        saved = run.manifest().get("config") or {}
+        cfg = config_mod.from_dict(saved) if saved else config_mod.RunConfig()
+    cfg.run_dir = str(run.root)
+    apply_overrides(cfg, getattr(args, "set", None))
+    run.update(config=cfg.to_dict())
+    return run, cfg
+
+
+def _stage_parser(sub, name: str, extra=None):
+    p = sub.add_parser(name, help=STAGE_HELP[name], description=STAGE_HELP[name])
+    p.add_argument("run_dir", help="run directory (created if missing)")
+    p.add_argument("--config", help="TOML/JSON run config (default: the one saved in the run directory)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set distill.steps=100 (repeatable)")
+    if extra:
+        extra(p)
+    return p
+
+
+# -- subcommands ----------------------------------------------------------------------------------
+def cmd_teacher(args) -> int:
+    from .teacher.load import load_teacher
+    from .teacher.decompose import decompose
+    from .teacher.stage import slot_table, teacher_record
+
+    t = load_teacher(args.model, args.weights, args.resolution)
+    d = decompose(t.model, t.resolution)
+    if args.json:
+        print(json.dumps(teacher_record(t, d), indent=2))
+    else:
+        print(f"{t.name}: weights {t.weights}, input {t.resolution}x{t.resolution}, "
+              f"{len(d.slots)} slots ({d.family})")
+        print(slot_table(d.slots))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hant-trt",
+        description="Hardware-aware network transformation: distil cheaper ops per layer, measure "
+                    "their true latency, pick the best under a budget, build one engine.",
+        epilog="stages, in order: teacher → distill → score → profile → search → build",
+    )
+    p.add_argument("--version", action="version", version=f"hant-trt {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("teacher", help=STAGE_HELP["teacher"], description=STAGE_HELP["teacher"])
+    t.add_argument("model", help="timm model name, e.g. efficientnet_lite0")
+    t.add_argument("--weights", default="default",
+                   help="default | offline-lite0 | hub | random | PATH (.safetensors, .pth)")
+    t.add_argument("--resolution", type=int, default=None, help="input side (multiple of 32)")
+    t.add_argument("--json", action="store_true", help="print the slot table as JSON")
+    t.set_defaults(func=cmd_teacher)
+
+    from . import commands
+
+    commands.register(sub, _stage_parser)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"hant-trt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hant-trt {args.command}: interrupted (finished work is kept; rerun to resume)",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:  # internal error
+        if args.verbose:
+            traceback.print_exc()
+        else:
+            print(f"hant-trt {args.command}: internal error: {type(exc).__name__}: {exc} "
+                  f"(rerun with --verbose for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Subcommands over a run directory and tools (bench, lut, export-triton).
+
+Each handler only maps arguments onto the package API; cli.py registers them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _open(args):
+    from .cli import open_run
+
+    return open_run(args)
+
+
+# -- stages -------------------------------------------------------------------------------------
+def cmd_distill(args) -> int:
+    from .distill.stage import run_distill
+
+    run, cfg = _open(args)
+    if args.preset:
+        cfg.distill.preset = args.preset
+    if args.steps is not None:
+        cfg.distill.steps = args.steps
+    if args.slots:
+        cfg.distill.slots = [int(s) for s in args.slots.split(",")]
+    run.update(config=cfg.to_dict())
+    if args.restart:
+        run.invalidate_from("distill")
+    info = run_distill(run, cfg, resume=args.resume, restart=args.restart)
+    print(f"distill: {info.get('candidates')} candidates, {info.get('steps')} steps → {run.root / 'candidates'}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .distill.stage import run_score
+
+    run, cfg = _open(args)
+    info = run_score(run, cfg)
+    print(f"score: {info.get('rows')} rows on {info.get('eval_images')} images → {run.root / 'scores.csv'}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from .latency.stage import run_profile
+
+    run, cfg = _open(args)
+    if args.backend:
+        cfg.profile.backend = args.backend
+    if args.precision:
+        cfg.profile.precisions = args.precision.split(",")
+    if args.lut:
+        cfg.profile.lut = args.lut
+    run.update(config=cfg.to_dict())
+    info = run_profile(run, cfg)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_search(args) -> int:
+    from .search.stage import format_table, run_search
+
+    run, cfg = _open(args)
+    if args.budget:
+        cfg.search.budget = args.budget
+    if args.sweep is not None:
+        cfg.search.sweep = args.sweep
+    if args.metric:
+        cfg.search.metric = args.metric
+    run.update(config=cfg.to_dict())
+    solution = run_search(run, cfg)
+    print(format_table(solution))
+    return 0
+
+
+def cmd_build(args) -> int:
+    from .build.stage import run_build
+
+    run, cfg = _open(args)
+    info = run_build(run, cfg)
+    print(summary_lines(info))
+    return 0
+
+
+def summary_lines(info: dict) -> str:
+    lines = ["", "=== teacher vs student ==="]
+    t, s = info.get("teacher_latency_ms"), info.get("student_latency_ms")
+    if t and s:
+        lines.append(f"latency ({info.get('backend', '?')}, batch {info.get('batch', 1)}): "
+                     f"teacher {t:.3f} ms, student {s:.3f} ms, speedup {t / s:.2f}x")
+    if "agreement" in info:
+        lines.append(f"top-1 agreement with the teacher: {info['agreement']:.1f}% "
+                     f"(assembled, before fine-tune: {info.get('agreement_assembled', float('nan')):.1f}%)")
+    if info.get("student_top1") is not None:
+        lines.append(f"top-1: teacher {info['teacher_top1']:.1f}%, student {info['student_top1']:.1f}%")
+    for key in ("onnx", "engine", "triton", "report"):
+        if info.get(key):
+            lines.append(f"{key}: {info[key]}")
+    return "\n".join(lines)
+
+
+def cmd_run(args) -> int:
+    from . import config as config_mod
+    from .cli import apply_overrides
+    from .pipeline import run_pipeline
+
+    cfg = config_mod.load(args.config)
+    if args.run_dir:
+        cfg.run_dir = args.run_dir
+    apply_overrides(cfg, args.set)
+    run = run_pipeline(cfg, start=args.start, stop=args.stop)
+    info = run.stage("build").info if run.stage("build").status == "done" else None
+    if info:
+        print(summary_lines(info))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .cli import apply_overrides
+    from .pipeline import demo_config, run_pipeline
+
+    cfg = demo_config(args.run_dir)
+    apply_overrides(cfg, args.set)
+    print(f"hant-trt demo: offline EfficientNet-Lite0, embedded photos, '{cfg.distill.preset}' preset, "
+          f"{cfg.profile.backend} backend → {cfg.run_dir}", flush=True)
+    run = run_pipeline(cfg, start=args.start)
+    print(summary_lines(run.stage("build").info or {}))
+    return 0
+
+
+# -- tools --------------------------------------------------------------------------------------
+def cmd_bench(args) -> int:
+    from .latency.bench import format_summary, run_bench
+
+    result = run_bench(args.model, backend=args.backend, warmup_ms=args.warmup, iterations=args.iterations,
+                       duration_s=args.duration, batch=args.batch, export_times=args.export_times)
+    print(format_summary(result))
+    return 0
+
+
+def cmd_lut(args) -> int:
+    from .latency.lut import LatencyTable, default_lut_path
+
+    table = LatencyTable(args.lut or default_lut_path())
+    if args.action == "list":
+        rows = table.rows()
+        for r in rows:
+            print(r)
+        print(f"{len(rows)} rows in {table.path}", file=sys.stderr)
+    elif args.action == "export":
+        if not args.output:
+            from .errors import UserError
+
+            raise UserError("lut export needs --output FILE (.csv or .json)")
+        (table.export_json if args.output.endswith(".json") else table.export_csv)(args.output)
+        print(f"exported to {args.output}")
+    elif args.action == "clear":
+        n = table.clear()
+        print(f"cleared {n} rows from {table.path}")
+    return 0
+
+
+def cmd_export_triton(args) -> int:
+    from .build.triton import export_triton
+
+    path = export_triton(args.model, args.repo, args.name, max_batch_size=args.max_batch_size)
+    print(f"Triton model repository: {path}")
+    return 0
+
+
+def register(sub, stage_parser) -> None:
+    def distill_args(p):
+        p.add_argument("--preset", help="candidate preset: tiny | small | paper")
+        p.add_argument("--steps", type=int, help="training steps")
+        p.add_argument("--slots", help="comma-separated slot indices (default: all)")
+        p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+        p.add_argument("--restart", action="store_true", help="discard a partial run and start again")
+
+    stage_parser(sub, "distill", distill_args).set_defaults(func=cmd_distill)
+    stage_parser(sub, "score").set_defaults(func=cmd_score)
+
+    def profile_args(p):
+        p.add_argument("--backend", help="ort | torch | tensorrt")
+        p.add_argument("--precision", help="comma-separated: fp32,fp16,int8")
+        p.add_argument("--lut", help="latency table path (default ~/.cache/hant-trt/latency.sqlite)")
+
+    stage_parser(sub, "profile", profile_args).set_defaults(func=cmd_profile)
+
+    def search_args(p):
+        p.add_argument("--budget", help="0.7x (of the teacher), 2ms, 0.002s, speedup=1.5")
+        p.add_argument("--sweep", type=int, help="also solve N budgets and write the Pareto frontier")
+        p.add_argument("--metric", help="agreement | kl | local_mse | top1")
+
+    stage_parser(sub, "search", search_args).set_defaults(func=cmd_search)
+    stage_parser(sub, "build").set_defaults(func=cmd_build)
+
+    from .cli import STAGE_HELP
+
+    r = sub.add_parser("run", help=STAGE_HELP["run"], description=STAGE_HELP["run"])
+    r.add_argument("config", help="TOML/JSON run config")
+    r.add_argument("--run-dir", help="override the config's run_dir")
+    r.add_argument("--from", dest="start", help="rerun from this stage on")
+    r.add_argument("--to", dest="stop", help="stop after this stage")
+    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    r.set_defaults(func=cmd_run)
+
+    dm = sub.add_parser("demo", help=STAGE_HELP["demo"], description=STAGE_HELP["demo"])
+    dm.add_argument("--run-dir", default="runs/demo")
+    dm.add_argument("--from", dest="start", help="rerun from this stage on")
+    dm.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    dm.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help=STAGE_HELP["bench"], description=STAGE_HELP["bench"])
+    b.add_argument("model", help="MODEL.onnx or MODEL.plan")
+    b.add_argument("--backend", default=None, help="ort | torch | tensorrt (default: from the file type)")
+    b.add_argument("--warmup", type=float, default=200.0, help="warm-up in ms (default 200)")
+    b.add_argument("--iterations", type=int, default=10, help="at least this many iterations (default 10)")
+    b.add_argument("--duration", type=float, default=3.0, help="at least this many seconds (default 3)")
+    b.add_argument("--batch", type=int, default=None, help="batch size for a dynamic batch dimension")
+    b.add_argument("--export-times", help="write per-iteration records (trtexec keys) to this JSON file")
+    b.set_defaults(func=cmd_bench)
+
+    lt = sub.add_parser("lut", help=STAGE_HELP["lut"], description=STAGE_HELP["lut"])
+    lt.add_argument("action", choices=["list", "export", "clear"])
+    lt.add_argument("--lut", help="table path (default ~/.cache/hant-trt/latency.sqlite)")
+    lt.add_argument("--output", help="export target (.csv or .json)")
+    lt.set_defaults(func=cmd_lut)
+
+    et = sub.add_parser("export-triton", help=STAGE_HELP["export-triton"], description=STAGE_HELP["export-triton"])
+    et.add_argument("model", help="MODEL.onnx or MODEL.plan")
+    et.add_argument("repo", help="model repository folder")
+    et.add_argument("--name", default="hant_student", help="model name in the repository")
+    et.add_argument("--max-batch-size", type=int, default=0)
+    et.set_defaults(func=cmd_export_triton)

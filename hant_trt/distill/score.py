@@ -1,0 +1,109 @@
+"""Swap-one scoring: each candidate alone in the teacher, measured against the teacher.
+
+Per eval batch the teacher runs once (every slot's input captured = the prefix up to each slot,
+computed once and shared by all that slot's candidates); each candidate then runs on its slot's
+input and the teacher's suffix produces logits.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .. import atomic
+from ..teacher.decompose import Decomposition
+from .capture import capture, normalised_mse, suffix
+
+
+@dataclass
+class ScoreRow:
+    first: int
+    last: int
+    op: str
+    precision: str
+    signature: str
+    agreement: float        # % of eval images whose top-1 equals the teacher's
+    kl: float               # mean KL(teacher || student) in nats
+    top1: float | None      # % correct, when labels exist
+    local_mse: float        # normalised MSE at the slot's output
+    params: int
+    macs: int
+
+
+SCORE_COLUMNS = [f.name for f in fields(ScoreRow)]
+
+
+@dataclass
+class _Acc:
+    agree: int = 0
+    correct: int = 0
+    kl: float = 0.0
+    mse: float = 0.0
+    n: int = 0
+    batches: int = 0
+
+
+@torch.no_grad()
+def score_candidates(d: Decomposition, entries, eval_loader, labelled: bool, progress=None) -> dict:
+    """entries: list of (key, first, last, module). Returns key -> metrics dict."""
+    accs = {key: _Acc() for key, *_ in entries}
+    for x, y in eval_loader:
+        acts, t_logits = capture(d, x)
+        t_logp = F.log_softmax(t_logits, 1)
+        t_top = t_logits.argmax(1)
+        for key, first, last, module in entries:
+            module.eval()
+            out = module(acts[first])
+            logits = suffix(d, out, last + 1)
+            logp = F.log_softmax(logits, 1)
+            a = accs[key]
+            a.agree += int((logits.argmax(1) == t_top).sum())
+            if labelled:
+                a.correct += int((logits.argmax(1) == y).sum())
+            a.kl += float(F.kl_div(logp, t_logp, log_target=True, reduction="sum"))
+            a.mse += float(normalised_mse(out, acts[last + 1]))
+            a.n += x.shape[0]
+            a.batches += 1
+        if progress is not None:
+            progress.update(1)
+    out = {}
+    for key, a in accs.items():
+        out[key] = {"agreement": 100.0 * a.agree / max(1, a.n), "kl": a.kl / max(1, a.n),
+                    "top1": (100.0 * a.correct / a.n) if labelled and a.n else None,
+                    "local_mse": a.mse / max(1, a.batches)}
+    return out
+
+
+def rows_to_csv(rows: list[ScoreRow]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=SCORE_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        d = asdict(r)
+        for k in ("agreement", "kl", "local_mse", "top1"):
+            if d[k] is not None:
+                d[k] = f"{d[k]:.6g}"
+        w.writerow({k: ("" if v is None else v) for k, v in d.items()})
+    return buf.getvalue()
+
+
+def write_scores(path: Path, rows: list[ScoreRow]) -> Path:
+    return atomic.write_text(path, rows_to_csv(rows))
+
+
+def read_scores(path: Path) -> list[ScoreRow]:
+    rows = []
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            rows.append(ScoreRow(first=int(r["first"]), last=int(r["last"]), op=r["op"],
+                                 precision=r["precision"], signature=r["signature"],
+                                 agreement=float(r["agreement"]), kl=float(r["kl"]),
+                                 top1=float(r["top1"]) if r["top1"] else None,
+                                 local_mse=float(r["local_mse"]), params=int(r["params"]),
+                                 macs=int(r["macs"])))
+    return rows

@@ -1,0 +1,127 @@
+"""`distill` stage over a run directory (single process, or one rank under torchrun)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from ..config import RunConfig
+from ..data import make_splits
+from ..rundir import RunDir, fingerprint
+from ..teacher.stage import load_from_config, run_teacher, teacher_fingerprint
+from .train import distill
+
+
+def data_splits(cfg: RunConfig, data_config: dict, train_resolution=None, train_augment=True,
+                resolution=None):
+    return make_splits(cfg.data.train, cfg.data.eval, data_config, resolution=resolution,
+                       train_resolution=train_resolution, eval_fraction=cfg.data.eval_fraction,
+                       max_images=cfg.data.max_images, seed=cfg.distill.seed, train_augment=train_augment)
+
+
+def distill_fingerprint(cfg: RunConfig) -> str:
+    d = dict(vars(cfg.distill))
+    d.pop("checkpoint_every", None)
+    return fingerprint({"teacher": teacher_fingerprint(cfg), "data": cfg.data, "distill": d})
+
+
+def run_distill(run: RunDir, cfg: RunConfig, resume: bool = False, restart: bool = False) -> dict:
+    fp = distill_fingerprint(cfg)
+    if run.is_done("distill", fp):
+        return run.stage("distill").info or {}
+    run_teacher(run, cfg)
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    run.set_stage("distill", "running", fp)
+    teacher, d = load_from_config(cfg)
+    splits = data_splits(cfg, teacher.data_config, train_resolution=cfg.distill.resolution)
+    bn = data_splits(cfg, teacher.data_config, train_augment=False).train
+    out = run.root / "candidates"
+    summary = distill(d, splits.train, splits.eval, cfg.distill, out, fp, resume=resume,
+                      restart=restart, rank=rank, world=world, bn_set=bn)
+    if world > 1:
+        _merge_ranks(run, world, rank)
+        if rank != 0:
+            return summary
+    info = {"candidates": summary["candidates"], "steps": summary["steps"],
+            "seconds": summary["seconds"], "data": splits.description}
+    run.set_stage("distill", "done", fp, info)
+    return info
+
+
+def _merge_ranks(run: RunDir, world: int, rank: int, timeout_s: float = 24 * 3600) -> None:
+    """Ranks write into candidates/rankR/; rank 0 waits for all and merges deterministically."""
+    from safetensors.torch import load_file
+
+    from .. import atomic
+
+    out = run.root / "candidates"
+    (out / f"rank{rank}" / "DONE").write_text("ok")
+    if rank != 0:
+        return
+    t0 = time.time()
+    while not all((out / f"rank{r}" / "DONE").exists() for r in range(world)):
+        if time.time() - t0 > timeout_s:
+            raise RuntimeError("timed out waiting for the other ranks")
+        time.sleep(2)
+    names = sorted({p.stem for r in range(world) for p in (out / f"rank{r}").glob("slot*.json")})
+    for name in names:
+        tensors, meta = {}, None
+        for r in range(world):
+            jp = out / f"rank{r}" / f"{name}.json"
+            if not jp.exists():
+                continue
+            m = json.loads(jp.read_text())
+            meta = meta or {k: v for k, v in m.items() if k != "candidates"} | {"candidates": []}
+            meta["candidates"] += m["candidates"]
+            sp = out / f"rank{r}" / f"{name}.safetensors"
+            if sp.exists():
+                tensors.update(load_file(str(sp)))
+        meta["candidates"].sort(key=lambda c: c["op"])
+        atomic.save_tensors(out / f"{name}.safetensors", dict(sorted(tensors.items())))
+        atomic.write_json(out / f"{name}.json", meta)
+
+
+def score_fingerprint(cfg: RunConfig) -> str:
+    return fingerprint({"distill": distill_fingerprint(cfg), "score": cfg.score,
+                        "int8": "int8" in cfg.profile.precisions})
+
+
+def run_score(run: RunDir, cfg: RunConfig) -> dict:
+    """Swap-one scores of every candidate (keep included) → scores.csv."""
+    from torch.utils.data import DataLoader, Subset
+
+    from ..teacher.slot import Slot
+    from .pool import load_trained, keep_entries, signature_of, cost_of
+    from .score import ScoreRow, score_candidates, write_scores
+    from .train import _progress
+
+    fp = score_fingerprint(cfg)
+    if run.is_done("score", fp):
+        return run.stage("score").info or {}
+    run.require("distill")
+    run.set_stage("score", "running", fp)
+    t0 = time.time()
+    teacher, d = load_from_config(cfg)
+    splits = data_splits(cfg, teacher.data_config)
+    ev = splits.eval
+    if cfg.score.max_images and len(ev) > cfg.score.max_images:
+        ev = Subset(ev, range(cfg.score.max_images))
+    labelled = bool(getattr(splits.eval, "labelled", False))
+    loader = DataLoader(ev, batch_size=cfg.score.batch_size, shuffle=False)
+    entries = keep_entries(d) + load_trained(run.root / "candidates", d)
+    bar = _progress(len(loader), 0, f"score {len(entries)} candidates")
+    metrics = score_candidates(d, [(k, f, l, m) for k, f, l, _, m in entries], loader, labelled, bar)
+    bar.close()
+    rows = []
+    for key, first, last, op, module in entries:
+        m = metrics[key]
+        params, macs = cost_of(d, first, last, op, module)
+        rows.append(ScoreRow(first=first, last=last, op=op, precision="fp32",
+                             signature=signature_of(d, first, last, op), params=params, macs=macs, **m))
+    rows.sort(key=lambda r: (r.first, r.last, r.op != "keep", r.op))
+    write_scores(run.path("scores.csv"), rows)
+    info = {"rows": len(rows), "eval_images": len(ev), "seconds": round(time.time() - t0, 1)}
+    run.set_stage("score", "done", fp, info)
+    return info

@@ -1,0 +1,305 @@
+"""Phase 1: layer-wise feature-map distillation with one shared teacher pass per batch.
+
+Every step runs the teacher once (all slots' inputs and outputs captured), then every candidate of
+every slot trains on those activations: candidate(input of its span) → output of its span, with
+normalised MSE. Candidates are split into groups (memory budget, checkpoint files); groups share the
+step. Batches and augmentation are seeded by (seed, step), so a resumed run sees exactly the data an
+uninterrupted one would, and its final weights are equal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import atomic
+from ..config import DistillCfg
+from ..errors import UserError
+from ..teacher.decompose import Decomposition
+from ..teacher.slot import Slot
+from .capture import capture, module_slot_of, normalised_mse, span_teacher, teacher_modules_eval
+from .pool import build_candidate, candidate_ops
+
+
+_STEP_DELAY = float(os.environ.get("HANT_TRT_STEP_DELAY", "0") or 0)
+
+
+@dataclass
+class Job:
+    """One candidate to train: op string on a slot (or span)."""
+
+    first: int
+    last: int
+    op: str
+    module: nn.Module
+    inherits: bool
+    slot: Slot
+
+    @property
+    def key(self) -> str:
+        return f"{self.slot.name}:{self.op}"
+
+
+@dataclass
+class Group:
+    jobs: list[Job]
+    opt: torch.optim.Optimizer = field(default=None)
+
+
+def plan_jobs(d: Decomposition, cfg: DistillCfg, rank: int = 0, world: int = 1) -> list[Job]:
+    """Every trainable candidate of the selected slots (and spans), sharded round-robin by rank."""
+    n = len(d.slots)
+    chosen = list(range(n)) if cfg.slots is None else list(cfg.slots)
+    for i in chosen:
+        if not 0 <= i < n:
+            raise UserError(f"slot index {i} is out of range (the teacher has slots 0..{n - 1})")
+    spans = [(i, i) for i in chosen]
+    if cfg.spans and cfg.spans >= 2:
+        for length in range(2, cfg.spans + 1):
+            spans += [(i, i + length - 1) for i in chosen if i + length - 1 < n
+                      and all(j in chosen for j in range(i, i + length))]
+    jobs: list[Job] = []
+    torch.manual_seed(cfg.seed)  # reproducible random init of non-inheriting candidates
+    for first, last in spans:
+        slot = module_slot_of(d.slots, first, last)
+        teacher = span_teacher(d, first, last)
+        for op in candidate_ops(slot, cfg.preset, fused=first != last):
+            if op == "keep":
+                continue
+            module, inherits = build_candidate(op, slot, teacher)
+            jobs.append(Job(first, last, op, module, inherits, slot))
+    return [j for k, j in enumerate(jobs) if k % world == rank]
+
+
+def _trainable(job: Job) -> bool:
+    return any(p.requires_grad for p in job.module.parameters())
+
+
+def make_groups(jobs: list[Job], batch: int, budget_mb: int) -> list[Group]:
+    """Greedy packing by estimated bytes (weights + Adam state + activations kept for backward)."""
+    groups: list[Group] = []
+    cur: list[Job] = []
+    cur_bytes = 0.0
+    for job in jobs:
+        params = sum(p.numel() for p in job.module.parameters())
+        c, h, w = job.slot.in_shape
+        act = batch * (c * h * w + 6 * max(job.slot.out_shape[0], c) * h * w)
+        est = 4 * (4 * params + act)
+        if cur and (cur_bytes + est) / 2**20 > budget_mb:
+            groups.append(Group(cur))
+            cur, cur_bytes = [], 0.0
+        cur.append(job)
+        cur_bytes += est
+    if cur:
+        groups.append(Group(cur))
+    return groups
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 1% of base."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def batch_for_step(dataset, step: int, batch_size: int, seed: int) -> torch.Tensor:
+    """The step's batch: indices and augmentation seeded by (seed, step) only."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    idx = torch.randint(0, len(dataset), (batch_size,), generator=g).tolist()
+    state = torch.get_rng_state()
+    torch.manual_seed(seed * 7_919 + step)
+    try:
+        return torch.stack([dataset[i][0] for i in idx])
+    finally:
+        torch.set_rng_state(state)
+
+
+def eval_batches(dataset, n_images: int, batch_size: int) -> list[torch.Tensor]:
+    n = min(n_images, len(dataset))
+    xs = [dataset[i][0] for i in range(n)]
+    return [torch.stack(xs[i:i + batch_size]) for i in range(0, n, batch_size)]
+
+
+@torch.no_grad()
+def validation_mse(d: Decomposition, jobs: list[Job], batches: list[torch.Tensor]) -> dict[str, float]:
+    """Normalised MSE of every job on the eval batches (modules in eval mode)."""
+    sums = {j.key: 0.0 for j in jobs}
+    for x in batches:
+        acts, _ = capture(d, x)
+        for j in jobs:
+            was = j.module.training
+            j.module.eval()
+            sums[j.key] += float(normalised_mse(j.module(acts[j.first]), acts[j.last + 1]))
+            j.module.train(was)
+    return {k: v / max(1, len(batches)) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def recalibrate_bn(d: Decomposition, jobs: list[Job], batches: list[torch.Tensor]) -> None:
+    """Re-estimate BatchNorm statistics at the deploy resolution (distillation may have run at a
+    lower one): cumulative averages over `batches` of teacher inputs."""
+    bns = [m for j in jobs for m in j.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or not batches:
+        return
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    for j in jobs:
+        j.module.train()
+    for x in batches:
+        acts, _ = capture(d, x)
+        for j in jobs:
+            j.module(acts[j.first])
+    for m, mom in saved:
+        m.momentum = mom
+    for j in jobs:
+        j.module.eval()
+
+
+class Checkpointer:
+    """Per-group checkpoint files + one `state.json` commit point, written atomically.
+
+    Files of step S are written first, then state.json names S, then older files are removed: a
+    kill at any moment leaves a complete, consistent step to resume from.
+    """
+
+    def __init__(self, folder: Path, fingerprint: str):
+        self.dir = Path(folder)
+        self.fp = fingerprint
+
+    def state(self) -> dict | None:
+        p = self.dir / "state.json"
+        if not p.exists():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"checkpoint {p} is corrupt; rerun with --restart") from None
+
+    def save(self, step: int, groups: list[Group], extra: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for gi, g in enumerate(groups):
+            blob = {"step": step, "modules": {j.key: j.module.state_dict() for j in g.jobs},
+                    "opt": g.opt.state_dict()}
+            atomic.write_with(self.dir / f"g{gi:03d}.s{step:07d}.pt", lambda tmp, b=blob: torch.save(b, tmp))
+        atomic.write_json(self.dir / "state.json", {"step": step, "fingerprint": self.fp,
+                                                    "groups": len(groups), **extra})
+        for f in self.dir.glob("g*.s*.pt"):
+            if not f.name.endswith(f".s{step:07d}.pt"):
+                f.unlink(missing_ok=True)
+
+    def load(self, groups: list[Group]) -> int:
+        st = self.state()
+        step = st["step"]
+        if st.get("groups") != len(groups):
+            raise UserError("checkpoint was made with another grouping; rerun with --restart")
+        for gi, g in enumerate(groups):
+            blob = torch.load(self.dir / f"g{gi:03d}.s{step:07d}.pt", map_location="cpu", weights_only=True)
+            for j in g.jobs:
+                j.module.load_state_dict(blob["modules"][j.key])
+            g.opt.load_state_dict(blob["opt"])
+        return step
+
+
+def _progress(total: int, initial: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                disable=os.environ.get("HANT_TRT_NO_PROGRESS") == "1")
+
+
+def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Path, fingerprint: str,
+            resume: bool = False, restart: bool = False, rank: int = 0, world: int = 1,
+            eval_images: int = 64, bn_set=None, bn_batches: int = 4) -> dict:
+    """Train every candidate; write `slot<name>.safetensors` + `.json` into `out_dir`.
+
+    `bn_set`: training images at the deploy resolution, for re-estimating BatchNorm statistics
+    after training (None: keep the statistics from training).
+
+    Returns a summary (jobs, steps, seconds, validation MSE per candidate).
+    """
+    teacher_modules_eval(d)
+    jobs = plan_jobs(d, cfg, rank, world)
+    jobs = [j for j in jobs if _trainable(j)] + [j for j in jobs if not _trainable(j)]
+    trainable = [j for j in jobs if _trainable(j)]
+    groups = make_groups(trainable, cfg.batch_size, cfg.group_mb)
+    for g in groups:
+        g.opt = torch.optim.AdamW([p for j in g.jobs for p in j.module.parameters() if p.requires_grad],
+                                  lr=cfg.lr, weight_decay=0.0)
+    ckpt = Checkpointer(out_dir / "ckpt" / f"rank{rank}", fingerprint)
+    st = ckpt.state()
+    evb = eval_batches(eval_set, eval_images, cfg.batch_size)
+    start = 0
+    if st is not None and not restart:
+        if st.get("fingerprint") != fingerprint:
+            raise UserError(f"{out_dir} holds a distillation made by another configuration; "
+                            "rerun with --restart to discard it")
+        if not resume:
+            raise UserError(f"{out_dir} holds a partial distillation (step {st['step']}/{cfg.steps}); "
+                            "pass --resume to continue it or --restart to discard it")
+        start = ckpt.load(groups)
+        mse_init = st["mse_init"]
+    else:
+        for j in jobs:
+            j.module.train()
+        mse_init = validation_mse(d, jobs, evb)
+    t0 = time.time()
+    bar = _progress(cfg.steps, start, f"distill {len(trainable)} candidates")
+    for j in trainable:
+        j.module.train()
+    for step in range(start, cfg.steps):
+        x = batch_for_step(train_set, step, cfg.batch_size, cfg.seed)
+        acts, _ = capture(d, x)
+        lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
+        loss_sum = 0.0
+        for g in groups:
+            for pg in g.opt.param_groups:
+                pg["lr"] = lr
+            for j in g.jobs:
+                loss = normalised_mse(j.module(acts[j.first]), acts[j.last + 1])
+                loss.backward()
+                loss_sum += float(loss)
+            g.opt.step()
+            g.opt.zero_grad(set_to_none=True)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum / max(1, len(trainable)):.4f}")
+        done = step + 1
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            ckpt.save(done, groups, {"mse_init": mse_init})
+        if _STEP_DELAY:  # test hook: slows steps so a test can kill the process mid-run
+            time.sleep(_STEP_DELAY)
+    bar.close()
+    if bn_set is not None and bn_batches:
+        recalibrate_bn(d, trainable, eval_batches(bn_set, bn_batches * cfg.batch_size, cfg.batch_size))
+    mse_final = validation_mse(d, jobs, evb)
+    summary = write_slot_files(jobs, out_dir, mse_init, mse_final, rank, world)
+    summary.update(steps=cfg.steps, seconds=round(time.time() - t0, 1), candidates=len(jobs))
+    return summary
+
+
+def write_slot_files(jobs: list[Job], out_dir: Path, mse_init: dict, mse_final: dict,
+                     rank: int, world: int) -> dict:
+    """One safetensors file per slot/span (`<op>::<param>` keys) + a JSON listing its candidates."""
+    target = out_dir if world == 1 else out_dir / f"rank{rank}"
+    by_slot: dict[str, list[Job]] = {}
+    for j in jobs:
+        by_slot.setdefault(j.slot.name, []).append(j)
+    for name, js in by_slot.items():
+        tensors = {f"{j.op}::{k}": v for j in js for k, v in j.module.state_dict().items()}
+        atomic.save_tensors(target / f"slot{name}.safetensors", tensors) if tensors else None
+        atomic.write_json(target / f"slot{name}.json", {
+            "slot": name, "first": js[0].first, "last": js[0].last,
+            "candidates": [{"op": j.op, "inherits": j.inherits, "mse_init": mse_init.get(j.key),
+                            "mse_final": mse_final.get(j.key), "has_weights": bool(j.module.state_dict())}
+                           for j in js],
+        })
+    return {"mse_init": mse_init, "mse_final": mse_final}

@@ -1,0 +1,67 @@
+"""`run` and `demo`: every stage in order over one run directory; finished stages are skipped."""
+
+from __future__ import annotations
+
+import time
+
+from .config import RunConfig
+from .errors import UserError
+from .rundir import STAGES, RunDir
+
+
+def stage_functions():
+    from .build.stage import run_build
+    from .distill.stage import run_distill, run_score
+    from .latency.stage import run_profile
+    from .search.stage import run_search
+    from .teacher.stage import run_teacher
+
+    return {
+        "teacher": run_teacher,
+        "distill": lambda run, cfg: run_distill(run, cfg, resume=True),
+        "score": run_score,
+        "profile": run_profile,
+        "search": run_search,
+        "build": run_build,
+    }
+
+
+def run_pipeline(cfg: RunConfig, start: str | None = None, stop: str | None = None, log=print) -> RunDir:
+    """Run the stages from `start` (default: first unfinished) to `stop` (default: build)."""
+    if start is not None and start not in STAGES:
+        raise UserError(f"unknown stage '{start}' (stages: {', '.join(STAGES)})")
+    run = RunDir(cfg.run_dir)
+    run.update(config=cfg.to_dict())
+    if start is not None:
+        run.invalidate_from(start)
+    fns = stage_functions()
+    last = STAGES.index(stop) if stop else len(STAGES) - 1
+    for name in STAGES[: last + 1]:
+        t0 = time.time()
+        before = run.stage(name).status
+        fns[name](run, cfg)
+        took = time.time() - t0
+        log(f"[{name}] {'skipped (done)' if before == 'done' and took < 2 else f'done in {took:.0f}s'}")
+    return run
+
+
+def demo_config(run_dir: str = "runs/demo") -> RunConfig:
+    """The embedded default: offline Lite0, bundled photos, `tiny` preset, ORT on the CPU, sized to
+    finish in about ten minutes on two cores."""
+    cfg = RunConfig(run_dir=run_dir)
+    cfg.teacher.model = "efficientnet_lite0"
+    cfg.teacher.weights = "default"
+    cfg.data.train = "embedded"
+    cfg.distill.preset = "tiny"
+    cfg.distill.steps = 120
+    cfg.distill.batch_size = 16
+    cfg.distill.resolution = 128
+    cfg.distill.checkpoint_every = 30
+    cfg.score.max_images = 64
+    cfg.profile.backend = "ort"
+    cfg.profile.max_seconds = 0.5
+    cfg.search.budget = "0.7x"
+    cfg.search.sweep = 6
+    cfg.build.finetune_steps = 40
+    cfg.build.batch_size = 16
+    return cfg

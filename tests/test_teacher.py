@@ -1,0 +1,110 @@
+import pytest
+import timm
+import torch
+
+from hant_trt.errors import UserError
+from hant_trt.teacher.decompose import decompose
+from hant_trt.teacher.load import load_teacher
+
+from conftest import shared_data_or_skip
+
+# one model of every supported family (random weights: only the structure matters here)
+FAMILIES = ["efficientnet_lite0", "efficientnet_b0", "efficientnetv2_rw_t", "mobilenetv2_050",
+            "mobilenetv3_small_050", "resnet18", "resnet26"]
+
+
+def test_lite0_has_16_slots_with_shapes(lite0_decomposition):
+    d = lite0_decomposition
+    assert len(d.slots) == 16
+    assert d.slots[0].in_shape == (32, 112, 112)
+    assert d.slots[-1].out_shape == (320, 7, 7)
+    assert [s.stride for s in d.slots].count(2) == 4
+    assert d.slots[1].teacher_op == "ir_k3_e6_relu6"
+    assert d.slots[0].kind == "ds" and d.slots[1].kind == "ir"
+    for a, b in zip(d.slots, d.slots[1:]):
+        assert a.out_shape == b.in_shape
+    assert all(s.macs > 0 and s.params > 0 for s in d.slots)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_chain_reproduces_logits(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    d = decompose(model, 128)
+    assert len(d.slots) >= 6
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        ref = model(x)
+        out = d.forward(x)
+    assert (ref - out).abs().max().item() <= 1e-5
+
+
+def test_resnext_groups_recorded():
+    m = timm.create_model("resnext50_32x4d", pretrained=False).eval()
+    d = decompose(m, 64)
+    assert d.slots[0].kind == "bottleneck" and d.slots[0].groups == 32
+    assert d.slots[0].teacher_op.startswith("bot_k3") and "g32" in d.slots[0].teacher_op
+
+
+def test_unsupported_model_names_first_module():
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    with pytest.raises(UserError, match="unsupported"):
+        decompose(m, 224)
+
+
+@pytest.mark.parametrize("weights,match", [("/nonexistent/w.pth", "not found")])
+def test_bad_weights(weights, match):
+    with pytest.raises(UserError, match=match):
+        load_teacher("efficientnet_lite0", weights)
+
+
+def test_weights_for_other_architecture(tmp_path):
+    from safetensors.torch import save_file
+
+    sd = timm.create_model("resnet18").state_dict()
+    p = tmp_path / "r18.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(p))
+    with pytest.raises(UserError, match="do not fit"):
+        load_teacher("efficientnet_lite0", str(p))
+    # and the right architecture loads strictly
+    t = load_teacher("resnet18", str(p))
+    assert t.weights == str(p)
+
+
+def test_corrupt_weights_file(tmp_path):
+    p = tmp_path / "bad.pth"
+    p.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="unreadable"):
+        load_teacher("efficientnet_lite0", str(p))
+
+
+def test_unknown_model_and_bad_resolution():
+    with pytest.raises(UserError, match="unknown timm model"):
+        load_teacher("efficientnet_lite99", "random")
+    with pytest.raises(UserError, match="multiple of 32"):
+        load_teacher("efficientnet_lite0", "random", resolution=225)
+
+
+def test_data_config_travels(lite0):
+    cfg = lite0.data_config
+    assert cfg["input_size"] == [3, 224, 224]
+    assert cfg["interpolation"] == "bicubic" and len(cfg["mean"]) == 3 and cfg["crop_pct"] == 0.875
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_offline_lite0_top1_on_holdout(lite0):
+    from torch.utils.data import DataLoader
+
+    from hant_trt.data import FolderDataset, eval_transform, scan_folder
+
+    root = shared_data_or_skip()
+    items, skipped, _ = scan_folder(root / "holdout")
+    assert len(items) == 500 and skipped == 0
+    ds = FolderDataset(items, eval_transform(lite0.data_config))
+    correct = 0
+    with torch.no_grad():
+        for x, y in DataLoader(ds, batch_size=50):
+            correct += (lite0.model(x).argmax(1) == y).sum().item()
+    top1 = 100.0 * correct / len(ds)
+    assert top1 >= 65.0, top1
