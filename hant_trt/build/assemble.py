@@ -83,7 +83,6 @@ def assemble(decomposition, choices: list[Choice], trained: dict[tuple[int, int,
     import copy
 
     from ..distill.capture import module_slot_of, span_teacher
-    from ..ops import build
 
     d = decomposition
     validate_choices(choices, len(d.slots))
@@ -95,6 +94,8 @@ def assemble(decomposition, choices: list[Choice], trained: dict[tuple[int, int,
             continue
         module = (trained or {}).get((c.first, c.last, c.op))
         if module is None:
+            from ..ops import build
+
             module = build(c.op, module_slot_of(d.slots, c.first, c.last), teacher)
         parts.append(copy.deepcopy(module))
     return Student(copy.deepcopy(d.stem), parts, copy.deepcopy(d.head)).eval()

@@ -1,0 +1,105 @@
+"""From a fine-tuned student to deployable files: ONNX (verified), engine + metadata, side-by-side
+latency with the teacher on the search's backend, Triton repository, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import atomic
+from ..config import RunConfig
+from ..rundir import RunDir
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_engines_dir() -> Path:
+    """`engines/` of the source checkout when running from one, else ./engines."""
+    cand = REPO_ROOT / "engines"
+    return cand if (REPO_ROOT / "pyproject.toml").exists() else Path("engines").resolve()
+
+
+def _sample_inputs(loader, n: int = 2) -> list[np.ndarray]:
+    out = []
+    for x, _ in loader:
+        out.append(x[:1].numpy())
+        if len(out) >= n:
+            break
+    return out
+
+
+def measure_side_by_side(backend, onnx_a: Path, onnx_b: Path, rounds: int = 3, max_seconds: float = 1.0):
+    """Median latency of two ONNX models timed in alternating rounds (same process, same machine
+    state), so the ratio is not skewed by drift."""
+    pa, pb = backend.prepare(str(onnx_a)), backend.prepare(str(onnx_b))
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(backend.time(pa, max_seconds=max_seconds).median_s)
+        b.append(backend.time(pb, max_seconds=max_seconds).median_s)
+    return float(np.median(a)), float(np.median(b))
+
+
+def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, acc: dict, eval_loader,
+           engines_dir: Path | None = None) -> dict:
+    from ..latency.backends import get_backend
+    from ..latency.export import export_onnx
+    from .metadata import EngineMetadata, io_from_onnx, optimize_for_ort, write_metadata
+    from .report import write_report, ReportData
+    from .triton import export_triton
+    from .verify import verify_onnx
+
+    batch = cfg.profile.batch
+    res = teacher.resolution
+    shape = (batch, 3, res, res)
+    sdir = run.root / "student"
+    s_onnx = export_onnx(student, shape, sdir / "student.onnx")
+    t_onnx = export_onnx(teacher.model, shape, sdir / "teacher.onnx")
+    ver = verify_onnx(student, s_onnx, _sample_inputs(eval_loader), "fp32")
+    backend = get_backend(cfg.profile.backend, threads=cfg.profile.threads)
+    t_s, s_s = measure_side_by_side(backend, t_onnx, s_onnx, max_seconds=max(1.0, cfg.profile.max_seconds))
+    name = cfg.build.engine_name or f"{Path(run.root).name}_{teacher.name}"
+    edir = Path(engines_dir) if engines_dir else default_engines_dir()
+    if backend.name == "tensorrt":
+        from ..latency.backends.tensorrt import build_engine_file
+
+        engine = build_engine_file(s_onnx, edir / f"{name}.plan")
+        fmt = "tensorrt_plan"
+    else:
+        engine = optimize_for_ort(s_onnx, edir / f"{name}.ort.onnx")
+        fmt = "onnxruntime_onnx"
+    inputs, outputs = io_from_onnx(s_onnx)
+    dev = backend.device()
+    meta = EngineMetadata(
+        name=name, format=fmt, file=str(engine),
+        precision_plan=[{"slot": f"{c.first}" if c.first == c.last else f"{c.first}-{c.last}", "op": c.op,
+                         "precision": c.precision} for c in spec.choices],
+        inputs=inputs, outputs=outputs,
+        predicted_latency_s=solution.get("predicted_s"), measured_latency_s=s_s,
+        accuracy=acc, teacher={"model": teacher.name, "measured_latency_s": t_s},
+        cpu=getattr(dev, "cpu", None) or getattr(dev, "name", None),
+    )
+    write_metadata(engine, meta)
+    triton = export_triton(s_onnx, run.root / "triton", "hant_student", max_batch_size=0)
+    report = _report(run, solution, teacher, acc, t_s, s_s, write_report, ReportData)
+    return {"backend": backend.name, "batch": batch, "teacher_latency_ms": t_s * 1e3,
+            "student_latency_ms": s_s * 1e3, "speedup": t_s / s_s,
+            "predicted_latency_ms": (solution.get("predicted_s") or 0) * 1e3,
+            "verify": {"passed": ver.passed, "max_abs_diff": ver.max_abs_diff, "atol": ver.atol},
+            "onnx": str(s_onnx), "engine": str(engine), "triton": str(triton), "report": str(report),
+            "student_top1": acc.get("student_top1"), "teacher_top1": acc.get("teacher_top1")}
+
+
+def _report(run, solution, teacher, acc, t_s, s_s, write_report, ReportData) -> Path:
+    import inspect
+
+    pareto = []
+    pp = run.root / "pareto.json"
+    if pp.exists():
+        pareto = json.loads(pp.read_text())
+    kwargs = dict(teacher_latency_s=t_s, student_latency_s=s_s, accuracy=acc, solution=solution, pareto=pareto,
+                  teacher_name=teacher.name)
+    accepted = set(inspect.signature(ReportData).parameters)
+    return write_report(run.root, ReportData(**{k: v for k, v in kwargs.items() if k in accepted}))

@@ -1,0 +1,3 @@
+"""Built-in op families; importing this package registers them."""
+
+from . import mbconv, resnet, simple  # noqa: F401

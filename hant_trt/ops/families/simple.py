@@ -1,0 +1,77 @@
+"""`keep` (the teacher's own block), `skip` (identity), `proj` (cheap projection), `conv` (plain)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ...errors import UserError
+from ..grammar import register_family
+from ..layers import act_layer, check_stride, conv, copy_bn
+
+
+@register_family("keep", doc="the teacher's own block(s), with the teacher's weights")
+def build_keep(spec, slot, teacher):
+    if teacher is None:
+        raise UserError(f"'keep' needs the teacher's block for slot {slot.name}")
+    return copy.deepcopy(teacher), True
+
+
+@register_family("skip", doc="identity: drops the layer (only where input and output shapes agree)")
+def build_skip(spec, slot, teacher):
+    if tuple(slot.in_shape) != tuple(slot.out_shape) or slot.stride != 1:
+        raise UserError(f"'skip' needs equal input and output shapes; slot {slot.name} maps "
+                        f"{slot.in_shape} to {slot.out_shape} (use 'proj')")
+    return nn.Identity(), False
+
+
+class Projection(nn.Module):
+    """Average-pool to the output resolution, then 1x1 conv + BN: the cheapest shape change."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int):
+        super().__init__()
+        self.pool = nn.AvgPool2d(stride, stride) if stride > 1 else nn.Identity()
+        self.conv = conv(in_chs, out_chs)
+        self.bn = nn.BatchNorm2d(out_chs)
+
+    def forward(self, x):
+        return self.bn(self.conv(self.pool(x)))
+
+
+@register_family("proj", doc="average pool (stride) + 1x1 conv + BN, for slots whose shapes change")
+def build_proj(spec, slot, teacher):
+    if slot.stride not in (1, 2, 4):
+        raise UserError(f"'proj' cannot realise stride {slot.stride}")
+    return Projection(slot.in_chs, slot.out_chs, slot.stride), False
+
+
+class ConvBnAct(nn.Module):
+    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int, act: str | None, groups: int = 1):
+        super().__init__()
+        self.conv = conv(in_chs, out_chs, kernel, stride, groups=groups)
+        self.bn1 = nn.BatchNorm2d(out_chs)
+        self.act = act_layer(act)
+
+    def forward(self, x):
+        return self.act(self.bn1(self.conv(x)))
+
+
+@register_family("conv", options=("kernel", "groups", "act"), required=("kernel",),
+                 doc="plain kxk convolution + BN + activation (no residual)")
+def build_conv(spec, slot, teacher):
+    stride = check_stride(slot, "conv")
+    if slot.in_chs % spec.groups or slot.out_chs % spec.groups:
+        raise UserError(f"conv groups {spec.groups} do not divide {slot.in_chs}/{slot.out_chs} channels")
+    m = ConvBnAct(slot.in_chs, slot.out_chs, spec.kernel, stride, spec.act or slot.act, spec.groups)
+    tconv = getattr(teacher, "conv", None)
+    if (isinstance(tconv, nn.Conv2d) and tconv.in_channels == slot.in_chs and tconv.out_channels == slot.out_chs
+            and tconv.groups == spec.groups and hasattr(teacher, "bn1")):
+        from ..layers import fit_kernel
+
+        with torch.no_grad():
+            m.conv.weight.copy_(fit_kernel(tconv.weight, spec.kernel))
+        copy_bn(m.bn1, teacher.bn1)
+        return m, True
+    return m, False

@@ -1,0 +1,102 @@
+"""Candidate presets: which op strings each slot gets.
+
+`tiny` (≈ 8 per slot: tests and the demo), `small` (≈ 30), `paper` (≥ 197 per MBConv slot, the
+cross product used in the HANT paper's search space). Cheap variants use the slot's own activation.
+Users add presets with `register_preset(name)(fn)`, fn(slot) -> list of op strings.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import UserError
+from .grammar import build, canonical
+
+PRESETS: dict[str, Callable] = {}
+
+
+def register_preset(name: str):
+    def deco(fn):
+        PRESETS[name] = fn
+        return fn
+
+    return deco
+
+
+def _a(slot, act: str | None = None) -> str:
+    a = act or slot.act
+    return a if a in ("relu", "relu6", "silu", "hswish", "gelu") else "relu"
+
+
+def _shape_keep(slot) -> list[str]:
+    same = tuple(slot.in_shape) == tuple(slot.out_shape) and slot.stride == 1
+    return ["keep", "skip" if same else "proj"]
+
+
+@register_preset("tiny")
+def tiny(slot) -> list[str]:
+    a = _a(slot)
+    return _shape_keep(slot) + [f"ir_k3_e1_{a}", f"ir_k3_e2_{a}", f"ir_k3_e3_{a}", f"ir_k5_e3_{a}",
+                                f"ds_k3_{a}", f"er_k3_e1_{a}"]
+
+
+@register_preset("small")
+def small(slot) -> list[str]:
+    a = _a(slot)
+    ops = _shape_keep(slot)
+    ops += [f"ir_k{k}_e{e}_{a}" for k in (3, 5) for e in (1, 2, 3, 4, 6)]
+    ops += [f"ir_k7_e{e}_{a}" for e in (3, 6)]
+    ops += [f"ir_k3_e{e}_se25_{a}" for e in (2, 3, 4)]
+    alt = "hswish" if a != "hswish" else "relu"
+    ops += [f"ir_k3_e{e}_{alt}" for e in (2, 3)]
+    ops += [f"er_k3_e{e}_{a}" for e in (1, 2, 3, 4)]
+    ops += [f"ds_k3_{a}", f"ds_k5_{a}", f"ds_k3_se25_{a}", f"conv_k3_{a}", f"bot_k3_e0.25_{a}"]
+    return ops
+
+
+@register_preset("paper")
+def paper(slot) -> list[str]:
+    acts = sorted({"relu", "silu", "hswish", _a(slot)})
+    ops = _shape_keep(slot)
+    for a in acts:
+        for se in ("", "_se25"):
+            ops += [f"ir_k{k}_e{e}{se}_{a}" for k in (3, 5, 7) for e in (1, 2, 3, 4, 6)]
+            ops += [f"er_k{k}_e{e}{se}_{a}" for k in (3, 5, 7) for e in (1, 2, 3, 4, 6)]
+            ops += [f"ds_k{k}{se}_{a}" for k in (3, 5, 7)]
+        ops += [f"conv_k{k}_{a}" for k in (1, 3, 5)]
+        ops += [f"bot_k3_e{e}_{a}" for e in (0.25, 0.5)]
+    return ops
+
+
+def _valid(op: str, slot) -> bool:
+    from ..errors import UserError as _UE
+
+    if op == "keep":
+        return True
+    try:
+        build(op, slot, None)
+        return True
+    except _UE:
+        return False
+
+
+_VALID_CACHE: dict[tuple, bool] = {}
+
+
+def candidates(slot, preset: str) -> list[str]:
+    """Canonical, deduplicated op strings of `preset` valid for `slot` ("keep" first)."""
+    fn = PRESETS.get(preset)
+    if fn is None:
+        raise UserError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
+    out, seen = [], set()
+    for op in fn(slot):
+        op = canonical(op)
+        if op in seen:
+            continue
+        key = (op, tuple(slot.in_shape), tuple(slot.out_shape), slot.stride)
+        if key not in _VALID_CACHE:
+            _VALID_CACHE[key] = _valid(op, slot)
+        if _VALID_CACHE[key]:
+            seen.add(op)
+            out.append(op)
+    return out

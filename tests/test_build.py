@@ -1,0 +1,90 @@
+import numpy as np
+import torch
+
+from hant_trt.build.assemble import Choice, StudentSpec, assemble, load_student, save_student
+from hant_trt.build.finetune import agreement, finetune, kd_loss, recalibrate_bn
+from hant_trt.build.verify import verify_onnx
+from hant_trt.errors import UserError
+
+import pytest
+
+
+def test_keep_everything_student_equals_teacher(lite0, lite0_decomposition, tmp_path):
+    d = lite0_decomposition
+    choices = [Choice(i, i, "keep") for i in range(len(d.slots))]
+    student = assemble(d, choices)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(student(x), lite0.model(x), atol=1e-5)
+    spec = StudentSpec(model=lite0.name, resolution=224, data_config=lite0.data_config, choices=choices)
+    save_student(tmp_path / "s", student, spec)
+    again, spec2 = load_student(tmp_path / "s")
+    with torch.no_grad():
+        assert torch.equal(again(x), student(x))
+    assert spec2.choices == choices
+
+
+def test_choices_must_cover_every_slot(lite0_decomposition):
+    with pytest.raises(UserError, match="exactly once"):
+        assemble(lite0_decomposition, [Choice(0, 0, "keep"), Choice(2, 2, "keep")])
+
+
+def test_verify_onnx_fp32_passes_and_detects_mismatch(tmp_path):
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                            torch.nn.Flatten(), torch.nn.Linear(4, 5)).eval()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(m, torch.randn(1, 3, 16, 16), str(path), input_names=["input"], output_names=["output"],
+                      dynamo=False, opset_version=17)
+    xs = [np.random.randn(1, 3, 16, 16).astype(np.float32)]
+    assert verify_onnx(m, path, xs).passed
+    with torch.no_grad():
+        m[4].bias += 1.0
+    bad = verify_onnx(m, path, xs)
+    assert not bad.passed and bad.max_abs_diff > 0.5
+
+
+def test_kd_loss_zero_for_identical_logits():
+    t = torch.randn(4, 10)
+    assert kd_loss(t, t).abs().item() < 1e-6
+    assert kd_loss(t + torch.randn(4, 10), t).item() > 0
+
+
+class _Flaky(list):
+    """A dataset that dies after `limit` reads, like a killed process."""
+
+    def __init__(self, items, limit):
+        super().__init__(items)
+        self.limit = limit
+
+    def __getitem__(self, i):
+        self.limit -= 1
+        if self.limit < 0:
+            raise KeyboardInterrupt
+        return list.__getitem__(self, i)
+
+
+def test_finetune_resumes_to_the_same_weights(tmp_path):
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                  torch.nn.Flatten(), torch.nn.Linear(8, 5)).eval()
+    data = [(torch.randn(3, 16, 16), -1) for _ in range(10)]
+
+    def student():
+        torch.manual_seed(1)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 5))
+
+    ref = student()
+    finetune(ref, teacher, data, 6, 4, 1e-2, tmp_path / "a", checkpoint_every=2, fingerprint="x")
+    killed = student()
+    with pytest.raises(KeyboardInterrupt):  # dies during step 5 (after the step-4 checkpoint)
+        finetune(killed, teacher, _Flaky(data, 4 * 4 + 2), 6, 4, 1e-2, tmp_path / "b",
+                 checkpoint_every=2, fingerprint="x")
+    resumed = student()
+    info = finetune(resumed, teacher, data, 6, 4, 1e-2, tmp_path / "b", checkpoint_every=2, fingerprint="x")
+    assert info["resumed_from"] == 4
+    for a, b in zip(ref.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    # another fingerprint starts from scratch
+    other = student()
+    assert finetune(other, teacher, data, 2, 4, 1e-2, tmp_path / "b", fingerprint="z")["resumed_from"] == 0
