@@ -165,6 +165,23 @@ def recalibrate_bn(d: Decomposition, jobs: list[Job], batches: list[torch.Tensor
         j.module.eval()
 
 
+@torch.no_grad()
+def refit_jobs(d: Decomposition, jobs: list[Job], train_set, cfg: DistillCfg, images: int = 64) -> int:
+    """Least-squares start of every candidate's read-out on un-augmented-seed training batches
+    (seeds disjoint from the training steps'). Returns how many candidates it refitted."""
+    from ..ops.refit import refit_readout
+
+    n_batches = max(1, images // cfg.batch_size)
+    xs = [batch_for_step(train_set, -1 - k, cfg.batch_size, cfg.seed) for k in range(n_batches)]
+    acts = [capture(d, x)[0] for x in xs]
+    done = 0
+    for j in jobs:
+        x = torch.cat([a[j.first] for a in acts])
+        t = torch.cat([a[j.last + 1] for a in acts])
+        done += bool(refit_readout(j.module, x, t))
+    return done
+
+
 class Checkpointer:
     """Per-group checkpoint files + one `state.json` commit point, written atomically.
 
@@ -249,8 +266,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
         start = ckpt.load(groups)
         mse_init = st["mse_init"]
     else:
-        for j in jobs:
-            j.module.train()
+        refit_jobs(d, jobs, train_set, cfg)
         mse_init = validation_mse(d, jobs, evb)
     t0 = time.time()
     bar = _progress(cfg.steps, start, f"distill {len(trainable)} candidates")
