@@ -264,10 +264,11 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
             raise UserError(f"{out_dir} holds a partial distillation (step {st['step']}/{cfg.steps}); "
                             "pass --resume to continue it or --restart to discard it")
         start = ckpt.load(groups)
-        mse_init = st["mse_init"]
+        mse_init, mse_refit = st["mse_init"], st.get("mse_refit", {})
     else:
-        refit_jobs(d, jobs, train_set, cfg)
         mse_init = validation_mse(d, jobs, evb)
+        refit_jobs(d, jobs, train_set, cfg)
+        mse_refit = validation_mse(d, jobs, evb)
     t0 = time.time()
     bar = _progress(cfg.steps, start, f"distill {len(trainable)} candidates")
     for j in trainable:
@@ -283,26 +284,26 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
             for j in g.jobs:
                 loss = normalised_mse(j.module(acts[j.first]), acts[j.last + 1])
                 loss.backward()
-                loss_sum += float(loss)
+                loss_sum += float(loss.detach())
             g.opt.step()
             g.opt.zero_grad(set_to_none=True)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum / max(1, len(trainable)):.4f}")
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            ckpt.save(done, groups, {"mse_init": mse_init})
+            ckpt.save(done, groups, {"mse_init": mse_init, "mse_refit": mse_refit})
         if _STEP_DELAY:  # test hook: slows steps so a test can kill the process mid-run
             time.sleep(_STEP_DELAY)
     bar.close()
     if bn_set is not None and bn_batches:
         recalibrate_bn(d, trainable, eval_batches(bn_set, bn_batches * cfg.batch_size, cfg.batch_size))
     mse_final = validation_mse(d, jobs, evb)
-    summary = write_slot_files(jobs, out_dir, mse_init, mse_final, rank, world)
+    summary = write_slot_files(jobs, out_dir, mse_init, mse_refit, mse_final, rank, world)
     summary.update(steps=cfg.steps, seconds=round(time.time() - t0, 1), candidates=len(jobs))
     return summary
 
 
-def write_slot_files(jobs: list[Job], out_dir: Path, mse_init: dict, mse_final: dict,
+def write_slot_files(jobs: list[Job], out_dir: Path, mse_init: dict, mse_refit: dict, mse_final: dict,
                      rank: int, world: int) -> dict:
     """One safetensors file per slot/span (`<op>::<param>` keys) + a JSON listing its candidates."""
     target = out_dir if world == 1 else out_dir / f"rank{rank}"
@@ -315,7 +316,7 @@ def write_slot_files(jobs: list[Job], out_dir: Path, mse_init: dict, mse_final: 
         atomic.write_json(target / f"slot{name}.json", {
             "slot": name, "first": js[0].first, "last": js[0].last,
             "candidates": [{"op": j.op, "inherits": j.inherits, "mse_init": mse_init.get(j.key),
-                            "mse_final": mse_final.get(j.key), "has_weights": bool(j.module.state_dict())}
+                            "mse_refit": mse_refit.get(j.key), "mse_final": mse_final.get(j.key), "has_weights": bool(j.module.state_dict())}
                            for j in js],
         })
     return {"mse_init": mse_init, "mse_final": mse_final}
