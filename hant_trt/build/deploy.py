@@ -93,13 +93,18 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
 
 
 def _report(run, solution, teacher, acc, t_s, s_s, write_report, ReportData) -> Path:
-    import inspect
+    import csv
 
     pareto = []
     pp = run.root / "pareto.json"
     if pp.exists():
         pareto = json.loads(pp.read_text())
-    kwargs = dict(teacher_latency_s=t_s, student_latency_s=s_s, accuracy=acc, solution=solution, pareto=pareto,
-                  teacher_name=teacher.name)
-    accepted = set(inspect.signature(ReportData).parameters)
-    return write_report(run.root, ReportData(**{k: v for k, v in kwargs.items() if k in accepted}))
+    keep = {}
+    lp = run.root / "latency.csv"
+    if lp.exists():
+        with open(lp, newline="") as fh:
+            for r in csv.DictReader(fh):
+                if r["op"] == "keep" and r["precision"] == "fp32":
+                    keep[int(r["first"])] = float(r["median_s"])
+    return write_report(run.root, ReportData(teacher_name=teacher.name, teacher_latency_s=t_s, student_latency_s=s_s,
+                                             accuracy=acc, solution=solution, pareto=pareto, slot_latency_s=keep))

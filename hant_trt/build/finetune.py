@@ -71,7 +71,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         done = step + 1

@@ -1,0 +1,1 @@
+"""True latencies: ONNX export, engine backends, the latency table, trtexec-like benchmarks."""

@@ -1,0 +1,37 @@
+"""Device fingerprints: a latency measured on one machine is never used for another."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DeviceInfo:
+    kind: str                      # cpu | cuda
+    name: str                      # CPU model or GPU name
+    details: dict = field(default_factory=dict)   # threads, compute capability, driver...
+
+    @property
+    def fingerprint(self) -> str:
+        parts = [self.kind, self.name] + [f"{k}={self.details[k]}" for k in sorted(self.details)]
+        text = ";".join(str(p) for p in parts)
+        return f"{self.kind}:{self.name[:40]}:{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_device(threads: int) -> DeviceInfo:
+    return DeviceInfo("cpu", cpu_model(), {"threads": threads, "machine": platform.machine(),
+                                           "cores": os.cpu_count()})

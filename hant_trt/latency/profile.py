@@ -1,0 +1,118 @@
+"""Fill the latency table for a list of modules: export each unique (signature, precision) once,
+prepare it on the backend, time it; failures are recorded with their error and skipped."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .backends.base import Backend
+from .lut import LatencyRow, LatencyTable
+
+
+@dataclass
+class ProfileItem:
+    signature: str
+    input_shape: tuple[int, ...]                 # (N, C, H, W)
+    make_module: Callable[[], object]            # builds the nn.Module (eval mode)
+    calib: Callable | None = None                # int8: yields calibration batches
+
+
+@dataclass
+class ProfileResult:
+    signature: str
+    precision: str
+    median_s: float | None
+    p90_s: float | None
+    stdev_s: float | None
+    count: int
+    error: str | None = None
+    cached: bool = False
+
+
+def _key(item: ProfileItem, precision: str, backend: Backend, device: str) -> tuple:
+    shape = "x".join(map(str, item.input_shape[1:]))
+    return (item.signature, shape, item.input_shape[0], precision, backend.name, backend.version(), device)
+
+
+def _make_onnx(item: ProfileItem, precision: str, workdir: Path) -> Path:
+    from .export import export_onnx
+
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.signature)[:150]
+    base = workdir / f"{safe}.fp32.onnx"
+    if not base.exists():
+        export_onnx(item.make_module(), item.input_shape, base)
+    if precision == "fp32":
+        return base
+    from . import precision as prec
+
+    out = workdir / f"{safe}.{precision}.onnx"
+    if not out.exists():
+        if precision == "fp16":
+            prec.to_fp16(base, out)
+        elif precision == "int8":
+            prec.quantize_int8(item.make_module(), item.input_shape, out, item.calib)
+        else:
+            raise ValueError(f"unknown precision {precision}")
+    return out
+
+
+def _time_item(item, precision, backend, workdir, timing_kw):
+    if backend.name == "torch":
+        prepared = backend.prepare_module(item.make_module(), item.input_shape, precision)
+    else:
+        prepared = backend.prepare(_make_onnx(item, precision, workdir), precision)
+    return backend.time(prepared, **timing_kw)
+
+
+def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTable, precisions: list[str],
+                  workdir: Path, progress: bool = True, max_seconds: float = 2.0, cv_target: float = 0.02,
+                  warmup_ms: float = 100.0) -> list[ProfileResult]:
+    """Measure every (item, precision) not yet in `table`; returns one result per pair."""
+    from tqdm import tqdm
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    device = backend.device().fingerprint
+    seen, todo, results = set(), [], []
+    for it in items:
+        for p in precisions:
+            if (it.signature, p) in seen:
+                continue
+            seen.add((it.signature, p))
+            row = table.get(_key(it, p, backend, device))
+            if row is not None:
+                results.append(ProfileResult(it.signature, p, row.median_s, row.p90_s, row.stdev_s, row.count,
+                                             row.error, cached=True))
+            else:
+                todo.append((it, p))
+    bar = tqdm(todo, desc=f"profile on {backend.name}", unit="op", dynamic_ncols=True,
+               disable=not progress or os.environ.get("HANT_TRT_NO_PROGRESS") == "1")
+    kw = dict(warmup_ms=warmup_ms, max_seconds=max_seconds, cv_target=cv_target)
+    for it, p in bar:
+        key = _key(it, p, backend, device)
+        try:
+            t = _time_item(it, p, backend, workdir, kw)
+            row = LatencyRow(*key, median_s=t.median_s, p90_s=t.p90_s, stdev_s=t.stdev_s, count=t.count)
+        except Exception as exc:  # recorded and skipped, never fatal to the run
+            msg = f"{type(exc).__name__}: {exc}"
+            if os.environ.get("HANT_TRT_DEBUG"):
+                traceback.print_exc()
+            row = LatencyRow(*key, error=msg[:500])
+        table.put(row)
+        results.append(ProfileResult(it.signature, p, row.median_s, row.p90_s, row.stdev_s, row.count, row.error))
+    return results
+
+
+def measure_module(module, input_shape, backend: Backend, table: LatencyTable, workdir: Path, signature: str,
+                   precision: str = "fp32", max_seconds: float = 2.0, cv_target: float = 0.02) -> ProfileResult:
+    """One module (the whole teacher, a fixed part) through the same path as candidates."""
+    item = ProfileItem(signature, tuple(input_shape), lambda: module)
+    res = profile_items([item], backend, table, [precision], workdir, progress=False, max_seconds=max_seconds,
+                        cv_target=cv_target)[0]
+    if res.error:
+        raise RuntimeError(f"could not measure {signature}: {res.error}")
+    return res
