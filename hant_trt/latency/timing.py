@@ -15,10 +15,14 @@ from typing import Callable
 
 def percentile(sorted_values: list[float], p: float) -> float:
     """trtexec's percentile: the value at index max(n − 1 − int((1 − p/100)·n), 0)."""
+    import numpy as np
+
     n = len(sorted_values)
     if n == 0:
         return float("nan")
-    return sorted_values[max(n - 1 - int((1 - p / 100.0) * n), 0)]
+    # trtexec computes this in single precision: (1 - 90/100) * 10 is 1.0000002 there, 0.99999… in double
+    exclude = int(np.float32(np.float32(1) - np.float32(p) / np.float32(100)) * np.float32(n))
+    return sorted_values[max(n - 1 - exclude, 0)]
 
 
 def median(sorted_values: list[float]) -> float:

@@ -1,0 +1,67 @@
+import json
+
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.mark.slow
+def test_run_end_to_end_small(tmp_path):
+    """Every stage through the CLI on a tiny configuration; a second run skips everything."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'''run_dir = "{tmp_path / 'run'}"
+[teacher]
+resolution = 96
+[data]
+train = "embedded"
+[distill]
+preset = "tiny"
+steps = 4
+batch_size = 4
+resolution = 64
+slots = [2, 4, 9]
+[score]
+max_images = 8
+batch_size = 8
+[profile]
+lut = "{tmp_path / 'lut.sqlite'}"
+max_seconds = 0.05
+[search]
+budget = "0.95x"
+sweep = 3
+[build]
+finetune_steps = 2
+batch_size = 4
+engine_name = "e2e"
+''')
+    env = {"HANT_TRT_NO_PROGRESS": "1"}
+    r = run_cli("run", str(cfg), env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "speedup" in r.stdout and "agreement" in r.stdout
+    run = tmp_path / "run"
+    for f in ("teacher.json", "scores.csv", "latency.csv", "latency_fixed.json", "solution.json", "pareto.png",
+              "student/spec.json", "student/weights.safetensors", "student/student.onnx", "report.html",
+              "triton/hant_student/config.pbtxt"):
+        assert (run / f).exists(), f
+    info = json.loads((run / "build.json").read_text())
+    assert info["verify"]["passed"] and info["teacher_latency_ms"] > 0
+    stages = json.loads((run / "run.json").read_text())["stages"]
+    assert all(stages[s]["status"] == "done" for s in ("teacher", "distill", "score", "profile", "search", "build"))
+    again = run_cli("run", str(cfg), env=env)
+    assert again.returncode == 0 and again.stdout.count("skipped") == 6, again.stdout
+    # the saved spec rebuilds a model whose outputs equal the saved student's
+    import torch
+
+    from hant_trt.build.assemble import load_student
+    from hant_trt.latency.export import export_onnx
+
+    student, spec = load_student(run / "student")
+    x = torch.randn(1, 3, 96, 96)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(run / "student" / "student.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        assert (student(x) - torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])).abs().max() < 1e-3
+    # infeasible budget: one line, exit 2
+    r = run_cli("search", str(run), "--budget", "0.01x", env=env)
+    assert r.returncode == 2 and "smallest reachable latency" in r.stderr
