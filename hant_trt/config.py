@@ -42,6 +42,8 @@ class DistillCfg:
     slots: list[int] | None = None
     spans: int = 0                  # fused spans of up to this many slots (0: none)
     group_mb: int = 4000            # memory budget per candidate group
+    bn: str = "frozen"              # frozen: BN uses its (teacher/refit) statistics while training; train
+    bn_recalibrate: bool = False    # re-estimate BN statistics at the deploy resolution after training
     checkpoint_every: int = 50
     seed: int = 0
 

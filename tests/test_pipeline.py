@@ -44,7 +44,8 @@ engine_name = "e2e"
               "triton/hant_student/config.pbtxt"):
         assert (run / f).exists(), f
     info = json.loads((run / "build.json").read_text())
-    assert info["verify"]["passed"] and info["teacher_latency_ms"] > 0
+    assert info["verify"]["passed"], info["verify"]
+    assert info["teacher_latency_ms"] > 0
     stages = json.loads((run / "run.json").read_text())["stages"]
     assert all(stages[s]["status"] == "done" for s in ("teacher", "distill", "score", "profile", "search", "build"))
     again = run_cli("run", str(cfg), env=env)

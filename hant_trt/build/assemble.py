@@ -82,7 +82,7 @@ def assemble(decomposition, choices: list[Choice], trained: dict[tuple[int, int,
     """
     import copy
 
-    from ..distill.capture import module_slot_of, span_teacher
+    from ..teacher.decompose import module_slot_of, span_teacher
 
     d = decomposition
     validate_choices(choices, len(d.slots))

@@ -42,12 +42,4 @@ def normalised_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((out - target) ** 2).mean() / target.pow(2).mean().clamp_min(1e-8)
 
 
-def module_slot_of(slots, first: int, last: int):
-    """The Slot (merged for a span) covering first..last."""
-    from ..teacher.slot import merge
-
-    return slots[first] if first == last else merge(slots[first:last + 1])
-
-
-def span_teacher(d: Decomposition, first: int, last: int) -> nn.Module:
-    return d.blocks[first] if first == last else nn.Sequential(*d.blocks[first:last + 1])
+from ..teacher.decompose import module_slot_of, span_teacher  # noqa: E402,F401  (re-exported)

@@ -78,6 +78,20 @@ def plan_jobs(d: Decomposition, cfg: DistillCfg, rank: int = 0, world: int = 1) 
     return [j for k, j in enumerate(jobs) if k % world == rank]
 
 
+def set_train_mode(module: nn.Module, bn: str = "frozen") -> None:
+    """Train mode, with BatchNorm layers kept in eval mode when `bn == "frozen"`: with a few hundred
+    images, batch statistics of small batches are noisier than the teacher's (or the least-squares
+    refit's) running statistics, and frozen statistics make the result independent of the
+    distillation resolution."""
+    module.train()
+    if bn == "frozen":
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    elif bn != "train":
+        raise UserError(f"distill.bn must be 'frozen' or 'train', not '{bn}'")
+
+
 def _trainable(job: Job) -> bool:
     return any(p.requires_grad for p in job.module.parameters())
 
@@ -272,7 +286,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
     t0 = time.time()
     bar = _progress(cfg.steps, start, f"distill {len(trainable)} candidates")
     for j in trainable:
-        j.module.train()
+        set_train_mode(j.module, cfg.bn)
     for step in range(start, cfg.steps):
         x = batch_for_step(train_set, step, cfg.batch_size, cfg.seed)
         acts, _ = capture(d, x)
@@ -295,7 +309,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
         if _STEP_DELAY:  # test hook: slows steps so a test can kill the process mid-run
             time.sleep(_STEP_DELAY)
     bar.close()
-    if bn_set is not None and bn_batches:
+    if bn_set is not None and bn_batches and cfg.bn_recalibrate:
         recalibrate_bn(d, trainable, eval_batches(bn_set, bn_batches * cfg.batch_size, cfg.batch_size))
     mse_final = validation_mse(d, jobs, evb)
     summary = write_slot_files(jobs, out_dir, mse_init, mse_refit, mse_final, rank, world)

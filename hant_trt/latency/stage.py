@@ -42,7 +42,7 @@ def _candidate_rows(run: RunDir) -> list[tuple[int, int, str, str]]:
 
 
 def run_profile(run: RunDir, cfg: RunConfig) -> dict:
-    from ..distill.capture import module_slot_of, span_teacher
+    from ..teacher.decompose import module_slot_of, span_teacher
     from ..ops import build
     from ..teacher.stage import load_from_config
     from .backends import get_backend

@@ -195,3 +195,14 @@ def decompose(model: nn.Module, resolution: int = 224) -> Decomposition:
     }
     return Decomposition(family=cls, stem=stem, blocks=[b for _, b in named_blocks], head=head,
                          slots=slots, fixed=fixed)
+
+
+def module_slot_of(slots, first: int, last: int):
+    """The Slot (merged for a span) covering first..last."""
+    from .slot import merge
+
+    return slots[first] if first == last else merge(slots[first:last + 1])
+
+
+def span_teacher(d: Decomposition, first: int, last: int) -> nn.Module:
+    return d.blocks[first] if first == last else nn.Sequential(*d.blocks[first:last + 1])
