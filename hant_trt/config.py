@@ -44,6 +44,7 @@ class DistillCfg:
     group_mb: int = 4000            # memory budget per candidate group
     bn: str = "frozen"              # frozen: BN uses its (teacher/refit) statistics while training; train
     bn_recalibrate: bool = False    # re-estimate BN statistics at the deploy resolution after training
+    device: str = "auto"            # auto (CUDA when visible) | cpu | cuda; CUDA trains in mixed precision
     checkpoint_every: int = 50
     seed: int = 0
 

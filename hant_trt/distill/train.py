@@ -78,6 +78,16 @@ def plan_jobs(d: Decomposition, cfg: DistillCfg, rank: int = 0, world: int = 1) 
     return [j for k, j in enumerate(jobs) if k % world == rank]
 
 
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("distill.device is 'cuda' but no CUDA device is visible")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"distill.device must be auto, cpu or cuda, not '{name}'")
+    return torch.device(name)
+
+
 def set_train_mode(module: nn.Module, bn: str = "frozen") -> None:
     """Train mode, with BatchNorm layers kept in eval mode when `bn == "frozen"`: with a few hundred
     images, batch statistics of small batches are noisier than the teacher's (or the least-squares
@@ -180,13 +190,14 @@ def recalibrate_bn(d: Decomposition, jobs: list[Job], batches: list[torch.Tensor
 
 
 @torch.no_grad()
-def refit_jobs(d: Decomposition, jobs: list[Job], train_set, cfg: DistillCfg, images: int = 64) -> int:
+def refit_jobs(d: Decomposition, jobs: list[Job], train_set, cfg: DistillCfg, images: int = 64,
+               device: torch.device | None = None) -> int:
     """Least-squares start of every candidate's read-out on un-augmented-seed training batches
     (seeds disjoint from the training steps'). Returns how many candidates it refitted."""
     from ..ops.refit import refit_readout
 
     n_batches = max(1, images // cfg.batch_size)
-    xs = [batch_for_step(train_set, -1 - k, cfg.batch_size, cfg.seed) for k in range(n_batches)]
+    xs = [batch_for_step(train_set, -1 - k, cfg.batch_size, cfg.seed).to(device or "cpu") for k in range(n_batches)]
     acts = [capture(d, x)[0] for x in xs]
     done = 0
     for j in jobs:
@@ -259,7 +270,12 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
     Returns a summary (jobs, steps, seconds, validation MSE per candidate).
     """
     teacher_modules_eval(d)
+    dev = resolve_device(cfg.device)
+    amp = dev.type == "cuda"
     jobs = plan_jobs(d, cfg, rank, world)
+    for m in (d.stem, d.head, *d.blocks, *(j.module for j in jobs)):
+        m.to(dev)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     jobs = [j for j in jobs if _trainable(j)] + [j for j in jobs if not _trainable(j)]
     trainable = [j for j in jobs if _trainable(j)]
     groups = make_groups(trainable, cfg.batch_size, cfg.group_mb)
@@ -268,7 +284,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
                                   lr=cfg.lr, weight_decay=0.0)
     ckpt = Checkpointer(out_dir / "ckpt" / f"rank{rank}", fingerprint)
     st = ckpt.state()
-    evb = eval_batches(eval_set, eval_images, cfg.batch_size)
+    evb = [b.to(dev) for b in eval_batches(eval_set, eval_images, cfg.batch_size)]
     start = 0
     if st is not None and not restart:
         if st.get("fingerprint") != fingerprint:
@@ -279,38 +295,45 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
                             "pass --resume to continue it or --restart to discard it")
         start = ckpt.load(groups)
         mse_init, mse_refit = st["mse_init"], st.get("mse_refit", {})
+        if st.get("scaler"):
+            scaler.load_state_dict(st["scaler"])
     else:
         mse_init = validation_mse(d, jobs, evb)
-        refit_jobs(d, jobs, train_set, cfg)
+        refit_jobs(d, jobs, train_set, cfg, device=dev)
         mse_refit = validation_mse(d, jobs, evb)
     t0 = time.time()
     bar = _progress(cfg.steps, start, f"distill {len(trainable)} candidates")
     for j in trainable:
         set_train_mode(j.module, cfg.bn)
     for step in range(start, cfg.steps):
-        x = batch_for_step(train_set, step, cfg.batch_size, cfg.seed)
-        acts, _ = capture(d, x)
+        x = batch_for_step(train_set, step, cfg.batch_size, cfg.seed).to(dev, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            acts, _ = capture(d, x)
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
         loss_sum = 0.0
         for g in groups:
             for pg in g.opt.param_groups:
                 pg["lr"] = lr
             for j in g.jobs:
-                loss = normalised_mse(j.module(acts[j.first]), acts[j.last + 1])
-                loss.backward()
+                with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                    out = j.module(acts[j.first])
+                loss = normalised_mse(out.float(), acts[j.last + 1].float())
+                scaler.scale(loss).backward()
                 loss_sum += float(loss.detach())
-            g.opt.step()
+            scaler.step(g.opt)
             g.opt.zero_grad(set_to_none=True)
+        scaler.update()
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum / max(1, len(trainable)):.4f}")
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            ckpt.save(done, groups, {"mse_init": mse_init, "mse_refit": mse_refit})
+            ckpt.save(done, groups, {"mse_init": mse_init, "mse_refit": mse_refit,
+                                     "scaler": scaler.state_dict() if amp else None})
         if _STEP_DELAY:  # test hook: slows steps so a test can kill the process mid-run
             time.sleep(_STEP_DELAY)
     bar.close()
     if bn_set is not None and bn_batches and cfg.bn_recalibrate:
-        recalibrate_bn(d, trainable, eval_batches(bn_set, bn_batches * cfg.batch_size, cfg.batch_size))
+        recalibrate_bn(d, trainable, [b.to(dev) for b in eval_batches(bn_set, bn_batches * cfg.batch_size, cfg.batch_size)])
     mse_final = validation_mse(d, jobs, evb)
     summary = write_slot_files(jobs, out_dir, mse_init, mse_refit, mse_final, rank, world)
     summary.update(steps=cfg.steps, seconds=round(time.time() - t0, 1), candidates=len(jobs))
