@@ -24,6 +24,7 @@ slots = [2, 4, 9]
 max_images = 8
 batch_size = 8
 [profile]
+precisions = ["fp32", "int8"]
 lut = "{tmp_path / 'lut.sqlite'}"
 max_seconds = 0.05
 [search]
@@ -43,6 +44,14 @@ engine_name = "e2e"
               "student/spec.json", "student/weights.safetensors", "student/student.onnx", "report.html",
               "triton/hant_student/config.pbtxt"):
         assert (run / f).exists(), f
+    import csv
+
+    with open(run / "scores.csv") as fh:
+        precs = {(r["op"], r["precision"]) for r in csv.DictReader(fh)}
+    with open(run / "latency.csv") as fh:
+        lat_precs = {r["precision"] for r in csv.DictReader(fh)}
+    assert ("keep", "int8") in precs and ("keep", "fp32") in precs   # int8 is a per-layer choice
+    assert lat_precs == {"fp32", "int8"}
     info = json.loads((run / "build.json").read_text())
     assert info["verify"]["passed"], info["verify"]
     assert info["teacher_latency_ms"] > 0

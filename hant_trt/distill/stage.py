@@ -110,18 +110,39 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
         ev = Subset(ev, range(cfg.score.max_images))
     labelled = bool(getattr(splits.eval, "labelled", False))
     loader = DataLoader(ev, batch_size=cfg.score.batch_size, shuffle=False)
-    entries = keep_entries(d) + load_trained(run.root / "candidates", d)
+    entries = [(k, f, l, op, m, "fp32") for k, f, l, op, m in keep_entries(d) + load_trained(run.root / "candidates", d)]
+    if "int8" in cfg.profile.precisions:
+        entries += int8_entries(d, entries, data_splits(cfg, teacher.data_config, train_augment=False).train,
+                                cfg.score.batch_size)
     bar = _progress(len(loader), 0, f"score {len(entries)} candidates")
-    metrics = score_candidates(d, [(k, f, l, m) for k, f, l, _, m in entries], loader, labelled, bar)
+    metrics = score_candidates(d, [(k, f, l, m) for k, f, l, _, m, _ in entries], loader, labelled, bar)
     bar.close()
     rows = []
-    for key, first, last, op, module in entries:
+    for key, first, last, op, module, prec in entries:
         m = metrics[key]
         params, macs = cost_of(d, first, last, op, module)
-        rows.append(ScoreRow(first=first, last=last, op=op, precision="fp32",
+        rows.append(ScoreRow(first=first, last=last, op=op, precision=prec,
                              signature=signature_of(d, first, last, op), params=params, macs=macs, **m))
-    rows.sort(key=lambda r: (r.first, r.last, r.op != "keep", r.op))
+    rows.sort(key=lambda r: (r.first, r.last, r.op != "keep", r.op, r.precision))
     write_scores(run.path("scores.csv"), rows)
     info = {"rows": len(rows), "eval_images": len(ev), "seconds": round(time.time() - t0, 1)}
     run.set_stage("score", "done", fp, info)
     return info
+
+
+def int8_entries(d, entries, calib_set, batch_size: int, images: int = 32) -> list[tuple]:
+    """Each (fp32) entry again with simulated int8 (ops/fakequant.py), calibrated ("max") on the
+    slot's real inputs from `images` un-augmented training images."""
+    import torch
+
+    from ..ops.fakequant import fake_quantize
+    from .capture import capture
+    from .train import eval_batches
+
+    acts = [capture(d, x)[0] for x in eval_batches(calib_set, images, batch_size)]
+    out = []
+    with torch.no_grad():
+        for key, first, last, op, module, _ in entries:
+            q = fake_quantize(module, [a[first] for a in acts])
+            out.append((key + ":int8", first, last, op, q, "int8"))
+    return out
