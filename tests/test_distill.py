@@ -81,7 +81,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
                           str(cfg_path)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     state = run_dir / "candidates" / "ckpt" / "rank0" / "state.json"
     t0 = time.time()
-    while time.time() - t0 < 120:
+    while time.time() - t0 < 900 and p.poll() is None:
         if state.exists() and json.loads(state.read_text())["step"] >= 4:
             break
         time.sleep(0.1)
