@@ -68,11 +68,14 @@ class ProfileCfg:
 
 @dataclass
 class SearchCfg:
-    budget: str = "0.7x"            # "0.7x" of the teacher, "2ms", "0.002s"
-    metric: str = "agreement"
-    solver: str = "cbc"
-    time_limit: float = 60.0
-    sweep: int = 0
+    budget: str = "0.7x"            # "0.7x" of the teacher, "2ms", "500us", "0.002s", "speedup=1.5"; per device
+    metric: str = "agreement"       # agreement | kl | local_mse | top1 (accuracy drop; needs labels)
+    solver: str = "cbc"             # cbc (bundled with PuLP) | highs (needs highspy)
+    time_limit: float = 60.0        # solver seconds; a feasible but unproven answer is reported as such
+    sweep: int = 0                  # N > 0: also solve N budgets → pareto.json + pareto.png
+    devices: list[str] | None = None  # device fingerprints (or unique substrings); None: all profiled
+    max_params: str | None = None   # Σ params of the slots: "0.8x" of the teacher's, "3.5M", or None
+    max_macs: str | None = None     # Σ MACs of the slots: "0.5x", "300M", "1.2G", or None
 
 
 @dataclass

@@ -1,124 +1,264 @@
+"""The selection ILP against brute-force enumeration, on random small instances with fused spans,
+several precisions, several devices and params / MACs limits."""
+
 import itertools
-import json
 import random
 
 import pytest
 
 from hant_trt.errors import UserError
-from hant_trt.search.ilp import Option, Problem, min_latency, solve
-from hant_trt.search.tables import parse_budget
+from hant_trt.search.budget import parse_budget, parse_count
+from hant_trt.search.ilp import Option, Problem, max_score, min_latency, prune_dominated, solve
 
-DEV = "cpu:test"
+D1, D2 = "gpu:test", "cpu:test"
 
 
-def random_problem(seed: int, n_slots=4, per_slot=3, spans=True, precisions=("fp32", "int8")):
-    rng = random.Random(seed)
+def random_options(rng: random.Random, n_slots: int, per_slot: int = 3, devices=(D1,),
+                   precisions=("fp32", "int8"), max_span: int = 3, per_span: int = 2) -> list[Option]:
     opts = []
     for s in range(n_slots):
+        opts.append(Option(s, s, "keep", "fp32", 0.0, {d: rng.uniform(0.5, 1.0) for d in devices},
+                           params=rng.randint(50, 100), macs=rng.randint(500, 1000)))
         for k in range(per_slot):
             for p in precisions:
-                opts.append(Option(s, s, f"op{k}", p, score=-rng.random() * 10,
-                                   latency_s={DEV: rng.uniform(0.1, 1.0)}))
-        if spans and s + 1 < n_slots:
-            for k in range(2):
-                opts.append(Option(s, s + 1, f"fused{k}", "fp32", score=-rng.random() * 15,
-                                   latency_s={DEV: rng.uniform(0.1, 1.2)}))
+                opts.append(Option(s, s, f"op{k}", p, -round(rng.random() * 10, 3),
+                                   {d: rng.uniform(0.05, 1.0) for d in devices},
+                                   params=rng.randint(5, 100), macs=rng.randint(50, 1000)))
+        for length in range(2, max_span + 1):
+            if s + length <= n_slots:
+                for k in range(per_span):
+                    opts.append(Option(s, s + length - 1, f"fused{length}_{k}", rng.choice(precisions),
+                                       -round(rng.random() * 8 * length, 3),
+                                       {d: rng.uniform(0.1, 0.9 * length) for d in devices},
+                                       params=rng.randint(5, 150), macs=rng.randint(50, 1500)))
     return opts
 
 
-def brute_force(n, opts, budget, fixed):
-    best = None
+def coverings(n: int, opts: list[Option]):
+    """Every way to cover 0..n-1 with consecutive, non-overlapping options."""
+    by_first = {}
+    for o in opts:
+        by_first.setdefault(o.first, []).append(o)
 
-    def cover(start, chosen, lat, score):
-        nonlocal best
+    def rec(start):
         if start == n:
-            if fixed + lat <= budget + 1e-12 and (best is None or score > best[0] + 1e-12):
-                best = (score, list(chosen))
+            yield []
             return
-        for o in opts:
-            if o.first == start:
-                chosen.append(o)
-                cover(o.last + 1, chosen, lat + o.latency_s[DEV], score + o.score)
-                chosen.pop()
+        for o in by_first.get(start, []):
+            for rest in rec(o.last + 1):
+                yield [o] + rest
 
-    cover(0, [], 0.0, 0.0)
+    yield from rec(0)
+
+
+def brute_force(p: Problem):
+    best = None
+    for sel in coverings(p.n_slots, p.options):
+        if any(p.fixed_s.get(d, 0) + sum(o.latency_s[d] for o in sel) > b for d, b in p.budget_s.items()):
+            continue
+        if p.max_params is not None and sum(o.params for o in sel) > p.max_params:
+            continue
+        if p.max_macs is not None and sum(o.macs for o in sel) > p.max_macs:
+            continue
+        score = sum(o.score for o in sel)
+        if best is None or score > best:
+            best = score
     return best
 
 
-@pytest.mark.parametrize("seed", range(8))
+def check_valid(p: Problem, sol):
+    covered = [s for o in sol.choices for s in range(o.first, o.last + 1)]
+    assert covered == list(range(p.n_slots))          # each slot exactly once: spans never overlap
+    for d, b in p.budget_s.items():
+        pred = p.fixed_s.get(d, 0) + sum(o.latency_s[d] for o in sol.choices)
+        assert pred == pytest.approx(sol.predicted_s[d])
+        assert pred <= b * (1 + 1e-9)
+    if p.max_params is not None:
+        assert sum(o.params for o in sol.choices) <= p.max_params
+    if p.max_macs is not None:
+        assert sum(o.macs for o in sol.choices) <= p.max_macs
+    assert sol.score == pytest.approx(sum(o.score for o in sol.choices))
+
+
+def random_problem(seed: int, n_slots: int = 5, two_devices: bool = False, limits: bool = False) -> Problem:
+    rng = random.Random(seed)
+    devices = (D1, D2) if two_devices else (D1,)
+    precisions = ("fp32", "fp16", "int8") if seed % 2 else ("fp32", "int8")
+    opts = random_options(rng, n_slots, devices=devices, precisions=precisions)
+    fixed = {d: rng.uniform(0.1, 0.5) for d in devices}
+    probe = Problem(n_slots, opts, {d: 1e9 for d in devices}, fixed)
+    budget = {}
+    for d in devices:
+        lo = min_latency(probe, d)
+        budget[d] = lo + rng.uniform(0.05, 0.6) * (n_slots * 0.8)
+    p = Problem(n_slots, opts, budget, fixed)
+    if limits:
+        keep = [o for o in opts if o.op == "keep"]
+        p.max_params = 0.6 * sum(o.params for o in keep)
+        p.max_macs = 0.7 * sum(o.macs for o in keep)
+    return p
+
+
+@pytest.mark.parametrize("seed", range(12))
 def test_ilp_equals_brute_force(seed):
-    opts = random_problem(seed)
-    fixed = 0.3
-    lo = min_latency(Problem(4, opts, {DEV: 99}, {DEV: fixed}), DEV)
-    budget = lo + random.Random(seed).uniform(0.1, 2.0)
-    sol = solve(Problem(4, opts, {DEV: budget}, {DEV: fixed}))
-    ref = brute_force(4, opts, budget, fixed)
-    assert sol.score == pytest.approx(ref[0], abs=1e-6)
-    covered = sorted(s for o in sol.choices for s in range(o.first, o.last + 1))
-    assert covered == [0, 1, 2, 3]                     # each slot exactly once, spans never overlap
-    assert sol.predicted_s[DEV] <= budget + 1e-9
-    again = solve(Problem(4, opts, {DEV: budget}, {DEV: fixed}))
-    assert [(o.first, o.op, o.precision) for o in again.choices] == [(o.first, o.op, o.precision) for o in sol.choices]
+    p = random_problem(seed, two_devices=seed % 3 == 0, limits=seed % 4 == 1)
+    ref = brute_force(p)
+    if ref is None:
+        with pytest.raises(UserError):
+            solve(p)
+        return
+    sol = solve(p)
+    assert sol.status == "optimal"
+    assert sol.score == pytest.approx(ref, abs=1e-6)
+    check_valid(p, sol)
+    unpruned = solve(p, prune=False)
+    assert unpruned.score == pytest.approx(ref, abs=1e-6)
+
+
+def test_spans_and_int8_are_chosen_when_they_pay():
+    # slot 0-1 fused is cheaper than any pair; slot 2 only fits at int8
+    opts = [Option(s, s, "keep", "fp32", 0.0, {D1: 1.0}) for s in range(3)]
+    opts += [Option(0, 1, "fused", "fp32", -1.0, {D1: 1.0}), Option(2, 2, "keep", "int8", -0.5, {D1: 0.5})]
+    sol = solve(Problem(3, opts, {D1: 1.6}, {D1: 0.1}))
+    assert [o.key for o in sol.choices] == [(0, 1, "fused", "fp32"), (2, 2, "keep", "int8")]
+    assert sol.predicted_s[D1] == pytest.approx(1.6)
+
+
+def test_same_inputs_same_answer_in_any_order_with_ties():
+    rng = random.Random(3)
+    opts = random_options(rng, 5)
+    # exact duplicates of every keep row under another name: ties the solver must break the same way
+    opts += [Option(o.first, o.last, "clone", o.precision, o.score, dict(o.latency_s)) for o in opts if o.op == "keep"]
+    p = Problem(5, opts, {D1: 1e9}, {D1: 0.0})
+    first = solve(p)
+    assert [o.op for o in first.choices] == ["keep"] * 5       # the teacher's block wins ties
+    for k in range(3):
+        shuffled = list(opts)
+        random.Random(k).shuffle(shuffled)
+        again = solve(Problem(5, shuffled, {D1: 1e9}, {D1: 0.0}))
+        assert [o.key for o in again.choices] == [o.key for o in first.choices]
+    tight = Problem(5, opts, {D1: min_latency(p, D1) + 0.7}, {D1: 0.0})
+    keys = {tuple(o.key for o in solve(tight).choices) for _ in range(3)}
+    assert len(keys) == 1
+
+
+def test_equal_scores_prefer_lower_latency():
+    opts = [Option(0, 0, "slow", "fp32", -1.0, {D1: 2.0}), Option(0, 0, "fast", "fp32", -1.0, {D1: 1.0}),
+            Option(0, 0, "worse", "fp32", -2.0, {D1: 0.5})]
+    assert solve(Problem(1, opts, {D1: 5.0}, {})).choices[0].op == "fast"
 
 
 def test_infeasible_budget_names_smallest_latency():
-    opts = random_problem(1)
-    p = Problem(4, opts, {DEV: 0.01}, {DEV: 0.3})
-    with pytest.raises(UserError, match="smallest reachable latency is"):
+    p = random_problem(1)
+    lo = min_latency(p, D1)
+    p.budget_s = {D1: lo * 0.9}
+    with pytest.raises(UserError, match=rf"smallest reachable latency is {lo * 1e3:.4f} ms"):
         solve(p)
+    p.budget_s = {D1: lo}                                  # exactly the fastest selection: feasible
+    assert solve(p).predicted_s[D1] == pytest.approx(lo)
+
+
+def test_jointly_infeasible_devices():
+    opts = [Option(0, 0, "a", "fp32", -1.0, {D1: 1.0, D2: 5.0}), Option(0, 0, "b", "fp32", -2.0, {D1: 5.0, D2: 1.0})]
+    with pytest.raises(UserError, match="cannot all be met"):
+        solve(Problem(1, opts, {D1: 2.0, D2: 2.0}, {}))
 
 
 def test_two_devices_each_constrained():
-    opts = [Option(0, 0, "a", "fp32", -1.0, {"d1": 1.0, "d2": 5.0}),
-            Option(0, 0, "b", "fp32", -2.0, {"d1": 5.0, "d2": 1.0}),
-            Option(0, 0, "c", "fp32", -3.0, {"d1": 2.0, "d2": 2.0})]
-    sol = solve(Problem(1, opts, {"d1": 2.5, "d2": 2.5}, {}))
+    opts = [Option(0, 0, "a", "fp32", -1.0, {D1: 1.0, D2: 5.0}),
+            Option(0, 0, "b", "fp32", -2.0, {D1: 5.0, D2: 1.0}),
+            Option(0, 0, "c", "fp32", -3.0, {D1: 2.0, D2: 2.0}),
+            Option(0, 0, "only_d1", "fp32", 0.0, {D1: 0.1})]          # no latency on D2: never chosen
+    sol = solve(Problem(1, opts, {D1: 2.5, D2: 2.5}, {}))
     assert [o.op for o in sol.choices] == ["c"]
+    assert set(sol.predicted_s) == {D1, D2}
 
 
-def test_params_limit():
-    opts = [Option(0, 0, "big", "fp32", 0.0, {DEV: 1.0}, params=100),
-            Option(0, 0, "small", "fp32", -1.0, {DEV: 1.0}, params=10)]
-    assert solve(Problem(1, opts, {DEV: 5}, {}, max_params=50)).choices[0].op == "small"
+def test_params_and_macs_limits():
+    opts = [Option(0, 0, "big", "fp32", 0.0, {D1: 1.0}, params=100, macs=10),
+            Option(0, 0, "small", "fp32", -1.0, {D1: 1.0}, params=10, macs=100),
+            Option(0, 0, "tiny", "fp32", -2.0, {D1: 1.0}, params=10, macs=10)]
+    assert solve(Problem(1, opts, {D1: 5}, {}, max_params=50)).choices[0].op == "small"
+    assert solve(Problem(1, opts, {D1: 5}, {}, max_params=50, max_macs=50)).choices[0].op == "tiny"
+    with pytest.raises(UserError, match="params limit"):
+        solve(Problem(1, opts, {D1: 5}, {}, max_params=5))
 
 
-@pytest.mark.parametrize("text,expect", [("0.5x", 5e-3), ("2ms", 2e-3), ("0.004s", 4e-3), ("speedup=2", 5e-3)])
+def test_missing_slot_is_a_user_error():
+    opts = [Option(0, 0, "keep", "fp32", 0.0, {D1: 1.0})]
+    with pytest.raises(UserError, match=r"slot\(s\) \[1\]"):
+        solve(Problem(2, opts, {D1: 5}, {}))
+
+
+def test_unknown_solver():
+    with pytest.raises(UserError, match="unknown solver"):
+        solve(Problem(1, [Option(0, 0, "keep", "fp32", 0.0, {D1: 1.0})], {D1: 5}, {}), solver="gurobi")
+
+
+def test_highs_agrees_with_brute_force():
+    pytest.importorskip("highspy")
+    for seed in (2, 5):
+        p = random_problem(seed, two_devices=True)
+        ref = brute_force(p)
+        sol = solve(p, solver="highs")
+        assert sol.score == pytest.approx(ref, abs=1e-6)
+        check_valid(p, sol)
+
+
+def test_pruning_keeps_only_nondominated():
+    opts = [Option(0, 0, "a", "fp32", -1.0, {D1: 1.0}), Option(0, 0, "b", "fp32", -2.0, {D1: 1.5}),   # b dominated
+            Option(0, 0, "c", "fp32", -3.0, {D1: 0.5}), Option(0, 0, "d", "fp32", -1.0, {D1: 1.0}),   # d == a
+            Option(0, 1, "s", "fp32", -9.0, {D1: 9.0})]                                             # other span
+    kept = prune_dominated(opts, [D1])
+    assert [o.op for o in kept] == ["a", "c", "s"]
+    # with params limited, a heavier-but-better option no longer dominates a lighter one
+    opts2 = [Option(0, 0, "a", "fp32", -1.0, {D1: 1.0}, params=100),
+             Option(0, 0, "b", "fp32", -2.0, {D1: 1.5}, params=10)]
+    assert len(prune_dominated(opts2, [D1], params=True)) == 2
+
+
+def test_bounds():
+    opts = [Option(0, 0, "keep", "fp32", 0.0, {D1: 1.0}), Option(0, 0, "x", "fp32", -1.0, {D1: 0.2}),
+            Option(1, 1, "keep", "fp32", 0.0, {D1: 1.0}), Option(0, 1, "f", "fp32", -0.5, {D1: 0.3})]
+    p = Problem(2, opts, {D1: 9}, {D1: 0.25})
+    assert min_latency(p, D1) == pytest.approx(0.55)
+    assert max_score(p) == 0.0
+
+
+@pytest.mark.parametrize("text,expect", [("0.5x", 5e-3), ("2ms", 2e-3), ("500us", 5e-4), ("0.004s", 4e-3),
+                                         ("speedup=2", 5e-3), ("speedup=2x", 5e-3), (" 1.5 MS ", 1.5e-3),
+                                         ("1e-3s", 1e-3)])
 def test_budget_parsing(text, expect):
     assert parse_budget(text, 0.01) == pytest.approx(expect)
 
 
-def test_bad_budget():
-    with pytest.raises(UserError, match="cannot read budget"):
-        parse_budget("fast", 0.01)
+@pytest.mark.parametrize("text", ["fast", "0x", "-1ms", "speedup=0", "2", "ms", ""])
+def test_bad_budget(text):
+    with pytest.raises(UserError):
+        parse_budget(text, 0.01)
 
 
-def test_run_search_on_tables(tmp_path):
-    from hant_trt.config import RunConfig
-    from hant_trt.rundir import RunDir
-    from hant_trt.search.stage import format_table, run_search
+def test_relative_budget_needs_teacher_latency():
+    with pytest.raises(UserError, match="teacher"):
+        parse_budget("0.5x", 0.0)
 
-    run = RunDir(tmp_path / "r")
-    (tmp_path / "r" / "teacher.json").write_text(json.dumps({"slots": [{}, {}]}))
-    sc = ["first,last,op,precision,signature,agreement,kl,top1,local_mse,params,macs"]
-    lat = ["first,last,op,precision,signature,median_s,p90_s,stdev_s,count,backend,device"]
-    for s in range(2):
-        for op, agr, ms in (("keep", 100, 2.0), ("ir_k3_e2", 95, 1.0), ("skip", 60, 0.01)):
-            sc.append(f"{s},{s},{op},fp32,{op}|{s},{agr},0.1,,0.1,10,10")
-            lat.append(f"{s},{s},{op},fp32,{op}|{s},{ms / 1e3},0,0,10,ort,{DEV}")
-    sc.append("0,1,er_k3_e2,fp32,er|01,97,0.1,,0.1,10,10")
-    lat.append(f"0,1,er_k3_e2,fp32,er|01,{1.5e-3},0,0,10,ort,{DEV}")
-    (tmp_path / "r" / "scores.csv").write_text("\n".join(sc) + "\n")
-    (tmp_path / "r" / "latency.csv").write_text("\n".join(lat) + "\n")
-    (tmp_path / "r" / "latency_fixed.json").write_text(json.dumps(
-        {"device": {DEV: {"stem_s": 1e-3, "head_s": 1e-3, "teacher_s": 6e-3, "teacher_sum_s": 6e-3,
-                          "correction_s": 0.0}}}))
-    for st in ("teacher", "score", "profile"):
-        run.set_stage(st, "done", "x")
-    cfg = RunConfig()
-    cfg.search.budget = "0.6x"
-    cfg.search.sweep = 4
-    sol = run_search(run, cfg)
-    assert [c["op"] for c in sol["choices"]] == ["er_k3_e2"]       # the fused span wins
-    assert sol["predicted_s"] == pytest.approx(3.5e-3)
-    assert (tmp_path / "r" / "pareto.png").exists() and len(json.loads((tmp_path / "r" / "pareto.json").read_text())) == 4
-    assert "er_k3_e2" in format_table(sol)
+
+@pytest.mark.parametrize("text,expect", [("0.5x", 500.0), ("3.5M", 3.5e6), ("800k", 8e5), ("1.2G", 1.2e9),
+                                         ("2e6", 2e6), (1234, 1234.0), (None, None), ("", None)])
+def test_count_parsing(text, expect):
+    assert parse_count(text, 1000.0) == (pytest.approx(expect) if expect else None)
+
+
+@pytest.mark.parametrize("text", ["lots", "-5", "0", "3T"])
+def test_bad_count(text):
+    with pytest.raises(UserError):
+        parse_count(text, 1000.0)
+
+
+def test_enumeration_helper_counts_coverings():
+    # 3 slots, one option per single slot and one 2-slot span at 0-1 and 1-2: 3 coverings
+    opts = [Option(s, s, "k", "fp32", 0.0, {D1: 1.0}) for s in range(3)]
+    opts += [Option(0, 1, "f", "fp32", 0.0, {D1: 1.0}), Option(1, 2, "f", "fp32", 0.0, {D1: 1.0})]
+    got = sorted(tuple((o.first, o.last) for o in c) for c in coverings(3, opts))
+    assert got == [((0, 0), (1, 1), (2, 2)), ((0, 0), (1, 2)), ((0, 1), (2, 2))]
+    assert len(list(itertools.islice(coverings(3, opts), 10))) == 3

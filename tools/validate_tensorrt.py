@@ -29,7 +29,9 @@ def main() -> int:
         try:
             out = fn()
             results.append((name, "ok", out))
-            print(f"[ok]   {name}: {out}")
+            shown = (f"median {out.median_s * 1e3:.4f} ms over {out.count} iterations"
+                     if hasattr(out, "median_s") and hasattr(out, "count") else out)
+            print(f"[ok]   {name}: {shown}")
             return out
         except Exception as exc:  # report and continue
             results.append((name, "FAIL", repr(exc)))
@@ -37,10 +39,11 @@ def main() -> int:
             traceback.print_exc()
             return None
 
-    import torch
+    import numpy as np
 
     from hant_trt.latency.backends.tensorrt import TensorRTBackend, build_engine_file
     from hant_trt.latency.bench import BenchResult, format_summary
+    from hant_trt.latency.timing import median
     from hant_trt.latency.export import export_onnx
     from hant_trt.latency.precision import quantize_int8, to_fp16
     from hant_trt.teacher.decompose import decompose
@@ -52,6 +55,7 @@ def main() -> int:
     step("versions", lambda: f"TensorRT {be.version()}, API generation {be.major}, "
                              f"strongly-typed flag {'present' if be.network_flags() else 'absent'}")
     step("device", lambda: be.device().fingerprint)
+    step("cuda runtime", lambda: type(be.cuda).__name__)
     t = load_teacher()
     d = decompose(t.model, 224)
     block = d.blocks[5]
@@ -67,7 +71,27 @@ def main() -> int:
             continue
         timing = step(f"time {name}", lambda p=path: be.time(be.prepare(p), max_seconds=2.0))
         if timing is not None:
-            print(format_summary(BenchResult(str(path), "tensorrt", timing, getattr(timing, "gpu_compute", None))))
+            print(format_summary(BenchResult(str(path), "tensorrt", timing)))
+            step(f"{name}: CUDA graph used / device-timed", lambda t=timing: (t.cuda_graph, t.device_timed))
+    if fp32 is not None:
+        def plan_roundtrip():
+            # a plan with metadata is accepted on this GPU; outputs are finite; copies timed (bench mode)
+            from hant_trt.build.metadata import EngineMetadata, write_metadata
+
+            plan = work / "b.fp32.plan"
+            dev = be.device()
+            write_metadata(plan, EngineMetadata(name="b", format="tensorrt_plan", file=str(plan),
+                                                tensorrt_version=be.version(), gpu_name=dev.name,
+                                                compute_capability=dev.details["cc"]))
+            be2 = TensorRTBackend(timing_cache=work / "timing.cache", data_transfers=True)
+            prepared = be2.prepare(plan)
+            outs = prepared.outputs()
+            t2 = be2.time(prepared, max_seconds=1.0)
+            assert all(np.isfinite(v).all() for v in outs.values()), "non-finite outputs"
+            return (f"H2D median {median(sorted(t2.h2d_s)) * 1e3:.4f} ms, "
+                    f"compute median {t2.gpu_compute.median_s * 1e3:.4f} ms")
+
+        step("plan + metadata: load, outputs, copies timed", plan_roundtrip)
     whole = step("export teacher", lambda: export_onnx(t.model, (1, 3, 224, 224), work / "teacher.onnx"))
     if whole is not None:
         step("teacher engine + timing", lambda: be.time(be.prepare(whole), max_seconds=3.0).median_s)

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 
 @dataclass
 class DeviceInfo:
+    """What a latency was measured on. `fingerprint` (part of every latency-table key) hashes all
+    of it: CPU model + threads + cores, or GPU name + compute capability + driver."""
+
     kind: str                      # cpu | cuda
     name: str                      # CPU model or GPU name
     details: dict = field(default_factory=dict)   # threads, compute capability, driver...
@@ -33,5 +36,6 @@ def cpu_model() -> str:
 
 
 def cpu_device(threads: int) -> DeviceInfo:
+    """This machine's CPU, timed with `threads` threads."""
     return DeviceInfo("cpu", cpu_model(), {"threads": threads, "machine": platform.machine(),
                                            "cores": os.cpu_count()})

@@ -1,5 +1,7 @@
 """Fill the latency table for a list of modules: export each unique (signature, precision) once,
-prepare it on the backend, time it; failures are recorded with their error and skipped."""
+prepare it on the backend, time it; failures are recorded with their error and skipped, never
+fatal. Pairs already in the table for this backend, version and device are not measured again, so
+a re-run over a full table measures nothing."""
 
 from __future__ import annotations
 
@@ -10,11 +12,15 @@ from pathlib import Path
 from typing import Callable
 
 from .backends.base import Backend
-from .lut import LatencyRow, LatencyTable
+from .lut import LatencyRow, LatencyTable, make_key
 
 
 @dataclass
 class ProfileItem:
+    """One thing to time: its table signature, (N, C, H, W) input, a factory for the module (eval
+    mode) and, for int8, a zero-argument callable yielding calibration batches (None: seeded random
+    batches, good enough for timing only)."""
+
     signature: str
     input_shape: tuple[int, ...]                 # (N, C, H, W)
     make_module: Callable[[], object]            # builds the nn.Module (eval mode)
@@ -23,6 +29,8 @@ class ProfileItem:
 
 @dataclass
 class ProfileResult:
+    """Outcome per (signature, precision): figures in seconds, or `error`; `cached` = from the table."""
+
     signature: str
     precision: str
     median_s: float | None
@@ -34,8 +42,7 @@ class ProfileResult:
 
 
 def _key(item: ProfileItem, precision: str, backend: Backend, device: str) -> tuple:
-    shape = "x".join(map(str, item.input_shape[1:]))
-    return (item.signature, shape, item.input_shape[0], precision, backend.name, backend.version(), device)
+    return make_key(item.signature, item.input_shape, precision, backend.name, backend.version(), device)
 
 
 def _make_onnx(item: ProfileItem, precision: str, workdir: Path) -> Path:
@@ -71,7 +78,17 @@ def _time_item(item, precision, backend, workdir, timing_kw):
 def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTable, precisions: list[str],
                   workdir: Path, progress: bool = True, max_seconds: float = 2.0, cv_target: float = 0.02,
                   warmup_ms: float = 100.0) -> list[ProfileResult]:
-    """Measure every (item, precision) not yet in `table`; returns one result per pair."""
+    """Measure every (item, precision) not yet in `table`; returns one result per unique pair.
+
+    items: what to time (deduplicated by (signature, precision)).
+    backend: a Backend from get_backend; torch times the module directly, the others an ONNX
+        export (fp16 / int8 Q/DQ conversions for those precisions) written under `workdir`.
+    table: the LatencyTable read and filled (failures stored as rows with `error`).
+    precisions: e.g. ["fp32", "fp16"]; a precision that cannot be made is recorded as an error.
+    progress: tqdm bar with ETA on stderr (default True; HANT_TRT_NO_PROGRESS=1 hides it).
+    max_seconds / cv_target / warmup_ms: measurement settings (see timing.measure; defaults 2.0,
+        0.02, 100).
+    """
     from tqdm import tqdm
 
     workdir = Path(workdir)
@@ -109,7 +126,8 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
 
 def measure_module(module, input_shape, backend: Backend, table: LatencyTable, workdir: Path, signature: str,
                    precision: str = "fp32", max_seconds: float = 2.0, cv_target: float = 0.02) -> ProfileResult:
-    """One module (the whole teacher, a fixed part) through the same path as candidates."""
+    """One module (the whole teacher, a fixed part) through the same path as candidates, cached in
+    the table under `signature`; RuntimeError when it cannot be measured (the run needs it)."""
     item = ProfileItem(signature, tuple(input_shape), lambda: module)
     res = profile_items([item], backend, table, [precision], workdir, progress=False, max_seconds=max_seconds,
                         cv_target=cv_target)[0]

@@ -10,12 +10,17 @@ from __future__ import annotations
 from typing import Callable
 
 from ..errors import UserError
-from .grammar import build, canonical
+from .grammar import ACTIVATIONS, canonical, is_valid
 
 PRESETS: dict[str, Callable] = {}
 
 
 def register_preset(name: str):
+    """Decorator registering `fn(slot) -> list of op strings` as preset `name`. The list may hold
+    ops that do not fit the slot: `candidates` drops them, dedupes and puts "keep" first."""
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"preset name must be alphanumeric: {name!r}")
+
     def deco(fn):
         PRESETS[name] = fn
         return fn
@@ -25,7 +30,12 @@ def register_preset(name: str):
 
 def _a(slot, act: str | None = None) -> str:
     a = act or slot.act
-    return a if a in ("relu", "relu6", "silu", "hswish", "gelu") else "relu"
+    return a if a in ACTIVATIONS else "relu"
+
+
+def _se(slot) -> str:
+    """SE token(s) in the teacher's style: MobileNetV3 slots get its hard-sigmoid SE."""
+    return "_se25_hse" if "_hse" in (slot.teacher_op or "") else "_se25"
 
 
 def _shape_keep(slot) -> list[str]:
@@ -46,11 +56,11 @@ def small(slot) -> list[str]:
     ops = _shape_keep(slot)
     ops += [f"ir_k{k}_e{e}_{a}" for k in (3, 5) for e in (1, 2, 3, 4, 6)]
     ops += [f"ir_k7_e{e}_{a}" for e in (3, 6)]
-    ops += [f"ir_k3_e{e}_se25_{a}" for e in (2, 3, 4)]
+    ops += [f"ir_k3_e{e}{_se(slot)}_{a}" for e in (2, 3, 4)]
     alt = "hswish" if a != "hswish" else "relu"
     ops += [f"ir_k3_e{e}_{alt}" for e in (2, 3)]
     ops += [f"er_k3_e{e}_{a}" for e in (1, 2, 3, 4)]
-    ops += [f"ds_k3_{a}", f"ds_k5_{a}", f"ds_k3_se25_{a}", f"conv_k3_{a}", f"bot_k3_e0.25_{a}"]
+    ops += [f"ds_k3_{a}", f"ds_k5_{a}", f"ds_k3{_se(slot)}_{a}", f"conv_k3_{a}", f"bot_k3_e0.25_{a}"]
     return ops
 
 
@@ -59,7 +69,7 @@ def paper(slot) -> list[str]:
     acts = sorted({"relu", "silu", "hswish", _a(slot)})
     ops = _shape_keep(slot)
     for a in acts:
-        for se in ("", "_se25"):
+        for se in ("", _se(slot)):
             ops += [f"ir_k{k}_e{e}{se}_{a}" for k in (3, 5, 7) for e in (1, 2, 3, 4, 6)]
             ops += [f"er_k{k}_e{e}{se}_{a}" for k in (3, 5, 7) for e in (1, 2, 3, 4, 6)]
             ops += [f"ds_k{k}{se}_{a}" for k in (3, 5, 7)]
@@ -68,34 +78,26 @@ def paper(slot) -> list[str]:
     return ops
 
 
-def _valid(op: str, slot) -> bool:
-    from ..errors import UserError as _UE
-
-    if op == "keep":
-        return True
-    try:
-        build(op, slot, None)
-        return True
-    except _UE:
-        return False
-
-
 _VALID_CACHE: dict[tuple, bool] = {}
 
 
 def candidates(slot, preset: str) -> list[str]:
-    """Canonical, deduplicated op strings of `preset` valid for `slot` ("keep" first)."""
+    """Canonical, deduplicated op strings of `preset` that fit `slot` ("keep" first).
+
+    slot: a Slot or a merged span. preset: a registered preset name (tiny, small, paper, ...).
+    The teacher's own op string is left out: "keep" has its signature and its exact weights.
+    """
     fn = PRESETS.get(preset)
     if fn is None:
         raise UserError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
-    out, seen = [], set()
+    out, seen = ["keep"], {"keep", slot.teacher_op}
     for op in fn(slot):
         op = canonical(op)
         if op in seen:
             continue
         key = (op, tuple(slot.in_shape), tuple(slot.out_shape), slot.stride)
         if key not in _VALID_CACHE:
-            _VALID_CACHE[key] = _valid(op, slot)
+            _VALID_CACHE[key] = is_valid(op, slot)
         if _VALID_CACHE[key]:
             seen.add(op)
             out.append(op)

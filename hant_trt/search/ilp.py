@@ -1,119 +1,409 @@
 """The integer program of HANT, with kernel fusion (spans) and per-layer precision.
 
 One binary variable per option = (span of consecutive slots, op, precision). Every slot is covered
-by exactly one chosen option; the objective maximises the summed score; for every target device the
-predicted latency (fixed parts + additivity correction + Σ chosen) stays within that device's
-budget; optional params / MACs limits.
+by exactly one chosen option (so spans never overlap); the objective maximises the summed score;
+for every target device the predicted latency (fixed parts + additivity correction + Σ chosen)
+stays within that device's budget; optional limits on the summed params / MACs of the chosen
+options.
+
+Works on plain dataclasses; PuLP is imported inside `solve` and HiGHS only when asked for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 from ..errors import UserError
 
+SOLVERS = ("cbc", "highs")
+# Equal scores are broken deterministically: faster first, then the canonical preference below.
+_PRECISION_ORDER = {"fp32": 0, "fp16": 1, "int8": 2}
+
 
 @dataclass(frozen=True)
 class Option:
+    """One choice the ILP can make: `op` at `precision` replacing slots first..last (inclusive).
+
+    score: higher is better, 0 for the teacher's own block (e.g. agreement − 100).
+    latency_s: device fingerprint → measured seconds of this option on that device.
+    params, macs: of the option (default 0: not limited). signature: the candidate's table key.
+    """
+
     first: int
     last: int
     op: str
     precision: str
-    score: float                          # higher is better (e.g. agreement − 100)
-    latency_s: dict                       # device → seconds
+    score: float
+    latency_s: dict
     params: int = 0
     macs: int = 0
     signature: str = ""
 
+    @property
+    def key(self) -> tuple:
+        return (self.first, self.last, self.op, self.precision)
+
+    def preference(self) -> tuple:
+        """Canonical order among otherwise equal options: the teacher's block, fp32, shorter spans
+        (fewer changes to the teacher), then by name."""
+        return (self.op != "keep", _PRECISION_ORDER.get(self.precision, 9), self.last - self.first,
+                self.first, self.op, self.precision)
+
 
 @dataclass
 class Problem:
+    """n_slots: slots 0..n_slots-1 to cover. options: the candidates (any order).
+    budget_s: device → whole-model latency budget in seconds (one constraint per device).
+    fixed_s: device → seconds that every student pays (stem + head + additivity correction).
+    max_params, max_macs: limits on Σ params / Σ MACs of the chosen options (None: no limit)."""
+
     n_slots: int
     options: list[Option]
-    budget_s: dict                        # device → seconds (whole model)
-    fixed_s: dict                         # device → stem + head + correction
-    max_params: int | None = None
-    max_macs: int | None = None
+    budget_s: dict
+    fixed_s: dict
+    max_params: float | None = None
+    max_macs: float | None = None
 
 
 @dataclass
 class Solution:
+    """The selection and its predicted figures.
+
+    status: "optimal", or "feasible (time limit)" when the solver stopped before proving optimality.
+    choices: chosen options sorted by first slot. predicted_s: device → fixed + Σ chosen latency.
+    score: Σ chosen scores. budget_s: device → budget used. solver, solve_seconds: how it was found.
+    n_options / n_variables: options given / binary variables left after dominance pruning.
+    The remaining fields are context filled by the stage (primary device, teacher latencies, metric,
+    budget text); they default to empty."""
+
     status: str
     choices: list[Option]
-    predicted_s: dict                     # device → seconds
+    predicted_s: dict
     score: float
+    budget_s: dict
     solver: str
     solve_seconds: float
-    budget_s: dict = field(default_factory=dict)
+    n_options: int = 0
+    n_variables: int = 0
+    device: str = ""
+    teacher_s: dict = field(default_factory=dict)
+    metric: str = ""
+    budget: str = ""
+
+    @property
+    def params(self) -> int:
+        return sum(o.params for o in self.choices)
+
+    @property
+    def macs(self) -> int:
+        return sum(o.macs for o in self.choices)
+
+    @property
+    def primary(self) -> str:
+        return self.device or sorted(self.predicted_s)[0]
+
+    def to_dict(self) -> dict:
+        """The JSON the build stage consumes (`solution.json`); figures on the primary device at top
+        level, every device under *_by_device."""
+        dev = self.primary
+        pred, teacher = self.predicted_s.get(dev), self.teacher_s.get(dev)
+        return {
+            "format": 1, "status": self.status, "solver": self.solver,
+            "solve_seconds": round(self.solve_seconds, 4), "metric": self.metric, "budget": self.budget,
+            "device": dev, "devices": sorted(self.predicted_s),
+            "budget_s": self.budget_s.get(dev), "budget_s_by_device": dict(self.budget_s),
+            "predicted_s": pred, "predicted_s_by_device": dict(self.predicted_s),
+            "teacher_s": teacher, "teacher_s_by_device": dict(self.teacher_s),
+            "predicted_speedup": teacher / pred if teacher and pred else None,
+            "score": self.score, "params": self.params, "macs": self.macs,
+            "n_options": self.n_options, "n_variables": self.n_variables,
+            "choices": [{"first": o.first, "last": o.last, "op": o.op, "precision": o.precision,
+                         "signature": o.signature, "predicted_s": o.latency_s.get(dev),
+                         "predicted_s_by_device": dict(o.latency_s), "score": o.score,
+                         "params": o.params, "macs": o.macs} for o in self.choices],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Solution":
+        """Inverse of `to_dict` (used when the stage is skipped and by `format_table`)."""
+        try:
+            choices = [Option(int(c["first"]), int(c["last"]), c["op"], c.get("precision", "fp32"),
+                              float(c["score"]),
+                              dict(c.get("predicted_s_by_device") or {d["device"]: c["predicted_s"]}),
+                              int(c.get("params", 0)), int(c.get("macs", 0)), c.get("signature", ""))
+                       for c in d["choices"]]
+            budget = d.get("budget_s_by_device")
+            if budget is None:
+                budget = d["budget_s"] if isinstance(d["budget_s"], dict) else {d["device"]: d["budget_s"]}
+            return cls(status=d["status"], choices=choices,
+                       predicted_s=dict(d.get("predicted_s_by_device") or {d["device"]: d["predicted_s"]}),
+                       score=float(d["score"]), budget_s=dict(budget), solver=d["solver"],
+                       solve_seconds=float(d["solve_seconds"]), n_options=int(d.get("n_options", 0)),
+                       n_variables=int(d.get("n_variables", 0)), device=d["device"],
+                       teacher_s=dict(d.get("teacher_s_by_device") or {}), metric=d.get("metric", ""),
+                       budget=d.get("budget", ""))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"solution.json is malformed ({exc!r}): run `hant-trt search` again") from None
+
+
+# -- coverings by dynamic programming (bounds and messages, not the optimum) ----------------------
+
+def _cover_extreme(n_slots: int, options: list[Option], cost, pick=min) -> float:
+    """min (or max) of Σ cost(o) over all ways to cover 0..n_slots-1; inf when none exists."""
+    worst = math.inf if pick is min else -math.inf
+    best = [worst] * (n_slots + 1)
+    best[0] = 0.0
+    by_end: dict[int, list[Option]] = {}
+    for o in options:
+        by_end.setdefault(o.last, []).append(o)
+    for end in range(n_slots):
+        for o in by_end.get(end, ()):
+            c = cost(o)
+            if c is None or not math.isfinite(best[o.first]):
+                continue
+            best[end + 1] = pick(best[end + 1], best[o.first] + c)
+    return best[n_slots] if math.isfinite(best[n_slots]) else math.inf
 
 
 def min_latency(p: Problem, device: str) -> float:
-    """Smallest reachable latency on `device` (shortest path over slot coverings)."""
-    best = [math.inf] * (p.n_slots + 1)
-    best[0] = 0.0
-    for end in range(p.n_slots):
-        for o in p.options:
-            if o.last == end and device in o.latency_s and best[o.first] < math.inf:
-                best[end + 1] = min(best[end + 1], best[o.first] + o.latency_s[device])
-    return p.fixed_s.get(device, 0.0) + best[p.n_slots]
+    """Smallest reachable predicted latency (s) on `device`, ignoring every other constraint."""
+    return p.fixed_s.get(device, 0.0) + _cover_extreme(p.n_slots, p.options, lambda o: o.latency_s.get(device))
 
 
-def _check(p: Problem) -> None:
-    covered = set()
+def max_score(p: Problem) -> float:
+    """Best reachable summed score with no constraint at all (an upper bound for any budget)."""
+    return _cover_extreme(p.n_slots, p.options, lambda o: o.score, pick=max)
+
+
+# -- dominance pruning ------------------------------------------------------------------------------
+
+def prune_dominated(options: list[Option], devices: list[str], params: bool = False,
+                    macs: bool = False) -> list[Option]:
+    """Drop options that another option on the same span beats or equals on everything.
+
+    d dominates o when both cover the same slots, d.score ≥ o.score and d needs no more latency on
+    any of `devices` (nor params / MACs when those are limited). Swapping o for d in any feasible
+    selection keeps it feasible and does not lower the score, so the optimum is unchanged; among
+    exact equals the canonical `Option.preference` survives, which is what makes ties deterministic.
+    Options missing a latency on one of `devices` cannot be chosen and are dropped. Returns the
+    survivors sorted by (first, last, op, precision).
+    """
+    groups: dict[tuple, list[Option]] = {}
+    for o in options:
+        if all(d in o.latency_s for d in devices):
+            groups.setdefault((o.first, o.last), []).append(o)
+
+    def resources(o: Option) -> tuple:
+        r = tuple(o.latency_s[d] for d in devices)
+        return r + ((o.params,) if params else ()) + ((o.macs,) if macs else ())
+
+    kept: list[Option] = []
+    for group in groups.values():
+        # by score descending, then resources: any dominator of o comes before o
+        group.sort(key=lambda o: (-o.score, resources(o), o.preference()))
+        if len(devices) + params + macs == 1:
+            # one resource: o survives iff it is strictly cheaper than everything scoring at least as well
+            cheapest = math.inf
+            for o in group:
+                r = resources(o)[0]
+                if r < cheapest:
+                    cheapest = r
+                    kept.append(o)
+            continue
+        frontier: list[tuple[tuple, Option]] = []
+        for o in group:
+            r = resources(o)
+            if not any(all(a <= b for a, b in zip(fr, r)) for fr, _ in frontier):
+                frontier.append((r, o))
+        kept.extend(o for _, o in frontier)
+    kept.sort(key=lambda o: o.key)
+    return kept
+
+
+# -- validation and infeasibility messages ---------------------------------------------------------
+
+def _validate(p: Problem) -> None:
+    if p.n_slots <= 0:
+        raise UserError("the teacher has no slots to choose for: check teacher.json")
+    if not p.budget_s:
+        raise UserError("no target device with a latency budget: run `hant-trt profile` first")
+    covered: set[int] = set()
     for o in p.options:
         if not 0 <= o.first <= o.last < p.n_slots:
-            raise UserError(f"option {o.op} covers slots {o.first}-{o.last}, outside 0..{p.n_slots - 1}")
-        covered.update(range(o.first, o.last + 1))
+            raise UserError(f"option {o.op} covers slots {o.first}-{o.last}, outside 0..{p.n_slots - 1}: "
+                            "the tables belong to another teacher")
+        if not math.isfinite(o.score) or any(not (math.isfinite(v) and v >= 0) for v in o.latency_s.values()):
+            raise UserError(f"option {o.op} on slots {o.first}-{o.last} has a non-finite score or latency: "
+                            "re-run score/profile")
+        if all(d in o.latency_s for d in p.budget_s):
+            covered.update(range(o.first, o.last + 1))
     missing = sorted(set(range(p.n_slots)) - covered)
     if missing:
-        raise UserError(f"no candidate with a score and a latency for slot(s) {missing}: profile/score them first")
-    for dev in p.budget_s:
+        raise UserError(f"no candidate with both a score and a latency on every target device for slot(s) "
+                        f"{missing}: run score/profile for them first")
+    for name, limit in (("params", p.max_params), ("MACs", p.max_macs)):
+        if limit is not None and (not math.isfinite(limit) or limit <= 0):
+            raise UserError(f"the {name} limit must be a positive number, got {limit}")
+
+
+def infeasibility_message(p: Problem) -> str:
+    """One line saying which constraint cannot be met and the smallest reachable value."""
+    for dev, budget in sorted(p.budget_s.items()):
         lo = min_latency(p, dev)
-        if lo > p.budget_s[dev] * (1 + 1e-9):
-            raise UserError(f"budget {p.budget_s[dev] * 1e3:.4f} ms on {dev} is infeasible: the smallest "
-                            f"reachable latency is {lo * 1e3:.4f} ms")
+        if lo > budget:
+            return (f"latency budget {budget * 1e3:.4f} ms on {dev} is infeasible: the smallest reachable latency "
+                    f"is {lo * 1e3:.4f} ms (fixed parts {p.fixed_s.get(dev, 0.0) * 1e3:.4f} ms included); "
+                    "raise the budget")
+    for name, limit, attr in (("params", p.max_params, "params"), ("MACs", p.max_macs, "macs")):
+        if limit is not None:
+            lo = _cover_extreme(p.n_slots, p.options, lambda o, a=attr: getattr(o, a))
+            if lo > limit:
+                return f"{name} limit {limit:.4g} is infeasible: the smallest reachable total is {lo:.4g}; raise it"
+    lows = ", ".join(f"{min_latency(p, d) * 1e3:.4f} ms on {d}" for d in sorted(p.budget_s))
+    return ("the budgets cannot all be met by one selection (each alone is reachable: smallest latencies "
+            f"{lows}); raise a budget or drop a device or a params/MACs limit")
 
 
-def solve(p: Problem, solver: str = "cbc", time_limit: float = 60.0) -> Solution:
+# -- the integer program ------------------------------------------------------------------------------
+
+def _make_solver(name: str, time_limit: float):
     import pulp
 
-    _check(p)
-    t0 = time.perf_counter()
-    prob = pulp.LpProblem("hant", pulp.LpMaximize)
-    xs = [pulp.LpVariable(f"x{i}", cat="Binary") for i in range(len(p.options))]
-    # tiny latency tie-break so equal scores resolve to the faster, deterministically
-    lat_scale = max((sum(o.latency_s.values()) for o in p.options), default=1.0) or 1.0
-    prob += pulp.lpSum((o.score - 1e-7 * sum(o.latency_s.values()) / lat_scale) * x for o, x in zip(p.options, xs))
-    for s in range(p.n_slots):
-        prob += pulp.lpSum(x for o, x in zip(p.options, xs) if o.first <= s <= o.last) == 1, f"cover{s}"
-    for k, (dev, budget) in enumerate(sorted(p.budget_s.items())):
-        prob += (pulp.lpSum(o.latency_s[dev] * x for o, x in zip(p.options, xs) if dev in o.latency_s)
-                 + p.fixed_s.get(dev, 0.0) <= budget), f"latency{k}"
-        for o, x in zip(p.options, xs):  # an option without a latency on a target can't be chosen
-            if dev not in o.latency_s:
-                prob += x == 0
-    if p.max_params is not None:
-        prob += pulp.lpSum(o.params * x for o, x in zip(p.options, xs)) <= p.max_params, "params"
-    if p.max_macs is not None:
-        prob += pulp.lpSum(o.macs * x for o, x in zip(p.options, xs)) <= p.max_macs, "macs"
-    if solver == "highs":
+    if time_limit is None or time_limit <= 0:
+        raise UserError(f"search time_limit must be positive seconds, got {time_limit}")
+    if name == "cbc":
+        # one thread: CBC is deterministic then, and the machine is shared
+        kwargs = dict(msg=False, timeLimit=time_limit, threads=1, gapRel=0.0)
+        bundled = getattr(pulp, "PULP_CBC_CMD", None)
+        if bundled is not None:
+            # PuLP 3.x bundles CBC but announces its removal in 4.0; the bundled one is the default
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                cmd = bundled(**kwargs)
+            if cmd.available():
+                return cmd
+        cmd = pulp.COIN_CMD(**kwargs)
+        if not cmd.available():
+            raise UserError("no CBC solver found: pip install 'pulp[cbc]', or use solver 'highs' (pip install highspy)")
+        return cmd
+    if name == "highs":
         try:
             import highspy  # noqa: F401
         except ImportError:
-            raise UserError("solver 'highs' needs highspy: pip install highspy") from None
-        cmd = pulp.HiGHS(msg=False, timeLimit=time_limit)
-    elif solver == "cbc":
-        cmd = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, threads=1)
+            raise UserError("solver 'highs' needs highspy: pip install highspy (or use solver 'cbc')") from None
+        # HiGHS stops at a 1e-4 relative gap by default: ask for the proven optimum
+        return pulp.HiGHS(msg=False, timeLimit=time_limit, threads=1, gapRel=0.0, gapAbs=1e-9)
+    raise UserError(f"unknown solver '{name}' (known: {', '.join(SOLVERS)})")
+
+
+def solve(p: Problem, solver: str = "cbc", time_limit: float = 60.0, prune: bool = True) -> Solution:
+    """Maximise Σ score under every constraint of `p`.
+
+    solver: "cbc" (PuLP's bundled CBC, default) or "highs" (needs highspy).
+    time_limit: seconds for the solver (default 60); a solution found but not proven optimal in time
+    is returned with status "feasible (time limit)".
+    prune: drop dominated options first (default True; the optimum is the same either way).
+    Raises UserError when the constraints cannot be met (naming the smallest reachable latency) or
+    the solver finds nothing in time. Same inputs (in any order) → same answer.
+    """
+    import pulp
+
+    _validate(p)
+    cmd = _make_solver(solver, time_limit)
+    t0 = time.perf_counter()
+    devices = sorted(p.budget_s)
+    # an option without a latency on some target cannot be chosen: leave it out of everything
+    usable = Problem(p.n_slots, [o for o in p.options if all(d in o.latency_s for d in devices)],
+                     p.budget_s, p.fixed_s, p.max_params, p.max_macs)
+    opts = (prune_dominated(usable.options, devices, p.max_params is not None, p.max_macs is not None) if prune
+            else sorted(usable.options, key=lambda o: o.key))
+    if any(min_latency(usable, dev) > p.budget_s[dev] for dev in devices):
+        raise UserError(infeasibility_message(usable))
+
+    # Objective scaled so the largest |score| is 1e4: CBC ignores improvements below ~1e-5 absolute.
+    # The tie-break term (≤ 1e-2 over any covering) prefers, among equal scores, lower latency on the
+    # first device, then the canonical preference order; scores closer than 1e-6 × max|score| count
+    # as equal.
+    scale = 1e4 / max(max((abs(o.score) for o in opts), default=0.0), 1e-12)
+    primary = devices[0]
+    lat_span = _cover_extreme(p.n_slots, opts, lambda o: o.latency_s[primary], pick=max) or 1.0
+    rank = {o.key: i for i, o in enumerate(sorted(opts, key=Option.preference))}
+    n_rank = max(1, len(opts)) * p.n_slots
+
+    def tie(o: Option) -> float:
+        return 1e-2 * (0.999 * o.latency_s[primary] / lat_span + 0.001 * rank[o.key] / n_rank)
+
+    prob = pulp.LpProblem("hant_selection", pulp.LpMaximize)
+    if hasattr(prob, "add_variable"):  # PuLP ≥ 3.3 (the LpVariable constructor is deprecated there)
+        xs = [prob.add_variable(f"x{i}", cat=pulp.LpBinary) for i in range(len(opts))]
     else:
-        raise UserError(f"unknown solver '{solver}' (known: cbc, highs)")
-    prob.solve(cmd)
-    status = pulp.LpStatus[prob.status]
-    if status != "Optimal":
-        raise UserError(f"the integer program ended with status '{status}' (time limit {time_limit}s?)")
-    chosen = [o for o, x in zip(p.options, xs) if (x.value() or 0) > 0.5]
-    chosen.sort(key=lambda o: o.first)
-    pred = {dev: p.fixed_s.get(dev, 0.0) + sum(o.latency_s[dev] for o in chosen) for dev in p.budget_s}
-    return Solution(status, chosen, pred, sum(o.score for o in chosen), solver, time.perf_counter() - t0,
-                    dict(p.budget_s))
+        xs = [pulp.LpVariable(f"x{i}", cat=pulp.LpBinary) for i in range(len(opts))]
+    prob += pulp.LpAffineExpression([(x, o.score * scale - tie(o)) for o, x in zip(opts, xs)])
+    for s in range(p.n_slots):
+        prob += pulp.LpAffineExpression([(x, 1) for o, x in zip(opts, xs) if o.first <= s <= o.last]) == 1, f"cover{s}"
+    for k, dev in enumerate(devices):
+        # milliseconds keep coefficients near 1 (solver tolerances are absolute, ~1e-7)
+        room_ms = (p.budget_s[dev] - p.fixed_s.get(dev, 0.0)) * 1e3
+        lat_ms = pulp.LpAffineExpression([(x, o.latency_s[dev] * 1e3) for o, x in zip(opts, xs)])
+        prob += lat_ms <= room_ms, f"latency{k}"
+    if p.max_params is not None:
+        prob += pulp.LpAffineExpression([(x, o.params / 1e6) for o, x in zip(opts, xs)]) <= p.max_params / 1e6, "params"
+    if p.max_macs is not None:
+        prob += pulp.LpAffineExpression([(x, o.macs / 1e9) for o, x in zip(opts, xs)]) <= p.max_macs / 1e9, "macs"
+
+    with _quiet_stdout(solver == "highs"):
+        prob.solve(cmd)
+    elapsed = time.perf_counter() - t0
+    if prob.sol_status == pulp.LpSolutionInfeasible or prob.status == pulp.LpStatusInfeasible:
+        raise UserError(infeasibility_message(usable))
+    if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+        raise UserError(f"the {solver} solver found no selection within {time_limit:g}s "
+                        f"(status '{pulp.LpStatus[prob.status]}'): raise search.time_limit")
+    chosen = sorted((o for o, x in zip(opts, xs) if (x.value() or 0.0) > 0.5), key=lambda o: o.first)
+    _verify(p, chosen)
+    status = "optimal" if prob.sol_status == pulp.LpSolutionOptimal else "feasible (time limit)"
+    pred = {d: p.fixed_s.get(d, 0.0) + sum(o.latency_s[d] for o in chosen) for d in devices}
+    return Solution(status, chosen, pred, sum(o.score for o in chosen), dict(p.budget_s), solver, elapsed,
+                    n_options=len(p.options), n_variables=len(opts))
+
+
+@contextlib.contextmanager
+def _quiet_stdout(active: bool):
+    """Silence the native banner HiGHS prints on file descriptor 1 the first time it loads
+    (`msg=False` only reaches it after construction)."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _verify(p: Problem, chosen: list[Option]) -> None:
+    """Re-check the solver's answer in plain arithmetic: a wrong answer must not reach `build`."""
+    covered = sorted(s for o in chosen for s in range(o.first, o.last + 1))
+    if covered != list(range(p.n_slots)):
+        raise RuntimeError(f"solver returned an invalid covering {[(o.first, o.last) for o in chosen]}")
+    for dev, budget in p.budget_s.items():
+        pred = p.fixed_s.get(dev, 0.0) + sum(o.latency_s[dev] for o in chosen)
+        if pred > budget * (1 + 1e-7) + 1e-12:
+            raise RuntimeError(f"solver answer exceeds the budget on {dev}: {pred} > {budget}")
+    for limit, attr in ((p.max_params, "params"), (p.max_macs, "macs")):
+        if limit is not None and sum(getattr(o, attr) for o in chosen) > limit * (1 + 1e-7):
+            raise RuntimeError(f"solver answer exceeds the {attr} limit")
+
+
+__all__ = ["Option", "Problem", "Solution", "SOLVERS", "solve", "min_latency", "max_score", "prune_dominated",
+           "infeasibility_message"]

@@ -1,113 +1,102 @@
-"""`search` stage: tables → ILP → solution.json (+ Pareto sweep: pareto.json, pareto.png)."""
+"""`search` stage: scores.csv + latency.csv + latency_fixed.json → ILP → solution.json
+(+ with a sweep: pareto.json, pareto.png)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 
 from .. import atomic
+from ..errors import UserError
 from ..rundir import RunDir, fingerprint
-from .ilp import Problem, Solution, min_latency, solve
-from .tables import load_options, parse_budget
+from .ilp import Solution, solve
+from .sweep import pareto_sweep, plot_pareto
+from .tables import build_problem, canonical_metric, load_tables, read_n_slots, select_devices
+
+INPUTS = ("scores.csv", "latency.csv", "latency_fixed.json", "teacher.json")
+SOLUTION, PARETO_JSON, PARETO_PNG = "solution.json", "pareto.json", "pareto.png"
 
 
-def _file_hash(p) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.exists() else ""
+def _file_hash(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
 
 
-def solution_dict(sol: Solution, teacher_s: dict) -> dict:
-    dev = sorted(sol.predicted_s)[0]
-    return {
-        "status": sol.status, "solver": sol.solver, "solve_seconds": round(sol.solve_seconds, 4),
-        "score": sol.score, "budget_s": sol.budget_s, "predicted_s_by_device": sol.predicted_s,
-        "predicted_s": sol.predicted_s[dev], "device": dev, "teacher_s": teacher_s.get(dev),
-        "predicted_speedup": (teacher_s.get(dev) or 0) / sol.predicted_s[dev] if sol.predicted_s[dev] else None,
-        "choices": [{"first": o.first, "last": o.last, "op": o.op, "precision": o.precision,
-                     "signature": o.signature, "predicted_s": o.latency_s.get(dev), "score": o.score}
-                    for o in sol.choices],
-    }
+def search_fingerprint(run: RunDir, cfg) -> str:
+    """Hash of the search settings and of the bytes of every input table."""
+    return fingerprint({"search": cfg.search, "inputs": {f: _file_hash(run.root / f) for f in INPUTS}})
 
 
-def sweep(problem: Problem, n: int, hi_s: dict, solver: str, time_limit: float) -> list[dict]:
-    """Solve for n budgets evenly spaced from the smallest reachable latency to `hi_s`."""
-    dev = sorted(problem.budget_s)[0]
-    lo = min_latency(problem, dev)
-    hi = max(hi_s[dev], lo)
-    points = []
-    for i in range(n):
-        b = lo + (hi - lo) * i / max(1, n - 1)
-        p = Problem(problem.n_slots, problem.options, {dev: b * (1 + 1e-9)}, problem.fixed_s,
-                    problem.max_params, problem.max_macs)
-        s = solve(p, solver, time_limit)
-        points.append({"budget_s": b, "predicted_s": s.predicted_s[dev], "score": s.score,
-                       "choices": [[o.first, o.last, o.op, o.precision] for o in s.choices]})
-    return points
-
-
-def plot_pareto(points: list[dict], chosen: dict, teacher_s: float | None, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([p["predicted_s"] * 1e3 for p in points], [p["score"] for p in points], "o-", label="frontier")
-    ax.plot([chosen["predicted_s"] * 1e3], [chosen["score"]], "r*", ms=14, label="chosen")
-    if teacher_s:
-        ax.plot([teacher_s * 1e3], [0.0], "ks", label="teacher")
-    ax.set_xlabel("predicted latency (ms)")
-    ax.set_ylabel("predicted score (sum over slots)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-
-
-def run_search(run: RunDir, cfg) -> dict:
+def run_search(run: RunDir, cfg) -> Solution:
+    """Solve the selection for `cfg.search` over the run's tables and write solution.json (and, with
+    cfg.search.sweep = N > 0, pareto.json + pareto.png for N budgets). Skipped when run.json says
+    the stage is done with the same settings and input files. Raises UserError on an infeasible
+    budget (naming the smallest reachable latency), unreadable tables or unknown settings."""
     c = cfg.search
-    files = [run.root / f for f in ("scores.csv", "latency.csv", "latency_fixed.json")]
-    fp = fingerprint({"search": c, "inputs": [_file_hash(f) for f in files]})
-    if run.is_done("search", fp) and (run.root / "solution.json").exists():
-        return json.loads((run.root / "solution.json").read_text())
+    fp = search_fingerprint(run, cfg)
+    sol_path = run.root / SOLUTION
+    if run.is_done("search", fp) and sol_path.is_file() and (not c.sweep or (run.root / PARETO_JSON).is_file()):
+        return Solution.from_dict(json.loads(sol_path.read_text()))
     run.require("score")
     run.require("profile")
-    options, fixed = load_options(run.root, c.metric)
-    n = len(json.loads((run.root / "teacher.json").read_text())["slots"])
-    teacher_s = {d: v["teacher_s"] for d, v in fixed.items()}
-    budget = {d: parse_budget(c.budget, teacher_s[d]) for d in fixed}
-    fixed_s = {d: v["stem_s"] + v["head_s"] + v["correction_s"] for d, v in fixed.items()}
-    problem = Problem(n, options, budget, fixed_s)
+    metric = canonical_metric(c.metric)
+    sweep_n = int(c.sweep or 0)
+    if sweep_n < 0:
+        raise UserError(f"search sweep must be ≥ 0 budgets, got {sweep_n}")
+    tables = load_tables(run.root, metric)
+    n_slots = read_n_slots(run.root / "teacher.json")
+    devices = select_devices(tables.fixed, getattr(c, "devices", None))
+    problem = build_problem(tables, n_slots, c.budget, devices, getattr(c, "max_params", None),
+                            getattr(c, "max_macs", None))
+
     run.set_stage("search", "running", fp)
-    sol = solve(problem, c.solver, c.time_limit)
-    out = solution_dict(sol, teacher_s)
-    out["budget"] = c.budget
-    out["metric"] = c.metric
-    if c.sweep and c.sweep > 1:
-        pts = sweep(problem, c.sweep, teacher_s, c.solver, c.time_limit)
-        atomic.write_json(run.path("pareto.json"), pts)
-        plot_pareto(pts, out, out["teacher_s"], run.path("pareto.png"))
-    atomic.write_json(run.path("solution.json"), out)
-    run.set_stage("search", "done", fp, {"predicted_ms": out["predicted_s"] * 1e3,
-                                         "predicted_speedup": out["predicted_speedup"], "score": out["score"]})
-    return out
+    try:
+        sol = solve(problem, c.solver, c.time_limit)
+        sol.device, sol.metric, sol.budget = devices[0], metric, str(c.budget)
+        sol.teacher_s = {d: tables.fixed[d].teacher_s for d in devices}
+        info = {"predicted_ms": sol.predicted_s[sol.device] * 1e3, "score": sol.score, "status": sol.status,
+                "solver": sol.solver, "solve_seconds": round(sol.solve_seconds, 4), "n_variables": sol.n_variables,
+                "dropped_rows": tables.dropped}
+        teacher = sol.teacher_s[sol.device]
+        info["predicted_speedup"] = teacher / sol.predicted_s[sol.device] if sol.predicted_s[sol.device] else None
+        if sweep_n > 0:
+            points, skipped = pareto_sweep(problem, sweep_n, sol.device, c.solver, c.time_limit)
+            atomic.write_json(run.root / PARETO_JSON, [p.to_dict() for p in points])
+            plot_pareto(points, run.root / PARETO_PNG, chosen=sol, teacher_s=teacher, metric=metric)
+            info.update(sweep_points=len(points), sweep_infeasible=skipped)
+        atomic.write_json(sol_path, sol.to_dict())
+    except BaseException:
+        # not done: the next call solves again (nothing else of the run is touched)
+        run.set_stage("search", "pending", fp)
+        raise
+    run.set_stage("search", "done", fp, info)
+    return sol
 
 
-def format_table(sol: dict) -> str:
-    total = sum(c["score"] for c in sol["choices"]) or 0.0
+def format_table(solution: Solution | dict) -> str:
+    """The selection as text for the CLI: slot, chosen op, precision, predicted ms, score and its
+    share of the total score, then one summary line. Accepts a Solution or solution.json's dict."""
+    sol = solution if isinstance(solution, Solution) else Solution.from_dict(solution)
+    dev = sol.primary
+    total = sol.score
     rows = [("slot", "op", "precision", "pred ms", "score", "share")]
-    for ch in sol["choices"]:
-        slot = str(ch["first"]) if ch["first"] == ch["last"] else f"{ch['first']}-{ch['last']}"
-        share = f"{100 * ch['score'] / total:.0f}%" if total else "-"
-        rows.append((slot, ch["op"], ch["precision"], f"{(ch['predicted_s'] or 0) * 1e3:.4f}",
-                     f"{ch['score']:.3f}", share))
-    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(v.ljust(k) for v, k in zip(r, w)).rstrip() for r in rows]
-    lines.append(f"predicted {sol['predicted_s'] * 1e3:.4f} ms (budget {sol['budget_s'][sol['device']] * 1e3:.4f} ms,"
-                 f" teacher {(sol['teacher_s'] or 0) * 1e3:.4f} ms, speedup {sol['predicted_speedup'] or 0:.2f}x),"
-                 f" score {sol['score']:.3f}, {sol['solver']} {sol['status']} in {sol['solve_seconds']:.2f}s")
+    for o in sol.choices:
+        slot = str(o.first) if o.first == o.last else f"{o.first}-{o.last}"
+        share = f"{100 * o.score / total + 0.0:.0f}%" if total else "-"  # + 0.0: no "-0%"
+        lat = o.latency_s.get(dev)
+        rows.append((slot, o.op, o.precision, f"{lat * 1e3:.4f}" if lat is not None else "-", f"{o.score:.3f}", share))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    for d in sorted(sol.predicted_s, key=lambda d: d != dev):
+        pred, budget, teacher = sol.predicted_s[d], sol.budget_s.get(d), sol.teacher_s.get(d)
+        text = f"{d}: predicted {pred * 1e3:.4f} ms"
+        if budget is not None:
+            text += f" (budget {budget * 1e3:.4f} ms"
+            text += f", teacher {teacher * 1e3:.4f} ms, speedup {teacher / pred:.2f}x)" if teacher and pred else ")"
+        lines.append(text)
+    lines.append(f"score {sol.score:.3f}{' (' + sol.metric + ')' if sol.metric else ''}, params {sol.params:,}, "
+                 f"MACs {sol.macs:,}; {sol.solver} {sol.status} in {sol.solve_seconds:.2f}s "
+                 f"({sol.n_variables} of {sol.n_options} options after pruning)")
     return "\n".join(lines)
 
 
-__all__ = ["run_search", "format_table", "asdict"]
+__all__ = ["run_search", "format_table", "search_fingerprint", "SOLUTION", "PARETO_JSON", "PARETO_PNG"]

@@ -1,93 +1,223 @@
-"""Read the run's score and latency tables into ILP options (plain csv/json, no torch)."""
+"""Read the run's score and latency tables into ILP options (plain csv/json; no torch, no onnx).
+
+Contract (see docs/ARCHITECTURE.md):
+- scores.csv: first,last,op,precision,signature,agreement,kl,top1,local_mse,params,macs
+- latency.csv: first,last,op,precision,signature,median_s,p90_s,stdev_s,count,backend,device
+- latency_fixed.json: {"device": {fingerprint: {stem_s, head_s, teacher_s, teacher_sum_s, correction_s}}}
+"""
 
 from __future__ import annotations
 
 import csv
 import json
-import re
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .ilp import Option
+from .budget import parse_budget, parse_count
+from .ilp import Option, Problem
 
+# metric name → (column, how a row's value becomes a score where higher is better)
 METRICS = ("agreement", "kl", "local_mse", "top1")
+_ALIASES = {"agreement_drop": "agreement", "accuracy": "top1", "accuracy_drop": "top1", "mse": "local_mse"}
+SCORE_COLUMNS = ("first", "last", "op", "precision", "signature", "agreement", "kl", "top1", "local_mse",
+                 "params", "macs")
+LATENCY_COLUMNS = ("first", "last", "op", "precision", "signature", "median_s", "device")
+FIXED_KEYS = ("stem_s", "head_s", "teacher_s", "correction_s")
 
 
-def _rows(path: Path) -> list[dict]:
+@dataclass(frozen=True)
+class FixedParts:
+    """What every student pays on one device, from latency_fixed.json (seconds)."""
+
+    stem_s: float
+    head_s: float
+    teacher_s: float                 # the whole teacher, measured in one piece
+    correction_s: float              # teacher_s − (stem + head + Σ keep): the additivity correction
+    teacher_sum_s: float | None = None
+
+    @property
+    def fixed_s(self) -> float:
+        """Added to Σ chosen latencies to predict a whole student."""
+        return self.stem_s + self.head_s + self.correction_s
+
+
+@dataclass
+class Tables:
+    """options: one per (first, last, op, precision) with a score and at least one latency.
+    fixed: device → FixedParts. teacher_params / teacher_macs: Σ over slots of the keep rows.
+    dropped: how many rows were left out for want of a score or a latency (reported, not fatal)."""
+
+    options: list[Option]
+    fixed: dict[str, FixedParts]
+    teacher_params: float = 0.0
+    teacher_macs: float = 0.0
+    dropped: int = 0
+
+
+def canonical_metric(metric: str) -> str:
+    m = _ALIASES.get(str(metric).lower(), str(metric).lower())
+    if m not in METRICS:
+        raise UserError(f"unknown metric '{metric}' (known: {', '.join(METRICS)}, or accuracy_drop)")
+    return m
+
+
+def _read_csv(path: Path, needed: tuple[str, ...]) -> list[dict]:
     if not path.is_file():
         raise UserError(f"{path} not found: run the stage that writes it first")
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def score_value(row: dict, metric: str, keep_top1: float | None) -> float:
-    """Higher is better; 0 for the teacher's own block."""
-    if metric == "agreement":
-        return float(row["agreement"]) - 100.0
-    if metric == "kl":
-        return -float(row["kl"])
-    if metric == "local_mse":
-        return -float(row["local_mse"])
-    if metric == "top1":
-        if not row.get("top1") or keep_top1 is None:
-            raise UserError("metric 'top1' needs labelled evaluation data")
-        return float(row["top1"]) - keep_top1
-    raise UserError(f"unknown metric '{metric}' (known: {', '.join(METRICS)})")
-
-
-def load_options(run_root: Path, metric: str = "agreement") -> tuple[list[Option], dict]:
-    """(options, fixed): one option per (first, last, op, precision) with a score and a latency.
-
-    fp16 rows without their own score use the fp32 score of the same op (fp16 barely moves logits);
-    int8 rows need their own score (simulated quantization).
-    """
-    run_root = Path(run_root)
-    scores = _rows(run_root / "scores.csv")
-    lat = _rows(run_root / "latency.csv")
-    fixed_path = run_root / "latency_fixed.json"
-    if not fixed_path.is_file():
-        raise UserError(f"{fixed_path} not found: run `hant-trt profile` first")
-    fixed = json.loads(fixed_path.read_text())["device"]
-    keep_top1 = {}
-    for r in scores:
-        if r["op"] == "keep" and r.get("top1"):
-            keep_top1[int(r["first"])] = float(r["top1"])
-    kt = sum(keep_top1.values()) / len(keep_top1) if keep_top1 else None
-    sc = {(int(r["first"]), int(r["last"]), r["op"], r["precision"]): r for r in scores}
-    lat_by: dict[tuple, dict] = {}
-    for r in lat:
-        key = (int(r["first"]), int(r["last"]), r["op"], r["precision"])
-        lat_by.setdefault(key, {})[r["device"]] = float(r["median_s"])
-    options = []
-    for key, devs in sorted(lat_by.items()):
-        row = sc.get(key) or (sc.get(key[:3] + ("fp32",)) if key[3] == "fp16" else None)
-        if row is None:
-            continue
-        options.append(Option(first=key[0], last=key[1], op=key[2], precision=key[3],
-                              score=score_value(row, metric, kt), latency_s=devs,
-                              params=int(row["params"]), macs=int(row["macs"]), signature=row["signature"]))
-    return options, fixed
-
-
-_BUDGET = re.compile(r"^\s*(?:(?P<x>[0-9.]+)\s*x|(?P<ms>[0-9.]+)\s*ms|(?P<s>[0-9.]+)\s*s|speedup\s*=\s*(?P<sp>[0-9.]+))\s*$")
-
-
-def parse_budget(text: str, teacher_s: float) -> float:
-    """Seconds from "0.7x" (fraction of the teacher), "2ms", "0.002s" or "speedup=1.5"."""
-    m = _BUDGET.match(str(text))
-    if not m:
-        raise UserError(f"cannot read budget '{text}' (use 0.7x, 2ms, 0.002s or speedup=1.5)")
     try:
-        if m["x"]:
-            v = teacher_s * float(m["x"])
-        elif m["ms"]:
-            v = float(m["ms"]) / 1e3
-        elif m["s"]:
-            v = float(m["s"])
-        else:
-            v = teacher_s / float(m["sp"])
-    except (ValueError, ZeroDivisionError):
-        raise UserError(f"cannot read budget '{text}'") from None
-    if v <= 0:
-        raise UserError(f"budget '{text}' must be positive")
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in needed if c not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(f"{path} lacks column(s) {', '.join(missing)}: it is corrupt or from another version; "
+                                "re-run the stage that writes it")
+            return list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path} is unreadable ({exc}): re-run the stage that writes it") from None
+
+
+def _num(row: dict, col: str, path: Path, line: int, kind=float):
+    try:
+        v = kind(float(row[col])) if kind is int else float(row[col])
+    except (TypeError, ValueError):
+        raise UserError(f"{path}:{line}: column '{col}' is '{row.get(col)}', not a number: "
+                        "the table is corrupt") from None
+    if not math.isfinite(v):
+        raise UserError(f"{path}:{line}: column '{col}' is not finite: the table is corrupt")
     return v
+
+
+def score_value(row: dict, metric: str, teacher_top1: float | None, where: str = "scores.csv") -> float:
+    """A row's score under `metric`, higher is better and 0 for the teacher's own block:
+    agreement − 100 (minus the agreement drop), −KL, −local MSE, or top1 − teacher top1."""
+    metric = canonical_metric(metric)
+    try:
+        if metric == "agreement":
+            return float(row["agreement"]) - 100.0
+        if metric == "kl":
+            return -float(row["kl"])
+        if metric == "local_mse":
+            return -float(row["local_mse"])
+        if not row.get("top1") or teacher_top1 is None:
+            raise UserError("metric 'top1' needs labelled evaluation data (scores.csv has no top1): "
+                            "use metric 'agreement' or score with labels")
+        return float(row["top1"]) - teacher_top1
+    except ValueError:
+        raise UserError(f"{where}: a '{metric}' value is not a number: the table is corrupt") from None
+
+
+def read_fixed(path: Path) -> dict[str, FixedParts]:
+    """device → FixedParts from latency_fixed.json."""
+    if not path.is_file():
+        raise UserError(f"{path} not found: run `hant-trt profile` first")
+    try:
+        devices = json.loads(path.read_text())["device"]
+        out = {}
+        for dev, v in devices.items():
+            vals = {k: float(v[k]) for k in FIXED_KEYS}
+            if not all(math.isfinite(x) for x in vals.values()):
+                raise ValueError(f"non-finite value for {dev}")
+            ts = v.get("teacher_sum_s")
+            out[dev] = FixedParts(**vals, teacher_sum_s=float(ts) if ts is not None else None)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{path} is corrupt ({exc!r}): re-run `hant-trt profile`") from None
+    if not out:
+        raise UserError(f"{path} lists no device: re-run `hant-trt profile`")
+    return out
+
+
+def load_tables(run_root: str | Path, metric: str = "agreement") -> Tables:
+    """Join scores.csv and latency.csv of a run directory into options.
+
+    run_root: the run directory. metric: agreement (default), kl, local_mse or top1.
+    An fp16 latency row without an fp16 score takes the fp32 score of the same (first, last, op):
+    half precision barely moves the logits, and the score stage scores float candidates once (as
+    fp32). int8 rows need their own score (the score stage simulates int8) and are dropped without.
+    Rows with a score but no latency, or a latency but no score, are dropped (counted in `dropped`).
+    """
+    root = Path(run_root)
+    metric = canonical_metric(metric)
+    sp, lp = root / "scores.csv", root / "latency.csv"
+    scores = _read_csv(sp, SCORE_COLUMNS)
+    lat = _read_csv(lp, LATENCY_COLUMNS)
+    fixed = read_fixed(root / "latency_fixed.json")
+
+    keep_top1 = [float(r["top1"]) for r in scores if r["op"] == "keep" and r.get("top1")]
+    teacher_top1 = sum(keep_top1) / len(keep_top1) if keep_top1 else None
+    sc: dict[tuple, dict] = {}
+    teacher_params = teacher_macs = 0.0
+    for i, r in enumerate(scores, start=2):
+        key = (_num(r, "first", sp, i, int), _num(r, "last", sp, i, int), r["op"], r["precision"])
+        r["_line"] = i
+        sc[key] = r
+        if r["op"] == "keep" and key[0] == key[1] and key[3] == "fp32":
+            teacher_params += _num(r, "params", sp, i)
+            teacher_macs += _num(r, "macs", sp, i)
+    lat_by: dict[tuple, dict[str, float]] = {}
+    for i, r in enumerate(lat, start=2):
+        key = (_num(r, "first", lp, i, int), _num(r, "last", lp, i, int), r["op"], r["precision"])
+        lat_by.setdefault(key, {})[r["device"]] = _num(r, "median_s", lp, i)
+
+    options, used, dropped = [], set(), 0
+    for key, devs in sorted(lat_by.items()):
+        row = sc.get(key)
+        if row is None and key[3] == "fp16":
+            row = sc.get(key[:3] + ("fp32",))
+        if row is None:
+            dropped += 1
+            continue
+        used.add((int(row["first"]), int(row["last"]), row["op"], row["precision"]))
+        line = row["_line"]
+        options.append(Option(first=key[0], last=key[1], op=key[2], precision=key[3],
+                              score=score_value(row, metric, teacher_top1, f"{sp}:{line}"), latency_s=devs,
+                              params=int(_num(row, "params", sp, line)), macs=int(_num(row, "macs", sp, line)),
+                              signature=row["signature"]))
+    dropped += sum(1 for k in sc if k not in used)
+    return Tables(options, fixed, teacher_params, teacher_macs, dropped)
+
+
+def read_n_slots(path: Path) -> int:
+    """Number of slots in teacher.json."""
+    if not path.is_file():
+        raise UserError(f"{path} not found: run `hant-trt teacher` first")
+    try:
+        return len(json.loads(path.read_text())["slots"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"{path} is corrupt ({exc!r}): re-run `hant-trt teacher`") from None
+
+
+def select_devices(fixed: dict[str, FixedParts], wanted: list[str] | None) -> list[str]:
+    """The target devices: every device in latency_fixed.json (sorted) when `wanted` is None, else
+    each entry of `wanted` matched to exactly one fingerprint (exactly, or as a unique substring).
+    The first returned device is the primary one (top-level figures of solution.json, the sweep)."""
+    if not wanted:
+        return sorted(fixed)
+    out = []
+    for w in wanted:
+        hits = [w] if w in fixed else sorted(d for d in fixed if w in d)
+        if len(hits) != 1:
+            known = ", ".join(sorted(fixed))
+            raise UserError(f"search device '{w}' matches {'no' if not hits else len(hits)} profiled device(s) "
+                            f"(profiled: {known})")
+        if hits[0] not in out:
+            out.append(hits[0])
+    return out
+
+
+def build_problem(tables: Tables, n_slots: int, budget: str, devices: list[str],
+                  max_params: str | float | None = None, max_macs: str | float | None = None) -> Problem:
+    """The ILP for `devices`: the same budget text applies on each device (so "0.7x" means 0.7 × that
+    device's own teacher latency); fixed parts + additivity correction per device.
+    max_params / max_macs: limits on Σ over the slots ("0.5x" of the teacher's, "3.5M", a number)."""
+    return Problem(
+        n_slots=n_slots, options=tables.options,
+        budget_s={d: parse_budget(budget, tables.fixed[d].teacher_s) for d in devices},
+        fixed_s={d: tables.fixed[d].fixed_s for d in devices},
+        max_params=parse_count(max_params, tables.teacher_params, "params"),
+        max_macs=parse_count(max_macs, tables.teacher_macs, "MACs"))
+
+
+__all__ = ["METRICS", "FixedParts", "Tables", "load_tables", "read_fixed", "read_n_slots", "select_devices",
+           "build_problem", "score_value", "canonical_metric", "parse_budget"]

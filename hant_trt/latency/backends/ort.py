@@ -18,17 +18,30 @@ _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64
 
 
 class OrtBackend(Backend):
+    """ONNX Runtime sessions timed on the host clock.
+
+    threads: intra-op threads, pinned for the whole measurement (default min(2, CPU count)); part
+        of the device fingerprint, since latency depends on it.
+    provider: "cpu", "cuda" (needs onnxruntime-gpu) or "auto" (default: CUDA when onnxruntime-gpu
+        is installed and a GPU is usable, else CPU).
+    batch: value for a dynamic leading input dimension (default None → 1).
+    """
+
     name = "ort"
 
-    def __init__(self, threads: int | None = None, provider: str = "cpu", batch: int | None = None):
+    def __init__(self, threads: int | None = None, provider: str = "auto", batch: int | None = None):
         import onnxruntime as ort
 
         self.ort = ort
         self.threads = threads or min(2, os.cpu_count() or 1)
         self.batch = batch
-        if provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        have_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        if provider not in ("auto", "cpu", "cuda"):
+            raise UserError(f"unknown ONNX Runtime provider '{provider}' (auto | cpu | cuda)")
+        if provider == "cuda" and not have_cuda:
             raise UserError("ONNX Runtime's CUDA provider is not installed: pip install onnxruntime-gpu")
-        self.providers = ["CUDAExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
+        use_cuda = provider == "cuda" or (provider == "auto" and have_cuda)
+        self.providers = ["CUDAExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
 
     def version(self) -> str:
         return self.ort.__version__
@@ -42,6 +55,8 @@ class OrtBackend(Backend):
         return cpu_device(self.threads)
 
     def session(self, model_path: str | Path):
+        """An InferenceSession with full graph optimisation, sequential execution and spinning
+        worker threads (no wake-up latency between iterations); UserError when unloadable."""
         p = Path(model_path)
         if not p.is_file():
             raise UserError(f"model file {p} not found")
@@ -55,7 +70,7 @@ class OrtBackend(Backend):
         try:
             return self.ort.InferenceSession(str(p), so, providers=self.providers)
         except Exception as exc:
-            raise UserError(f"ONNX Runtime cannot load {p} ({type(exc).__name__}: {str(exc)[:120]})") from None
+            raise UserError(f"ONNX Runtime cannot load {p} ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
 
     def prepare(self, model_path, precision: str = "fp32"):
         sess = self.session(model_path)

@@ -15,6 +15,14 @@ from .base import Backend
 
 
 class TorchBackend(Backend):
+    """PyTorch modules timed directly (use `prepare_module`; files are refused).
+
+    threads: CPU threads during timing (default: torch's current setting).
+    device: "cpu" or "cuda" (default: cuda when visible).
+    compile: torch.compile the module ("reduce-overhead", i.e. CUDA graphs, on GPU; default False).
+    channels_last: default True on CUDA, False on CPU.
+    """
+
     name = "torch"
 
     def __init__(self, threads: int | None = None, device: str | None = None, compile: bool = False,
@@ -36,6 +44,8 @@ class TorchBackend(Backend):
         return cpu_device(self.threads)
 
     def prepare_module(self, module: torch.nn.Module, input_shape, precision: str = "fp32"):
+        """(module, input) ready to time: eval mode on the device; precision "fp32" or "fp16" (CUDA
+        only, half weights and input); input_shape is (N, C, H, W)."""
         m = module.eval().to(self.dev)
         x = torch.randn(*input_shape, device=self.dev)
         if precision == "fp16":

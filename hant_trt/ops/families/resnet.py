@@ -19,6 +19,9 @@ def _shortcut(in_chs: int, out_chs: int, stride: int) -> nn.Module | None:
 
 
 class BasicBlock(nn.Module):
+    """timm's ResNet basic block: kxk conv (stride) → kxk conv, + shortcut, act. in_chs/out_chs:
+    channels; kernel; stride; act: activation name."""
+
     def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int, act: str | None):
         super().__init__()
         self.conv1 = conv(in_chs, out_chs, kernel, stride)
@@ -36,6 +39,9 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """timm's ResNet(-Xt) bottleneck: 1x1 → kxk grouped (stride) → 1x1, + shortcut, act. mid_chs:
+    the inner width; groups: of the kxk conv (default 1); others as `BasicBlock`."""
+
     def __init__(self, in_chs: int, out_chs: int, mid_chs: int, kernel: int, stride: int, act: str | None,
                  groups: int = 1):
         super().__init__()
@@ -66,10 +72,14 @@ def _copy_shortcut(m, t) -> None:
             copy_bn(m.downsample[1], tb)
 
 
-@register_family("basic", options=("kernel", "act"), required=("kernel",),
+def _validate(spec, slot) -> None:
+    check_stride(slot, spec.family)  # bot rounds its mid width up to a multiple of groups itself
+
+
+@register_family("basic", options=("kernel", "act"), required=("kernel",), validate=_validate,
                  doc="ResNet basic block: kxk conv, kxk conv, shortcut")
 def build_basic(spec, slot, teacher):
-    stride = check_stride(slot, "basic")
+    stride = slot.stride
     m = BasicBlock(slot.in_chs, slot.out_chs, spec.kernel, stride, spec.act or slot.act)
     t = teacher
     if (t is not None and hasattr(t, "conv2") and not hasattr(t, "conv3")
@@ -85,9 +95,9 @@ def build_basic(spec, slot, teacher):
 
 
 @register_family("bot", options=("kernel", "exp", "groups", "act"), required=("kernel", "exp"),
-                 doc="ResNet(-Xt) bottleneck: 1x1 reduce to e*out, kxk (grouped) conv, 1x1 expand, shortcut")
+                 validate=_validate, doc="ResNet(-Xt) bottleneck: 1x1 reduce to e*out, kxk (grouped) conv, 1x1 expand, shortcut")
 def build_bot(spec, slot, teacher):
-    stride = check_stride(slot, "bot")
+    stride = slot.stride
     mid = max(spec.groups, int(round(slot.out_chs * spec.exp)))
     if mid % spec.groups:
         mid = (mid // spec.groups + 1) * spec.groups

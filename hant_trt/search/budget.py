@@ -1,0 +1,70 @@
+"""Budgets and limits as users write them: latency ("0.7x", "2ms", "0.002s", "speedup=1.5") and
+counts for params / MACs ("0.5x", "3.5M", "2e6")."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from ..errors import UserError
+
+_NUM = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_BUDGET = re.compile(rf"^\s*(?:(?P<x>{_NUM})\s*x|(?P<ms>{_NUM})\s*ms|(?P<us>{_NUM})\s*us|(?P<s>{_NUM})\s*s"
+                     rf"|speedup\s*=\s*(?P<sp>{_NUM})\s*x?)\s*$", re.IGNORECASE)
+_COUNT = re.compile(rf"^\s*(?:(?P<x>{_NUM})\s*x|(?P<n>{_NUM})\s*(?P<unit>[kmg]?))\s*$", re.IGNORECASE)
+_UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def parse_budget(text: str, teacher_s: float) -> float:
+    """Latency budget in seconds for one device.
+
+    text: "0.7x" (fraction of the teacher's measured latency), "2ms", "500us", "0.002s", or
+    "speedup=1.5" (teacher latency / 1.5). teacher_s: the teacher's measured latency on that device.
+    """
+    m = _BUDGET.match(str(text))
+    if not m:
+        raise UserError(f"cannot read budget '{text}' (use 0.7x, 2ms, 500us, 0.002s or speedup=1.5)")
+    if (m["x"] or m["sp"]) and not (teacher_s and teacher_s > 0):
+        raise UserError(f"budget '{text}' is relative to the teacher, whose latency is unknown: re-run profile")
+    if m["x"]:
+        v = teacher_s * float(m["x"])
+    elif m["ms"]:
+        v = float(m["ms"]) / 1e3
+    elif m["us"]:
+        v = float(m["us"]) / 1e6
+    elif m["s"]:
+        v = float(m["s"])
+    else:
+        sp = float(m["sp"])
+        if sp <= 0:
+            raise UserError(f"budget '{text}': the speedup must be positive")
+        v = teacher_s / sp
+    if not (math.isfinite(v) and v > 0):
+        raise UserError(f"budget '{text}' must be a positive, finite latency")
+    return v
+
+
+def parse_count(text: str | float | int | None, teacher_total: float, what: str = "params") -> float | None:
+    """A params / MACs limit as a number, or None when `text` is None or empty.
+
+    text: "0.5x" (fraction of the teacher's total over the replaceable slots), "3.5M", "1.2G", "800k",
+    a plain number, or a number. teacher_total: Σ over slots of the teacher's own params (or MACs).
+    what: name used in error messages.
+    """
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        v = float(text)
+    else:
+        m = _COUNT.match(str(text))
+        if not m:
+            raise UserError(f"cannot read the {what} limit '{text}' (use 0.5x, 3.5M, 1.2G or a number)")
+        if m["x"]:
+            if not teacher_total > 0:
+                raise UserError(f"{what} limit '{text}' is relative to the teacher, whose {what} are unknown")
+            v = float(m["x"]) * teacher_total
+        else:
+            v = float(m["n"]) * _UNITS[m["unit"].lower()]
+    if not (math.isfinite(v) and v > 0):
+        raise UserError(f"the {what} limit '{text}' must be positive")
+    return v
