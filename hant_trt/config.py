@@ -47,6 +47,9 @@ class DistillCfg:
     device: str = "auto"            # auto (CUDA when visible) | cpu | cuda; CUDA trains in mixed precision
     checkpoint_every: int = 50
     seed: int = 0
+    full_res_steps: int = 0         # the last N steps at the deploy resolution (after `resolution` ones)
+    keep_best: bool = True          # per candidate, keep whichever of its start and its trained weights
+                                    # has the lower validation MSE (refit kept only where it helps)
 
 
 @dataclass
@@ -83,6 +86,10 @@ class BuildCfg:
     finetune_steps: int = 100
     finetune_lr: float = 1e-4
     batch_size: int = 16
+    feature_weight: float = 1.0     # fine-tune: weight of the per-boundary feature-map loss (0: logits only)
+    bn: str = "frozen"              # fine-tune BatchNorm: frozen | train
+    bn_recalibrate: str = "none"    # after fine-tune, re-estimate BN statistics of: none | replaced | all
+    bn_images: int = 256            # un-augmented training images for that re-estimation
     engine_name: str | None = None
 
 

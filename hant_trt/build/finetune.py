@@ -1,6 +1,14 @@
-"""End-to-end fine-tune of the assembled student by distillation from the teacher's logits
-(plus cross-entropy when labels exist). Resumable: model + optimizer + step checkpointed
-atomically; batches are seeded by (seed, step) like phase 1."""
+"""End-to-end fine-tune of the assembled student: distillation from the teacher's logits (plus
+cross-entropy when labels exist) and, at every part boundary, from the teacher's feature maps.
+
+The feature term is what makes composition work with a few hundred images: each part learns to
+map the *student's* (already perturbed) input to the teacher's output at that boundary, so the
+error that compounds through a chain of distilled candidates is trained away, and the teacher's
+features regularise far more than 1000 logits can. BatchNorm stays frozen (running statistics of
+the teacher or of phase 1): batch statistics of 16 images are noisier than those.
+
+Resumable: model + optimizer + step checkpointed atomically; batches are seeded by (seed, step)
+like phase 1."""
 
 from __future__ import annotations
 
@@ -13,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import atomic
-from ..distill.train import _progress, batch_for_step, eval_batches, lr_at
+from ..distill.capture import normalised_mse
+from ..distill.train import _progress, batch_for_step, eval_batches, lr_at, set_train_mode
 
 
 def _labelled_batch(dataset, step: int, batch_size: int, seed: int):
@@ -39,10 +48,29 @@ def kd_loss(student_logits, teacher_logits, labels=None, temperature: float = 1.
     return loss
 
 
+def student_features(student: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(outputs of every part, logits) of a Student (stem → parts → head)."""
+    h = student.stem(x)
+    feats = []
+    for p in student.parts:
+        h = p(h)
+        feats.append(h)
+    return feats, student.head(h)
+
+
 def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batch_size: int, lr: float,
              ckpt_dir: Path, seed: int = 0, fingerprint: str = "", warmup: int = 5,
-             checkpoint_every: int = 25) -> dict:
-    """Fine-tune `student` in place; resumes from `ckpt_dir` when it holds the same fingerprint."""
+             checkpoint_every: int = 25, decomposition=None, boundaries: list[int] | None = None,
+             feature_weight: float = 1.0, bn: str = "frozen") -> dict:
+    """Fine-tune `student` in place; resumes from `ckpt_dir` when it holds the same fingerprint.
+
+    decomposition + boundaries: the teacher's Decomposition and, per student part, the index of the
+    teacher activation it must reproduce (`choice.last + 1`); with both and feature_weight > 0 the
+    loss adds feature_weight × mean normalised MSE over the boundaries. bn: "frozen" or "train".
+    """
+    use_feats = decomposition is not None and boundaries is not None and feature_weight > 0
+    if use_feats and len(boundaries) != len(student.parts):
+        raise ValueError(f"{len(boundaries)} boundaries for {len(student.parts)} student parts")
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -60,14 +88,22 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
     t0 = time.time()
     bar = _progress(steps, start, "fine-tune")
     losses = []
-    student.train()
+    set_train_mode(student, bn)
     for step in range(start, steps):
         x, y = _labelled_batch(train_set, step, batch_size, seed)
-        with torch.no_grad():
-            t_logits = teacher(x)
         for pg in opt.param_groups:
             pg["lr"] = lr_at(step, steps, lr, warmup)
-        loss = kd_loss(student(x), t_logits, y)
+        if use_feats:
+            from ..distill.capture import capture
+
+            acts, t_logits = capture(decomposition, x)
+            feats, logits = student_features(student, x)
+            f_loss = sum(normalised_mse(f, acts[b]) for f, b in zip(feats, boundaries)) / len(feats)
+            loss = kd_loss(logits, t_logits, y) + feature_weight * f_loss
+        else:
+            with torch.no_grad():
+                t_logits = teacher(x)
+            loss = kd_loss(student(x), t_logits, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -89,16 +125,21 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
-    """BatchNorm statistics re-estimated (cumulative average) at the deploy resolution."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor], modules: list[nn.Module] | None = None) -> None:
+    """BatchNorm statistics re-estimated (cumulative average) at the deploy resolution; only the
+    BatchNorms inside `modules` when given (e.g. the replaced parts: the teacher's own statistics
+    come from far more images than a user has)."""
+    scope = modules if modules is not None else [model]
+    bns = [m for s in scope for m in s.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns or not batches:
         return
     moms = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
-    model.train()
+    model.eval()
+    for m in bns:
+        m.train()
     for x in batches:
         model(x)
     for m, mom in zip(bns, moms):
@@ -108,14 +149,18 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
 
 @torch.no_grad()
 def agreement(model: nn.Module, teacher: nn.Module, loader) -> dict:
-    """Top-1 agreement with the teacher (and top-1 accuracy of both when labelled)."""
+    """Top-1 agreement with the teacher, mean KL(teacher ‖ model) in nats (a finer measure than
+    agreement on a few hundred images), and top-1 accuracy of both when labelled."""
     model.eval()
     teacher.eval()
     n = agree = s_ok = t_ok = 0
+    kl = 0.0
     labelled = True
     for x, y in loader:
-        s = model(x).argmax(1)
-        t = teacher(x).argmax(1)
+        s_logits, t_logits = model(x), teacher(x)
+        kl += float(F.kl_div(F.log_softmax(s_logits, 1), F.log_softmax(t_logits, 1), log_target=True,
+                             reduction="sum"))
+        s, t = s_logits.argmax(1), t_logits.argmax(1)
         agree += int((s == t).sum())
         if (y >= 0).all():
             s_ok += int((s == y).sum())
@@ -123,10 +168,10 @@ def agreement(model: nn.Module, teacher: nn.Module, loader) -> dict:
         else:
             labelled = False
         n += x.shape[0]
-    out = {"images": n, "agreement": 100.0 * agree / max(1, n)}
+    out = {"images": n, "agreement": 100.0 * agree / max(1, n), "kl": kl / max(1, n)}
     if labelled and n:
         out.update(student_top1=100.0 * s_ok / n, teacher_top1=100.0 * t_ok / n)
     return out
 
 
-__all__ = ["finetune", "recalibrate_bn", "agreement", "kd_loss", "eval_batches", "batch_for_step"]
+__all__ = ["finetune", "student_features", "recalibrate_bn", "agreement", "kd_loss", "eval_batches", "batch_for_step"]

@@ -33,13 +33,26 @@ def _trained_modules(run: RunDir, d, choices: list[Choice]) -> dict:
     return {(f, l, op): m for _, f, l, op, m in load_trained(run.root / "candidates", d) if (f, l, op) in wanted}
 
 
+def recalibrate(student, ordered: list[Choice], batches, which: str) -> None:
+    """BN re-estimation of the student's replaced parts, of everything, or of nothing."""
+    from ..errors import UserError
+    from .finetune import recalibrate_bn
+
+    if which == "none":
+        return
+    if which not in ("replaced", "all"):
+        raise UserError(f"build.bn_recalibrate must be none, replaced or all, not '{which}'")
+    parts = None if which == "all" else [p for p, c in zip(student.parts, ordered) if c.op != "keep"]
+    recalibrate_bn(student, batches, parts)
+
+
 def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> dict:
     from torch.utils.data import DataLoader
 
     from ..distill.stage import data_splits
     from ..teacher.stage import load_from_config
     from .deploy import deploy
-    from .finetune import agreement, eval_batches, finetune, recalibrate_bn
+    from .finetune import agreement, eval_batches, finetune
 
     fp = build_fingerprint(run, cfg)
     if run.is_done("build", fp):
@@ -53,14 +66,16 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
     splits = data_splits(cfg, teacher.data_config, train_resolution=cfg.distill.resolution)
     deploy_train = data_splits(cfg, teacher.data_config, train_augment=False).train
     eval_loader = DataLoader(splits.eval, batch_size=32)
-    bn_batches = eval_batches(deploy_train, 4 * cfg.build.batch_size, cfg.build.batch_size)
+    bn_batches = eval_batches(deploy_train, cfg.build.bn_images, cfg.build.batch_size)
     before = agreement(student, teacher.model, eval_loader)
     ft = {"steps": 0}
+    ordered = sorted(choices, key=lambda c: c.first)
     if cfg.build.finetune_steps > 0:
         ft = finetune(student, teacher.model, splits.train, cfg.build.finetune_steps, cfg.build.batch_size,
                       cfg.build.finetune_lr, run.root / "student" / "ckpt", seed=cfg.distill.seed,
-                      fingerprint=fp)
-    recalibrate_bn(student, bn_batches)
+                      fingerprint=fp, decomposition=d, boundaries=[c.last + 1 for c in ordered],
+                      feature_weight=cfg.build.feature_weight, bn=cfg.build.bn)
+    recalibrate(student, ordered, bn_batches, cfg.build.bn_recalibrate)
     after = agreement(student, teacher.model, eval_loader)
     spec = StudentSpec(model=teacher.name, resolution=teacher.resolution, data_config=teacher.data_config,
                        choices=choices, notes={"agreement_assembled": before, "agreement": after,

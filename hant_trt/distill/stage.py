@@ -38,8 +38,9 @@ def run_distill(run: RunDir, cfg: RunConfig, resume: bool = False, restart: bool
     splits = data_splits(cfg, teacher.data_config, train_resolution=cfg.distill.resolution)
     bn = data_splits(cfg, teacher.data_config, train_augment=False).train
     out = run.root / "candidates"
+    full = data_splits(cfg, teacher.data_config).train if cfg.distill.full_res_steps > 0 else None
     summary = distill(d, splits.train, splits.eval, cfg.distill, out, fp, resume=resume,
-                      restart=restart, rank=rank, world=world, bn_set=bn)
+                      restart=restart, rank=rank, world=world, bn_set=bn, full_set=full)
     if world > 1:
         _merge_ranks(run, world, rank)
         if rank != 0:

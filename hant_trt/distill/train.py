@@ -189,6 +189,22 @@ def recalibrate_bn(d: Decomposition, jobs: list[Job], batches: list[torch.Tensor
         j.module.eval()
 
 
+def _snapshot(jobs: list[Job]) -> dict[str, dict]:
+    return {j.key: {k: v.detach().clone() for k, v in j.module.state_dict().items()} for j in jobs}
+
+
+@torch.no_grad()
+def keep_better(jobs: list[Job], mse_now: dict, mse_then: dict, then: dict[str, dict]) -> dict:
+    """Per job, restore the `then` weights where they had the lower validation MSE. Returns the
+    validation MSE of what is kept."""
+    kept = dict(mse_now)
+    for j in jobs:
+        if j.key in then and mse_then.get(j.key, float("inf")) < mse_now.get(j.key, float("inf")):
+            j.module.load_state_dict(then[j.key])
+            kept[j.key] = mse_then[j.key]
+    return kept
+
+
 @torch.no_grad()
 def refit_jobs(d: Decomposition, jobs: list[Job], train_set, cfg: DistillCfg, images: int = 64,
                device: torch.device | None = None) -> int:
@@ -261,11 +277,13 @@ def _progress(total: int, initial: int, desc: str):
 
 def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Path, fingerprint: str,
             resume: bool = False, restart: bool = False, rank: int = 0, world: int = 1,
-            eval_images: int = 64, bn_set=None, bn_batches: int = 4) -> dict:
+            eval_images: int = 64, bn_set=None, bn_batches: int = 4, full_set=None) -> dict:
     """Train every candidate; write `slot<name>.safetensors` + `.json` into `out_dir`.
 
     `bn_set`: training images at the deploy resolution, for re-estimating BatchNorm statistics
     after training (None: keep the statistics from training).
+    `full_set`: augmented training images at the deploy resolution for the last
+    `cfg.full_res_steps` steps (cheap low-resolution steps first, then a few at full resolution).
 
     Returns a summary (jobs, steps, seconds, validation MSE per candidate).
     """
@@ -299,14 +317,21 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
             scaler.load_state_dict(st["scaler"])
     else:
         mse_init = validation_mse(d, jobs, evb)
+        before = _snapshot(jobs) if cfg.keep_best else {}
         refit_jobs(d, jobs, train_set, cfg, device=dev)
         mse_refit = validation_mse(d, jobs, evb)
+        if cfg.keep_best:  # a refit on few samples (late, low-resolution slots) can be worse than none
+            mse_refit = keep_better(jobs, mse_refit, mse_init, before)
+            ckpt.dir.mkdir(parents=True, exist_ok=True)
+            atomic.write_with(ckpt.dir / "start.pt", lambda tmp: torch.save(_snapshot(jobs), tmp))
     t0 = time.time()
     bar = _progress(cfg.steps, start, f"distill {len(trainable)} candidates")
     for j in trainable:
         set_train_mode(j.module, cfg.bn)
+    full_from = cfg.steps - cfg.full_res_steps if full_set is not None and cfg.full_res_steps > 0 else cfg.steps
     for step in range(start, cfg.steps):
-        x = batch_for_step(train_set, step, cfg.batch_size, cfg.seed).to(dev, non_blocking=True)
+        x = batch_for_step(full_set if step >= full_from else train_set, step, cfg.batch_size,
+                           cfg.seed).to(dev, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
             acts, _ = capture(d, x)
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
@@ -335,6 +360,10 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
     if bn_set is not None and bn_batches and cfg.bn_recalibrate:
         recalibrate_bn(d, trainable, [b.to(dev) for b in eval_batches(bn_set, bn_batches * cfg.batch_size, cfg.batch_size)])
     mse_final = validation_mse(d, jobs, evb)
+    start_p = ckpt.dir / "start.pt"
+    if cfg.keep_best and start_p.exists():
+        start_w = torch.load(start_p, map_location=dev, weights_only=True)
+        mse_final = keep_better(jobs, mse_final, mse_refit, start_w)
     summary = write_slot_files(jobs, out_dir, mse_init, mse_refit, mse_final, rank, world)
     summary.update(steps=cfg.steps, seconds=round(time.time() - t0, 1), candidates=len(jobs))
     return summary

@@ -45,9 +45,19 @@ def _shape_keep(slot) -> list[str]:
 
 @register_preset("tiny")
 def tiny(slot) -> list[str]:
+    """≈ 8 per slot, anchored on the teacher's own block: the cheap end (skip/proj, ds, e2) plus
+    moderate slimming near it (its kernel at 1/2 and 2/3 of its expansion, a 3x3 kernel at full
+    expansion). With a few hundred images, candidates close to the teacher's function distil best
+    and compose best, and they are the ones a search under a moderate budget picks."""
     a = _a(slot)
-    return _shape_keep(slot) + [f"ir_k3_e1_{a}", f"ir_k3_e2_{a}", f"ir_k3_e3_{a}", f"ir_k5_e3_{a}",
-                                f"ds_k3_{a}", f"er_k3_e1_{a}"]
+    if slot.kind == "ds":  # already cheap: only cheaper stand-ins
+        return _shape_keep(slot) + [f"ir_k3_e1_{a}", f"er_k3_e1_{a}", f"conv_k1_{a}"]
+    k = slot.kernel if slot.kernel in (3, 5, 7) else 3
+    e = slot.expansion if slot.kind in ("ir", "er") and slot.expansion >= 2 else 6
+    half, two_thirds = max(1, round(e / 2)), max(2, round(2 * e / 3))
+    ops = _shape_keep(slot) + [f"ds_k3_{a}", f"ir_k3_e2_{a}", f"ir_k{k}_e{half}_{a}", f"ir_k{k}_e{two_thirds}_{a}"]
+    ops += [f"ir_k3_e{round(e)}_{a}"] if k > 3 else [f"ir_k3_e{max(two_thirds + 1, round(5 * e / 6))}_{a}"]
+    return ops + [f"ir_k3_e1_{a}", f"er_k3_e1_{a}"]
 
 
 @register_preset("small")

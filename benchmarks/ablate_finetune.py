@@ -1,0 +1,74 @@
+"""Fine-tune ablation (issue 9): one student chosen by the search at a predicted speedup, fine-tuned
+under several settings; agreement and top-1 on the run's eval split (a held-out part of dev).
+
+    .venv/bin/python benchmarks/ablate_finetune.py RUN_DIR [--speedup 1.3] [--metric agreement]
+        [--variants base,lr3e-4,feat0,steps300,res224,bnall]
+
+A variant is a comma-free name; its settings are in VARIANTS below (steps, lr, feature weight,
+BatchNorm mode, fine-tune resolution, BN re-estimation after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality_lite0 import Bench  # noqa: E402
+
+from hant_trt.build.assemble import Choice  # noqa: E402
+from hant_trt.build.finetune import finetune, recalibrate_bn  # noqa: E402
+from hant_trt.distill.stage import data_splits  # noqa: E402
+from hant_trt.search.ilp import solve  # noqa: E402
+from hant_trt.search.tables import build_problem, load_tables  # noqa: E402
+
+BASE = dict(steps=100, lr=1e-4, feature_weight=1.0, bn="frozen", res="distill", recal="none")
+VARIANTS = {
+    "base": {},
+    "lr3e-4": dict(lr=3e-4),
+    "lr1e-3": dict(lr=1e-3),
+    "feat0": dict(feature_weight=0.0),
+    "feat3": dict(feature_weight=3.0),
+    "bntrain": dict(bn="train"),
+    "steps300": dict(steps=300),
+    "steps300lr3e-4": dict(steps=300, lr=3e-4),
+    "res224": dict(res="deploy"),
+    "recal_replaced": dict(recal="replaced"),
+    "recal_all": dict(recal="all"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir")
+    ap.add_argument("--speedup", type=float, default=1.3)
+    ap.add_argument("--metric", default="agreement")
+    ap.add_argument("--variants", default="base,lr3e-4,feat0,steps300,res224,recal_replaced")
+    a = ap.parse_args()
+    run = Path(a.run_dir)
+    b = Bench(run, run / "quality", 0, None, 2)
+    tables = load_tables(run, a.metric)
+    sol = solve(build_problem(tables, b.n, f"speedup={a.speedup}", [b.device]), "cbc", 60)
+    choices = sorted((Choice(o.first, o.last, o.op) for o in sol.choices), key=lambda c: c.first)
+    print("replaced:", ", ".join(f"{c.first}:{c.op}" for c in choices if c.op != "keep"))
+    print(f"assembled: {b.evaluate(b.student(choices))}")
+    full = data_splits(b.cfg, b.teacher.data_config).train
+    for name in a.variants.split(","):
+        v = {**BASE, **VARIANTS[name]}
+        m = b.student(choices)
+        finetune(m, b.teacher.model, full if v["res"] == "deploy" else b.train, v["steps"],
+                 b.cfg.build.batch_size, v["lr"], b.tmp / f"abl_{name}", seed=0, fingerprint=name,
+                 decomposition=b.d, boundaries=[c.last + 1 for c in choices],
+                 feature_weight=v["feature_weight"], bn=v["bn"])
+        if v["recal"] != "none":
+            parts = None if v["recal"] == "all" else [p for p, c in zip(m.parts, choices) if c.op != "keep"]
+            recalibrate_bn(m, b.bn_batches, parts)
+        r = b.evaluate(m)
+        print(f"{name:<16} agreement {r['agreement']:.1f}%  top-1 {r.get('student_top1', float('nan')):.1f} "
+              f"(teacher {r.get('teacher_top1', float('nan')):.1f})  {v}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,383 @@
+"""Phase-1 quality benchmark (issue 9) over a run directory whose distill, score and profile stages
+are done (e.g. `examples/lite0_dev_tiny.toml`): what the candidates are worth, alone and together.
+
+    .venv/bin/python benchmarks/quality_lite0.py RUN_DIR [--parts slots,compose,predict,search,baselines]
+        [--speedups 1.3,1.55,1.8] [--finetune-steps 300] [--students 5] [--out RUN_DIR/quality]
+
+Parts (each writes `<out>/<part>.json` atomically and is skipped when that file exists, so a killed
+run resumes part by part):
+- slots: per slot and candidate, latency as a fraction of the slot's `keep` (latency.csv) and
+  swap-one agreement / KL (scores.csv, on the run's eval split — a held-out part of dev); the best
+  agreement at ≤ 0.6x and ≤ 0.8x per slot; `slots.png` plots fraction vs agreement per slot.
+- compose: students made of each slot's best candidate under 0.6x / 0.8x of the slot's latency,
+  evaluated as assembled, after BN re-estimation of the replaced parts, and after the fine-tune.
+- predict: per speedup, `--students` random selections under that budget: predicted score (Σ of
+  swap-one agreement drops, the search's objective) vs measured agreement as assembled; Spearman.
+- search: the real ILP at each speedup (budget = teacher / speedup); each student fine-tuned, its
+  latency measured on ORT beside the teacher's in one run, agreement and top-1 on the eval split.
+- baselines: at each speedup's measured budget, (a) the teacher uniformly slimmed (every MBConv's
+  expansion cut to the value that meets the budget, teacher-pruned weights, no phase 1) and
+  (b) the best of `--students` random selections, both fine-tuned exactly like the HANT student.
+
+Every figure is measured here; the latency of every model is timed in this process, alternating
+with the teacher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from hant_trt import atomic
+from hant_trt.build.assemble import Choice, assemble
+from hant_trt.build.finetune import agreement, eval_batches, finetune, recalibrate_bn
+from hant_trt.config import from_dict
+from hant_trt.distill.pool import load_trained
+from hant_trt.distill.score import read_scores
+from hant_trt.distill.stage import data_splits
+from hant_trt.latency.backends import get_backend
+from hant_trt.latency.export import export_onnx
+from hant_trt.search.ilp import solve
+from hant_trt.search.tables import build_problem, load_tables, select_devices
+from hant_trt.teacher.stage import load_from_config
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    va = math.sqrt(sum((x - ma) ** 2 for x in ra))
+    vb = math.sqrt(sum((y - mb) ** 2 for y in rb))
+    return cov / (va * vb) if va and vb else float("nan")
+
+
+class Bench:
+    def __init__(self, run: Path, out: Path, ft_steps: int, ft_lr: float | None, threads: int):
+        self.run, self.out = run, out
+        self.cfg = from_dict(json.loads((run / "run.json").read_text())["config"])
+        self.teacher, self.d = load_from_config(self.cfg)
+        splits = data_splits(self.cfg, self.teacher.data_config, train_resolution=self.cfg.distill.resolution)
+        self.train = splits.train
+        self.eval_loader = DataLoader(splits.eval, batch_size=50)
+        deploy = data_splits(self.cfg, self.teacher.data_config, train_augment=False).train
+        self.bn_batches = eval_batches(deploy, 256, 32)
+        self.trained = {(f, l, op): m for _, f, l, op, m in load_trained(run / "candidates", self.d)}
+        self.scores = {(r.first, r.last, r.op): r for r in read_scores(run / "scores.csv") if r.precision == "fp32"}
+        self.tables = load_tables(run, "agreement")
+        self.device = select_devices(self.tables.fixed, None)[0]
+        self.fixed = self.tables.fixed[self.device]
+        self.lat = {(o.first, o.last, o.op): o.latency_s[self.device] for o in self.tables.options
+                    if o.precision == "fp32" and self.device in o.latency_s}
+        self.n = len(self.d.slots)
+        self.ft_steps, self.ft_lr = ft_steps, ft_lr if ft_lr is not None else self.cfg.build.finetune_lr
+        self.backend = get_backend("ort", threads=threads)
+        self.tmp = Path(tempfile.mkdtemp(prefix="hant_quality_"))
+        self.shape = (1, 3, self.teacher.resolution, self.teacher.resolution)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def part(self, name: str, fn):
+        path = self.out / f"{name}.json"
+        if path.exists():
+            print(f"[{name}] done before: {path}")
+            return json.loads(path.read_text())
+        t0 = time.time()
+        res = fn()
+        res["seconds"] = round(time.time() - t0, 1)
+        atomic.write_json(path, res)
+        print(f"[{name}] {res['seconds']:.0f}s → {path}")
+        return res
+
+    def predicted_s(self, choices: list[Choice]) -> float:
+        return self.fixed.fixed_s + sum(self.lat[(c.first, c.last, c.op)] for c in choices)
+
+    def predicted_score(self, choices: list[Choice], metric: str = "agreement") -> float:
+        """The search's objective: Σ agreement drops (≤ 0), or −Σ KL."""
+        if metric == "kl":
+            return -sum(self.scores[(c.first, c.last, c.op)].kl for c in choices)
+        return sum(self.scores[(c.first, c.last, c.op)].agreement - 100.0 for c in choices)
+
+    def student(self, choices: list[Choice], trained: bool = True):
+        return assemble(self.d, choices, self.trained if trained else None)
+
+    def evaluate(self, model) -> dict:
+        return agreement(model, self.teacher.model, self.eval_loader)
+
+    def tune(self, model, choices: list[Choice], tag: str) -> dict:
+        ordered = sorted(choices, key=lambda c: c.first)
+        info = finetune(model, self.teacher.model, self.train, self.ft_steps, self.cfg.build.batch_size,
+                        self.ft_lr, self.tmp / f"ft_{tag}", seed=self.cfg.distill.seed, fingerprint=tag,
+                        decomposition=self.d, boundaries=[c.last + 1 for c in ordered],
+                        feature_weight=self.cfg.build.feature_weight, bn=self.cfg.build.bn)
+        return info
+
+    def measure(self, models: dict[str, torch.nn.Module], rounds: int = 3, seconds: float = 1.5) -> dict:
+        """Median latency (ms) of each model and of the teacher, timed in alternating rounds."""
+        preps = {"teacher": self.backend.prepare(export_onnx(self.teacher.model.eval(), self.shape,
+                                                             self.tmp / "teacher.onnx"))}
+        for name, m in models.items():
+            preps[name] = self.backend.prepare(export_onnx(m.eval(), self.shape, self.tmp / f"{name}.onnx"))
+        times = {k: [] for k in preps}
+        for _ in range(rounds):
+            for k, p in preps.items():
+                times[k].append(self.backend.time(p, max_seconds=seconds).median_s * 1e3)
+        return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+    def ops_of(self, i: int) -> list[str]:
+        return sorted({op for (f, l, op) in self.lat if f == i and l == i})
+
+    # -- parts ------------------------------------------------------------------------------------
+    def slots(self) -> dict:
+        rows, best = [], []
+        for i in range(self.n):
+            keep = self.lat[(i, i, "keep")]
+            per = []
+            for op in self.ops_of(i):
+                s = self.scores.get((i, i, op))
+                if s is None:
+                    continue
+                per.append({"slot": i, "op": op, "frac": self.lat[(i, i, op)] / keep, "agreement": s.agreement,
+                            "kl": s.kl, "local_mse": s.local_mse})
+            rows += per
+            b = {"slot": i, "teacher_op": self.d.slots[i].teacher_op, "keep_ms": keep * 1e3}
+            for thr in (0.6, 0.8):
+                ok = [r for r in per if r["frac"] <= thr and r["op"] != "keep"]
+                top = max(ok, key=lambda r: (r["agreement"], -r["kl"])) if ok else None
+                b[f"best_{thr}"] = {"op": top["op"], "agreement": top["agreement"], "kl": top["kl"],
+                                    "frac": top["frac"]} if top else None
+            best.append(b)
+        self._plot_slots(rows)
+        for b in best:
+            cells = [f"{b['slot']:>2} {b['teacher_op']:<16} {b['keep_ms']:.3f} ms"]
+            for thr in (0.6, 0.8):
+                x = b[f"best_{thr}"]
+                cells.append(f"≤{thr}: " + (f"{x['op']} {x['agreement']:.0f}% (x{x['frac']:.2f})" if x else "none"))
+            print("  ".join(cells))
+        return {"rows": rows, "best": best}
+
+    def _plot_slots(self, rows: list[dict]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        cols = 4
+        fig, axes = plt.subplots(math.ceil(self.n / cols), cols, figsize=(16, 3.2 * math.ceil(self.n / cols)))
+        for i, ax in enumerate(axes.flat):
+            if i >= self.n:
+                ax.axis("off")
+                continue
+            rs = [r for r in rows if r["slot"] == i]
+            ax.scatter([r["frac"] for r in rs], [r["agreement"] for r in rs], s=14)
+            for r in rs:
+                ax.annotate(r["op"].replace("_relu6", ""), (r["frac"], r["agreement"]), fontsize=6)
+            ax.axvline(0.6, color="grey", lw=0.5, ls="--")
+            ax.axvline(0.8, color="grey", lw=0.5, ls="--")
+            ax.set_title(f"slot {i} ({self.d.slots[i].teacher_op})", fontsize=8)
+            ax.set_xlabel("latency / keep", fontsize=7)
+            ax.set_ylabel("swap-one agreement %", fontsize=7)
+        fig.tight_layout()
+        atomic.write_with(self.out / "slots.png", lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+        plt.close(fig)
+
+    def compose(self, slots_res: dict) -> dict:
+        out = {}
+        for thr in (0.6, 0.8):
+            choices = []
+            for b in slots_res["best"]:
+                x = b[f"best_{thr}"]
+                choices.append(Choice(b["slot"], b["slot"], x["op"] if x else "keep"))
+            m = self.student(choices)
+            res = {"choices": [c.op for c in choices], "predicted_ms": self.predicted_s(choices) * 1e3,
+                   "assembled": self.evaluate(m)}
+            recalibrate_bn(m, self.bn_batches, [p for p, c in zip(m.parts, choices) if c.op != "keep"])
+            res["bn_reestimated"] = self.evaluate(m)
+            m = self.student(choices)
+            res["finetune"] = self.tune(m, choices, f"compose{thr}")
+            res["finetuned"] = self.evaluate(m)
+            print(f"compose ≤{thr}: assembled {res['assembled']['agreement']:.1f}%, BN re-estimated "
+                  f"{res['bn_reestimated']['agreement']:.1f}%, fine-tuned {res['finetuned']['agreement']:.1f}% "
+                  f"(top-1 {res['finetuned'].get('student_top1', float('nan')):.1f})")
+            out[str(thr)] = res
+        return out
+
+    def random_under(self, budget_s: float, rng: random.Random, temperature: float | None = None,
+                     tries: int = 20000) -> list[Choice] | None:
+        """A random selection predicted to land within [0.85, 1] × budget. temperature=None: every
+        candidate equally likely; a number: candidates drawn ∝ exp(agreement / temperature), i.e.
+        students of the kind a search would consider rather than hopeless ones."""
+        def draw(i: int) -> str:
+            ops = self.ops_of(i)
+            if temperature is None:
+                return rng.choice(ops)
+            w = [math.exp((self.scores[(i, i, op)].agreement - 100.0) / temperature) for op in ops]
+            return rng.choices(ops, weights=w)[0]
+
+        for _ in range(tries):
+            ch = [Choice(i, i, draw(i)) for i in range(self.n)]
+            if 0.85 * budget_s <= self.predicted_s(ch) <= budget_s:
+                return ch
+        return None
+
+    def sample_near(self, budget_s: float, rng: random.Random) -> list[Choice] | None:
+        """`random_under` at the lowest temperature that reaches the budget (tighter budgets need
+        cheaper, lower-scoring candidates)."""
+        for t in (2.0, 4.0, 8.0, 16.0, 32.0, None):
+            ch = self.random_under(budget_s, rng, temperature=t, tries=3000)
+            if ch is not None:
+                return ch
+        return None
+
+    def predict(self, speedups: list[float], k: int) -> dict:
+        rng = random.Random(0)
+        pts = []
+        for sp in speedups:
+            budget = self.fixed.teacher_s / sp
+            for j in range(k):
+                ch = self.sample_near(budget, rng)
+                if ch is None:
+                    continue
+                pts.append({"speedup": sp, "choices": [c.op for c in ch], "predicted_score": self.predicted_score(ch),
+                            "predicted_kl": self.predicted_score(ch, "kl"),
+                            "measured": self.evaluate(self.student(ch))["agreement"]})
+                print(f"  predict {sp}x #{j}: predicted {pts[-1]['predicted_score']:.1f}, measured "
+                      f"{pts[-1]['measured']:.1f}%")
+        meas = [p["measured"] for p in pts]
+        rho = spearman([p["predicted_score"] for p in pts], meas) if len(pts) > 2 else None
+        rho_kl = spearman([p["predicted_kl"] for p in pts], meas) if len(pts) > 2 else None
+        print(f"predicted vs measured agreement over {len(pts)} students: Spearman {rho} (Σ agreement drop), "
+              f"{rho_kl} (Σ KL)")
+        return {"points": pts, "spearman": rho, "spearman_kl": rho_kl}
+
+    def search(self, speedups: list[float]) -> dict:
+        out = {}
+        models = {}
+        for sp in speedups:
+            problem = build_problem(self.tables, self.n, f"speedup={sp}", [self.device])
+            sol = solve(problem, "cbc", 60)
+            choices = [Choice(o.first, o.last, o.op, o.precision) for o in sol.choices]
+            m = self.student(choices)
+            res = {"choices": [f"{c.first}:{c.op}" for c in choices if c.op != "keep"],
+                   "predicted_ms": sol.predicted_s[self.device] * 1e3, "assembled": self.evaluate(m)}
+            res["finetune"] = self.tune(m, choices, f"search{sp}")
+            res["finetuned"] = self.evaluate(m)
+            models[f"hant{sp}"] = m
+            out[str(sp)] = res
+            print(f"search {sp}x: {len(res['choices'])} replaced, assembled {res['assembled']['agreement']:.1f}%, "
+                  f"fine-tuned {res['finetuned']['agreement']:.1f}% top-1 "
+                  f"{res['finetuned'].get('student_top1', float('nan')):.1f} (teacher "
+                  f"{res['finetuned'].get('teacher_top1', float('nan')):.1f})")
+        lat = self.measure(models)
+        for sp in speedups:
+            r = out[str(sp)]
+            r["measured_ms"], r["teacher_ms"] = lat[f"hant{sp}"], lat["teacher"]
+            r["measured_speedup"] = lat["teacher"] / lat[f"hant{sp}"]
+            print(f"search {sp}x: measured {r['measured_ms']:.3f} ms vs teacher {r['teacher_ms']:.3f} ms "
+                  f"= {r['measured_speedup']:.2f}x")
+        return out
+
+    def baselines(self, speedups: list[float], search_res: dict, k: int) -> dict:
+        out, models = {}, {}
+        rng = random.Random(1)
+        for sp in speedups:
+            budget = search_res[str(sp)]["predicted_ms"] / 1e3
+            res = {}
+            # (a) uniform slimming: pruned from the teacher's weights (no phase 1), fine-tuned alike
+            e, ch = self.uniform_any(budget)
+            m = self.student(ch, trained=False)
+            res["uniform"] = {"expansion": e, "assembled": self.evaluate(m)}
+            res["uniform"]["finetune"] = self.tune(m, ch, f"uniform{sp}")
+            res["uniform"]["finetuned"] = self.evaluate(m)
+            models[f"uniform{sp}"] = m
+            # (b) random selections under the same predicted budget: best of k by assembled agreement
+            cands = [c for c in (self.random_under(budget, rng) for _ in range(k)) if c is not None]
+            if cands:
+                scored = [(self.evaluate(self.student(c))["agreement"], i) for i, c in enumerate(cands)]
+                best = cands[max(scored)[1]]
+                m = self.student(best)
+                res["random"] = {"choices": [c.op for c in best], "assembled": self.evaluate(m),
+                                 "tried": len(cands)}
+                res["random"]["finetune"] = self.tune(m, best, f"random{sp}")
+                res["random"]["finetuned"] = self.evaluate(m)
+                models[f"random{sp}"] = m
+            out[str(sp)] = res
+        lat = self.measure(models)
+        for sp in speedups:
+            for kind in ("uniform", "random"):
+                r = out[str(sp)].get(kind)
+                if r is None:
+                    continue
+                r["measured_ms"], r["teacher_ms"] = lat[f"{kind}{sp}"], lat["teacher"]
+                r["measured_speedup"] = lat["teacher"] / lat[f"{kind}{sp}"]
+                print(f"baseline {kind} at {sp}x budget: {r['measured_speedup']:.2f}x measured, agreement "
+                      f"{r['finetuned']['agreement']:.1f}%, top-1 {r['finetuned'].get('student_top1', float('nan')):.1f}")
+        return out
+
+    def uniform_any(self, budget_s: float) -> tuple[int, list[Choice]]:
+        """Uniform slimming measured by whole-model latency (the table may lack some ops): the largest
+        expansion whose assembled model is no slower than `budget_s` on this backend."""
+        teacher_ms = self.measure({}, rounds=1)["teacher"]
+        scale = self.fixed.teacher_s * 1e3 / teacher_ms  # table units per measured unit, now
+        last = None
+        for e in (5, 4, 3, 2, 1):
+            ch = [Choice(s.index, s.index, f"ir_k{s.kernel}_e{e}_{s.act}" if s.kind == "ir" else "keep")
+                  for s in self.d.slots]
+            ms = self.measure({"u": self.student(ch, trained=False)}, rounds=1)["u"] * scale
+            last = (e, ch)
+            if ms / 1e3 <= budget_s:
+                return e, ch
+        return last
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir")
+    ap.add_argument("--parts", default="slots,compose,predict,search,baselines")
+    ap.add_argument("--speedups", default="1.3,1.55,1.8")
+    ap.add_argument("--finetune-steps", type=int, default=300)
+    ap.add_argument("--finetune-lr", type=float, default=None)
+    ap.add_argument("--students", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    run = Path(a.run_dir)
+    out = Path(a.out) if a.out else run / "quality"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    b = Bench(run, out, a.finetune_steps, a.finetune_lr, a.threads)
+    speedups = [float(x) for x in a.speedups.split(",")]
+    parts = a.parts.split(",")
+    print(f"eval split: {len(b.eval_loader.dataset)} images; device {b.device}; teacher "
+          f"{b.fixed.teacher_s * 1e3:.3f} ms in the table")
+    slots_res = b.part("slots", b.slots) if "slots" in parts or "compose" in parts else None
+    if "compose" in parts:
+        b.part("compose", lambda: b.compose(slots_res))
+    if "predict" in parts:
+        b.part("predict", lambda: b.predict(speedups, a.students))
+    search_res = b.part("search", lambda: b.search(speedups)) if "search" in parts or "baselines" in parts else None
+    if "baselines" in parts:
+        b.part("baselines", lambda: b.baselines(speedups, search_res, a.students))
+
+
+if __name__ == "__main__":
+    main()
