@@ -2,7 +2,8 @@
 are done (e.g. `examples/lite0_dev_tiny.toml`): what the candidates are worth, alone and together.
 
     .venv/bin/python benchmarks/quality_lite0.py RUN_DIR [--parts slots,compose,predict,search,baselines]
-        [--speedups 1.3,1.55,1.8] [--finetune-steps 300] [--students 5] [--out RUN_DIR/quality]
+        [--speedups 1.3,1.55,1.8] [--finetune-steps 300] [--students 5] [--metric agreement]
+        [--out RUN_DIR/quality]
 
 Parts (each writes `<out>/<part>.json` atomically and is skipped when that file exists, so a killed
 run resumes part by part):
@@ -73,7 +74,8 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 class Bench:
-    def __init__(self, run: Path, out: Path, ft_steps: int, ft_lr: float | None, threads: int):
+    def __init__(self, run: Path, out: Path, ft_steps: int, ft_lr: float | None, threads: int,
+                 metric: str = "agreement"):
         self.run, self.out = run, out
         self.cfg = from_dict(json.loads((run / "run.json").read_text())["config"])
         self.teacher, self.d = load_from_config(self.cfg)
@@ -84,7 +86,8 @@ class Bench:
         self.bn_batches = eval_batches(deploy, 256, 32)
         self.trained = {(f, l, op): m for _, f, l, op, m in load_trained(run / "candidates", self.d)}
         self.scores = {(r.first, r.last, r.op): r for r in read_scores(run / "scores.csv") if r.precision == "fp32"}
-        self.tables = load_tables(run, "agreement")
+        self.tables = load_tables(run, metric)
+        self.metric = metric
         self.device = select_devices(self.tables.fixed, None)[0]
         self.fixed = self.tables.fixed[self.device]
         self.lat = {(o.first, o.last, o.op): o.latency_s[self.device] for o in self.tables.options
@@ -109,7 +112,10 @@ class Bench:
         return res
 
     def predicted_s(self, choices: list[Choice]) -> float:
-        return self.fixed.fixed_s + sum(self.lat[(c.first, c.last, c.op)] for c in choices)
+        """The search's prediction (latency model "scale")."""
+        f = self.fixed
+        parts = f.stem_s + f.head_s + sum(self.lat[(c.first, c.last, c.op)] for c in choices)
+        return parts * f.teacher_s / f.teacher_sum_s
 
     def predicted_score(self, choices: list[Choice], metric: str = "agreement") -> float:
         """The search's objective: Σ agreement drops (≤ 0), or −Σ KL."""
@@ -277,7 +283,7 @@ class Bench:
             sol = solve(problem, "cbc", 60)
             choices = [Choice(o.first, o.last, o.op, o.precision) for o in sol.choices]
             m = self.student(choices)
-            res = {"choices": [f"{c.first}:{c.op}" for c in choices if c.op != "keep"],
+            res = {"metric": self.metric, "choices": [f"{c.first}:{c.op}" for c in choices if c.op != "keep"],
                    "predicted_ms": sol.predicted_s[self.device] * 1e3, "assembled": self.evaluate(m)}
             res["finetune"] = self.tune(m, choices, f"search{sp}")
             res["finetuned"] = self.evaluate(m)
@@ -359,12 +365,13 @@ def main() -> None:
     ap.add_argument("--students", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--metric", default="agreement", help="the search's score: agreement | kl")
     a = ap.parse_args()
     run = Path(a.run_dir)
     out = Path(a.out) if a.out else run / "quality"
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    b = Bench(run, out, a.finetune_steps, a.finetune_lr, a.threads)
+    b = Bench(run, out, a.finetune_steps, a.finetune_lr, a.threads, a.metric)
     speedups = [float(x) for x in a.speedups.split(",")]
     parts = a.parts.split(",")
     print(f"eval split: {len(b.eval_loader.dataset)} images; device {b.device}; teacher "

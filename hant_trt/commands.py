@@ -162,10 +162,28 @@ def cmd_lut(args) -> int:
     return 0
 
 
+def _int_option(option: str, text: str | None, default=None, minimum: int = 0):
+    """An integer option read here rather than by argparse, so a bad value is a UserError."""
+    from .errors import UserError
+
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise UserError(f"{option} must be an integer >= {minimum}, got {text!r}")
+    return value
+
+
 def cmd_export_triton(args) -> int:
     from .build.triton import export_triton
 
-    path = export_triton(args.model, args.repo, args.name, max_batch_size=args.max_batch_size)
+    path = export_triton(args.model, args.repo, args.name,
+                         max_batch_size=_int_option("--max-batch-size", args.max_batch_size),
+                         instance_kind=args.instance_kind,
+                         instance_count=_int_option("--instance-count", args.instance_count, 1, minimum=1))
     print(f"Triton model repository: {path}")
     return 0
 
@@ -232,5 +250,11 @@ def register(sub, stage_parser) -> None:
     et.add_argument("model", help="MODEL.onnx or MODEL.plan")
     et.add_argument("repo", help="model repository folder")
     et.add_argument("--name", default="hant_student", help="model name in the repository")
-    et.add_argument("--max-batch-size", type=int, default=0)
+    et.add_argument("--max-batch-size", default=None, metavar="N",
+                    help="Triton max_batch_size (default: from the model: 8 with a dynamic batch "
+                         "dimension, 0 = batching off for a static one)")
+    et.add_argument("--instance-kind", default=None, metavar="KIND",
+                    help="KIND_GPU | KIND_CPU | KIND_AUTO (default: KIND_GPU for a .plan, KIND_CPU for .onnx)")
+    et.add_argument("--instance-count", default=None, metavar="N",
+                    help="model instances per device (integer >= 1, default 1)")
     et.set_defaults(func=cmd_export_triton)

@@ -79,6 +79,7 @@ class SearchCfg:
     devices: list[str] | None = None  # device fingerprints (or unique substrings); None: all profiled
     max_params: str | None = None   # Σ params of the slots: "0.8x" of the teacher's, "3.5M", or None
     max_macs: str | None = None     # Σ MACs of the slots: "0.5x", "300M", "1.2G", or None
+    latency_model: str = "scale"    # whole model from parts: scale (× teacher/Σ parts) | offset (+ teacher − Σ parts)
 
 
 @dataclass

@@ -262,3 +262,28 @@ def test_enumeration_helper_counts_coverings():
     got = sorted(tuple((o.first, o.last) for o in c) for c in coverings(3, opts))
     assert got == [((0, 0), (1, 1), (2, 2)), ((0, 0), (1, 2)), ((0, 1), (2, 2))]
     assert len(list(itertools.islice(coverings(3, opts), 10))) == 3
+
+
+def test_latency_models_scale_and_offset():
+    from hant_trt.errors import UserError
+    from hant_trt.search.ilp import Option, solve
+    from hant_trt.search.tables import FixedParts, Tables, build_problem
+
+    dev = "cpu:x"
+    opts = [Option(i, i, op, "fp32", score, {dev: lat}) for i in range(2)
+            for op, score, lat in (("keep", 0.0, 2e-3), ("cheap", -1.0, 1e-3))]
+    # whole teacher 8 ms, its parts 1 + 1 + 2 + 2 = 6 ms
+    fixed = {dev: FixedParts(stem_s=1e-3, head_s=1e-3, teacher_s=8e-3, correction_s=2e-3, teacher_sum_s=6e-3)}
+    t = Tables(opts, fixed)
+    one_cheap = [opts[0], opts[3]]  # slot 0 keep, slot 1 cheap: parts 1 + 1 + 2 + 1 = 5 ms
+    for model, expected in (("scale", 5e-3 * 8 / 6), ("offset", 5e-3 + 2e-3)):
+        p = build_problem(t, 2, "1.0x", [dev], latency_model=model)
+        teacher = p.fixed_s[dev] + sum(o.latency_s[dev] for o in p.options if o.op == "keep")
+        assert abs(teacher - 8e-3) < 1e-12  # both models reproduce the measured teacher
+        cheap1 = next(o for o in p.options if o.first == 1 and o.op == "cheap")
+        keep0 = next(o for o in p.options if o.first == 0 and o.op == "keep")
+        assert abs(p.fixed_s[dev] + keep0.latency_s[dev] + cheap1.latency_s[dev] - expected) < 1e-12
+        sol = solve(build_problem(t, 2, f"{expected * 1e3 + 1e-6}ms", [dev], latency_model=model))
+        assert sorted(o.op for o in sol.choices) == ["cheap", "keep"]
+    with pytest.raises(UserError, match="latency_model"):
+        build_problem(t, 2, "1.0x", [dev], latency_model="guess")

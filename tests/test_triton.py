@@ -161,3 +161,75 @@ def test_writer_parser_round_trip():
 def test_parser_errors_name_the_place(text, match):
     with pytest.raises(PbtxtError, match=match):
         parse_pbtxt(text)
+
+
+# -- the CLI: hant-trt export-triton ----------------------------------------------------------------
+
+def _cli(*args):
+    from hant_trt.cli import main
+
+    return main(["export-triton", *map(str, args)])
+
+
+def test_cli_defaults_follow_the_model(models, tmp_path, capsys):
+    static, dynamic = models
+    assert _cli(static, tmp_path / "repo", "--name", "s") == 0
+    assert str(tmp_path / "repo" / "s") in capsys.readouterr().out
+    cfg = _config(tmp_path / "repo" / "s")
+    assert cfg["max_batch_size"] == 0 and cfg["input"][0]["dims"] == [1, 3, 32, 32]   # static: batching off
+    assert cfg["instance_group"] == [{"count": 1, "kind": "KIND_CPU"}] and "dynamic_batching" not in cfg
+    assert _cli(dynamic, tmp_path / "repo", "--name", "d") == 0
+    cfg = _config(tmp_path / "repo" / "d")
+    assert cfg["max_batch_size"] == 8 and cfg["input"][0]["dims"] == [3, 32, 32] and cfg["dynamic_batching"] == {}
+    assert _cli(static, tmp_path / "repo", "--name", "s0", "--max-batch-size", "0") == 0   # explicit 0 is fine
+    assert _config(tmp_path / "repo" / "s0")["max_batch_size"] == 0
+
+
+def test_cli_options_reach_the_config(models, tmp_path):
+    static, dynamic = models
+    assert _cli(dynamic, tmp_path / "repo", "--name", "m", "--max-batch-size", "4", "--instance-kind", "KIND_GPU",
+                "--instance-count", "3") == 0
+    cfg = _config(tmp_path / "repo" / "m")
+    assert cfg["max_batch_size"] == 4 and cfg["output"][0]["dims"] == [10] and cfg["dynamic_batching"] == {}
+    assert cfg["instance_group"] == [{"count": 3, "kind": "KIND_GPU"}]
+    # rewriting the same model folder replaces its config
+    assert _cli(dynamic, tmp_path / "repo", "--name", "m", "--max-batch-size", "0", "--instance-kind", "KIND_AUTO") == 0
+    cfg = _config(tmp_path / "repo" / "m")
+    assert cfg["max_batch_size"] == 0 and cfg["input"][0]["dims"] == [-1, 3, 32, 32] and "dynamic_batching" not in cfg
+    assert cfg["instance_group"] == [{"count": 1, "kind": "KIND_AUTO"}]
+    assert _cli(static, tmp_path / "repo", "--name", "c", "--instance-kind", "cpu", "--instance-count", "2") == 0
+    assert _config(tmp_path / "repo" / "c")["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
+
+
+@pytest.mark.parametrize("model,extra,match", [
+    ("dynamic", ["--instance-count", "0"], "--instance-count must be an integer >= 1, got '0'"),
+    ("dynamic", ["--instance-count", "-2"], "--instance-count must be an integer >= 1"),
+    ("dynamic", ["--instance-count", "two"], "--instance-count must be an integer >= 1, got 'two'"),
+    ("dynamic", ["--max-batch-size", "-1"], "--max-batch-size must be an integer >= 0, got '-1'"),
+    ("dynamic", ["--max-batch-size", "8.5"], "--max-batch-size must be an integer >= 0"),
+    ("dynamic", ["--instance-kind", "KIND_TPU"], "instance kind 'KIND_TPU' is not one of KIND_GPU, KIND_CPU, KIND_AUTO"),
+    ("dynamic", ["--instance-kind", ""], "instance kind '' is not one of"),
+    ("static", ["--max-batch-size", "8"], r"static batch dimension .*--max-batch-size 0"),
+])
+def test_cli_bad_values_are_one_line_and_exit_2(models, tmp_path, capsys, model, extra, match):
+    import re
+
+    path = dict(zip(("static", "dynamic"), models))[model]
+    assert _cli(path, tmp_path / "repo", "--name", "m", *extra) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("hant-trt export-triton: error: "), err
+    assert re.search(match, err), err
+    assert not (tmp_path / "repo" / "m").exists()   # refused before anything is written
+
+
+def test_cli_plan_refuses_a_cpu_instance(models, tmp_path, capsys):
+    static, _ = models
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"engine")
+    ins, outs = io_from_onnx(static)
+    write_metadata(plan, EngineMetadata(name="m", format="tensorrt_plan", file="m.plan", inputs=ins, outputs=outs,
+                                        tensorrt_version="10.9.0", gpu_name="NVIDIA L4", compute_capability="8.9"))
+    assert _cli(plan, tmp_path / "repo", "--instance-kind", "KIND_CPU") == 2
+    assert "needs a GPU instance" in capsys.readouterr().err
+    assert _cli(plan, tmp_path / "repo", "--instance-count", "2") == 0
+    assert _config(tmp_path / "repo" / "hant_student")["instance_group"] == [{"count": 2, "kind": "KIND_GPU"}]

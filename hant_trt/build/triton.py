@@ -304,10 +304,12 @@ def export_triton(model_path: str | Path, repo_dir: str | Path, name: str, max_b
     if not isinstance(instance_count, int) or instance_count < 1:
         raise UserError(f"instance count must be a positive integer, got {instance_count!r}")
     platform, target, kind, inputs, outputs = _io(src)
-    if instance_kind:
-        kind = instance_kind.upper() if instance_kind.upper().startswith("KIND_") else "KIND_" + instance_kind.upper()
+    if instance_kind is not None:   # "" is a bad value too, not "the default"
+        up = str(instance_kind).strip().upper()
+        kind = up if up.startswith("KIND_") else "KIND_" + up
         if kind not in INSTANCE_KINDS:
-            raise UserError(f"instance kind {instance_kind!r} is not one of gpu, cpu, auto")
+            raise UserError(f"instance kind {instance_kind!r} is not one of KIND_GPU, KIND_CPU, KIND_AUTO "
+                            "(or gpu, cpu, auto)")
     if platform == "tensorrt_plan" and kind == "KIND_CPU":
         raise UserError(f"{src.name} is a TensorRT plan: it needs a GPU instance (kind gpu), not cpu")
 

@@ -10,7 +10,7 @@ from ..config import RunConfig
 from ..data import make_splits
 from ..rundir import RunDir, fingerprint
 from ..teacher.stage import load_from_config, run_teacher, teacher_fingerprint
-from .train import distill
+from .train import distill, prune_stale_slot_files
 
 
 def data_splits(cfg: RunConfig, data_config: dict, train_resolution=None, train_augment=True,
@@ -39,34 +39,51 @@ def run_distill(run: RunDir, cfg: RunConfig, resume: bool = False, restart: bool
     bn = data_splits(cfg, teacher.data_config, train_augment=False).train
     out = run.root / "candidates"
     full = data_splits(cfg, teacher.data_config).train if cfg.distill.full_res_steps > 0 else None
+    if world > 1:  # this rank's outputs of an earlier launch must not be merged into this one
+        for f in (out / f"rank{rank}").glob("*"):
+            if f.name == "DONE" or f.name.startswith("slot"):
+                f.unlink()
     summary = distill(d, splits.train, splits.eval, cfg.distill, out, fp, resume=resume,
                       restart=restart, rank=rank, world=world, bn_set=bn, full_set=full)
+    n_candidates = summary["candidates"]
     if world > 1:
-        _merge_ranks(run, world, rank)
+        n_candidates = _merge_ranks(run, world, rank, fp)
         if rank != 0:
             return summary
-    info = {"candidates": summary["candidates"], "steps": summary["steps"],
+    info = {"candidates": n_candidates, "steps": summary["steps"],
             "seconds": summary["seconds"], "data": splits.description}
     run.set_stage("distill", "done", fp, info)
     return info
 
 
-def _merge_ranks(run: RunDir, world: int, rank: int, timeout_s: float = 24 * 3600) -> None:
-    """Ranks write into candidates/rankR/; rank 0 waits for all and merges deterministically."""
+def _merge_ranks(run: RunDir, world: int, rank: int, fp: str, timeout_s: float = 24 * 3600) -> int:
+    """Ranks write into candidates/rankR/; rank 0 waits for all and merges deterministically
+    (candidates of a slot sorted by op). Returns the number of merged candidates (rank 0) or
+    -1 (other ranks)."""
     from safetensors.torch import load_file
 
     from .. import atomic
 
     out = run.root / "candidates"
-    (out / f"rank{rank}" / "DONE").write_text("ok")
+    stamp = {"fingerprint": fp, "world": world}
+    # a rank without candidates has no folder yet; the stamp keeps a stale DONE from going unnoticed
+    atomic.write_json(out / f"rank{rank}" / "DONE", stamp)
     if rank != 0:
-        return
+        return -1
+
+    def done(r: int) -> bool:
+        try:
+            return json.loads((out / f"rank{r}" / "DONE").read_text()) == stamp
+        except (OSError, ValueError):
+            return False
+
     t0 = time.time()
-    while not all((out / f"rank{r}" / "DONE").exists() for r in range(world)):
+    while not all(done(r) for r in range(world)):
         if time.time() - t0 > timeout_s:
             raise RuntimeError("timed out waiting for the other ranks")
         time.sleep(2)
     names = sorted({p.stem for r in range(world) for p in (out / f"rank{r}").glob("slot*.json")})
+    total = 0
     for name in names:
         tensors, meta = {}, None
         for r in range(world):
@@ -80,8 +97,14 @@ def _merge_ranks(run: RunDir, world: int, rank: int, timeout_s: float = 24 * 360
             if sp.exists():
                 tensors.update(load_file(str(sp)))
         meta["candidates"].sort(key=lambda c: c["op"])
+        ops = [c["op"] for c in meta["candidates"]]
+        if len(set(ops)) != len(ops):
+            raise RuntimeError(f"{name}: a candidate was trained by more than one rank ({ops})")
         atomic.save_tensors(out / f"{name}.safetensors", dict(sorted(tensors.items())))
         atomic.write_json(out / f"{name}.json", meta)
+        total += len(ops)
+    prune_stale_slot_files(out, set(names))
+    return total
 
 
 def score_fingerprint(cfg: RunConfig) -> str:

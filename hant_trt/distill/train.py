@@ -385,4 +385,13 @@ def write_slot_files(jobs: list[Job], out_dir: Path, mse_init: dict, mse_refit: 
                             "mse_refit": mse_refit.get(j.key), "mse_final": mse_final.get(j.key), "has_weights": bool(j.module.state_dict())}
                            for j in js],
         })
+    prune_stale_slot_files(target, {f"slot{name}" for name in by_slot})
     return {"mse_init": mse_init, "mse_final": mse_final}
+
+
+def prune_stale_slot_files(folder: Path, keep: set[str]) -> None:
+    """Remove slot files of an earlier distillation of other slots: later stages read every
+    `slot*.json` in the folder."""
+    for f in list(Path(folder).glob("slot*.json")) + list(Path(folder).glob("slot*.safetensors")):
+        if f.stem not in keep:
+            f.unlink(missing_ok=True)

@@ -46,7 +46,7 @@ def run_search(run: RunDir, cfg) -> Solution:
     n_slots = read_n_slots(run.root / "teacher.json")
     devices = select_devices(tables.fixed, getattr(c, "devices", None))
     problem = build_problem(tables, n_slots, c.budget, devices, getattr(c, "max_params", None),
-                            getattr(c, "max_macs", None))
+                            getattr(c, "max_macs", None), getattr(c, "latency_model", "scale"))
 
     run.set_stage("search", "running", fp)
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UserError
@@ -206,15 +206,40 @@ def select_devices(fixed: dict[str, FixedParts], wanted: list[str] | None) -> li
     return out
 
 
+LATENCY_MODELS = ("scale", "offset")
+
+
+def _scale(f: FixedParts) -> float:
+    if not f.teacher_sum_s or f.teacher_sum_s <= 0:
+        raise UserError("latency_fixed.json has no teacher_sum_s for the 'scale' latency model: "
+                        "re-run `hant-trt profile` or use search.latency_model = 'offset'")
+    return f.teacher_s / f.teacher_sum_s
+
+
 def build_problem(tables: Tables, n_slots: int, budget: str, devices: list[str],
-                  max_params: str | float | None = None, max_macs: str | float | None = None) -> Problem:
+                  max_params: str | float | None = None, max_macs: str | float | None = None,
+                  latency_model: str = "scale") -> Problem:
     """The ILP for `devices`: the same budget text applies on each device (so "0.7x" means 0.7 × that
-    device's own teacher latency); fixed parts + additivity correction per device.
+    device's own teacher latency).
+
+    latency_model: how the parts' standalone latencies become a whole model's. "scale" (default):
+    whole = (stem + head + Σ parts) × teacher_s / teacher_sum_s, i.e. the gap between the whole
+    teacher and its parts is taken as proportional; "offset": whole = stem + head + Σ parts +
+    (teacher_s − teacher_sum_s), a constant. On ORT CPU the whole teacher ran 32 % slower than its
+    parts, and students measured far closer to the scaled prediction (docs/RESULTS.md).
     max_params / max_macs: limits on Σ over the slots ("0.5x" of the teacher's, "3.5M", a number)."""
+    if latency_model not in LATENCY_MODELS:
+        raise UserError(f"search.latency_model must be one of {', '.join(LATENCY_MODELS)}, not '{latency_model}'")
+    options, fixed = tables.options, {d: tables.fixed[d].fixed_s for d in devices}
+    if latency_model == "scale":
+        k = {d: _scale(tables.fixed[d]) for d in devices}
+        options = [replace(o, latency_s={d: v * k[d] if d in k else v for d, v in o.latency_s.items()})
+                   for o in options]
+        fixed = {d: (tables.fixed[d].stem_s + tables.fixed[d].head_s) * k[d] for d in devices}
     return Problem(
-        n_slots=n_slots, options=tables.options,
+        n_slots=n_slots, options=options,
         budget_s={d: parse_budget(budget, tables.fixed[d].teacher_s) for d in devices},
-        fixed_s={d: tables.fixed[d].fixed_s for d in devices},
+        fixed_s=fixed,
         max_params=parse_count(max_params, tables.teacher_params, "params"),
         max_macs=parse_count(max_macs, tables.teacher_macs, "MACs"))
 
