@@ -24,7 +24,7 @@ from hant_trt.distill.stage import data_splits  # noqa: E402
 from hant_trt.search.ilp import solve  # noqa: E402
 from hant_trt.search.tables import build_problem, load_tables  # noqa: E402
 
-BASE = dict(steps=100, lr=1e-4, feature_weight=1.0, bn="frozen", res="distill", recal="none")
+BASE = dict(steps=100, lr=1e-4, feature_weight=1.0, bn="frozen", res="distill", recal="none", mixup=0.0)
 VARIANTS = {
     "base": {},
     "lr3e-4": dict(lr=3e-4),
@@ -37,6 +37,10 @@ VARIANTS = {
     "res224": dict(res="deploy"),
     "recal_replaced": dict(recal="replaced"),
     "recal_all": dict(recal="all"),
+    "mixup0.4": dict(mixup=0.4),
+    "mixup1": dict(mixup=1.0),
+    "steps300mixup1": dict(steps=300, mixup=1.0),
+    "steps300mixup1lr3e-4": dict(steps=300, mixup=1.0, lr=3e-4),
 }
 
 
@@ -61,12 +65,12 @@ def main() -> None:
         finetune(m, b.teacher.model, full if v["res"] == "deploy" else b.train, v["steps"],
                  b.cfg.build.batch_size, v["lr"], b.tmp / f"abl_{name}", seed=0, fingerprint=name,
                  decomposition=b.d, boundaries=[c.last + 1 for c in choices],
-                 feature_weight=v["feature_weight"], bn=v["bn"])
+                 feature_weight=v["feature_weight"], bn=v["bn"], mixup=v["mixup"])
         if v["recal"] != "none":
             parts = None if v["recal"] == "all" else [p for p, c in zip(m.parts, choices) if c.op != "keep"]
             recalibrate_bn(m, b.bn_batches, parts)
         r = b.evaluate(m)
-        print(f"{name:<16} agreement {r['agreement']:.1f}%  top-1 {r.get('student_top1', float('nan')):.1f} "
+        print(f"{name:<16} agreement {r['agreement']:.1f}%  KL {r['kl']:.3f}  top-1 {r.get('student_top1', float('nan')):.1f} "
               f"(teacher {r.get('teacher_top1', float('nan')):.1f})  {v}", flush=True)
 
 

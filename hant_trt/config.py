@@ -91,6 +91,7 @@ class BuildCfg:
     bn: str = "frozen"              # fine-tune BatchNorm: frozen | train
     bn_recalibrate: str = "none"    # after fine-tune, re-estimate BN statistics of: none | replaced | all
     bn_images: int = 256            # un-augmented training images for that re-estimation
+    mixup: float = 0.0              # fine-tune on Beta(a, a) mixes of the batch with itself (0: off)
     engine_name: str | None = None
 
 

@@ -88,3 +88,57 @@ def test_finetune_resumes_to_the_same_weights(tmp_path):
     # another fingerprint starts from scratch
     other = student()
     assert finetune(other, teacher, data, 2, 4, 1e-2, tmp_path / "b", fingerprint="z")["resumed_from"] == 0
+
+
+def _chain():
+    """A tiny teacher decomposition (stem, two blocks, head) and a student with block 1 replaced."""
+    from types import SimpleNamespace
+
+    from hant_trt.build.assemble import Student
+
+    torch.manual_seed(0)
+    stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+    blocks = [torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+              for _ in range(2)]
+    head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5))
+    for m in blocks:
+        m[1].running_mean.uniform_(-0.3, 0.3)
+    d = SimpleNamespace(stem=stem, blocks=blocks, head=head)
+    teacher = torch.nn.Sequential(stem, *blocks, head).eval()
+    import copy
+
+    replaced = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+    student = Student(copy.deepcopy(stem), [copy.deepcopy(blocks[0]), replaced], copy.deepcopy(head))
+    return d, teacher, student
+
+
+def test_feature_finetune_with_frozen_bn_and_mixup(tmp_path):
+    from hant_trt.build.finetune import student_features
+    from hant_trt.distill.capture import capture, normalised_mse
+
+    d, teacher, student = _chain()
+    data = [(torch.randn(3, 12, 12), i % 5) for i in range(16)]
+    x = torch.stack([a for a, _ in data])
+
+    def feature_error(s):
+        with torch.no_grad():
+            acts, _ = capture(d, x)
+            feats, _ = student_features(s, x)
+            return float(normalised_mse(feats[-1], acts[2]))
+
+    bn_before = student.parts[0][1].running_mean.clone()
+    before = feature_error(student)
+    finetune(student, teacher, data, 30, 8, 1e-2, tmp_path / "f", fingerprint="f", decomposition=d,
+             boundaries=[1, 2], feature_weight=1.0, mixup=0.4)
+    assert feature_error(student) < 0.5 * before
+    assert torch.equal(student.parts[0][1].running_mean, bn_before)  # BN frozen
+    with pytest.raises(ValueError, match="boundaries"):
+        finetune(student, teacher, data, 1, 8, 1e-2, tmp_path / "g", decomposition=d, boundaries=[2])
+
+
+def test_recalibrate_bn_only_in_the_given_parts():
+    _, _, student = _chain()
+    kept, replaced = student.parts[0][1], student.parts[1][1]
+    kept_mean = kept.running_mean.clone()
+    recalibrate_bn(student, [torch.randn(4, 3, 12, 12)], [student.parts[1]])
+    assert torch.equal(kept.running_mean, kept_mean) and not torch.equal(replaced.running_mean, torch.zeros(8))

@@ -48,6 +48,17 @@ def kd_loss(student_logits, teacher_logits, labels=None, temperature: float = 1.
     return loss
 
 
+def mix_batch(x: torch.Tensor, alpha: float, seed: int) -> torch.Tensor:
+    """x mixed with a seeded permutation of itself, one Beta(alpha, alpha) weight per image (drawn
+    as a ratio of seeded gammas, so a resumed fine-tune sees the same batches)."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch._standard_gamma(torch.full((x.shape[0],), float(alpha)), generator=g)
+    b = torch._standard_gamma(torch.full((x.shape[0],), float(alpha)), generator=g)
+    lam = (a / (a + b)).view(-1, 1, 1, 1)
+    perm = torch.randperm(x.shape[0], generator=g)
+    return lam * x + (1 - lam) * x[perm]
+
+
 def student_features(student: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     """(outputs of every part, logits) of a Student (stem → parts → head)."""
     h = student.stem(x)
@@ -61,12 +72,15 @@ def student_features(student: nn.Module, x: torch.Tensor) -> tuple[list[torch.Te
 def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batch_size: int, lr: float,
              ckpt_dir: Path, seed: int = 0, fingerprint: str = "", warmup: int = 5,
              checkpoint_every: int = 25, decomposition=None, boundaries: list[int] | None = None,
-             feature_weight: float = 1.0, bn: str = "frozen") -> dict:
+             feature_weight: float = 1.0, bn: str = "frozen", mixup: float = 0.0) -> dict:
     """Fine-tune `student` in place; resumes from `ckpt_dir` when it holds the same fingerprint.
 
     decomposition + boundaries: the teacher's Decomposition and, per student part, the index of the
     teacher activation it must reproduce (`choice.last + 1`); with both and feature_weight > 0 the
     loss adds feature_weight × mean normalised MSE over the boundaries. bn: "frozen" or "train".
+    mixup: alpha of a Beta(alpha, alpha) mix of each batch with a shuffled copy of itself (0: off).
+    Teacher and student see the same mixed image ("function matching"): every step shows new
+    inputs, which is what a few hundred images lack; labels are not used on mixed batches.
     """
     use_feats = decomposition is not None and boundaries is not None and feature_weight > 0
     if use_feats and len(boundaries) != len(student.parts):
@@ -91,6 +105,8 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
     set_train_mode(student, bn)
     for step in range(start, steps):
         x, y = _labelled_batch(train_set, step, batch_size, seed)
+        if mixup > 0:
+            x, y = mix_batch(x, mixup, seed * 1_000_003 + step), None
         for pg in opt.param_groups:
             pg["lr"] = lr_at(step, steps, lr, warmup)
         if use_feats:

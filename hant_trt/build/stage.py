@@ -74,7 +74,7 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
         ft = finetune(student, teacher.model, splits.train, cfg.build.finetune_steps, cfg.build.batch_size,
                       cfg.build.finetune_lr, run.root / "student" / "ckpt", seed=cfg.distill.seed,
                       fingerprint=fp, decomposition=d, boundaries=[c.last + 1 for c in ordered],
-                      feature_weight=cfg.build.feature_weight, bn=cfg.build.bn)
+                      feature_weight=cfg.build.feature_weight, bn=cfg.build.bn, mixup=cfg.build.mixup)
     recalibrate(student, ordered, bn_batches, cfg.build.bn_recalibrate)
     after = agreement(student, teacher.model, eval_loader)
     spec = StudentSpec(model=teacher.name, resolution=teacher.resolution, data_config=teacher.data_config,
