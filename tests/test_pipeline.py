@@ -19,7 +19,8 @@ preset = "tiny"
 steps = 4
 batch_size = 4
 resolution = 64
-slots = [2, 4, 9]
+slots = [2, 3, 9]
+spans = 2
 [score]
 max_images = 8
 batch_size = 8
@@ -47,11 +48,16 @@ engine_name = "e2e"
     import csv
 
     with open(run / "scores.csv") as fh:
-        precs = {(r["op"], r["precision"]) for r in csv.DictReader(fh)}
+        score_rows = list(csv.DictReader(fh))
     with open(run / "latency.csv") as fh:
-        lat_precs = {r["precision"] for r in csv.DictReader(fh)}
+        lat_rows = list(csv.DictReader(fh))
+    precs = {(r["op"], r["precision"]) for r in score_rows}
     assert ("keep", "int8") in precs and ("keep", "fp32") in precs   # int8 is a per-layer choice
-    assert lat_precs == {"fp32", "int8"}
+    assert {r["precision"] for r in lat_rows} == {"fp32", "int8"}
+    # kernel fusion: candidates replacing slots 2-3 with one op were distilled, scored and timed
+    fused = {(r["first"], r["last"], r["op"]) for r in score_rows if r["first"] != r["last"]}
+    assert fused and all(f == "2" and l == "3" for f, l, _ in fused)
+    assert fused & {(r["first"], r["last"], r["op"]) for r in lat_rows}
     info = json.loads((run / "build.json").read_text())
     assert info["verify"]["passed"], info["verify"]
     assert info["teacher_latency_ms"] > 0
