@@ -369,7 +369,8 @@ def solve(p: Problem, solver: str = "cbc", time_limit: float = 60.0, prune: bool
     _verify(p, chosen)
     status = "optimal" if prob.sol_status == pulp.LpSolutionOptimal else "feasible (time limit)"
     pred = {d: p.fixed_s.get(d, 0.0) + sum(o.latency_s[d] for o in chosen) for d in devices}
-    return Solution(status, chosen, pred, sum(o.score for o in chosen), dict(p.budget_s), solver, elapsed,
+    # rounded as solution.json stores it, so a Solution and its JSON print the same table
+    return Solution(status, chosen, pred, sum(o.score for o in chosen), dict(p.budget_s), solver, round(elapsed, 4),
                     n_options=len(p.options), n_variables=len(opts))
 
 
