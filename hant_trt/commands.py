@@ -209,7 +209,7 @@ def register(sub, stage_parser) -> None:
     def search_args(p):
         p.add_argument("--budget", help="0.7x (of the teacher), 2ms, 0.002s, speedup=1.5")
         p.add_argument("--sweep", type=int, help="also solve N budgets and write the Pareto frontier")
-        p.add_argument("--metric", help="agreement | kl | local_mse | top1")
+        p.add_argument("--metric", help="kl (default) | agreement | local_mse | top1")
 
     stage_parser(sub, "search", search_args).set_defaults(func=cmd_search)
     stage_parser(sub, "build").set_defaults(func=cmd_build)

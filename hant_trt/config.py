@@ -72,7 +72,7 @@ class ProfileCfg:
 @dataclass
 class SearchCfg:
     budget: str = "0.7x"            # "0.7x" of the teacher, "2ms", "500us", "0.002s", "speedup=1.5"; per device
-    metric: str = "agreement"       # agreement | kl | local_mse | top1 (accuracy drop; needs labels)
+    metric: str = "kl"              # kl | agreement | local_mse | top1 (accuracy drop; needs labels)
     solver: str = "cbc"             # cbc (bundled with PuLP) | highs (needs highspy)
     time_limit: float = 60.0        # solver seconds; a feasible but unproven answer is reported as such
     sweep: int = 0                  # N > 0: also solve N budgets → pareto.json + pareto.png
@@ -92,6 +92,7 @@ class BuildCfg:
     bn_recalibrate: str = "none"    # after fine-tune, re-estimate BN statistics of: none | replaced | all
     bn_images: int = 256            # un-augmented training images for that re-estimation
     mixup: float = 0.0              # fine-tune on Beta(a, a) mixes of the batch with itself (0: off)
+    keep_best: bool = True          # keep the assembled weights when fine-tuning raised the eval split's KL
     engine_name: str | None = None
 
 
