@@ -1,5 +1,7 @@
-"""Additivity of the latency table (ORT CPU): predicted = stem + head + Σ slot latencies +
-correction, vs the measured latency of whole models, for the teacher and random students.
+"""Additivity of the latency table (ORT CPU): predicted whole-model latency from the parts vs the
+measured latency of whole models, for the teacher and random students, under both latency models
+of the search: "offset" (stem + head + Σ slots + teacher − Σ teacher parts) and "scale"
+((stem + head + Σ slots) × teacher / Σ teacher parts).
 
     .venv/bin/python benchmarks/bench_additivity.py [--preset tiny] [--students 5] [--threads 2]
 
@@ -65,16 +67,20 @@ def main() -> None:
         correction = t_meas - predicted(keep)
         print(f"teacher: measured {t_meas * 1e3:.3f} ms, sum of parts {predicted(keep) * 1e3:.3f} ms, "
               f"correction {correction * 1e3:+.3f} ms")
+        scale = t_meas / predicted(keep)
         rng = random.Random(0)
-        errs = []
+        errs = {"offset": [], "scale": []}
         for k in range(a.students):
             ch = [Choice(i, i, rng.choice(ops_by_slot[i])) for i in range(len(d.slots))]
-            pred = predicted(ch) + correction
+            pred = {"offset": predicted(ch) + correction, "scale": predicted(ch) * scale}
             meas = measured(ch, f"s{k}")
-            errs.append(abs(pred - meas) / meas)
-            print(f"student {k}: predicted {pred * 1e3:.3f} ms, measured {meas * 1e3:.3f} ms, "
-                  f"error {100 * (pred - meas) / meas:+.1f} %")
-        print(f"mean absolute error over {a.students} students: {100 * sum(errs) / len(errs):.1f} %")
+            for m, p in pred.items():
+                errs[m].append(abs(p - meas) / meas)
+            print(f"student {k}: measured {meas * 1e3:.3f} ms; predicted offset {pred['offset'] * 1e3:.3f} ms "
+                  f"({100 * (pred['offset'] - meas) / meas:+.1f} %), scale {pred['scale'] * 1e3:.3f} ms "
+                  f"({100 * (pred['scale'] - meas) / meas:+.1f} %)")
+        for m, e in errs.items():
+            print(f"mean absolute error over {a.students} students, {m} model: {100 * sum(e) / len(e):.1f} %")
 
 
 if __name__ == "__main__":
