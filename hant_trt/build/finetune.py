@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import atomic
-from ..distill.capture import normalised_mse
-from ..distill.train import _progress, batch_for_step, eval_batches, lr_at, set_train_mode
+from ..distill.capture import capture, normalised_mse
+from ..distill.train import _progress, batch_for_step, estimate_bn, eval_batches, lr_at, set_train_mode
 
 
 def _labelled_batch(dataset, step: int, batch_size: int, seed: int):
@@ -110,8 +110,6 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
         for pg in opt.param_groups:
             pg["lr"] = lr_at(step, steps, lr, warmup)
         if use_feats:
-            from ..distill.capture import capture
-
             acts, t_logits = capture(decomposition, x)
             feats, logits = student_features(student, x)
             f_loss = sum(normalised_mse(f, acts[b]) for f, b in zip(feats, boundaries)) / len(feats)
@@ -145,22 +143,10 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor], modules: list[
     """BatchNorm statistics re-estimated (cumulative average) at the deploy resolution; only the
     BatchNorms inside `modules` when given (e.g. the replaced parts: the teacher's own statistics
     come from far more images than a user has)."""
-    scope = modules if modules is not None else [model]
-    bns = [m for s in scope for m in s.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns or not batches:
+    if not batches:
         return
-    moms = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
     model.eval()
-    for m in bns:
-        m.train()
-    for x in batches:
-        model(x)
-    for m, mom in zip(bns, moms):
-        m.momentum = mom
-    model.eval()
+    estimate_bn(modules if modules is not None else [model], lambda: [model(x) for x in batches])
 
 
 @torch.no_grad()

@@ -70,7 +70,8 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
     before = agreement(student, teacher.model, eval_loader)
     ft = {"steps": 0}
     ordered = sorted(choices, key=lambda c: c.first)
-    assembled = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    keep_check = cfg.build.keep_best and cfg.build.finetune_steps > 0
+    assembled = {k: v.detach().clone() for k, v in student.state_dict().items()} if keep_check else None
     if cfg.build.finetune_steps > 0:
         ft = finetune(student, teacher.model, splits.train, cfg.build.finetune_steps, cfg.build.batch_size,
                       cfg.build.finetune_lr, run.root / "student" / "ckpt", seed=cfg.distill.seed,
@@ -78,7 +79,7 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
                       feature_weight=cfg.build.feature_weight, bn=cfg.build.bn, mixup=cfg.build.mixup)
     recalibrate(student, ordered, bn_batches, cfg.build.bn_recalibrate)
     after = agreement(student, teacher.model, eval_loader)
-    if cfg.build.keep_best and after["kl"] > before["kl"]:
+    if keep_check and after["kl"] > before["kl"]:
         # with few images a fine-tune can move a good assembly away from the teacher: measured on
         # the eval split, the assembled weights are kept then
         student.load_state_dict(assembled)

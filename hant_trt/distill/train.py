@@ -167,26 +167,40 @@ def validation_mse(d: Decomposition, jobs: list[Job], batches: list[torch.Tensor
 
 
 @torch.no_grad()
-def recalibrate_bn(d: Decomposition, jobs: list[Job], batches: list[torch.Tensor]) -> None:
-    """Re-estimate BatchNorm statistics at the deploy resolution (distillation may have run at a
-    lower one): cumulative averages over `batches` of teacher inputs."""
-    bns = [m for j in jobs for m in j.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns or not batches:
+def estimate_bn(modules: list[nn.Module], forward) -> None:
+    """Re-estimate the statistics of every BatchNorm inside `modules` as a cumulative average over
+    what `forward()` feeds them. Only those BatchNorms are in train mode meanwhile; they are left in
+    eval mode."""
+    bns = [m for mod in modules for m in mod.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
         return
-    saved = [(m, m.momentum) for m in bns]
+    moms = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
-    for j in jobs:
-        j.module.train()
-    for x in batches:
-        acts, _ = capture(d, x)
-        for j in jobs:
-            j.module(acts[j.first])
-    for m, mom in saved:
+        m.train()
+    forward()
+    for m, mom in zip(bns, moms):
         m.momentum = mom
+        m.eval()
+
+
+@torch.no_grad()
+def recalibrate_bn(d: Decomposition, jobs: list[Job], batches: list[torch.Tensor]) -> None:
+    """Re-estimate BatchNorm statistics at the deploy resolution (distillation may have run at a
+    lower one): cumulative averages over `batches` of teacher inputs."""
+    if not batches:
+        return
     for j in jobs:
         j.module.eval()
+
+    def forward():
+        for x in batches:
+            acts, _ = capture(d, x)
+            for j in jobs:
+                j.module(acts[j.first])
+
+    estimate_bn([j.module for j in jobs], forward)
 
 
 def _snapshot(jobs: list[Job]) -> dict[str, dict]:

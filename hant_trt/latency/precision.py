@@ -226,12 +226,20 @@ def to_fp16(src: str | Path, dst: str | Path, keep_io_types: bool = True) -> Pat
 
     del g.node[:]
     g.node.extend(_toposort(new_nodes, {i.name for i in g.input} | {i.name for i in g.initializer}))
-    del g.value_info[:]
+    return _check_and_save(model, dst, f"fp16 conversion of {src}")
+
+
+def _check_and_save(model, dst, what: str) -> Path:
+    """Shapes re-inferred from scratch, full onnx check, atomic write: a rewritten graph that does not
+    check is an internal error, never a file."""
+    import onnx
+
+    del model.graph.value_info[:]
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
-        raise RuntimeError(f"fp16 conversion of {src} produced an invalid graph: {exc}") from exc
+        raise RuntimeError(f"{what} produced an invalid graph: {exc}") from exc
     return atomic.write_with(Path(dst), lambda tmp: onnx.save(model, tmp))
 
 
@@ -392,13 +400,7 @@ def quantize_qdq(src_onnx: str | Path, dst_onnx: str | Path, calib: CalibResult,
     keep = [i for i in g.initializer if i.name in used]
     del g.initializer[:]
     g.initializer.extend(keep)
-    del g.value_info[:]
-    try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:
-        raise RuntimeError(f"Q/DQ insertion into {src_onnx} produced an invalid graph: {exc}") from exc
-    return atomic.write_with(Path(dst_onnx), lambda tmp: onnx.save(model, tmp))
+    return _check_and_save(model, dst_onnx, f"Q/DQ insertion into {src_onnx}")
 
 
 def quantize_int8(module, input_shape: tuple[int, int, int, int], dst: str | Path,
