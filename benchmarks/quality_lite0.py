@@ -2,8 +2,8 @@
 are done (e.g. `examples/lite0_dev_tiny.toml`): what the candidates are worth, alone and together.
 
     .venv/bin/python benchmarks/quality_lite0.py RUN_DIR [--parts slots,compose,predict,search,baselines]
-        [--speedups 1.3,1.55,1.8] [--finetune-steps 300] [--students 5] [--metric agreement]
-        [--out RUN_DIR/quality]
+        [--speedups 1.3,1.55,1.8] [--finetune-steps 300] [--students 5] [--metric kl]
+        [--holdout ../shared/data/imagenet-sample/holdout] [--out RUN_DIR/quality]
 
 Parts (each writes `<out>/<part>.json` atomically and is skipped when that file exists, so a killed
 run resumes part by part):
@@ -16,9 +16,14 @@ run resumes part by part):
   swap-one agreement drops, the search's objective) vs measured agreement as assembled; Spearman.
 - search: the real ILP at each speedup (budget = teacher / speedup); each student fine-tuned, its
   latency measured on ORT beside the teacher's in one run, agreement and top-1 on the eval split.
+- remeasure (only when asked): every student saved by search/baselines timed again beside the
+  teacher in `--rounds` alternating rounds, for figures taken on a busy machine.
 - baselines: at each speedup's measured budget, (a) the teacher uniformly slimmed (every MBConv's
   expansion cut to the value that meets the budget, teacher-pruned weights, no phase 1) and
   (b) the best of `--students` random selections, both fine-tuned exactly like the HANT student.
+
+`--holdout DIR`: every fine-tuned student of `search` and `baselines` (and the teacher) is also
+evaluated on that labelled folder (top-1, agreement) — the figures to report; DIR is never trained on.
 
 Every figure is measured here; the latency of every model is timed in this process, alternating
 with the teacher.
@@ -38,9 +43,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from hant_trt import atomic
-from hant_trt.build.assemble import Choice, assemble
+from hant_trt.build.assemble import Choice, StudentSpec, assemble, load_student, save_student
 from hant_trt.build.finetune import agreement, eval_batches, finetune, recalibrate_bn
 from hant_trt.config import from_dict
+from hant_trt.data import FolderDataset, eval_transform, scan_folder
 from hant_trt.distill.pool import load_trained
 from hant_trt.distill.score import read_scores
 from hant_trt.distill.stage import data_splits
@@ -75,13 +81,18 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 class Bench:
     def __init__(self, run: Path, out: Path, ft_steps: int, ft_lr: float | None, threads: int,
-                 metric: str = "agreement"):
+                 metric: str = "agreement", holdout: str | None = None):
         self.run, self.out = run, out
         self.cfg = from_dict(json.loads((run / "run.json").read_text())["config"])
         self.teacher, self.d = load_from_config(self.cfg)
         splits = data_splits(self.cfg, self.teacher.data_config, train_resolution=self.cfg.distill.resolution)
         self.train = splits.train
         self.eval_loader = DataLoader(splits.eval, batch_size=50)
+        self.holdout_loader = None
+        if holdout:
+            items, _, _ = scan_folder(holdout)
+            self.holdout_loader = DataLoader(FolderDataset(items, eval_transform(self.teacher.data_config)),
+                                             batch_size=50)
         deploy = data_splits(self.cfg, self.teacher.data_config, train_augment=False).train
         self.bn_batches = eval_batches(deploy, 256, 32)
         self.trained = {(f, l, op): m for _, f, l, op, m in load_trained(run / "candidates", self.d)}
@@ -128,6 +139,23 @@ class Bench:
 
     def evaluate(self, model) -> dict:
         return agreement(model, self.teacher.model, self.eval_loader)
+
+    def final(self, res: dict, model, tag: str, choices: list[Choice]) -> None:
+        """A fine-tuned student's figures: the eval split of dev, and the holdout folder if given.
+        The student is saved under `<out>/students/<tag>` so `remeasure` can time it again later."""
+        save_student(self.out / "students" / tag, model, StudentSpec(
+            model=self.teacher.name, resolution=self.teacher.resolution, data_config=self.teacher.data_config,
+            choices=choices))
+        res["finetuned"] = self.evaluate(model)
+        if self.holdout_loader is not None:
+            res["holdout"] = agreement(model, self.teacher.model, self.holdout_loader)
+
+    @staticmethod
+    def top1(res: dict) -> str:
+        h = res.get("holdout")
+        return (f"top-1 {res['finetuned'].get('student_top1', float('nan')):.1f} on dev-eval"
+                + (f", holdout top-1 {h['student_top1']:.1f} (teacher {h['teacher_top1']:.1f}), "
+                   f"agreement {h['agreement']:.1f}%" if h else ""))
 
     def tune(self, model, choices: list[Choice], tag: str) -> dict:
         ordered = sorted(choices, key=lambda c: c.first)
@@ -286,13 +314,11 @@ class Bench:
             res = {"metric": self.metric, "choices": [f"{c.first}:{c.op}" for c in choices if c.op != "keep"],
                    "predicted_ms": sol.predicted_s[self.device] * 1e3, "assembled": self.evaluate(m)}
             res["finetune"] = self.tune(m, choices, f"search{sp}")
-            res["finetuned"] = self.evaluate(m)
+            self.final(res, m, f"hant{sp}", choices)
             models[f"hant{sp}"] = m
             out[str(sp)] = res
             print(f"search {sp}x: {len(res['choices'])} replaced, assembled {res['assembled']['agreement']:.1f}%, "
-                  f"fine-tuned {res['finetuned']['agreement']:.1f}% top-1 "
-                  f"{res['finetuned'].get('student_top1', float('nan')):.1f} (teacher "
-                  f"{res['finetuned'].get('teacher_top1', float('nan')):.1f})")
+                  f"fine-tuned {res['finetuned']['agreement']:.1f}% {self.top1(res)}")
         lat = self.measure(models)
         for sp in speedups:
             r = out[str(sp)]
@@ -313,7 +339,7 @@ class Bench:
             m = self.student(ch, trained=False)
             res["uniform"] = {"expansion": e, "assembled": self.evaluate(m)}
             res["uniform"]["finetune"] = self.tune(m, ch, f"uniform{sp}")
-            res["uniform"]["finetuned"] = self.evaluate(m)
+            self.final(res["uniform"], m, f"uniform{sp}", ch)
             models[f"uniform{sp}"] = m
             # (b) random selections under the same predicted budget: best of k by assembled agreement
             cands = [c for c in (self.random_under(budget, rng) for _ in range(k)) if c is not None]
@@ -324,7 +350,7 @@ class Bench:
                 res["random"] = {"choices": [c.op for c in best], "assembled": self.evaluate(m),
                                  "tried": len(cands)}
                 res["random"]["finetune"] = self.tune(m, best, f"random{sp}")
-                res["random"]["finetuned"] = self.evaluate(m)
+                self.final(res["random"], m, f"random{sp}", best)
                 models[f"random{sp}"] = m
             out[str(sp)] = res
         lat = self.measure(models)
@@ -336,8 +362,18 @@ class Bench:
                 r["measured_ms"], r["teacher_ms"] = lat[f"{kind}{sp}"], lat["teacher"]
                 r["measured_speedup"] = lat["teacher"] / lat[f"{kind}{sp}"]
                 print(f"baseline {kind} at {sp}x budget: {r['measured_speedup']:.2f}x measured, agreement "
-                      f"{r['finetuned']['agreement']:.1f}%, top-1 {r['finetuned'].get('student_top1', float('nan')):.1f}")
+                      f"{r['finetuned']['agreement']:.1f}%, {self.top1(r)}")
         return out
+
+    def remeasure(self, rounds: int) -> dict:
+        """Time every saved student again beside the teacher, in alternating rounds (for figures
+        taken while other work shared the machine)."""
+        folders = sorted(p for p in (self.out / "students").iterdir() if (p / "spec.json").exists())
+        lat = self.measure({p.name: load_student(p)[0] for p in folders}, rounds=rounds)
+        res = {k: {"ms": v, "speedup": lat["teacher"] / v} for k, v in lat.items()}
+        for k, v in res.items():
+            print(f"remeasure {k:<14} {v['ms']:.3f} ms  {v['speedup']:.2f}x")
+        return res
 
     def uniform_any(self, budget_s: float) -> tuple[int, list[Choice]]:
         """Uniform slimming measured by whole-model latency (the table may lack some ops): the largest
@@ -365,13 +401,15 @@ def main() -> None:
     ap.add_argument("--students", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--metric", default="agreement", help="the search's score: agreement | kl")
+    ap.add_argument("--metric", default="kl", help="the search's score: kl (the product's default) | agreement")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating timing rounds of `remeasure`")
+    ap.add_argument("--holdout", default=None, help="labelled folder to report fine-tuned students on")
     a = ap.parse_args()
     run = Path(a.run_dir)
     out = Path(a.out) if a.out else run / "quality"
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    b = Bench(run, out, a.finetune_steps, a.finetune_lr, a.threads, a.metric)
+    b = Bench(run, out, a.finetune_steps, a.finetune_lr, a.threads, a.metric, a.holdout)
     speedups = [float(x) for x in a.speedups.split(",")]
     parts = a.parts.split(",")
     print(f"eval split: {len(b.eval_loader.dataset)} images; device {b.device}; teacher "
@@ -384,6 +422,8 @@ def main() -> None:
     search_res = b.part("search", lambda: b.search(speedups)) if "search" in parts or "baselines" in parts else None
     if "baselines" in parts:
         b.part("baselines", lambda: b.baselines(speedups, search_res, a.students))
+    if "remeasure" in parts:
+        b.part("remeasure", lambda: b.remeasure(a.rounds))
 
 
 if __name__ == "__main__":

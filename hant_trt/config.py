@@ -67,6 +67,8 @@ class ProfileCfg:
     lut: str | None = None          # None: ~/.cache/hant-trt/latency.sqlite
     max_seconds: float = 2.0        # per-measurement time cap
     cv_target: float = 0.02
+    calib_method: str = "max"       # int8 ranges, for scoring and the final Q/DQ alike: max | percentile | entropy
+    calib_images: int = 32          # un-augmented training images those ranges are calibrated on
 
 
 @dataclass

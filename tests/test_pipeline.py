@@ -78,6 +78,21 @@ engine_name = "e2e"
     sess = ort.InferenceSession(str(run / "student" / "student.onnx"), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         assert (student(x) - torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])).abs().max() < 1e-3
+    # an int8 choice in the solution: Q/DQ on that part only, verified against its simulation
+    sol = json.loads((run / "solution.json").read_text())
+    pick = next(c for c in sol["choices"] if c["first"] == c["last"])
+    pick["precision"] = "int8"
+    (run / "solution.json").write_text(json.dumps(sol))
+    r = run_cli("run", str(cfg), "--from", "build", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = json.loads((run / "build.json").read_text())
+    assert info["verify"]["precision"] == "int8" and info["verify"]["passed"], info["verify"]
+    assert (run / "student" / "int8_calib.json").exists()
+    import onnx
+
+    g = onnx.load(str(run / "student" / "student.onnx")).graph
+    nq = sum(n.op_type == "QuantizeLinear" for n in g.node)
+    assert 0 < nq < sum(n.op_type == "Conv" for n in g.node)
     # infeasible budget: one line, exit 2
     r = run_cli("search", str(run), "--budget", "0.01x", env=env)
     assert r.returncode == 2 and "smallest reachable latency" in r.stderr

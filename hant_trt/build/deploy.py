@@ -43,10 +43,13 @@ def measure_side_by_side(backend, onnx_a: Path, onnx_b: Path, rounds: int = 3, m
 
 
 def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, acc: dict, eval_loader,
-           engines_dir: Path | None = None) -> dict:
+           engines_dir: Path | None = None, calib=None, reference=None) -> dict:
+    """calib: the int8 parts' ranges (None: all fp32); reference: the model the ONNX must match
+    (the student with its int8 parts simulated; default the student)."""
     from ..latency.backends import get_backend
     from ..latency.export import export_onnx
     from .metadata import EngineMetadata, io_from_onnx, optimize_for_ort, write_metadata
+    from .quantize import export_with_plan
     from .report import write_report, ReportData
     from .triton import export_triton
     from .verify import verify_onnx
@@ -55,9 +58,10 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
     res = teacher.resolution
     shape = (batch, 3, res, res)
     sdir = run.root / "student"
-    s_onnx = export_onnx(student, shape, sdir / "student.onnx")
+    s_onnx = export_with_plan(student, shape, sdir / "student.onnx", calib)
     t_onnx = export_onnx(teacher.model, shape, sdir / "teacher.onnx")
-    ver = verify_onnx(student, s_onnx, _sample_inputs(eval_loader), "fp32")
+    ver = verify_onnx(reference if reference is not None else student, s_onnx, _sample_inputs(eval_loader),
+                      "int8" if calib is not None else "fp32")
     backend = get_backend(cfg.profile.backend, threads=cfg.profile.threads)
     t_s, s_s = measure_side_by_side(backend, t_onnx, s_onnx, max_seconds=max(1.0, cfg.profile.max_seconds))
     name = cfg.build.engine_name or f"{Path(run.root).name}_{teacher.name}"
@@ -87,7 +91,8 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
     return {"backend": backend.name, "batch": batch, "teacher_latency_ms": t_s * 1e3,
             "student_latency_ms": s_s * 1e3, "speedup": t_s / s_s,
             "predicted_latency_ms": (solution.get("predicted_s") or 0) * 1e3,
-            "verify": {"passed": ver.passed, "max_abs_diff": ver.max_abs_diff, "atol": ver.atol},
+            "verify": {"passed": ver.passed, "precision": ver.precision, "max_abs_diff": ver.max_abs_diff,
+                       "atol": ver.atol},
             "onnx": str(s_onnx), "engine": str(engine), "triton": str(triton), "report": str(report),
             "student_top1": acc.get("student_top1"), "teacher_top1": acc.get("teacher_top1")}
 

@@ -46,6 +46,21 @@ def recalibrate(student, ordered: list[Choice], batches, which: str) -> None:
     recalibrate_bn(student, batches, parts)
 
 
+def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig):
+    """(CalibResult, simulated student, notes) for the parts chosen at int8; (None, student, {})
+    when there are none."""
+    from .finetune import eval_batches
+    from .quantize import calibrate_parts, int8_parts, simulate_int8
+
+    parts = int8_parts(choices)
+    if not parts:
+        return None, student, {}
+    batches = eval_batches(calib_set, cfg.profile.calib_images, cfg.build.batch_size)
+    calib = calibrate_parts(student, parts, batches, cfg.profile.calib_method)
+    return calib, simulate_int8(student, parts, calib), {"int8_parts": parts, "calib_method": calib.method,
+                                                         "calib_images": cfg.profile.calib_images}
+
+
 def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> dict:
     from torch.utils.data import DataLoader
 
@@ -85,11 +100,18 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
         student.load_state_dict(assembled)
         after = dict(before)
         ft["kept"] = "assembled"
+    calib, deployed, notes = int8_plan(student, choices, deploy_train, cfg)
+    if calib is not None:
+        notes["agreement_fp32"] = after
+        after = agreement(deployed, teacher.model, eval_loader)    # what is deployed: int8 parts simulated
     spec = StudentSpec(model=teacher.name, resolution=teacher.resolution, data_config=teacher.data_config,
                        choices=choices, notes={"agreement_assembled": before, "agreement": after,
-                                               "finetune": ft})
+                                               "finetune": ft, **notes})
     save_student(run.root / "student", student, spec)
-    result = deploy(run, cfg, student, teacher, solution, spec, after, eval_loader, engines_dir)
+    if calib is not None:
+        atomic.write_json(run.root / "student" / "int8_calib.json", calib.to_json())
+    result = deploy(run, cfg, student, teacher, solution, spec, after, eval_loader, engines_dir,
+                    calib=calib, reference=deployed)
     info = {"seconds": round(time.time() - t0, 1), "agreement_assembled": before["agreement"],
             "agreement": after["agreement"], **result}
     atomic.write_json(run.path("build.json"), info)

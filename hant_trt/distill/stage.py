@@ -108,8 +108,8 @@ def _merge_ranks(run: RunDir, world: int, rank: int, fp: str, timeout_s: float =
 
 
 def score_fingerprint(cfg: RunConfig) -> str:
-    return fingerprint({"distill": distill_fingerprint(cfg), "score": cfg.score,
-                        "int8": "int8" in cfg.profile.precisions})
+    int8 = [cfg.profile.calib_method, cfg.profile.calib_images] if "int8" in cfg.profile.precisions else False
+    return fingerprint({"distill": distill_fingerprint(cfg), "score": cfg.score, "int8": int8})
 
 
 def run_score(run: RunDir, cfg: RunConfig) -> dict:
@@ -137,7 +137,7 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
     entries = [(k, f, l, op, m, "fp32") for k, f, l, op, m in keep_entries(d) + load_trained(run.root / "candidates", d)]
     if "int8" in cfg.profile.precisions:
         entries += int8_entries(d, entries, data_splits(cfg, teacher.data_config, train_augment=False).train,
-                                cfg.score.batch_size)
+                                cfg.score.batch_size, cfg.profile.calib_images, cfg.profile.calib_method)
     bar = _progress(len(loader), 0, f"score {len(entries)} candidates")
     metrics = score_candidates(d, [(k, f, l, m) for k, f, l, _, m, _ in entries], loader, labelled, bar)
     bar.close()
@@ -154,12 +154,14 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
     return info
 
 
-def int8_entries(d, entries, calib_set, batch_size: int, images: int = 32) -> list[tuple]:
-    """Each (fp32) entry again with simulated int8 (ops/fakequant.py), calibrated ("max") on the
-    slot's real inputs from `images` un-augmented training images."""
+def int8_entries(d, entries, calib_set, batch_size: int, images: int = 32, method: str = "max") -> list[tuple]:
+    """Each (fp32) entry again with simulated int8: ranges from `latency.calibrate` (`method`) on the
+    slot's real inputs from `images` un-augmented training images, simulated by
+    `latency.fakequant` — the code and arithmetic of the Q/DQ ONNX the build writes for int8 parts."""
     import torch
 
-    from ..ops.fakequant import fake_quantize
+    from ..latency.calibrate import QUANT_LAYERS, calibrate
+    from ..latency.fakequant import fake_quantize
     from .capture import capture
     from .train import eval_batches
 
@@ -167,6 +169,8 @@ def int8_entries(d, entries, calib_set, batch_size: int, images: int = 32) -> li
     out = []
     with torch.no_grad():
         for key, first, last, op, module, _ in entries:
-            q = fake_quantize(module, [a[first] for a in acts])
+            if not any(isinstance(m, QUANT_LAYERS) for m in module.modules()):
+                continue        # nothing to quantize (skip): int8 would be the fp32 entry again
+            q = fake_quantize(module, calibrate(module, [a[first] for a in acts], method=method))
             out.append((key + ":int8", first, last, op, q, "int8"))
     return out

@@ -305,15 +305,26 @@ def _weight_axis(node) -> int:
 
 def match_layers(node_names: Iterable[str], paths: Iterable[str]) -> dict[str, str]:
     """ONNX node name → calibrated module path, through torch.onnx's scope naming."""
-    by_scope = {onnx_scope_of(p): p for p in paths}
-    return {n: by_scope[node_scope(n)] for n in node_names if node_scope(n) in by_scope}
+    by_scope = {_collapse(onnx_scope_of(p)): p for p in paths}
+    return {n: by_scope[_collapse(node_scope(n))] for n in node_names if _collapse(node_scope(n)) in by_scope}
 
 
-def quantize_qdq(src_onnx: str | Path, dst_onnx: str | Path, calib: CalibResult, per_channel: bool = True) -> Path:
+def _collapse(scope: str) -> str:
+    """A scope without its container levels: "/parts/parts.2/conv_pw" → "/parts.2/conv_pw". A
+    ModuleList is never called, so torch.onnx names no scope after it while a called Sequential
+    gets one; dropping every level whose child repeats its name makes both spellings equal."""
+    atoms = scope.split("/")
+    return "/".join(a for i, a in enumerate(atoms) if not (a and i + 1 < len(atoms) and atoms[i + 1].startswith(a + ".")))
+
+
+def quantize_qdq(src_onnx: str | Path, dst_onnx: str | Path, calib: CalibResult, per_channel: bool = True,
+                 only_calibrated: bool = False) -> Path:
     """Insert QuantizeLinear/DequantizeLinear into the fp32 ONNX `src_onnx`, write `dst_onnx`.
 
     calib: ranges from `calibrate` on the same module that was exported (`export_onnx`), keyed by
-        module path; each Conv/Gemm (and MatMul with a constant weight) must have one.
+        module path; each Conv/Gemm (and MatMul with a constant weight) must have one, unless
+        `only_calibrated`: then only the layers with a range are quantized and the rest stay float
+        (a per-layer precision plan: int8 where it was chosen).
     per_channel: True (default) gives one weight scale per output channel (DQ axis 0 for Conv);
         False one scale per weight tensor.
     Activations: one Q→DQ pair per quantized tensor (scale amax/127, int8 zero point 0) feeding
@@ -337,6 +348,11 @@ def quantize_qdq(src_onnx: str | Path, dst_onnx: str | Path, calib: CalibResult,
     if not targets:
         raise UserError(f"{src_onnx} has no Conv/Gemm to quantize")
     match = match_layers([n.name for n in targets], calib.amax)
+    if only_calibrated:
+        target_idx = [i for i in target_idx if g.node[i].name in match]
+        targets = [g.node[i] for i in target_idx]
+        if not targets:
+            raise UserError(f"none of the {len(calib.amax)} calibrated layers is a Conv/Gemm of {src_onnx}")
     missing = [n.name for n in targets if n.name not in match]
     if missing:
         raise UserError(f"no calibrated range for {len(missing)} layer(s) of {src_onnx} (first: '{missing[0]}'): "

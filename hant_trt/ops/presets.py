@@ -62,15 +62,26 @@ def tiny(slot) -> list[str]:
 
 @register_preset("small")
 def small(slot) -> list[str]:
+    """≈ 26 per MBConv slot, anchored like `tiny` but dense near the teacher's block: every
+    expansion below the teacher's in steps of 0.5 (whole steps at kernels 3 and 5 both, half steps
+    at the teacher's kernel), a few wider kernels, SE, EdgeResidual, depthwise-separable and
+    bottleneck stand-ins. Ops costlier than the teacher's block (full expansion at a larger kernel,
+    fused convs wider than e1) are left out: a search never picks them, and each costs phase-1 time."""
     a = _a(slot)
+    if slot.kind == "ds":
+        return _shape_keep(slot) + [f"ir_k3_e1_{a}", f"ir_k5_e1_{a}", f"er_k3_e1_{a}", f"conv_k1_{a}",
+                                    f"bot_k3_e0.25_{a}", f"bot_k3_e0.5_{a}", f"ds_k3{_se(slot)}_{a}",
+                                    f"ir_k3_e1{_se(slot)}_{a}"]
+    k = slot.kernel if slot.kernel in (3, 5, 7) else 3
+    e = slot.expansion if slot.kind in ("ir", "er") and slot.expansion >= 2 else 6
+    whole = [x for x in range(1, int(e)) if x < e]
     ops = _shape_keep(slot)
-    ops += [f"ir_k{k}_e{e}_{a}" for k in (3, 5) for e in (1, 2, 3, 4, 6)]
-    ops += [f"ir_k7_e{e}_{a}" for e in (3, 6)]
-    ops += [f"ir_k3_e{e}{_se(slot)}_{a}" for e in (2, 3, 4)]
-    alt = "hswish" if a != "hswish" else "relu"
-    ops += [f"ir_k3_e{e}_{alt}" for e in (2, 3)]
-    ops += [f"er_k3_e{e}_{a}" for e in (1, 2, 3, 4)]
-    ops += [f"ds_k3_{a}", f"ds_k5_{a}", f"ds_k3{_se(slot)}_{a}", f"conv_k3_{a}", f"bot_k3_e0.25_{a}"]
+    ops += [f"ir_k{kk}_e{x}_{a}" for kk in sorted({3, 5}) for x in whole]
+    ops += [f"ir_k{k}_e{x + 0.5}_{a}" for x in whole if x + 0.5 < e]
+    ops += [f"ir_k3_e{round(e)}_{a}"] if k > 3 else []
+    ops += [f"ir_k7_e{x}_{a}" for x in (2, 3)]
+    ops += [f"ir_k3_e{x}{_se(slot)}_{a}" for x in (2, 3)]
+    ops += [f"er_k3_e1_{a}", f"ds_k3_{a}", f"ds_k5_{a}", f"bot_k3_e0.25_{a}", f"bot_k3_e0.5_{a}"]
     return ops
 
 
