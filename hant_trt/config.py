@@ -50,6 +50,8 @@ class DistillCfg:
     full_res_steps: int = 0         # the last N steps at the deploy resolution (after `resolution` ones)
     keep_best: bool = True          # per candidate, keep whichever of its start and its trained weights
                                     # has the lower validation MSE (refit kept only where it helps)
+    suffix_kl: float = 0.0          # + this × KL(teacher logits ‖ candidate output through the teacher's
+    suffix_kl_slots: int = 3        #   rest) for candidates ending in the last `suffix_kl_slots` slots
 
 
 @dataclass

@@ -65,3 +65,31 @@ def test_report_writes_html_and_pngs(tmp_path):
     assert "<table>" in html and "er_k3_e2" in html and html.count("<img") == 3
     for name in ("report_pareto.png", "report_choices.png", "report_latency.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_engine_metadata_machine_fields():
+    from hant_trt.build.deploy import target_fields
+    from hant_trt.latency.backends import get_backend
+    from hant_trt.latency.device import DeviceInfo
+
+    ort_fields = target_fields(get_backend("ort", threads=1))
+    import onnxruntime
+
+    assert ort_fields["ort_version"] == onnxruntime.__version__ and ort_fields["cpu"]
+
+    class FakeTensorRTBackend:     # test double: TensorRT is not installable here
+        name = "tensorrt"
+
+        class cuda:
+            @staticmethod
+            def device_properties():
+                return {"name": "NVIDIA A10", "cc": "8.6", "driver": 12040, "runtime": 12060}
+
+        def version(self):
+            return "10.9.0"
+
+        def device(self):
+            return DeviceInfo("cuda", "NVIDIA A10", {"cc": "8.6", "driver": 12040})
+
+    assert target_fields(FakeTensorRTBackend()) == {"gpu_name": "NVIDIA A10", "compute_capability": "8.6",
+                                                    "tensorrt_version": "10.9.0", "cuda_version": "12060"}

@@ -114,3 +114,43 @@ def test_bad_slot_and_preset(tmp_path):
     cfg.distill.preset = "huge"
     with pytest.raises(UserError, match="preset"):
         run_distill(RunDir(cfg.run_dir), cfg)
+
+
+def test_suffix_kl_term_for_late_slots_only(lite0, tmp_path):
+    """`distill.suffix_kl`: late-slot candidates also learn the teacher's logits through the
+    teacher's (frozen) rest; earlier ones keep the plain normalised MSE."""
+    from hant_trt.distill.capture import capture, normalised_mse
+    from hant_trt.distill.stage import distill_fingerprint
+    from hant_trt.distill.train import Job, job_loss
+    from hant_trt.ops import build
+    from hant_trt.teacher.decompose import decompose
+
+    import copy
+
+    from hant_trt.distill.capture import teacher_modules_eval
+
+    teacher = copy.deepcopy(lite0.model)
+    d = decompose(teacher, 96)
+    teacher_modules_eval(d)          # as `distill` does
+    cfg = small_cfg(tmp_path)
+    cfg.distill.suffix_kl, cfg.distill.suffix_kl_slots = 1.0, 2
+    n = len(d.slots)
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    acts, logits = capture(d, x)
+    for i, expect_kl in ((n - 1, True), (n - 4, False)):
+        s = d.slots[i]
+        m = build(f"ir_k3_e2_{s.act}", s)
+        j = Job(i, i, "ir_k3_e2", m, False, s)
+        out = m(acts[i])
+        loss = job_loss(d, j, out, acts, logits, cfg.distill)
+        mse = normalised_mse(out, acts[i + 1])
+        assert (float(loss) > float(mse) + 1e-6) is expect_kl
+        loss.backward()
+        assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in teacher.parameters())        # the teacher stays frozen
+    # runs without the option keep their fingerprint whatever suffix_kl_slots says
+    a, b = small_cfg(tmp_path), small_cfg(tmp_path)
+    b.distill.suffix_kl_slots = 7
+    assert distill_fingerprint(a) == distill_fingerprint(b)
+    b.distill.suffix_kl = 0.5
+    assert distill_fingerprint(a) != distill_fingerprint(b)

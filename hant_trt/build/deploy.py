@@ -3,7 +3,6 @@ latency with the teacher on the search's backend, Triton repository, report."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +41,24 @@ def measure_side_by_side(backend, onnx_a: Path, onnx_b: Path, rounds: int = 3, m
     return float(np.median(a)), float(np.median(b))
 
 
+def target_fields(backend) -> dict:
+    """The engine metadata's machine fields from the backend that timed it: GPU name, compute
+    capability, TensorRT and CUDA versions for GPU targets; CPU model and ONNX Runtime version for
+    CPU targets (the torch backend records its device and leaves the engine versions empty)."""
+    dev = backend.device()
+    if dev.kind == "cuda":
+        out = {"gpu_name": dev.name, "compute_capability": str(dev.details.get("cc") or "") or None}
+        if backend.name == "tensorrt":
+            out["tensorrt_version"] = backend.version()
+            props = getattr(getattr(backend, "cuda", None), "device_properties", None)
+            runtime = props().get("runtime") if callable(props) else None
+            out["cuda_version"] = str(runtime) if runtime is not None else None
+        else:
+            out["cuda_version"] = torch.version.cuda
+        return out
+    return {"cpu": dev.name, "ort_version": backend.version() if backend.name == "ort" else None}
+
+
 def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, acc: dict, eval_loader,
            engines_dir: Path | None = None, calib=None, reference=None) -> dict:
     """calib: the int8 parts' ranges (None: all fp32); reference: the model the ONNX must match
@@ -50,7 +67,7 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
     from ..latency.export import export_onnx
     from .metadata import EngineMetadata, io_from_onnx, optimize_for_ort, write_metadata
     from .quantize import export_with_plan
-    from .report import write_report, ReportData
+    from .report import report_data_from_run, write_report
     from .triton import export_triton
     from .verify import verify_onnx
 
@@ -75,7 +92,6 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
         engine = optimize_for_ort(s_onnx, edir / f"{name}.ort.onnx")
         fmt = "onnxruntime_onnx"
     inputs, outputs = io_from_onnx(s_onnx)
-    dev = backend.device()
     meta = EngineMetadata(
         name=name, format=fmt, file=str(engine),
         precision_plan=[{"slot": f"{c.first}" if c.first == c.last else f"{c.first}-{c.last}", "op": c.op,
@@ -83,11 +99,11 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
         inputs=inputs, outputs=outputs,
         predicted_latency_s=solution.get("predicted_s"), measured_latency_s=s_s,
         accuracy=acc, teacher={"model": teacher.name, "measured_latency_s": t_s},
-        cpu=getattr(dev, "cpu", None) or getattr(dev, "name", None),
+        **target_fields(backend),
     )
     write_metadata(engine, meta)
     triton = export_triton(s_onnx, run.root / "triton", "hant_student", max_batch_size=0)
-    report = _report(run, solution, teacher, acc, t_s, s_s, write_report, ReportData)
+    report = write_report(run.root, report_data_from_run(run.root, t_s, s_s, acc, teacher.name))
     return {"backend": backend.name, "batch": batch, "teacher_latency_ms": t_s * 1e3,
             "student_latency_ms": s_s * 1e3, "speedup": t_s / s_s,
             "predicted_latency_ms": (solution.get("predicted_s") or 0) * 1e3,
@@ -95,21 +111,3 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
                        "atol": ver.atol},
             "onnx": str(s_onnx), "engine": str(engine), "triton": str(triton), "report": str(report),
             "student_top1": acc.get("student_top1"), "teacher_top1": acc.get("teacher_top1")}
-
-
-def _report(run, solution, teacher, acc, t_s, s_s, write_report, ReportData) -> Path:
-    import csv
-
-    pareto = []
-    pp = run.root / "pareto.json"
-    if pp.exists():
-        pareto = json.loads(pp.read_text())
-    keep = {}
-    lp = run.root / "latency.csv"
-    if lp.exists():
-        with open(lp, newline="") as fh:
-            for r in csv.DictReader(fh):
-                if r["op"] == "keep" and r["precision"] == "fp32":
-                    keep[int(r["first"])] = float(r["median_s"])
-    return write_report(run.root, ReportData(teacher_name=teacher.name, teacher_latency_s=t_s, student_latency_s=s_s,
-                                             accuracy=acc, solution=solution, pareto=pareto, slot_latency_s=keep))

@@ -29,6 +29,19 @@ def suffix(d: Decomposition, h: torch.Tensor, start: int) -> torch.Tensor:
     return d.head(h)
 
 
+def suffix_logits(d: Decomposition, h: torch.Tensor, start: int) -> torch.Tensor:
+    """`suffix` with gradients flowing back to `h` (the teacher's weights stay frozen)."""
+    for block in d.blocks[start:]:
+        h = block(h)
+    return d.head(h)
+
+
+def kl_to_teacher(teacher_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(teacher) ‖ softmax(student)), mean over the batch."""
+    t = torch.log_softmax(teacher_logits.float(), dim=1)
+    return (t.exp() * (t - torch.log_softmax(logits.float(), dim=1))).sum(1).mean()
+
+
 def teacher_modules_eval(d: Decomposition) -> None:
     for m in (d.stem, d.head, *d.blocks):
         m.eval()

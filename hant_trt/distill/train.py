@@ -24,7 +24,8 @@ from ..config import DistillCfg
 from ..errors import UserError
 from ..teacher.decompose import Decomposition
 from ..teacher.slot import Slot
-from .capture import capture, module_slot_of, normalised_mse, span_teacher, teacher_modules_eval
+from .capture import (capture, kl_to_teacher, module_slot_of, normalised_mse, span_teacher, suffix_logits,
+                      teacher_modules_eval)
 from .pool import build_candidate, candidate_ops
 
 
@@ -152,16 +153,30 @@ def eval_batches(dataset, n_images: int, batch_size: int) -> list[torch.Tensor]:
     return [torch.stack(xs[i:i + batch_size]) for i in range(0, n, batch_size)]
 
 
+def job_loss(d: Decomposition, j: Job, out: torch.Tensor, acts: list[torch.Tensor], logits: torch.Tensor,
+             cfg: DistillCfg | None = None) -> torch.Tensor:
+    """Normalised MSE to the teacher's output of the job's span, plus, for late slots with
+    `cfg.suffix_kl` > 0, that weight × KL to the teacher's logits with the candidate's output run
+    through the rest of the (frozen) teacher: what swap-one scoring measures, trained directly where
+    the rest is short and a small feature error can still move the logits a lot."""
+    loss = normalised_mse(out.float(), acts[j.last + 1].float())
+    if cfg is not None and cfg.suffix_kl and j.last >= len(d.slots) - cfg.suffix_kl_slots:
+        loss = loss + cfg.suffix_kl * kl_to_teacher(logits, suffix_logits(d, out, j.last + 1))
+    return loss
+
+
 @torch.no_grad()
-def validation_mse(d: Decomposition, jobs: list[Job], batches: list[torch.Tensor]) -> dict[str, float]:
-    """Normalised MSE of every job on the eval batches (modules in eval mode)."""
+def validation_mse(d: Decomposition, jobs: list[Job], batches: list[torch.Tensor],
+                   cfg: DistillCfg | None = None) -> dict[str, float]:
+    """Validation loss of every job on the eval batches (modules in eval mode): normalised MSE,
+    plus the suffix KL term where `cfg` asks for it (`job_loss`)."""
     sums = {j.key: 0.0 for j in jobs}
     for x in batches:
-        acts, _ = capture(d, x)
+        acts, logits = capture(d, x)
         for j in jobs:
             was = j.module.training
             j.module.eval()
-            sums[j.key] += float(normalised_mse(j.module(acts[j.first]), acts[j.last + 1]))
+            sums[j.key] += float(job_loss(d, j, j.module(acts[j.first]), acts, logits, cfg))
             j.module.train(was)
     return {k: v / max(1, len(batches)) for k, v in sums.items()}
 
@@ -330,10 +345,10 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
         if st.get("scaler"):
             scaler.load_state_dict(st["scaler"])
     else:
-        mse_init = validation_mse(d, jobs, evb)
+        mse_init = validation_mse(d, jobs, evb, cfg)
         before = _snapshot(jobs) if cfg.keep_best else {}
         refit_jobs(d, jobs, train_set, cfg, device=dev)
-        mse_refit = validation_mse(d, jobs, evb)
+        mse_refit = validation_mse(d, jobs, evb, cfg)
         if cfg.keep_best:  # a refit on few samples (late, low-resolution slots) can be worse than none
             mse_refit = keep_better(jobs, mse_refit, mse_init, before)
             ckpt.dir.mkdir(parents=True, exist_ok=True)
@@ -347,7 +362,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
         x = batch_for_step(full_set if step >= full_from else train_set, step, cfg.batch_size,
                            cfg.seed).to(dev, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-            acts, _ = capture(d, x)
+            acts, logits = capture(d, x)
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
         loss_sum = 0.0
         for g in groups:
@@ -356,7 +371,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
             for j in g.jobs:
                 with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
                     out = j.module(acts[j.first])
-                loss = normalised_mse(out.float(), acts[j.last + 1].float())
+                loss = job_loss(d, j, out, acts, logits, cfg)
                 scaler.scale(loss).backward()
                 loss_sum += float(loss.detach())
             scaler.step(g.opt)
@@ -373,7 +388,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
     bar.close()
     if bn_set is not None and bn_batches and cfg.bn_recalibrate:
         recalibrate_bn(d, trainable, [b.to(dev) for b in eval_batches(bn_set, bn_batches * cfg.batch_size, cfg.batch_size)])
-    mse_final = validation_mse(d, jobs, evb)
+    mse_final = validation_mse(d, jobs, evb, cfg)
     start_p = ckpt.dir / "start.pt"
     if cfg.keep_best and start_p.exists():
         start_w = torch.load(start_p, map_location=dev, weights_only=True)
