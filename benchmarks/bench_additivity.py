@@ -84,8 +84,10 @@ def main() -> None:
     for m in ("offset", "scale"):
         per = [statistics.mean(e[m]) for e in errs.values()]
         mae = statistics.mean(abs(x) for x in per)
+        every = statistics.mean(abs(x) for e in errs.values() for x in e[m])
         print(f"{m} model: mean absolute error over {len(per)} students {100 * mae:.1f} % "
-              f"(signed per student: {', '.join(f'{100 * x:+.1f}' for x in per)} %)")
+              f"(signed per student, averaged over rounds: {', '.join(f'{100 * x:+.1f}' for x in per)} %); "
+              f"over every single (round, student) prediction {100 * every:.1f} %")
 
 
 if __name__ == "__main__":

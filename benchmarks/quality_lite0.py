@@ -104,6 +104,7 @@ class Bench:
         self.lat = {(o.first, o.last, o.op): o.latency_s[self.device] for o in self.tables.options
                     if o.precision == "fp32" and self.device in o.latency_s}
         self.n = len(self.d.slots)
+        self.keep_best = self.cfg.build.keep_best
         self.ft_steps, self.ft_lr = ft_steps, ft_lr if ft_lr is not None else self.cfg.build.finetune_lr
         self.backend = get_backend("ort", threads=threads)
         self.tmp = Path(tempfile.mkdtemp(prefix="hant_quality_"))
@@ -157,12 +158,22 @@ class Bench:
                 + (f", holdout top-1 {h['student_top1']:.1f} (teacher {h['teacher_top1']:.1f}), "
                    f"agreement {h['agreement']:.1f}%" if h else ""))
 
-    def tune(self, model, choices: list[Choice], tag: str) -> dict:
+    def tune(self, model, choices: list[Choice], tag: str, assembled: dict | None = None) -> dict:
+        """The build stage's fine-tune, `build.keep_best` included: when fine-tuning raised the
+        eval split's KL above `assembled`'s, the assembled weights are kept."""
         ordered = sorted(choices, key=lambda c: c.first)
+        start = {k: v.detach().clone() for k, v in model.state_dict().items()}
         info = finetune(model, self.teacher.model, self.train, self.ft_steps, self.cfg.build.batch_size,
                         self.ft_lr, self.tmp / f"ft_{tag}", seed=self.cfg.distill.seed, fingerprint=tag,
                         decomposition=self.d, boundaries=[c.last + 1 for c in ordered],
-                        feature_weight=self.cfg.build.feature_weight, bn=self.cfg.build.bn)
+                        feature_weight=self.cfg.build.feature_weight, bn=self.cfg.build.bn,
+                        mixup=self.cfg.build.mixup)
+        if self.keep_best and assembled is not None:
+            after = self.evaluate(model)
+            info["kl_finetuned"] = after["kl"]
+            if after["kl"] > assembled["kl"]:
+                model.load_state_dict(start)
+                info["kept"] = "assembled"
         return info
 
     def measure(self, models: dict[str, torch.nn.Module], rounds: int = 3, seconds: float = 1.5) -> dict:
@@ -247,7 +258,7 @@ class Bench:
             recalibrate_bn(m, self.bn_batches, [p for p, c in zip(m.parts, choices) if c.op != "keep"])
             res["bn_reestimated"] = self.evaluate(m)
             m = self.student(choices)
-            res["finetune"] = self.tune(m, choices, f"compose{thr}")
+            res["finetune"] = self.tune(m, choices, f"compose{thr}", res["assembled"])
             res["finetuned"] = self.evaluate(m)
             print(f"compose ≤{thr}: assembled {res['assembled']['agreement']:.1f}%, BN re-estimated "
                   f"{res['bn_reestimated']['agreement']:.1f}%, fine-tuned {res['finetuned']['agreement']:.1f}% "
@@ -313,7 +324,7 @@ class Bench:
             m = self.student(choices)
             res = {"metric": self.metric, "choices": [f"{c.first}:{c.op}" for c in choices if c.op != "keep"],
                    "predicted_ms": sol.predicted_s[self.device] * 1e3, "assembled": self.evaluate(m)}
-            res["finetune"] = self.tune(m, choices, f"search{sp}")
+            res["finetune"] = self.tune(m, choices, f"search{sp}", res["assembled"])
             self.final(res, m, f"hant{sp}", choices)
             models[f"hant{sp}"] = m
             out[str(sp)] = res
@@ -338,7 +349,7 @@ class Bench:
             e, ch = self.uniform_any(budget)
             m = self.student(ch, trained=False)
             res["uniform"] = {"expansion": e, "assembled": self.evaluate(m)}
-            res["uniform"]["finetune"] = self.tune(m, ch, f"uniform{sp}")
+            res["uniform"]["finetune"] = self.tune(m, ch, f"uniform{sp}", res["uniform"]["assembled"])
             self.final(res["uniform"], m, f"uniform{sp}", ch)
             models[f"uniform{sp}"] = m
             # (b) random selections under the same predicted budget: best of k by assembled agreement
@@ -349,7 +360,7 @@ class Bench:
                 m = self.student(best)
                 res["random"] = {"choices": [c.op for c in best], "assembled": self.evaluate(m),
                                  "tried": len(cands)}
-                res["random"]["finetune"] = self.tune(m, best, f"random{sp}")
+                res["random"]["finetune"] = self.tune(m, best, f"random{sp}", res["random"]["assembled"])
                 self.final(res["random"], m, f"random{sp}", best)
                 models[f"random{sp}"] = m
             out[str(sp)] = res
@@ -402,6 +413,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("--metric", default="kl", help="the search's score: kl (the product's default) | agreement")
+    ap.add_argument("--no-keep-best", action="store_true",
+                    help="always keep the fine-tuned weights (default: the run's build.keep_best)")
     ap.add_argument("--rounds", type=int, default=5, help="alternating timing rounds of `remeasure`")
     ap.add_argument("--holdout", default=None, help="labelled folder to report fine-tuned students on")
     a = ap.parse_args()
@@ -410,6 +423,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     b = Bench(run, out, a.finetune_steps, a.finetune_lr, a.threads, a.metric, a.holdout)
+    if a.no_keep_best:
+        b.keep_best = False
     speedups = [float(x) for x in a.speedups.split(",")]
     parts = a.parts.split(",")
     print(f"eval split: {len(b.eval_loader.dataset)} images; device {b.device}; teacher "
