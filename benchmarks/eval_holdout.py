@@ -15,10 +15,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from hant_trt.build.assemble import load_student
 from hant_trt.build.finetune import agreement
-from hant_trt.build.quantize import int8_parts, simulate_int8
-from hant_trt.latency.calibrate import CalibResult
+from hant_trt.build.quantize import load_deployed
 from hant_trt.data import FolderDataset, eval_transform, scan_folder
 from hant_trt.teacher.load import load_teacher
 
@@ -29,12 +27,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/imagenet-sample/holdout"))
     a = ap.parse_args()
     run = Path(a.run_dir)
-    student, spec = load_student(run / "student")
-    calib_file = run / "student" / "int8_calib.json"
-    if calib_file.exists():  # the deployed model: its int8 parts simulated from the build's ranges
-        parts = int8_parts(spec.choices)
-        student = simulate_int8(student, parts, CalibResult.from_json(json.loads(calib_file.read_text())))
-        print(f"int8 parts {parts} simulated from {calib_file.name}")
+    student, spec = load_deployed(run / "student")   # int8 parts simulated as the build deployed them
     cfg = json.loads((run / "run.json").read_text())["config"]["teacher"]
     teacher = load_teacher(cfg["model"], cfg["weights"], cfg["resolution"])
     items, skipped, _ = scan_folder(a.data)

@@ -41,17 +41,19 @@ def calibrate_parts(student, parts: list[int], batches: list[torch.Tensor], meth
            "images": int(sum(b.shape[0] for b in batches)),
            "data": hashlib.sha256(b"".join(b.numpy().tobytes() for b in batches)).hexdigest()}
     full = calibrate_cached(key, student, batches, method=method, cache_dir=cache_dir)
-    prefixes = tuple(f"parts.{i}." for i in parts)
-    return CalibResult(amax={k: v for k, v in full.amax.items() if k.startswith(prefixes)}, method=full.method,
-                       percentile=full.percentile, num_bins=full.num_bins, batches=full.batches,
-                       samples=full.samples)
+    return _subset(full, tuple(f"parts.{i}." for i in parts))
 
 
 def part_calib(calib: CalibResult, i: int) -> CalibResult:
     """The ranges of part `i`, keyed by path within that part (what `fake_quantize` expects)."""
-    pre = f"parts.{i}."
-    return CalibResult(amax={k[len(pre):]: v for k, v in calib.amax.items() if k.startswith(pre)},
-                       method=calib.method, percentile=calib.percentile, num_bins=calib.num_bins)
+    return _subset(calib, (f"parts.{i}.",), strip=True)
+
+
+def _subset(calib: CalibResult, prefixes: tuple[str, ...], strip: bool = False) -> CalibResult:
+    """`calib` restricted to the paths under `prefixes` (with the prefix removed when `strip`)."""
+    amax = {(k[len(p):] if strip else k): v for k, v in calib.amax.items() for p in prefixes if k.startswith(p)}
+    return CalibResult(amax=amax, method=calib.method, percentile=calib.percentile, num_bins=calib.num_bins,
+                       batches=calib.batches, samples=calib.samples)
 
 
 def simulate_int8(student, parts: list[int], calib: CalibResult):
@@ -60,6 +62,24 @@ def simulate_int8(student, parts: list[int], calib: CalibResult):
     for i in parts:
         sim.parts[i] = fake_quantize(student.parts[i], part_calib(calib, i))
     return sim
+
+
+INT8_CALIB = "int8_calib.json"      # beside a saved student: the ranges of its int8 parts
+
+
+def load_deployed(folder: Path):
+    """(model, spec) of a saved student as deployed: its int8 parts simulated from the ranges the
+    build saved (`INT8_CALIB`), the plain student when it has none."""
+    import json
+
+    from .assemble import load_student
+
+    student, spec = load_student(folder)
+    path = Path(folder) / INT8_CALIB
+    if path.exists():
+        calib = CalibResult.from_json(json.loads(path.read_text()))
+        student = simulate_int8(student, int8_parts(spec.choices), calib)
+    return student, spec
 
 
 def export_with_plan(student, shape: tuple, dst: Path, calib: CalibResult | None) -> Path:

@@ -13,6 +13,7 @@ from .. import atomic
 from ..config import RunConfig
 from ..rundir import RunDir, fingerprint
 from .assemble import Choice, StudentSpec, assemble, save_student
+from .quantize import INT8_CALIB
 
 
 def build_fingerprint(run: RunDir, cfg: RunConfig) -> str:
@@ -109,7 +110,7 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
                                                "finetune": ft, **notes})
     save_student(run.root / "student", student, spec)
     if calib is not None:
-        atomic.write_json(run.root / "student" / "int8_calib.json", calib.to_json())
+        atomic.write_json(run.root / "student" / INT8_CALIB, calib.to_json())
     result = deploy(run, cfg, student, teacher, solution, spec, after, eval_loader, engines_dir,
                     calib=calib, reference=deployed)
     info = {"seconds": round(time.time() - t0, 1), "agreement_assembled": before["agreement"],
