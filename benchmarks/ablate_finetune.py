@@ -19,12 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_lite0 import Bench  # noqa: E402
 
 from hant_trt.build.assemble import Choice  # noqa: E402
-from hant_trt.build.finetune import finetune, recalibrate_bn  # noqa: E402
+from hant_trt.build.finetune import agreement, finetune, recalibrate_bn  # noqa: E402
+from hant_trt.build.stage import trainable_parts  # noqa: E402
 from hant_trt.distill.stage import data_splits  # noqa: E402
 from hant_trt.search.ilp import solve  # noqa: E402
 from hant_trt.search.tables import build_problem, load_tables  # noqa: E402
 
-BASE = dict(steps=100, lr=1e-4, feature_weight=1.0, bn="frozen", res="distill", recal="none", mixup=0.0)
+BASE = dict(steps=100, lr=1e-4, feature_weight=1.0, bn="frozen", res="distill", recal="none", mixup=0.0,
+            ce=0.5, train="all")
 VARIANTS = {
     "base": {},
     "lr3e-4": dict(lr=3e-4),
@@ -41,7 +43,26 @@ VARIANTS = {
     "mixup1": dict(mixup=1.0),
     "steps300mixup1": dict(steps=300, mixup=1.0),
     "steps300mixup1lr3e-4": dict(steps=300, mixup=1.0, lr=3e-4),
+    "steps300ce0": dict(steps=300, ce=0.0),
+    "steps300replaced": dict(steps=300, train="replaced"),
+    "steps300replacedce0": dict(steps=300, train="replaced", ce=0.0),
+    "steps300replacedmixup1": dict(steps=300, train="replaced", mixup=1.0),
+    "steps300replacedmixup1lr3e-4": dict(steps=300, train="replaced", mixup=1.0, lr=3e-4),
+    "steps300replacedlr3e-4": dict(steps=300, train="replaced", lr=3e-4),
+    "steps600replaced": dict(steps=600, train="replaced"),
+    "steps600replacedlr3e-4": dict(steps=600, train="replaced", lr=3e-4),
+    "steps300adjacent": dict(steps=300, train="adjacent"),
 }
+
+
+def trainable(m, choices: list[Choice], which: str):
+    """The build's `build.train` values, plus adjacent: the replaced parts and the kept parts next
+    to them (measured worse than replaced at 1.55x; kept here as an experiment)."""
+    if which != "adjacent":
+        return trainable_parts(m, choices, which)
+    rep = [c.op != "keep" for c in choices]
+    rep = [r or (i > 0 and rep[i - 1]) or (i + 1 < len(rep) and rep[i + 1]) for i, r in enumerate(rep)]
+    return [p for p, r in zip(m.parts, rep) if r]
 
 
 def main() -> None:
@@ -50,14 +71,15 @@ def main() -> None:
     ap.add_argument("--speedup", type=float, default=1.3)
     ap.add_argument("--metric", default="agreement")
     ap.add_argument("--variants", default="base,lr3e-4,feat0,steps300,res224,recal_replaced")
+    ap.add_argument("--holdout", default=None, help="labelled folder to also report on (never to choose by)")
     a = ap.parse_args()
     run = Path(a.run_dir)
-    b = Bench(run, run / "quality", 0, None, 2)
+    b = Bench(run, run / "quality", 0, None, 2, holdout=a.holdout)
     tables = load_tables(run, a.metric)
     sol = solve(build_problem(tables, b.n, f"speedup={a.speedup}", [b.device]), "cbc", 60)
     choices = sorted((Choice(o.first, o.last, o.op) for o in sol.choices), key=lambda c: c.first)
     print("replaced:", ", ".join(f"{c.first}:{c.op}" for c in choices if c.op != "keep"))
-    print(f"assembled: {b.evaluate(b.student(choices))}")
+    print(f"assembled: {b.evaluate(b.student(choices))}", flush=True)
     full = data_splits(b.cfg, b.teacher.data_config).train
     for name in a.variants.split(","):
         v = {**BASE, **VARIANTS[name]}
@@ -65,13 +87,18 @@ def main() -> None:
         finetune(m, b.teacher.model, full if v["res"] == "deploy" else b.train, v["steps"],
                  b.cfg.build.batch_size, v["lr"], b.tmp / f"abl_{name}", seed=0, fingerprint=name,
                  decomposition=b.d, boundaries=[c.last + 1 for c in choices],
-                 feature_weight=v["feature_weight"], bn=v["bn"], mixup=v["mixup"])
+                 feature_weight=v["feature_weight"], bn=v["bn"], mixup=v["mixup"], ce_weight=v["ce"],
+                 trainable=trainable(m, choices, v["train"]))
         if v["recal"] != "none":
             parts = None if v["recal"] == "all" else [p for p, c in zip(m.parts, choices) if c.op != "keep"]
             recalibrate_bn(m, b.bn_batches, parts)
         r = b.evaluate(m)
         print(f"{name:<16} agreement {r['agreement']:.1f}%  KL {r['kl']:.3f}  top-1 {r.get('student_top1', float('nan')):.1f} "
               f"(teacher {r.get('teacher_top1', float('nan')):.1f})  {v}", flush=True)
+        if b.holdout_loader is not None:
+            h = agreement(m, b.teacher.model, b.holdout_loader)
+            print(f"{'':<16} holdout: agreement {h['agreement']:.1f}%  KL {h['kl']:.3f}  top-1 {h['student_top1']:.1f} "
+                  f"(teacher {h['teacher_top1']:.1f})", flush=True)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader
 from hant_trt import atomic
 from hant_trt.build.assemble import Choice, StudentSpec, assemble, load_student, save_student
 from hant_trt.build.finetune import agreement, eval_batches, finetune, recalibrate_bn
+from hant_trt.build.stage import trainable_parts
 from hant_trt.config import from_dict
 from hant_trt.data import FolderDataset, eval_transform, scan_folder
 from hant_trt.distill.pool import load_trained
@@ -167,7 +168,8 @@ class Bench:
                         self.ft_lr, self.tmp / f"ft_{tag}", seed=self.cfg.distill.seed, fingerprint=tag,
                         decomposition=self.d, boundaries=[c.last + 1 for c in ordered],
                         feature_weight=self.cfg.build.feature_weight, bn=self.cfg.build.bn,
-                        mixup=self.cfg.build.mixup)
+                        mixup=self.cfg.build.mixup, ce_weight=self.cfg.build.ce_weight,
+                        trainable=trainable_parts(model, ordered, self.cfg.build.train))
         if self.keep_best and assembled is not None:
             after = self.evaluate(model)
             info["kl_finetuned"] = after["kl"]

@@ -96,6 +96,8 @@ class BuildCfg:
     bn_recalibrate: str = "none"    # after fine-tune, re-estimate BN statistics of: none | replaced | all
     bn_images: int = 256            # un-augmented training images for that re-estimation
     mixup: float = 0.0              # fine-tune on Beta(a, a) mixes of the batch with itself (0: off)
+    train: str = "replaced"         # fine-tune trains: replaced (the chosen candidates) | all (stem, head, kept blocks too)
+    ce_weight: float = 0.5          # fine-tune: weight of the label cross-entropy when labels exist
     keep_best: bool = True          # keep the assembled weights when fine-tuning raised the eval split's KL
     engine_name: str | None = None
 

@@ -142,3 +142,32 @@ def test_recalibrate_bn_only_in_the_given_parts():
     kept_mean = kept.running_mean.clone()
     recalibrate_bn(student, [torch.randn(4, 3, 12, 12)], [student.parts[1]])
     assert torch.equal(kept.running_mean, kept_mean) and not torch.equal(replaced.running_mean, torch.zeros(8))
+
+
+def test_finetune_trains_only_the_given_parts(tmp_path):
+    d, teacher, student = _chain()
+    data = [(torch.randn(3, 12, 12), i % 5) for i in range(16)]
+    for p in teacher.parameters():      # as left by an earlier fine-tune: must not decide what trains
+        p.requires_grad_(False)
+    fixed = {k: v.clone() for k, v in student.state_dict().items() if not k.startswith("parts.1.")}
+    moved = {k: v.clone() for k, v in student.state_dict().items() if k.startswith("parts.1.") and "weight" in k}
+    finetune(student, teacher, data, 5, 8, 1e-2, tmp_path / "f", fingerprint="f", decomposition=d,
+             boundaries=[1, 2], trainable=[student.parts[1]])
+    state = student.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in fixed.items())         # stem, kept block, head untouched
+    assert all(not torch.equal(state[k], v) for k, v in moved.items())
+    assert all(p.requires_grad for p in student.parameters())              # frozen only while training
+    assert finetune(student, teacher, data, 5, 8, 1e-2, tmp_path / "g", trainable=[])["steps"] == 0
+
+
+def test_assembled_student_is_trainable_after_a_frozen_teacher(lite0, lite0_decomposition):
+    before = [p.requires_grad for p in lite0.model.parameters()]
+    try:
+        lite0.model.requires_grad_(False)
+        n = len(lite0_decomposition.slots)
+        student = assemble(lite0_decomposition, [Choice(i, i, "keep") for i in range(n)])
+        assert all(p.requires_grad for p in student.parameters())
+        assert not any(p.requires_grad for p in lite0.model.parameters())
+    finally:
+        for p, r in zip(lite0.model.parameters(), before):
+            p.requires_grad_(r)

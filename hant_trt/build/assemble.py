@@ -98,7 +98,10 @@ def assemble(decomposition, choices: list[Choice], trained: dict[tuple[int, int,
 
             module = build(c.op, module_slot_of(d.slots, c.first, c.last), teacher)
         parts.append(copy.deepcopy(module))
-    return Student(copy.deepcopy(d.stem), parts, copy.deepcopy(d.head)).eval()
+    student = Student(copy.deepcopy(d.stem), parts, copy.deepcopy(d.head)).eval()
+    # copies inherit requires_grad from a teacher that was frozen for an earlier fine-tune: what a
+    # fine-tune trains is its own choice (`trainable`), not an accident of call order
+    return student.requires_grad_(True)
 
 
 def save_student(folder: Path, student: Student, spec: StudentSpec) -> Path:

@@ -72,7 +72,8 @@ def student_features(student: nn.Module, x: torch.Tensor) -> tuple[list[torch.Te
 def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batch_size: int, lr: float,
              ckpt_dir: Path, seed: int = 0, fingerprint: str = "", warmup: int = 5,
              checkpoint_every: int = 25, decomposition=None, boundaries: list[int] | None = None,
-             feature_weight: float = 1.0, bn: str = "frozen", mixup: float = 0.0) -> dict:
+             feature_weight: float = 1.0, bn: str = "frozen", mixup: float = 0.0, ce_weight: float = 0.5,
+             trainable: list[nn.Module] | None = None) -> dict:
     """Fine-tune `student` in place; resumes from `ckpt_dir` when it holds the same fingerprint.
 
     decomposition + boundaries: the teacher's Decomposition and, per student part, the index of the
@@ -81,6 +82,8 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
     mixup: alpha of a Beta(alpha, alpha) mix of each batch with a shuffled copy of itself (0: off).
     Teacher and student see the same mixed image ("function matching"): every step shows new
     inputs, which is what a few hundred images lack; labels are not used on mixed batches.
+    ce_weight: weight of the label cross-entropy (labelled, unmixed batches). trainable: only these
+    modules' parameters are trained (e.g. the replaced parts; None: the whole student).
     """
     use_feats = decomposition is not None and boundaries is not None and feature_weight > 0
     if use_feats and len(boundaries) != len(student.parts):
@@ -88,7 +91,14 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr, weight_decay=1e-5)
+    params = {id(p): p for m in (trainable if trainable is not None else [student]) for p in m.parameters()
+              if p.requires_grad}
+    if not params:
+        return {"steps": 0, "skipped": "nothing to train"}
+    frozen = [p for p in student.parameters() if p.requires_grad and id(p) not in params]
+    for p in frozen:
+        p.requires_grad_(False)     # no weight gradients for them; inputs' gradients still flow through
+    opt = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=1e-5)
     ckpt_dir = Path(ckpt_dir)
     state_p = ckpt_dir / "state.json"
     start = 0
@@ -113,11 +123,11 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
             acts, t_logits = capture(decomposition, x)
             feats, logits = student_features(student, x)
             f_loss = sum(normalised_mse(f, acts[b]) for f, b in zip(feats, boundaries)) / len(feats)
-            loss = kd_loss(logits, t_logits, y) + feature_weight * f_loss
+            loss = kd_loss(logits, t_logits, y, ce_weight=ce_weight) + feature_weight * f_loss
         else:
             with torch.no_grad():
                 t_logits = teacher(x)
-            loss = kd_loss(student(x), t_logits, y)
+            loss = kd_loss(student(x), t_logits, y, ce_weight=ce_weight)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -133,6 +143,8 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
                 if not f.name.endswith(f".s{done:07d}.pt"):
                     f.unlink(missing_ok=True)
     bar.close()
+    for p in frozen:
+        p.requires_grad_(True)
     student.eval()
     return {"steps": steps, "resumed_from": start, "seconds": round(time.time() - t0, 1),
             "final_loss": losses[-1] if losses else None}

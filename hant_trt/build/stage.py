@@ -47,6 +47,17 @@ def recalibrate(student, ordered: list[Choice], batches, which: str) -> None:
     recalibrate_bn(student, batches, parts)
 
 
+def trainable_parts(student, ordered: list[Choice], which: str):
+    """What the fine-tune trains: None (the whole student) or the replaced parts only."""
+    from ..errors import UserError
+
+    if which == "all":
+        return None
+    if which != "replaced":
+        raise UserError(f"build.train must be replaced or all, not '{which}'")
+    return [p for p, c in zip(student.parts, ordered) if c.op != "keep"]
+
+
 def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig):
     """(CalibResult, simulated student, notes) for the parts chosen at int8; (None, student, {})
     when there are none."""
@@ -92,7 +103,8 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
         ft = finetune(student, teacher.model, splits.train, cfg.build.finetune_steps, cfg.build.batch_size,
                       cfg.build.finetune_lr, run.root / "student" / "ckpt", seed=cfg.distill.seed,
                       fingerprint=fp, decomposition=d, boundaries=[c.last + 1 for c in ordered],
-                      feature_weight=cfg.build.feature_weight, bn=cfg.build.bn, mixup=cfg.build.mixup)
+                      feature_weight=cfg.build.feature_weight, bn=cfg.build.bn, mixup=cfg.build.mixup,
+                      ce_weight=cfg.build.ce_weight, trainable=trainable_parts(student, ordered, cfg.build.train))
     recalibrate(student, ordered, bn_batches, cfg.build.bn_recalibrate)
     after = agreement(student, teacher.model, eval_loader)
     if keep_check and after["kl"] > before["kl"]:
