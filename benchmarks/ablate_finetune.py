@@ -52,6 +52,8 @@ VARIANTS = {
     "steps600replaced": dict(steps=600, train="replaced"),
     "steps600replacedlr3e-4": dict(steps=600, train="replaced", lr=3e-4),
     "steps300adjacent": dict(steps=300, train="adjacent"),
+    "steps1200replacedlr3e-4": dict(steps=1200, train="replaced", lr=3e-4),
+    "steps1200replacedmixup1lr3e-4": dict(steps=1200, train="replaced", lr=3e-4, mixup=1.0),
 }
 
 

@@ -4,6 +4,7 @@ PyTorch from the same ranges, and the ONNX matching that simulation."""
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 
 from hant_trt.build.assemble import Choice, assemble
@@ -70,3 +71,38 @@ def test_no_int8_choice_exports_plain_fp32(lite0, tmp_path):
     assert int8_parts(choices) == []
     g = onnx.load(str(export_with_plan(assemble(d, choices), (1, 3, RES, RES), tmp_path / "s.onnx", None))).graph
     assert not any(n.op_type == "QuantizeLinear" for n in g.node)
+
+
+def test_gpu_plan_fp16_elsewhere_int8_and_fp32_parts_kept(lite0, tmp_path):
+    """base fp16 (GPU targets): parts chosen at fp16, the stem and the head in half precision; the
+    parts chosen at int8 keep their Q/DQ in fp32, a part chosen at fp32 stays fp32 throughout."""
+    from onnx import TensorProto
+
+    from hant_trt.build.quantize import part_of_node
+    from hant_trt.teacher.decompose import decompose
+
+    d = decompose(lite0.model, RES)
+    prec = {2: "int8", 5: "int8", 7: "fp32"}
+    choices = [Choice(i, i, "keep", prec.get(i, "fp16")) for i in range(len(d.slots))]
+    student = assemble(d, choices)
+    gen = torch.Generator().manual_seed(0)
+    calib = calibrate_parts(student, [2, 5], [torch.randn(4, 3, RES, RES, generator=gen)], "max")
+    path = export_with_plan(student, (1, 3, RES, RES), tmp_path / "s.onnx", calib, choices, "fp16")
+    g = onnx.load(str(path)).graph
+    inits = {i.name: i.data_type for i in g.initializer}
+    conv_w = {}
+    for n in g.node:
+        if n.op_type == "Conv" and n.input[1] in inits:
+            conv_w.setdefault(part_of_node(n.name), set()).add(inits[n.input[1]])
+    assert conv_w[7] == {TensorProto.FLOAT} and conv_w[3] == {TensorProto.FLOAT16}
+    assert conv_w[None] == {TensorProto.FLOAT16}                     # stem and head
+    assert {part_of_node(n.name) for n in g.node if n.op_type == "QuantizeLinear"} == {2, 5}
+    # inside a kept part no tensor is rounded to fp16 and back: Casts only at its edges
+    casts_in_7 = [n for n in g.node if n.op_type == "Cast" and part_of_node(n.name) == 7]
+    assert len(casts_in_7) <= 2, [n.name for n in casts_in_7]
+    x = torch.randn(1, 3, RES, RES, generator=gen)
+    ver = verify_onnx(simulate_int8(student, [2, 5], calib), path, [x.numpy()], "int8")
+    assert ver.passed, ver
+    assert export_with_plan(student, (1, 3, RES, RES), tmp_path / "b.onnx", None, choices, "fp16").exists()
+    with pytest.raises(ValueError, match="base precision"):
+        export_with_plan(student, (1, 3, RES, RES), tmp_path / "c.onnx", None, choices, "bf16")

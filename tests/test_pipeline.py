@@ -93,6 +93,18 @@ engine_name = "e2e"
     g = onnx.load(str(run / "student" / "student.onnx")).graph
     nq = sum(n.op_type == "QuantizeLinear" for n in g.node)
     assert 0 < nq < sum(n.op_type == "Conv" for n in g.node)
+    # a GPU-style plan (fp16 base + int8 choices): the teacher and fixed parts timed at fp16, the
+    # final ONNX in fp16 outside the int8/fp32 parts, verified; ORT CPU runs it (slowly)
+    r = run_cli("run", str(cfg), "--from", "profile", "--set", 'profile.precisions=["fp16", "int8"]', env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    fixed = json.loads((run / "latency_fixed.json").read_text())["device"]
+    assert {v["precision"] for v in fixed.values()} == {"fp16"}
+    plan = json.loads((run / "solution.json").read_text())["choices"]
+    assert {c["precision"] for c in plan} <= {"fp16", "int8"}
+    info = json.loads((run / "build.json").read_text())
+    assert info["verify"]["passed"] and info["verify"]["precision"] in ("fp16", "int8"), info["verify"]
+    g = onnx.load(str(run / "student" / "student.onnx")).graph
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in g.initializer)
     # infeasible budget: one line, exit 2
     r = run_cli("search", str(run), "--budget", "0.01x", env=env)
     assert r.returncode == 2 and "smallest reachable latency" in r.stderr

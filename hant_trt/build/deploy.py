@@ -65,6 +65,7 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
     (the student with its int8 parts simulated; default the student)."""
     from ..latency.backends import get_backend
     from ..latency.export import export_onnx
+    from ..latency.precision import base_precision, to_fp16
     from .metadata import EngineMetadata, io_from_onnx, optimize_for_ort, write_metadata
     from .quantize import export_with_plan
     from .report import report_data_from_run, write_report
@@ -75,10 +76,13 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
     res = teacher.resolution
     shape = (batch, 3, res, res)
     sdir = run.root / "student"
-    s_onnx = export_with_plan(student, shape, sdir / "student.onnx", calib)
+    base = base_precision(cfg.profile.precisions)       # fp16 on GPU targets: everything not int8
+    s_onnx = export_with_plan(student, shape, sdir / "student.onnx", calib, spec.choices, base)
     t_onnx = export_onnx(teacher.model, shape, sdir / "teacher.onnx")
+    if base == "fp16":                                   # side by side at the same base precision
+        t_onnx = to_fp16(t_onnx, sdir / "teacher.fp16.onnx")
     ver = verify_onnx(reference if reference is not None else student, s_onnx, _sample_inputs(eval_loader),
-                      "int8" if calib is not None else "fp32")
+                      "int8" if calib is not None else base)
     backend = get_backend(cfg.profile.backend, threads=cfg.profile.threads)
     t_s, s_s = measure_side_by_side(backend, t_onnx, s_onnx, max_seconds=max(1.0, cfg.profile.max_seconds))
     name = cfg.build.engine_name or f"{Path(run.root).name}_{teacher.name}"
@@ -94,8 +98,10 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
     inputs, outputs = io_from_onnx(s_onnx)
     meta = EngineMetadata(
         name=name, format=fmt, file=str(engine),
-        precision_plan=[{"slot": f"{c.first}" if c.first == c.last else f"{c.first}-{c.last}", "op": c.op,
-                         "precision": c.precision} for c in spec.choices],
+        precision_plan=[{"slot": "stem", "op": "keep", "precision": base}]
+        + [{"slot": f"{c.first}" if c.first == c.last else f"{c.first}-{c.last}", "op": c.op,
+            "precision": c.precision} for c in spec.choices]
+        + [{"slot": "head", "op": "keep", "precision": base}],
         inputs=inputs, outputs=outputs,
         predicted_latency_s=solution.get("predicted_s"), measured_latency_s=s_s,
         accuracy=acc, teacher={"model": teacher.name, "measured_latency_s": t_s},

@@ -39,7 +39,8 @@ class EngineMetadata:
     tensorrt_version, cuda_version, gpu_name, compute_capability ("8.6"): the build machine, for
         plans (None for CPU targets).
     cpu, ort_version: the build machine's CPU and ONNX Runtime version, for CPU targets.
-    precision_plan: one {slot, op, precision} per chosen part, slot "3" or "3-4" for a span.
+    precision_plan: one {slot, op, precision} per chosen part, slot "3" or "3-4" for a span, between
+        a "stem" and a "head" entry at the base precision (fp16 on GPU targets, else fp32).
     inputs, outputs: one {name, dtype, shape} per tensor; dtype as in `ONNX_DTYPES` ("FP32"),
         shape with -1 for a dynamic dimension.
     predicted_latency_s: the search's additive prediction; measured_latency_s: timed on the engine.

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import shutil
 from pathlib import Path
 
 import torch
 
+from .. import atomic
 from ..latency.calibrate import CalibResult, calibrate_cached
 from ..latency.fakequant import fake_quantize
 
@@ -82,15 +84,38 @@ def load_deployed(folder: Path):
     return student, spec
 
 
-def export_with_plan(student, shape: tuple, dst: Path, calib: CalibResult | None) -> Path:
-    """The student's ONNX: fp32, with Q/DQ on the calibrated (int8) layers when `calib` is given."""
+def part_of_node(node_name: str) -> int | None:
+    """The student part an exported node belongs to ("/parts/parts.3/conv_pw/Conv" → 3), or None
+    for the stem and head."""
+    import re
+
+    from ..latency.precision import _collapse, node_scope
+
+    m = re.match(r"/parts\.(\d+)(/|$)", _collapse(node_scope(node_name)) + "/")
+    return int(m.group(1)) if m else None
+
+
+def export_with_plan(student, shape: tuple, dst: Path, calib: CalibResult | None, choices=None,
+                     base: str = "fp32") -> Path:
+    """The student's ONNX with its per-layer precision plan: Q/DQ on the calibrated (int8) layers
+    when `calib` is given; with base "fp16" (GPU targets) every part chosen at fp16, the stem and
+    the head converted to fp16, the parts chosen at fp32 or int8 left in fp32 around their Q/DQ."""
     import tempfile
 
     from ..latency.export import export_onnx
-    from ..latency.precision import quantize_qdq
+    from ..latency.precision import quantize_qdq, to_fp16
 
-    if calib is None or not calib.amax:
+    if base not in ("fp32", "fp16"):
+        raise ValueError(f"base precision must be fp32 or fp16, not {base!r}")
+    qdq = calib is not None and bool(calib.amax)
+    if not qdq and base == "fp32":
         return export_onnx(student, shape, dst)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(student, shape, Path(tmp) / "fp32.onnx")
-        return quantize_qdq(fp32, dst, calib, only_calibrated=True)
+        out = export_onnx(student, shape, Path(tmp) / "fp32.onnx")
+        if qdq:
+            out = quantize_qdq(out, Path(tmp) / "qdq.onnx", calib, only_calibrated=True)
+        if base == "fp16":
+            ordered = sorted(choices or [], key=lambda c: c.first)
+            stay = {i for i, c in enumerate(ordered) if c.precision != "fp16"}
+            out = to_fp16(out, Path(tmp) / "fp16.onnx", keep_fp32=lambda n: part_of_node(n) in stay)
+        return atomic.write_with(Path(dst), lambda t: shutil.copyfile(out, t))

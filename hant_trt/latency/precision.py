@@ -67,11 +67,21 @@ def _to_half_array(a: np.ndarray) -> np.ndarray:
     return np.clip(a, -FP16_MAX, FP16_MAX).astype(np.float16)
 
 
-def to_fp16(src: str | Path, dst: str | Path, keep_io_types: bool = True) -> Path:
+def base_precision(precisions) -> str:
+    """The precision of everything not chosen at int8 (fixed parts, the teacher, the final model's
+    float layers): fp16 when the profile measures fp16 — a GPU target, where TensorRT 11 takes the
+    precision from the ONNX — else fp32."""
+    return "fp16" if "fp16" in precisions else "fp32"
+
+
+def to_fp16(src: str | Path, dst: str | Path, keep_io_types: bool = True,
+            keep_fp32: Callable[[str], bool] | None = None) -> Path:
     """Convert the fp32 ONNX `src` to float16 and write it to `dst` (atomic); returns `dst`.
 
     keep_io_types: True (default) keeps fp32 graph inputs/outputs with a Cast to/from fp16 right
         at them (a drop-in replacement for the fp32 model); False makes the I/O float16 too.
+    keep_fp32: node name → True for nodes that stay fp32 (a per-layer plan: parts chosen at fp32 or
+        int8); tensors passed between such nodes stay fp32, Casts only at the region's edges.
     Only the main graph is converted (CNN exports have no If/Loop subgraphs). ONNX Runtime CPU runs
     the result (it falls back to fp32 kernels where it has no fp16 one); TensorRT builds it strongly
     typed in fp16.
@@ -101,6 +111,9 @@ def to_fp16(src: str | Path, dst: str | Path, keep_io_types: bool = True) -> Pat
     fp32_inputs: list[tuple[int, int]] = []        # (node index, input index)
     for ni, n in enumerate(g.node):
         schema = _schema(n, opset)
+        if keep_fp32 is not None and keep_fp32(n.name):
+            keep_node.add(ni)
+            continue
         if schema is None:
             keep_node.add(ni)                       # unknown/custom op: leave its arithmetic alone
             continue
@@ -156,6 +169,8 @@ def to_fp16(src: str | Path, dst: str | Path, keep_io_types: bool = True) -> Pat
 
     def fp32_name_of(name: str) -> str:
         """A fp32 version of a (converted) float tensor, for an fp32-only reader."""
+        if name in fp32_cache:
+            return fp32_cache[name]
         if name in still_fp32:
             return name
         if name in inits:
@@ -184,8 +199,12 @@ def to_fp16(src: str | Path, dst: str | Path, keep_io_types: bool = True) -> Pat
             new_nodes.append(n)
             for k, out in enumerate(n.output):
                 if elem.get(out) == FLOAT:
+                    if out not in graph_outputs and all(r[0] in keep_node for r in readers.get(out, [])):
+                        fp32_cache[out] = out       # read by fp32 nodes only: no Cast at all
+                        continue
                     tmp = f"{out}__fp32out"
                     n.output[k] = tmp
+                    fp32_cache[out] = tmp       # fp32 readers (kept nodes) take it without a round trip
                     new_nodes.append(helper.make_node("Cast", [tmp], [out], name=f"{n.name}/Cast_fp16conv_out", to=HALF))
             continue
         for k, name in enumerate(n.input):

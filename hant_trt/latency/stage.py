@@ -47,8 +47,13 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
     from ..teacher.stage import load_from_config
     from .backends import get_backend
     from .lut import LatencyTable, default_lut_path
+    from ..errors import UserError
+    from .precision import base_precision
     from .profile import ProfileItem, measure_module, profile_items
 
+    if not {"fp32", "fp16"} & set(cfg.profile.precisions):
+        raise UserError(f"profile.precisions {cfg.profile.precisions} needs fp32 or fp16: the teacher, stem "
+                        "and head run at one of them, and every int8 part is measured against it")
     fp = profile_fingerprint(run, cfg)
     if run.is_done("profile", fp):
         return run.stage("profile").info or {}
@@ -88,20 +93,22 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
                              "median_s": r.median_s, "p90_s": r.p90_s, "stdev_s": r.stdev_s,
                              "count": r.count, "backend": backend.name, "device": device})
     res_shape = (batch, 3, teacher.resolution, teacher.resolution)
+    base = base_precision(cfg.profile.precisions)   # the teacher and fixed parts as they deploy
     fixed = {}
     for name, module, shape in (("stem", d.stem, res_shape),
                                 ("head", d.head, (batch, *d.fixed["head"]["in_shape"])),
                                 ("teacher", teacher.model, res_shape)):
         fixed[f"{name}_s"] = measure_module(module, shape, backend, table, workdir,
                                             signature=f"{teacher.name}:{name}|{teacher.resolution}",
-                                            max_seconds=max(cfg.profile.max_seconds, 1.0),
+                                            precision=base, max_seconds=max(cfg.profile.max_seconds, 1.0),
                                             cv_target=cfg.profile.cv_target).median_s
     keep = {r["first"]: r["median_s"] for r in out_rows
-            if r["op"] == "keep" and r["precision"] == "fp32" and r["first"] == r["last"]}
+            if r["op"] == "keep" and r["precision"] == base and r["first"] == r["last"]}
     fixed["teacher_sum_s"] = fixed["stem_s"] + fixed["head_s"] + sum(keep.values())
     fixed["correction_s"] = fixed["teacher_s"] - fixed["teacher_sum_s"]
     fixed["additivity_error"] = (fixed["teacher_sum_s"] - fixed["teacher_s"]) / fixed["teacher_s"]
-    fixed_doc = {"device": {device: {**fixed, "backend": backend.name, "version": backend.version()}}}
+    fixed_doc = {"device": {device: {**fixed, "precision": base, "backend": backend.name,
+                                     "version": backend.version()}}}
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=LATENCY_COLUMNS, lineterminator="\n")
     w.writeheader()
