@@ -171,3 +171,16 @@ def test_assembled_student_is_trainable_after_a_frozen_teacher(lite0, lite0_deco
     finally:
         for p, r in zip(lite0.model.parameters(), before):
             p.requires_grad_(r)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_finetune_on_cuda_in_mixed_precision(tmp_path):
+    d, teacher, student = _chain()
+    data = [(torch.randn(3, 12, 12), i % 5) for i in range(16)]
+    before = student.parts[1][0].weight.detach().clone()
+    info = finetune(student, teacher, data, 3, 8, 1e-2, tmp_path / "f", fingerprint="f", decomposition=d,
+                    boundaries=[1, 2], device="cuda")
+    assert info["steps"] == 3
+    w = student.parts[1][0].weight
+    assert w.device.type == "cpu" and next(teacher.parameters()).device.type == "cpu"
+    assert not torch.equal(w.detach(), before) and torch.isfinite(w).all()

@@ -73,7 +73,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
              ckpt_dir: Path, seed: int = 0, fingerprint: str = "", warmup: int = 5,
              checkpoint_every: int = 25, decomposition=None, boundaries: list[int] | None = None,
              feature_weight: float = 1.0, bn: str = "frozen", mixup: float = 0.0, ce_weight: float = 0.5,
-             trainable: list[nn.Module] | None = None) -> dict:
+             trainable: list[nn.Module] | None = None, device: str | torch.device = "cpu") -> dict:
     """Fine-tune `student` in place; resumes from `ckpt_dir` when it holds the same fingerprint.
 
     decomposition + boundaries: the teacher's Decomposition and, per student part, the index of the
@@ -84,17 +84,25 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
     inputs, which is what a few hundred images lack; labels are not used on mixed batches.
     ce_weight: weight of the label cross-entropy (labelled, unmixed batches). trainable: only these
     modules' parameters are trained (e.g. the replaced parts; None: the whole student).
+    device: where to train; on CUDA in mixed precision (fp16 autocast + gradient scaling). Student
+    and teacher are back on the CPU when it returns.
     """
     use_feats = decomposition is not None and boundaries is not None and feature_weight > 0
     if use_feats and len(boundaries) != len(student.parts):
         raise ValueError(f"{len(boundaries)} boundaries for {len(student.parts)} student parts")
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
     params = {id(p): p for m in (trainable if trainable is not None else [student]) for p in m.parameters()
               if p.requires_grad}
     if not params:
         return {"steps": 0, "skipped": "nothing to train"}
+    dev = torch.device(device)
+    amp = dev.type == "cuda"
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    moved = [student, teacher] + ([decomposition.stem, decomposition.head, *decomposition.blocks] if use_feats else [])
+    for m in moved:
+        m.to(dev)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     frozen = [p for p in student.parameters() if p.requires_grad and id(p) not in params]
     for p in frozen:
         p.requires_grad_(False)     # no weight gradients for them; inputs' gradients still flow through
@@ -108,6 +116,8 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
             blob = torch.load(ckpt_dir / f"ft.s{st['step']:07d}.pt", map_location="cpu", weights_only=True)
             student.load_state_dict(blob["model"])
             opt.load_state_dict(blob["opt"])
+            if amp and blob.get("scaler"):
+                scaler.load_state_dict(blob["scaler"])
             start = st["step"]
     t0 = time.time()
     bar = _progress(steps, start, "fine-tune")
@@ -117,26 +127,31 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
         x, y = _labelled_batch(train_set, step, batch_size, seed)
         if mixup > 0:
             x, y = mix_batch(x, mixup, seed * 1_000_003 + step), None
+        x = x.to(dev, non_blocking=True)
+        y = y.to(dev) if y is not None else None
         for pg in opt.param_groups:
             pg["lr"] = lr_at(step, steps, lr, warmup)
-        if use_feats:
-            acts, t_logits = capture(decomposition, x)
-            feats, logits = student_features(student, x)
-            f_loss = sum(normalised_mse(f, acts[b]) for f, b in zip(feats, boundaries)) / len(feats)
-            loss = kd_loss(logits, t_logits, y, ce_weight=ce_weight) + feature_weight * f_loss
-        else:
-            with torch.no_grad():
-                t_logits = teacher(x)
-            loss = kd_loss(student(x), t_logits, y, ce_weight=ce_weight)
-        loss.backward()
-        opt.step()
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            if use_feats:
+                acts, t_logits = capture(decomposition, x)
+                feats, logits = student_features(student, x)
+                f_loss = sum(normalised_mse(f.float(), acts[b].float()) for f, b in zip(feats, boundaries)) / len(feats)
+                loss = kd_loss(logits.float(), t_logits.float(), y, ce_weight=ce_weight) + feature_weight * f_loss
+            else:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                loss = kd_loss(student(x).float(), t_logits.float(), y, ce_weight=ce_weight)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         done = step + 1
         if done % checkpoint_every == 0 or done == steps:
-            blob = {"model": student.state_dict(), "opt": opt.state_dict()}
+            blob = {"model": student.state_dict(), "opt": opt.state_dict(),
+                    "scaler": scaler.state_dict() if amp else None}
             atomic.write_with(ckpt_dir / f"ft.s{done:07d}.pt", lambda tmp, b=blob: torch.save(b, tmp))
             atomic.write_json(state_p, {"step": done, "fingerprint": fingerprint})
             for f in ckpt_dir.glob("ft.s*.pt"):
@@ -145,6 +160,8 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
     bar.close()
     for p in frozen:
         p.requires_grad_(True)
+    for m in moved:
+        m.to("cpu")
     student.eval()
     return {"steps": steps, "resumed_from": start, "seconds": round(time.time() - t0, 1),
             "final_loss": losses[-1] if losses else None}

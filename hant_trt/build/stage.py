@@ -77,6 +77,7 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
     from torch.utils.data import DataLoader
 
     from ..distill.stage import data_splits
+    from ..distill.train import resolve_device
     from ..teacher.stage import load_from_config
     from .deploy import deploy
     from .finetune import agreement, eval_batches, finetune
@@ -104,7 +105,8 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
                       cfg.build.finetune_lr, run.root / "student" / "ckpt", seed=cfg.distill.seed,
                       fingerprint=fp, decomposition=d, boundaries=[c.last + 1 for c in ordered],
                       feature_weight=cfg.build.feature_weight, bn=cfg.build.bn, mixup=cfg.build.mixup,
-                      ce_weight=cfg.build.ce_weight, trainable=trainable_parts(student, ordered, cfg.build.train))
+                      ce_weight=cfg.build.ce_weight, trainable=trainable_parts(student, ordered, cfg.build.train),
+                      device=resolve_device(cfg.distill.device))
     recalibrate(student, ordered, bn_batches, cfg.build.bn_recalibrate)
     after = agreement(student, teacher.model, eval_loader)
     if keep_check and after["kl"] > before["kl"]:
