@@ -16,7 +16,7 @@ import torch
 
 from hant_trt.config import DistillCfg
 from hant_trt.distill.capture import capture, normalised_mse, teacher_modules_eval
-from hant_trt.distill.train import make_groups, plan_jobs
+from hant_trt.distill.train import adamw, make_groups, plan_jobs
 from hant_trt.teacher.decompose import decompose
 from hant_trt.teacher.load import load_teacher
 
@@ -37,7 +37,7 @@ def main() -> None:
     jobs = [j for j in plan_jobs(d, cfg) if any(p.requires_grad for p in j.module.parameters())]
     groups = make_groups(jobs, args.batch, cfg.group_mb)
     params = [p for j in jobs for p in j.module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3)
+    opt = adamw(params, 1e-3)   # the product's optimizer, in both loops
     x = torch.randn(args.batch, 3, args.res, args.res)
     print(f"{len(jobs)} trainable candidates over {len(d.slots)} slots ({args.preset}), "
           f"{len(groups)} groups, batch {args.batch} at {args.res}px, {args.threads} threads")
@@ -49,7 +49,7 @@ def main() -> None:
         opt.step()
         opt.zero_grad()
 
-    own = [torch.optim.AdamW([p for p in j.module.parameters() if p.requires_grad], lr=1e-3) for j in jobs]
+    own = [adamw([p for p in j.module.parameters() if p.requires_grad], 1e-3) for j in jobs]
 
     def naive_step():
         for j, o in zip(jobs, own):  # the teacher runs again for every candidate

@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import atomic
 from ..distill.capture import capture, normalised_mse
-from ..distill.train import _progress, batch_for_step, estimate_bn, eval_batches, lr_at, set_train_mode
+from ..distill.train import _progress, adamw, batch_for_step, estimate_bn, eval_batches, lr_at, set_train_mode
 
 
 def _labelled_batch(dataset, step: int, batch_size: int, seed: int):
@@ -106,7 +106,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
     frozen = [p for p in student.parameters() if p.requires_grad and id(p) not in params]
     for p in frozen:
         p.requires_grad_(False)     # no weight gradients for them; inputs' gradients still flow through
-    opt = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=1e-5)
+    opt = adamw(list(params.values()), lr, weight_decay=1e-5)
     ckpt_dir = Path(ckpt_dir)
     state_p = ckpt_dir / "state.json"
     start = 0

@@ -79,6 +79,12 @@ def plan_jobs(d: Decomposition, cfg: DistillCfg, rank: int = 0, world: int = 1) 
     return [j for k, j in enumerate(jobs) if k % world == rank]
 
 
+def adamw(params, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """AdamW with the fused kernel: on CPU the default per-tensor loop costs ~4x more per step over
+    the thousands of small tensors of a candidate pool (small preset on Lite0: 204 vs 56 ms)."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -327,8 +333,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
     trainable = [j for j in jobs if _trainable(j)]
     groups = make_groups(trainable, cfg.batch_size, cfg.group_mb)
     for g in groups:
-        g.opt = torch.optim.AdamW([p for j in g.jobs for p in j.module.parameters() if p.requires_grad],
-                                  lr=cfg.lr, weight_decay=0.0)
+        g.opt = adamw([p for j in g.jobs for p in j.module.parameters() if p.requires_grad], cfg.lr)
     ckpt = Checkpointer(out_dir / "ckpt" / f"rank{rank}", fingerprint)
     st = ckpt.state()
     evb = [b.to(dev) for b in eval_batches(eval_set, eval_images, cfg.batch_size)]
