@@ -5,7 +5,9 @@ The feature term is what makes composition work with a few hundred images: each 
 map the *student's* (already perturbed) input to the teacher's output at that boundary, so the
 error that compounds through a chain of distilled candidates is trained away, and the teacher's
 features regularise far more than 1000 logits can. BatchNorm stays frozen (running statistics of
-the teacher or of phase 1): batch statistics of 16 images are noisier than those.
+the teacher or of phase 1): batch statistics of 16 images are noisier than those. The build trains
+only the replaced parts (`build.train`): the teacher's own blocks are exact already, and training
+them on a few hundred images moves the student away from the teacher (docs/RESULTS.md).
 
 Resumable: model + optimizer + step checkpointed atomically; batches are seeded by (seed, step)
 like phase 1."""
@@ -102,66 +104,68 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
     moved = [student, teacher] + ([decomposition.stem, decomposition.head, *decomposition.blocks] if use_feats else [])
     for m in moved:
         m.to(dev)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     frozen = [p for p in student.parameters() if p.requires_grad and id(p) not in params]
-    for p in frozen:
-        p.requires_grad_(False)     # no weight gradients for them; inputs' gradients still flow through
-    opt = adamw(list(params.values()), lr, weight_decay=1e-5)
-    ckpt_dir = Path(ckpt_dir)
-    state_p = ckpt_dir / "state.json"
-    start = 0
-    if state_p.exists():
-        st = json.loads(state_p.read_text())
-        if st.get("fingerprint") == fingerprint:
-            blob = torch.load(ckpt_dir / f"ft.s{st['step']:07d}.pt", map_location="cpu", weights_only=True)
-            student.load_state_dict(blob["model"])
-            opt.load_state_dict(blob["opt"])
-            if amp and blob.get("scaler"):
-                scaler.load_state_dict(blob["scaler"])
-            start = st["step"]
-    t0 = time.time()
-    bar = _progress(steps, start, "fine-tune")
-    losses = []
-    set_train_mode(student, bn)
-    for step in range(start, steps):
-        x, y = _labelled_batch(train_set, step, batch_size, seed)
-        if mixup > 0:
-            x, y = mix_batch(x, mixup, seed * 1_000_003 + step), None
-        x = x.to(dev, non_blocking=True)
-        y = y.to(dev) if y is not None else None
-        for pg in opt.param_groups:
-            pg["lr"] = lr_at(step, steps, lr, warmup)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-            if use_feats:
-                acts, t_logits = capture(decomposition, x)
-                feats, logits = student_features(student, x)
-                f_loss = sum(normalised_mse(f.float(), acts[b].float()) for f, b in zip(feats, boundaries)) / len(feats)
-                loss = kd_loss(logits.float(), t_logits.float(), y, ce_weight=ce_weight) + feature_weight * f_loss
-            else:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                loss = kd_loss(student(x).float(), t_logits.float(), y, ce_weight=ce_weight)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        bar.update(1)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        done = step + 1
-        if done % checkpoint_every == 0 or done == steps:
-            blob = {"model": student.state_dict(), "opt": opt.state_dict(),
-                    "scaler": scaler.state_dict() if amp else None}
-            atomic.write_with(ckpt_dir / f"ft.s{done:07d}.pt", lambda tmp, b=blob: torch.save(b, tmp))
-            atomic.write_json(state_p, {"step": done, "fingerprint": fingerprint})
-            for f in ckpt_dir.glob("ft.s*.pt"):
-                if not f.name.endswith(f".s{done:07d}.pt"):
-                    f.unlink(missing_ok=True)
-    bar.close()
-    for p in frozen:
-        p.requires_grad_(True)
-    for m in moved:
-        m.to("cpu")
+    try:
+        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        for p in frozen:
+            p.requires_grad_(False)     # no weight gradients for them; inputs' gradients still flow through
+        opt = adamw(list(params.values()), lr, weight_decay=1e-5)
+        ckpt_dir = Path(ckpt_dir)
+        state_p = ckpt_dir / "state.json"
+        start = 0
+        if state_p.exists():
+            st = json.loads(state_p.read_text())
+            if st.get("fingerprint") == fingerprint:
+                blob = torch.load(ckpt_dir / f"ft.s{st['step']:07d}.pt", map_location="cpu", weights_only=True)
+                student.load_state_dict(blob["model"])
+                opt.load_state_dict(blob["opt"])
+                if amp and blob.get("scaler"):
+                    scaler.load_state_dict(blob["scaler"])
+                start = st["step"]
+        t0 = time.time()
+        bar = _progress(steps, start, "fine-tune")
+        losses = []
+        set_train_mode(student, bn)
+        for step in range(start, steps):
+            x, y = _labelled_batch(train_set, step, batch_size, seed)
+            if mixup > 0:
+                x, y = mix_batch(x, mixup, seed * 1_000_003 + step), None
+            x = x.to(dev, non_blocking=True)
+            y = y.to(dev) if y is not None else None
+            for pg in opt.param_groups:
+                pg["lr"] = lr_at(step, steps, lr, warmup)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                if use_feats:
+                    acts, t_logits = capture(decomposition, x)
+                    feats, logits = student_features(student, x)
+                    f_loss = sum(normalised_mse(f.float(), acts[b].float()) for f, b in zip(feats, boundaries)) / len(feats)
+                    loss = kd_loss(logits.float(), t_logits.float(), y, ce_weight=ce_weight) + feature_weight * f_loss
+                else:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+                    loss = kd_loss(student(x).float(), t_logits.float(), y, ce_weight=ce_weight)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            done = step + 1
+            if done % checkpoint_every == 0 or done == steps:
+                blob = {"model": student.state_dict(), "opt": opt.state_dict(),
+                        "scaler": scaler.state_dict() if amp else None}
+                atomic.write_with(ckpt_dir / f"ft.s{done:07d}.pt", lambda tmp, b=blob: torch.save(b, tmp))
+                atomic.write_json(state_p, {"step": done, "fingerprint": fingerprint})
+                for f in ckpt_dir.glob("ft.s*.pt"):
+                    if not f.name.endswith(f".s{done:07d}.pt"):
+                        f.unlink(missing_ok=True)
+        bar.close()
+    finally:        # a failed fine-tune leaves nothing frozen or on the GPU
+        for p in frozen:
+            p.requires_grad_(True)
+        for m in moved:
+            m.to("cpu")
     student.eval()
     return {"steps": steps, "resumed_from": start, "seconds": round(time.time() - t0, 1),
             "final_loss": losses[-1] if losses else None}
