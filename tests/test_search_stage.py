@@ -200,3 +200,14 @@ def test_search_imports_neither_torch_nor_onnx():
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_profile_needs_a_float_base_precision(tmp_path):
+    from hant_trt.latency.precision import base_precision
+    from hant_trt.latency.stage import run_profile
+
+    cfg = RunConfig()
+    cfg.profile.precisions = ["int8"]
+    with pytest.raises(UserError, match="needs fp32 or fp16"):
+        run_profile(RunDir(tmp_path / "run"), cfg)
+    assert base_precision(["fp32", "int8"]) == "fp32" and base_precision(["fp16", "int8"]) == "fp16"
