@@ -391,13 +391,13 @@ class Bench:
     def uniform_any(self, budget_s: float) -> tuple[int, list[Choice]]:
         """Uniform slimming measured by whole-model latency (the table may lack some ops): the largest
         expansion whose assembled model is no slower than `budget_s` on this backend."""
-        teacher_ms = self.measure({}, rounds=1)["teacher"]
+        teacher_ms = self.measure({}, rounds=3)["teacher"]   # one round once picked e1 for an e3 budget
         scale = self.fixed.teacher_s * 1e3 / teacher_ms  # table units per measured unit, now
         last = None
         for e in (5, 4, 3, 2, 1):
             ch = [Choice(s.index, s.index, f"ir_k{s.kernel}_e{e}_{s.act}" if s.kind == "ir" else "keep")
                   for s in self.d.slots]
-            ms = self.measure({"u": self.student(ch, trained=False)}, rounds=1)["u"] * scale
+            ms = self.measure({"u": self.student(ch, trained=False)}, rounds=3)["u"] * scale
             last = (e, ch)
             if ms / 1e3 <= budget_s:
                 return e, ch
