@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_lite0 import Bench  # noqa: E402
 
 from hant_trt.build.assemble import Choice  # noqa: E402
-from hant_trt.build.finetune import agreement, finetune, recalibrate_bn  # noqa: E402
-from hant_trt.build.stage import trainable_parts  # noqa: E402
+from hant_trt.build.finetune import agreement, finetune  # noqa: E402
+from hant_trt.build.stage import recalibrate, trainable_parts  # noqa: E402
 from hant_trt.distill.stage import data_splits  # noqa: E402
 from hant_trt.search.ilp import solve  # noqa: E402
 from hant_trt.search.tables import build_problem, load_tables  # noqa: E402
@@ -91,9 +91,7 @@ def main() -> None:
                  decomposition=b.d, boundaries=[c.last + 1 for c in choices],
                  feature_weight=v["feature_weight"], bn=v["bn"], mixup=v["mixup"], ce_weight=v["ce"],
                  trainable=trainable(m, choices, v["train"]))
-        if v["recal"] != "none":
-            parts = None if v["recal"] == "all" else [p for p, c in zip(m.parts, choices) if c.op != "keep"]
-            recalibrate_bn(m, b.bn_batches, parts)
+        recalibrate(m, choices, b.bn_batches, v["recal"])
         r = b.evaluate(m)
         print(f"{name:<16} agreement {r['agreement']:.1f}%  KL {r['kl']:.3f}  top-1 {r.get('student_top1', float('nan')):.1f} "
               f"(teacher {r.get('teacher_top1', float('nan')):.1f})  {v}", flush=True)

@@ -43,9 +43,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from hant_trt import atomic
-from hant_trt.build.assemble import Choice, StudentSpec, assemble, load_student, save_student
-from hant_trt.build.finetune import agreement, eval_batches, finetune, recalibrate_bn
-from hant_trt.build.stage import trainable_parts
+from hant_trt.build.assemble import Choice, StudentSpec, assemble, load_student, replaced_parts, save_student
+from hant_trt.build.finetune import agreement, eval_batches, recalibrate_bn
+from hant_trt.build.stage import finetune_student
 from hant_trt.config import from_dict
 from hant_trt.data import FolderDataset, eval_transform, scan_folder
 from hant_trt.distill.pool import load_trained
@@ -164,12 +164,8 @@ class Bench:
         eval split's KL above `assembled`'s, the assembled weights are kept."""
         ordered = sorted(choices, key=lambda c: c.first)
         start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        info = finetune(model, self.teacher.model, self.train, self.ft_steps, self.cfg.build.batch_size,
-                        self.ft_lr, self.tmp / f"ft_{tag}", seed=self.cfg.distill.seed, fingerprint=tag,
-                        decomposition=self.d, boundaries=[c.last + 1 for c in ordered],
-                        feature_weight=self.cfg.build.feature_weight, bn=self.cfg.build.bn,
-                        mixup=self.cfg.build.mixup, ce_weight=self.cfg.build.ce_weight,
-                        trainable=trainable_parts(model, ordered, self.cfg.build.train))
+        info = finetune_student(model, self.teacher.model, self.d, ordered, self.train, self.cfg,
+                                self.tmp / f"ft_{tag}", tag, steps=self.ft_steps, lr=self.ft_lr)
         if self.keep_best and assembled is not None:
             after = self.evaluate(model)
             info["kl_finetuned"] = after["kl"]
@@ -257,7 +253,7 @@ class Bench:
             m = self.student(choices)
             res = {"choices": [c.op for c in choices], "predicted_ms": self.predicted_s(choices) * 1e3,
                    "assembled": self.evaluate(m)}
-            recalibrate_bn(m, self.bn_batches, [p for p, c in zip(m.parts, choices) if c.op != "keep"])
+            recalibrate_bn(m, self.bn_batches, replaced_parts(m, choices))
             res["bn_reestimated"] = self.evaluate(m)
             m = self.student(choices)
             res["finetune"] = self.tune(m, choices, f"compose{thr}", res["assembled"])

@@ -73,6 +73,11 @@ def validate_choices(choices: list[Choice], n_slots: int) -> None:
         raise UserError(f"choices cover slots 0..{nxt - 1}, the teacher has {n_slots}")
 
 
+def replaced_parts(student: Student, ordered: list[Choice]) -> list[nn.Module]:
+    """The student's parts that are not the teacher's own block (`ordered`: its choices by slot)."""
+    return [p for p, c in zip(student.parts, ordered) if c.op != "keep"]
+
+
 def assemble(decomposition, choices: list[Choice], trained: dict[tuple[int, int, str], nn.Module] | None = None
              ) -> Student:
     """A Student from a decomposition (a deep copy: the teacher stays untouched).

@@ -89,9 +89,9 @@ def part_of_node(node_name: str) -> int | None:
     for the stem and head."""
     import re
 
-    from ..latency.precision import _collapse, node_scope
+    from ..latency.precision import collapse_scope, node_scope
 
-    m = re.match(r"/parts\.(\d+)(/|$)", _collapse(node_scope(node_name)) + "/")
+    m = re.match(r"/parts\.(\d+)(/|$)", collapse_scope(node_scope(node_name)) + "/")
     return int(m.group(1)) if m else None
 
 

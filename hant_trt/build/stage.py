@@ -7,12 +7,10 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from .. import atomic
 from ..config import RunConfig
 from ..rundir import RunDir, fingerprint
-from .assemble import Choice, StudentSpec, assemble, save_student
+from .assemble import Choice, StudentSpec, assemble, replaced_parts, save_student
 from .quantize import INT8_CALIB
 
 
@@ -43,8 +41,7 @@ def recalibrate(student, ordered: list[Choice], batches, which: str) -> None:
         return
     if which not in ("replaced", "all"):
         raise UserError(f"build.bn_recalibrate must be none, replaced or all, not '{which}'")
-    parts = None if which == "all" else [p for p, c in zip(student.parts, ordered) if c.op != "keep"]
-    recalibrate_bn(student, batches, parts)
+    recalibrate_bn(student, batches, None if which == "all" else replaced_parts(student, ordered))
 
 
 def trainable_parts(student, ordered: list[Choice], which: str):
@@ -55,7 +52,21 @@ def trainable_parts(student, ordered: list[Choice], which: str):
         return None
     if which != "replaced":
         raise UserError(f"build.train must be replaced or all, not '{which}'")
-    return [p for p, c in zip(student.parts, ordered) if c.op != "keep"]
+    return replaced_parts(student, ordered)
+
+
+def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set, cfg: RunConfig, ckpt_dir: Path,
+                     fingerprint: str, steps: int | None = None, lr: float | None = None, device="cpu") -> dict:
+    """The build's end-to-end fine-tune of an assembled student, every setting from `cfg.build`
+    (steps and lr overridable: benchmarks sweep them)."""
+    from .finetune import finetune
+
+    b = cfg.build
+    return finetune(student, teacher_model, train_set, b.finetune_steps if steps is None else steps, b.batch_size,
+                    b.finetune_lr if lr is None else lr, ckpt_dir, seed=cfg.distill.seed, fingerprint=fingerprint,
+                    decomposition=d, boundaries=[c.last + 1 for c in ordered], feature_weight=b.feature_weight,
+                    bn=b.bn, mixup=b.mixup, ce_weight=b.ce_weight, trainable=trainable_parts(student, ordered, b.train),
+                    device=device)
 
 
 def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig):
@@ -80,7 +91,7 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
     from ..distill.train import resolve_device
     from ..teacher.stage import load_from_config
     from .deploy import deploy
-    from .finetune import agreement, eval_batches, finetune
+    from .finetune import agreement, eval_batches
 
     fp = build_fingerprint(run, cfg)
     if run.is_done("build", fp):
@@ -101,12 +112,8 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
     keep_check = cfg.build.keep_best and cfg.build.finetune_steps > 0
     assembled = {k: v.detach().clone() for k, v in student.state_dict().items()} if keep_check else None
     if cfg.build.finetune_steps > 0:
-        ft = finetune(student, teacher.model, splits.train, cfg.build.finetune_steps, cfg.build.batch_size,
-                      cfg.build.finetune_lr, run.root / "student" / "ckpt", seed=cfg.distill.seed,
-                      fingerprint=fp, decomposition=d, boundaries=[c.last + 1 for c in ordered],
-                      feature_weight=cfg.build.feature_weight, bn=cfg.build.bn, mixup=cfg.build.mixup,
-                      ce_weight=cfg.build.ce_weight, trainable=trainable_parts(student, ordered, cfg.build.train),
-                      device=resolve_device(cfg.distill.device))
+        ft = finetune_student(student, teacher.model, d, ordered, splits.train, cfg, run.root / "student" / "ckpt",
+                              fp, device=resolve_device(cfg.distill.device))
     recalibrate(student, ordered, bn_batches, cfg.build.bn_recalibrate)
     after = agreement(student, teacher.model, eval_loader)
     if keep_check and after["kl"] > before["kl"]:

@@ -324,11 +324,11 @@ def _weight_axis(node) -> int:
 
 def match_layers(node_names: Iterable[str], paths: Iterable[str]) -> dict[str, str]:
     """ONNX node name → calibrated module path, through torch.onnx's scope naming."""
-    by_scope = {_collapse(onnx_scope_of(p)): p for p in paths}
-    return {n: by_scope[_collapse(node_scope(n))] for n in node_names if _collapse(node_scope(n)) in by_scope}
+    by_scope = {collapse_scope(onnx_scope_of(p)): p for p in paths}
+    return {n: by_scope[collapse_scope(node_scope(n))] for n in node_names if collapse_scope(node_scope(n)) in by_scope}
 
 
-def _collapse(scope: str) -> str:
+def collapse_scope(scope: str) -> str:
     """A scope without its container levels: "/parts/parts.2/conv_pw" → "/parts.2/conv_pw". A
     ModuleList is never called, so torch.onnx names no scope after it while a called Sequential
     gets one; dropping every level whose child repeats its name makes both spellings equal."""
