@@ -58,6 +58,10 @@ from hant_trt.search.tables import build_problem, load_tables, select_devices
 from hant_trt.teacher.stage import load_from_config
 
 
+def _where(c: Choice) -> str:
+    return str(c.first) if c.first == c.last else f"{c.first}-{c.last}"
+
+
 def spearman(a: list[float], b: list[float]) -> float:
     def ranks(v):
         order = sorted(range(len(v)), key=lambda i: v[i])
@@ -320,7 +324,7 @@ class Bench:
             sol = solve(problem, "cbc", 60)
             choices = [Choice(o.first, o.last, o.op, o.precision) for o in sol.choices]
             m = self.student(choices)
-            res = {"metric": self.metric, "choices": [f"{c.first}:{c.op}" for c in choices if c.op != "keep"],
+            res = {"metric": self.metric, "choices": [f"{_where(c)}:{c.op}" for c in choices if c.op != "keep"],
                    "predicted_ms": sol.predicted_s[self.device] * 1e3, "assembled": self.evaluate(m)}
             res["finetune"] = self.tune(m, choices, f"search{sp}", res["assembled"])
             self.final(res, m, f"hant{sp}", choices)

@@ -154,3 +154,20 @@ def test_suffix_kl_term_for_late_slots_only(lite0, tmp_path):
     assert distill_fingerprint(a) == distill_fingerprint(b)
     b.distill.suffix_kl = 0.5
     assert distill_fingerprint(a) != distill_fingerprint(b)
+
+
+def test_span_jobs_inherit_and_only_spans(lite0_decomposition, tmp_path):
+    """With `distill.spans`, fused candidates are planned only where they inherit the span's blocks;
+    `only_spans` plans them alone (fusion added to a run whose slots are distilled)."""
+    from hant_trt.distill.train import plan_jobs
+
+    d = lite0_decomposition
+    cfg = small_cfg(tmp_path, slots=(0, 1, 2, 3))
+    cfg.distill.spans = 2
+    jobs = plan_jobs(d, cfg.distill)
+    spans = [j for j in jobs if j.first != j.last]
+    assert {(j.first, j.last) for j in spans} == {(1, 2), (2, 3)}   # (0, 1): no block to inherit
+    assert spans and all(j.inherits for j in spans)
+    assert {j.op for j in spans} == {"ir_k3_e3_relu6", "ir_k3_e6_relu6", "ir_k5_e3_relu6", "ir_k5_e6_relu6"}
+    only = plan_jobs(d, cfg.distill, only_spans=True)
+    assert [(j.first, j.last, j.op) for j in only] == [(j.first, j.last, j.op) for j in spans]

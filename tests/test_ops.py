@@ -312,3 +312,55 @@ def test_user_registers_a_family_and_a_preset_without_editing_the_core(decomps):
         PRESETS.pop("pools")
     with pytest.raises(ValueError):
         register_family("bad_code")
+
+
+def _residual_pair(d):
+    """Two consecutive residual MBConv slots with the same kernel."""
+    for i in range(len(d.slots) - 1):
+        a, b = d.slots[i], d.slots[i + 1]
+        if a.kind == b.kind == "ir" and a.has_skip and b.has_skip and a.kernel == b.kernel:
+            return i
+    raise AssertionError("no residual pair")
+
+
+def test_fused_span_starts_as_its_blocks_in_parallel(decomps):
+    from hant_trt.ops.families.mbconv import merge_parallel
+
+    d = decomps["efficientnet_lite0"]
+    i = _residual_pair(d)
+    b1, b2 = d.blocks[i].eval(), d.blocks[i + 1].eval()
+    span = merge(d.slots[i:i + 2])
+    x = torch.randn(2, *span.in_shape)
+    with torch.no_grad():
+        parallel = b1(x) + b2(x) - x                       # x + f1(x) + f2(x)
+        merged = merge_parallel([b1, b2])
+        assert torch.allclose(merged(x), parallel, atol=1e-4)
+        e = d.slots[i].expansion + d.slots[i + 1].expansion
+        op = f"ir_k{span.kernel}_e{e:g}_relu6"
+        m, inherited = build_with_info(op, span, nn.Sequential(b1, b2))
+        assert inherited and torch.allclose(m.eval()(x), parallel, atol=1e-4)
+        # narrower fused ops inherit the most important merged channels
+        assert build_with_info(f"ir_k{span.kernel}_e3_relu6", span, nn.Sequential(b1, b2))[1]
+    shape_changing = next(b for s, b in zip(d.slots, d.blocks) if s.kind == "ir" and not s.has_skip)
+    assert merge_parallel([b1]) is None and merge_parallel([shape_changing, b1]) is None
+
+
+def test_fused_span_with_one_shape_changing_block_inherits_it(decomps):
+    d = decomps["efficientnet_lite0"]
+    i = next(k for k in range(len(d.slots) - 1)
+             if d.slots[k].kind == "ir" and not d.slots[k].has_skip and d.slots[k + 1].has_skip)
+    span = merge(d.slots[i:i + 2])
+    x = torch.randn(2, *span.in_shape)
+    m, inherited = build_with_info(d.slots[i].teacher_op, span, nn.Sequential(d.blocks[i], d.blocks[i + 1]))
+    with torch.no_grad():                                  # starts as block i with block i+1 skipped
+        assert inherited and torch.allclose(m.eval()(x), d.blocks[i].eval()(x), atol=1e-5)
+
+
+def test_span_presets_are_fused_mbconvs(decomps):
+    d = decomps["efficientnet_lite0"]
+    i = _residual_pair(d)
+    span = merge(d.slots[i:i + 2])
+    for preset, n in (("tiny", 2), ("small", 6)):
+        ops = candidates(span, preset)
+        assert ops[:2] == ["keep", "skip"] and len(ops) == 2 + n
+        assert all(op.startswith(f"ir_k{span.kernel}_") for op in ops[2:])

@@ -54,8 +54,14 @@ class Group:
     opt: torch.optim.Optimizer = field(default=None)
 
 
-def plan_jobs(d: Decomposition, cfg: DistillCfg, rank: int = 0, world: int = 1) -> list[Job]:
-    """Every trainable candidate of the selected slots (and spans), sharded round-robin by rank."""
+def plan_jobs(d: Decomposition, cfg: DistillCfg, rank: int = 0, world: int = 1,
+              only_spans: bool = False) -> list[Job]:
+    """Every trainable candidate of the selected slots (and spans), sharded round-robin by rank.
+
+    A fused span's candidate is kept only when it inherits teacher weights (`ops.span_source`):
+    trained from scratch on a few hundred images, an op replacing several blocks lands far from
+    them (on Lite0 even single-slot candidates without inheritance score KL 2–4).
+    only_spans: the spans' candidates alone (adding fusion to a run whose slots are distilled)."""
     n = len(d.slots)
     chosen = list(range(n)) if cfg.slots is None else list(cfg.slots)
     for i in chosen:
@@ -69,12 +75,16 @@ def plan_jobs(d: Decomposition, cfg: DistillCfg, rank: int = 0, world: int = 1) 
     jobs: list[Job] = []
     torch.manual_seed(cfg.seed)  # reproducible random init of non-inheriting candidates
     for first, last in spans:
+        if only_spans and first == last:
+            continue
         slot = module_slot_of(d.slots, first, last)
         teacher = span_teacher(d, first, last)
         for op in candidate_ops(slot, cfg.preset, fused=first != last):
             if op == "keep":
                 continue
             module, inherits = build_candidate(op, slot, teacher)
+            if first != last and not inherits:
+                continue
             jobs.append(Job(first, last, op, module, inherits, slot))
     return [j for k, j in enumerate(jobs) if k % world == rank]
 
@@ -312,7 +322,8 @@ def _progress(total: int, initial: int, desc: str):
 
 def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Path, fingerprint: str,
             resume: bool = False, restart: bool = False, rank: int = 0, world: int = 1,
-            eval_images: int = 64, bn_set=None, bn_batches: int = 4, full_set=None) -> dict:
+            eval_images: int = 64, bn_set=None, bn_batches: int = 4, full_set=None,
+            only_spans: bool = False) -> dict:
     """Train every candidate; write `slot<name>.safetensors` + `.json` into `out_dir`.
 
     `bn_set`: training images at the deploy resolution, for re-estimating BatchNorm statistics
@@ -325,7 +336,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
     teacher_modules_eval(d)
     dev = resolve_device(cfg.device)
     amp = dev.type == "cuda"
-    jobs = plan_jobs(d, cfg, rank, world)
+    jobs = plan_jobs(d, cfg, rank, world, only_spans=only_spans)
     for m in (d.stem, d.head, *d.blocks, *(j.module for j in jobs)):
         m.to(dev)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)

@@ -43,6 +43,15 @@ def _shape_keep(slot) -> list[str]:
     return ["keep", "skip" if same else "proj"]
 
 
+def _span_ops(slot, expansions) -> list[str]:
+    """Fused candidates of a span (one op replacing several blocks, the paper's kernel fusion):
+    MBConvs at the span's kernel, from slim to wider than one block. They inherit the span's
+    blocks merged into one (`ops.families.mbconv.span_source`), so e6 over two e6 blocks starts
+    as the most important half of both; ops that cannot inherit are not trained."""
+    k = slot.kernel if slot.kernel in (3, 5, 7) else 3
+    return [f"ir_k{k}_e{x}_{_a(slot)}" for x in expansions]
+
+
 @register_preset("tiny")
 def tiny(slot) -> list[str]:
     """≈ 8 per slot, anchored on the teacher's own block: the cheap end (skip/proj, ds, e2) plus
@@ -50,6 +59,8 @@ def tiny(slot) -> list[str]:
     expansion). With a few hundred images, candidates close to the teacher's function distil best
     and compose best, and they are the ones a search under a moderate budget picks."""
     a = _a(slot)
+    if slot.kind == "span":
+        return _shape_keep(slot) + _span_ops(slot, (3, 6))
     if slot.kind == "ds":  # already cheap: only cheaper stand-ins
         return _shape_keep(slot) + [f"ir_k3_e1_{a}", f"er_k3_e1_{a}", f"conv_k1_{a}"]
     k = slot.kernel if slot.kernel in (3, 5, 7) else 3
@@ -68,6 +79,8 @@ def small(slot) -> list[str]:
     bottleneck stand-ins. Ops costlier than the teacher's block (full expansion at a larger kernel,
     fused convs wider than e1) are left out: a search never picks them, and each costs phase-1 time."""
     a = _a(slot)
+    if slot.kind == "span":
+        return _shape_keep(slot) + _span_ops(slot, (2, 3, 4, 5, 6, 8))
     if slot.kind == "ds":
         return _shape_keep(slot) + [f"ir_k3_e1_{a}", f"ir_k5_e1_{a}", f"er_k3_e1_{a}", f"conv_k1_{a}",
                                     f"bot_k3_e0.25_{a}", f"bot_k3_e0.5_{a}", f"ds_k3{_se(slot)}_{a}",

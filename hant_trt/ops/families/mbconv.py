@@ -10,8 +10,15 @@ the teacher's function as its shape allows):
   BN2 (without both, a pruned start was worse than random init on Lite0). A wider candidate copies
   all teacher channels and zero-initialises the extra pwl columns: it starts exactly at the teacher.
 - er ← er, ds ← ds: direct copies with kernel fitting and the same channel selection.
-Anything else (er ← ir, ds ← ir, a span of several blocks, …) starts from PyTorch's default init;
-`refit.py` then fits the read-out to real activations in the distill stage.
+- a fused span (one op replacing several blocks, `span_source`): where every block of the span is
+  a residual MBConv with the same kernel, act and no SE, the blocks are first merged into one
+  parallel block, x + f1(x) + f2(x) + … (hidden channels concatenated, each block's output BN
+  folded into its read-out), which the candidate then inherits like any ir block: a fused e6 keeps
+  the most important 6x of the merged 12x hidden channels. Its error at the start is the
+  first-order term f2(x + f1(x)) − f2(x), far below dropping f2. Where exactly one block of the
+  span changes the shape, the candidate inherits that block (a start equal to skipping the others).
+Anything else (er ← ir, ds ← ir, …) starts from PyTorch's default init; `refit.py` then fits the
+read-out to real activations in the distill stage.
 """
 
 from __future__ import annotations
@@ -200,6 +207,66 @@ def inherit_ds(m: DepthwiseSeparable, t, kernel: int) -> bool:
     return True
 
 
+def _is_residual(block) -> bool:
+    return bool(getattr(block, "has_skip", False))
+
+
+def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return s, bn.bias - bn.running_mean * s
+
+
+@torch.no_grad()
+def merge_parallel(blocks) -> InvertedResidual | None:
+    """One residual MBConv computing x + Σ f_i(x) from residual MBConvs x + f_i(x) applied in
+    sequence, or None when they cannot merge (another kind, different kernel or act, SE, no skip)."""
+    if len(blocks) < 2 or any(_kind(b) != "ir" or not _is_residual(b) for b in blocks):
+        return None
+    if any(hasattr(b.se, "conv_reduce") for b in blocks):
+        return None
+    k = {b.conv_dw.kernel_size[0] for b in blocks}
+    acts = {type(act_after(b, "bn2", "act2")) for b in blocks} | {type(act_after(b, "bn1", "act1")) for b in blocks}
+    if len(k) != 1 or len(acts) != 1 or any(b.conv_dw.stride[0] != 1 for b in blocks):
+        return None
+    in_c, mids = blocks[0].conv_pw.in_channels, [b.conv_pw.out_channels for b in blocks]
+    m = InvertedResidual(in_c, in_c, sum(mids), k.pop(), 1, None, skip=True)
+    m.act1, m.act2 = act_after(blocks[0], "bn1", "act1"), act_after(blocks[0], "bn2", "act2")
+    m.conv_pw.weight.copy_(torch.cat([b.conv_pw.weight for b in blocks]))
+    m.conv_dw.weight.copy_(torch.cat([b.conv_dw.weight for b in blocks]))
+    for name in ("bn1", "bn2"):
+        bns = [getattr(b, name) for b in blocks]
+        dst = getattr(m, name)
+        dst.eps = bns[0].eps
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            # equal eps is assumed; a block with another eps gets its variance rescaled to match
+            parts = [getattr(bn, attr) if attr != "running_var" else bn.running_var + bn.eps - dst.eps
+                     for bn in bns]
+            getattr(dst, attr).copy_(torch.cat(parts))
+    w, shift = [], torch.zeros(in_c)
+    for b in blocks:  # each block's output BN folded into its read-out: one identity BN for the sum
+        s, t = _bn_scale_shift(b.bn3)
+        w.append(b.conv_pwl.weight * s[:, None, None, None])
+        shift += t
+    m.conv_pwl.weight.copy_(torch.cat(w, 1))
+    m.bn3.weight.fill_(1.0), m.bn3.bias.copy_(shift), m.bn3.running_mean.zero_()
+    m.bn3.running_var.fill_(1.0 - m.bn3.eps)
+    return m.eval()
+
+
+def span_source(teacher: nn.Module, slot):
+    """The block a candidate replacing a fused span inherits from: the span's residual MBConvs
+    merged into one parallel block, else the one block of the span whose input and output are the
+    span's, else None (not a span, or nothing fits: default init)."""
+    if not isinstance(teacher, nn.Sequential):
+        return teacher
+    blocks = list(teacher)
+    merged = merge_parallel(blocks)
+    if merged is not None:
+        return merged
+    anchors = [b for b in blocks if _kind(b) and not _is_residual(b) and _same_io(b, slot)]
+    return anchors[0] if len(anchors) == 1 else None
+
+
 def _validate(spec, slot) -> None:
     check_stride(slot, spec.family)
 
@@ -214,6 +281,7 @@ def build_ir(spec, slot, teacher):
     mid = make_divisible(slot.in_chs * spec.exp)
     m = InvertedResidual(slot.in_chs, slot.out_chs, mid, spec.kernel, slot.stride, act,
                          se_layer(spec, slot.in_chs, mid, act), has_skip(slot, spec))
+    teacher = span_source(teacher, slot)
     kind = _kind(teacher)
     if kind == "ir" and _same_io(teacher, slot):
         return m, inherit_ir(m, teacher, spec.kernel)
@@ -227,6 +295,7 @@ def build_er(spec, slot, teacher):
     mid = make_divisible(slot.in_chs * spec.exp)
     m = EdgeResidual(slot.in_chs, slot.out_chs, mid, spec.kernel, slot.stride, act,
                      se_layer(spec, slot.in_chs, mid, act), has_skip(slot, spec))
+    teacher = span_source(teacher, slot)
     kind = _kind(teacher)
     # er <- ir (inherit_er_from_ir) is not used: on Lite0 with real images it started worse than
     # PyTorch's default init in 9 of 15 slots (the linearisation drops the ReLU6 between pw and dw)
@@ -241,10 +310,11 @@ def build_ds(spec, slot, teacher):
     act = spec.act or slot.act
     m = DepthwiseSeparable(slot.in_chs, slot.out_chs, spec.kernel, slot.stride, act,
                            se_layer(spec, slot.in_chs, slot.in_chs, act), has_skip(slot, spec))
+    teacher = span_source(teacher, slot)
     if _kind(teacher) == "ds" and _same_io(teacher, slot):
         return m, inherit_ds(m, teacher, spec.kernel)
     return m, False
 
 
 __all__ = ["InvertedResidual", "EdgeResidual", "DepthwiseSeparable", "make_divisible", "inherit_ir",
-           "inherit_er", "inherit_er_from_ir", "inherit_ds"]
+           "inherit_er", "inherit_er_from_ir", "inherit_ds", "merge_parallel", "span_source"]

@@ -1,0 +1,88 @@
+"""Kernel fusion added to a finished run: distil only the fused-span candidates (one op replacing
+`--spans` consecutive blocks, `distill.spans`) into a copy of SRC_RUN, reusing its distilled
+single-slot candidates, so the ablation "with vs without fusion" costs the spans' training alone.
+
+The copy is what `distill.spans = N` would have produced: the single-slot jobs, their data and
+their seeds do not depend on the spans (each candidate trains alone on the shared teacher pass),
+so the copied slot files are theirs. Score, profile and search then run on DST_RUN as usual:
+
+    .venv/bin/python benchmarks/add_spans.py runs/lite0_dev_small runs/lite0_dev_small_spans --spans 2
+    .venv/bin/hant-trt score runs/lite0_dev_small_spans
+    HANT_TRT_LUT=runs/lut_small.sqlite .venv/bin/hant-trt profile runs/lite0_dev_small_spans
+
+Resumable: a kill leaves a checkpoint under DST_RUN/spans_work; run the same command again.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from hant_trt.config import from_dict
+from hant_trt.distill.stage import data_splits, distill_fingerprint
+from hant_trt.distill.train import distill
+from hant_trt.rundir import MANIFEST, RunDir
+from hant_trt.teacher.stage import load_from_config
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("src")
+    ap.add_argument("dst")
+    ap.add_argument("--spans", type=int, default=2)
+    a = ap.parse_args()
+    src, dst = Path(a.src), Path(a.dst)
+    src_run = RunDir(src, create=False)
+    if src_run.stage("distill").status != "done":
+        print(f"error: {src} has no finished distill stage", file=sys.stderr)
+        return 2
+    cfg = from_dict(src_run.manifest()["config"])
+    if cfg.distill.spans >= a.spans:
+        print(f"error: {src} already has spans of up to {cfg.distill.spans} slots", file=sys.stderr)
+        return 2
+    cand = dst / "candidates"
+    cand.mkdir(parents=True, exist_ok=True)
+    for f in ("teacher.json",):
+        if (src / f).exists() and not (dst / f).exists():
+            shutil.copy2(src / f, dst / f)
+    for f in (src / "candidates").glob("slot*"):
+        if not (cand / f.name).exists():
+            shutil.copy2(f, cand / f.name)
+    if not (dst / MANIFEST).exists():
+        manifest = json.loads((src / MANIFEST).read_text())
+        (dst / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    run = RunDir(dst, create=False)
+    cfg.distill.spans = a.spans
+    cfg.run_dir = str(dst)
+    run.update(config=cfg.to_dict())
+    fp = distill_fingerprint(cfg)
+    if run.is_done("distill", fp):
+        print(f"{dst}: spans already distilled")
+        return 0
+    run.invalidate_from("distill")
+    run.set_stage("distill", "running", fp)
+    teacher, d = load_from_config(cfg)
+    splits = data_splits(cfg, teacher.data_config, train_resolution=cfg.distill.resolution)
+    bn = data_splits(cfg, teacher.data_config, train_augment=False).train
+    full = data_splits(cfg, teacher.data_config).train if cfg.distill.full_res_steps > 0 else None
+    work = dst / "spans_work"
+    resume = (work / "ckpt").exists()
+    summary = distill(d, splits.train, splits.eval, cfg.distill, work, fp, resume=resume,
+                      bn_set=bn, full_set=full, only_spans=True)
+    for f in work.glob("slot*"):
+        os.replace(f, cand / f.name)
+    singles = sum(len(json.loads(p.read_text())["candidates"]) for p in cand.glob("slot*.json")
+                  if "-" not in p.stem)
+    info = {"candidates": singles + summary["candidates"], "steps": summary["steps"],
+            "seconds": summary["seconds"], "data": splits.description,
+            "note": f"single-slot candidates copied from {src}; spans distilled by benchmarks/add_spans.py"}
+    run.set_stage("distill", "done", fp, info)
+    print(json.dumps({"span_candidates": summary["candidates"], "seconds": summary["seconds"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
