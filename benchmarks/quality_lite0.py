@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 
 from hant_trt import atomic
 from hant_trt.build.assemble import Choice, StudentSpec, assemble, load_student, replaced_parts, save_student
-from hant_trt.build.finetune import agreement, eval_batches, recalibrate_bn
+from hant_trt.build.finetune import agreement, eval_batches, eval_objective, recalibrate_bn
 from hant_trt.build.stage import finetune_student
 from hant_trt.config import from_dict
 from hant_trt.data import FolderDataset, eval_transform, scan_folder
@@ -165,7 +165,8 @@ class Bench:
 
     def tune(self, model, choices: list[Choice], tag: str, assembled: dict | None = None) -> dict:
         """The build stage's fine-tune, `build.keep_best` included: when fine-tuning raised the
-        eval split's KL above `assembled`'s, the assembled weights are kept."""
+        eval split's objective (KL + ce_weight × CE) above `assembled`'s, the assembled weights
+        are kept."""
         ordered = sorted(choices, key=lambda c: c.first)
         start = {k: v.detach().clone() for k, v in model.state_dict().items()}
         info = finetune_student(model, self.teacher.model, self.d, ordered, self.train, self.cfg,
@@ -173,7 +174,7 @@ class Bench:
         if self.keep_best and assembled is not None:
             after = self.evaluate(model)
             info["kl_finetuned"] = after["kl"]
-            if after["kl"] > assembled["kl"]:
+            if eval_objective(after, self.cfg.build.ce_weight) > eval_objective(assembled, self.cfg.build.ce_weight):
                 model.load_state_dict(start)
                 info["kept"] = "assembled"
         return info

@@ -40,7 +40,8 @@ class DistillCfg:
     warmup_steps: int = 10
     resolution: int | None = None   # distillation resolution; None: teacher resolution
     slots: list[int] | None = None
-    spans: int = 0                  # fused spans of up to this many slots (0: none)
+    spans: int = 2                  # kernel fusion: one op may replace up to this many consecutive
+                                    #   slots (candidates inheriting the merged blocks; 0 or 1: none)
     group_mb: int = 4000            # memory budget per candidate group
     bn: str = "frozen"              # frozen: BN uses its (teacher/refit) statistics while training; train
     bn_recalibrate: bool = False    # re-estimate BN statistics at the deploy resolution after training
@@ -98,7 +99,8 @@ class BuildCfg:
     mixup: float = 0.0              # fine-tune on Beta(a, a) mixes of the batch with itself (0: off)
     train: str = "replaced"         # fine-tune trains: replaced (the chosen candidates) | all (stem, head, kept blocks too)
     ce_weight: float = 0.5          # fine-tune: weight of the label cross-entropy when labels exist
-    keep_best: bool = True          # keep the assembled weights when fine-tuning raised the eval split's KL
+    keep_best: bool = True          # keep the assembled weights when fine-tuning raised the eval split's
+                                    #   KL + ce_weight × CE (KL alone when unlabelled)
     engine_name: str | None = None
 
 

@@ -184,3 +184,25 @@ def test_finetune_on_cuda_in_mixed_precision(tmp_path):
     w = student.parts[1][0].weight
     assert w.device.type == "cpu" and next(teacher.parameters()).device.type == "cpu"
     assert not torch.equal(w.detach(), before) and torch.isfinite(w).all()
+
+
+def test_eval_objective_weighs_labels_when_there_are_some():
+    """`build.keep_best` compares KL + ce_weight × CE: a fine-tune that trades a little KL for a
+    lower label loss is kept; without labels KL alone decides."""
+    from torch.utils.data import TensorDataset, DataLoader as DL
+
+    from hant_trt.build.finetune import agreement, eval_objective
+
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 5), torch.randint(0, 3, (12,))
+    teacher, student = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    with torch.no_grad():
+        res = agreement(student, teacher, DL(TensorDataset(x, y), batch_size=5))
+        ce = float(torch.nn.functional.cross_entropy(student(x), y))
+        unl = agreement(student, teacher, DL(TensorDataset(x, torch.full((12,), -1)), batch_size=5))
+    assert abs(res["ce"] - ce) < 1e-5 and "ce" not in unl
+    assert abs(eval_objective(res, 0.5) - (res["kl"] + 0.5 * ce)) < 1e-6
+    assert eval_objective(unl, 0.5) == unl["kl"]
+    before, after = {"kl": 0.20, "ce": 1.60}, {"kl": 0.22, "ce": 1.40}
+    assert eval_objective(after, 0.5) < eval_objective(before, 0.5)     # kept: top-1 traded for KL
+    assert eval_objective(after, 0.0) > eval_objective(before, 0.0)

@@ -168,6 +168,6 @@ def test_span_jobs_inherit_and_only_spans(lite0_decomposition, tmp_path):
     spans = [j for j in jobs if j.first != j.last]
     assert {(j.first, j.last) for j in spans} == {(1, 2), (2, 3)}   # (0, 1): no block to inherit
     assert spans and all(j.inherits for j in spans)
-    assert {j.op for j in spans} == {"ir_k3_e3_relu6", "ir_k3_e6_relu6", "ir_k5_e3_relu6", "ir_k5_e6_relu6"}
+    assert {j.op for j in spans} == {"ir_k3_e4_relu6", "ir_k3_e8_relu6", "ir_k5_e4_relu6", "ir_k5_e8_relu6"}
     only = plan_jobs(d, cfg.distill, only_spans=True)
     assert [(j.first, j.last, j.op) for j in only] == [(j.first, j.last, j.op) for j in spans]

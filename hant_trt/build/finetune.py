@@ -185,11 +185,12 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor], modules: list[
 @torch.no_grad()
 def agreement(model: nn.Module, teacher: nn.Module, loader) -> dict:
     """Top-1 agreement with the teacher, mean KL(teacher ‖ model) in nats (a finer measure than
-    agreement on a few hundred images), and top-1 accuracy of both when labelled."""
+    agreement on a few hundred images), and when labelled top-1 accuracy of both and the model's
+    mean cross-entropy on the labels (`ce`)."""
     model.eval()
     teacher.eval()
     n = agree = s_ok = t_ok = 0
-    kl = 0.0
+    kl = ce = 0.0
     labelled = True
     for x, y in loader:
         s_logits, t_logits = model(x), teacher(x)
@@ -198,6 +199,7 @@ def agreement(model: nn.Module, teacher: nn.Module, loader) -> dict:
         s, t = s_logits.argmax(1), t_logits.argmax(1)
         agree += int((s == t).sum())
         if (y >= 0).all():
+            ce += float(F.cross_entropy(s_logits, y, reduction="sum"))
             s_ok += int((s == y).sum())
             t_ok += int((t == y).sum())
         else:
@@ -205,8 +207,15 @@ def agreement(model: nn.Module, teacher: nn.Module, loader) -> dict:
         n += x.shape[0]
     out = {"images": n, "agreement": 100.0 * agree / max(1, n), "kl": kl / max(1, n)}
     if labelled and n:
-        out.update(student_top1=100.0 * s_ok / n, teacher_top1=100.0 * t_ok / n)
+        out.update(student_top1=100.0 * s_ok / n, teacher_top1=100.0 * t_ok / n, ce=ce / n)
     return out
 
 
-__all__ = ["finetune", "student_features", "recalibrate_bn", "agreement", "kd_loss", "eval_batches", "batch_for_step"]
+def eval_objective(res: dict, ce_weight: float) -> float:
+    """What the fine-tune optimises, on an `agreement` result: KL to the teacher + ce_weight × CE
+    on the labels when it has them. `build.keep_best` compares this before and after the
+    fine-tune: with labels, KL alone would discard a fine-tune that traded a little KL for top-1."""
+    return res["kl"] + (ce_weight * res["ce"] if "ce" in res else 0.0)
+
+
+__all__ = ["finetune", "student_features", "recalibrate_bn", "agreement", "eval_objective", "kd_loss", "eval_batches", "batch_for_step"]

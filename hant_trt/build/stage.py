@@ -91,7 +91,7 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
     from ..distill.train import resolve_device
     from ..teacher.stage import load_from_config
     from .deploy import deploy
-    from .finetune import agreement, eval_batches
+    from .finetune import agreement, eval_batches, eval_objective
 
     fp = build_fingerprint(run, cfg)
     if run.is_done("build", fp):
@@ -116,7 +116,7 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
                               fp, device=resolve_device(cfg.distill.device))
     recalibrate(student, ordered, bn_batches, cfg.build.bn_recalibrate)
     after = agreement(student, teacher.model, eval_loader)
-    if keep_check and after["kl"] > before["kl"]:
+    if keep_check and eval_objective(after, cfg.build.ce_weight) > eval_objective(before, cfg.build.ce_weight):
         # with few images a fine-tune can move a good assembly away from the teacher: measured on
         # the eval split, the assembled weights are kept then
         student.load_state_dict(assembled)

@@ -60,7 +60,7 @@ def tiny(slot) -> list[str]:
     and compose best, and they are the ones a search under a moderate budget picks."""
     a = _a(slot)
     if slot.kind == "span":
-        return _shape_keep(slot) + _span_ops(slot, (3, 6))
+        return _shape_keep(slot) + _span_ops(slot, (4, 8))
     if slot.kind == "ds":  # already cheap: only cheaper stand-ins
         return _shape_keep(slot) + [f"ir_k3_e1_{a}", f"er_k3_e1_{a}", f"conv_k1_{a}"]
     k = slot.kernel if slot.kernel in (3, 5, 7) else 3
