@@ -58,9 +58,10 @@ def plan_jobs(d: Decomposition, cfg: DistillCfg, rank: int = 0, world: int = 1,
               only_spans: bool = False) -> list[Job]:
     """Every trainable candidate of the selected slots (and spans), sharded round-robin by rank.
 
-    A fused span's candidate is kept only when it inherits teacher weights (`ops.span_source`):
-    trained from scratch on a few hundred images, an op replacing several blocks lands far from
-    them (on Lite0 even single-slot candidates without inheritance score KL 2–4).
+    A fused span's candidate is kept only when it inherits teacher weights
+    (`ops.families.mbconv.span_source`): trained from scratch on a few hundred images, an op
+    replacing several blocks lands far from them (on Lite0 even single-slot candidates without
+    inheritance score KL 2–4).
     only_spans: the spans' candidates alone (adding fusion to a run whose slots are distilled)."""
     n = len(d.slots)
     chosen = list(range(n)) if cfg.slots is None else list(cfg.slots)
