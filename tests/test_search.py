@@ -287,3 +287,39 @@ def test_latency_models_scale_and_offset():
         assert sorted(o.op for o in sol.choices) == ["cheap", "keep"]
     with pytest.raises(UserError, match="latency_model"):
         build_problem(t, 2, "1.0x", [dev], latency_model="guess")
+
+
+def test_calibrated_solve_converges_on_the_engines_scale():
+    """The engine runs every student 15 % slower than the table predicts: re-solving with the
+    corrected budget delivers a student that meets the asked budget; the best-scoring one that
+    meets it wins; an infeasible corrected budget keeps what was found."""
+    from dataclasses import dataclass as dc
+
+    from hant_trt.errors import UserError
+    from hant_trt.search.calibrate import calibrated_solve
+
+    @dc
+    class P:
+        budget_s: dict
+
+    @dc
+    class S:
+        predicted_s: dict
+        score: float
+
+    def solve(p):
+        b = p.budget_s["d"]
+        if b < 0.5:
+            raise UserError("infeasible")
+        return S({"d": b}, score=-1.0 / b)        # a larger budget scores better
+
+    sol, rounds = calibrated_solve(P({"d": 1.0}), "d", solve, lambda s: 1.15 * s.predicted_s["d"], rounds=4)
+    measured = 1.15 * sol.predicted_s["d"]
+    assert 0.96 <= measured <= 1.02 and 2 <= len(rounds) <= 4
+    assert rounds[0].measured_s > 1.1 and rounds[-1].budget_s < rounds[0].budget_s
+    exact, r1 = calibrated_solve(P({"d": 1.0}), "d", solve, lambda s: s.predicted_s["d"], rounds=4)
+    assert len(r1) == 1 and exact.predicted_s["d"] == 1.0           # a right table needs one round
+    slow, r2 = calibrated_solve(P({"d": 1.0}), "d", solve, lambda s: 3.0 * s.predicted_s["d"], rounds=4)
+    assert len(r2) == 1 and slow.predicted_s["d"] == 1.0            # 1/3 is infeasible: fastest kept
+    with pytest.raises(UserError):
+        calibrated_solve(P({"d": 0.1}), "d", solve, lambda s: s.predicted_s["d"], rounds=2)

@@ -23,7 +23,10 @@ def _file_hash(path) -> str:
 
 def search_fingerprint(run: RunDir, cfg) -> str:
     """Hash of the search settings and of the bytes of every input table."""
-    return fingerprint({"search": cfg.search, "inputs": {f: _file_hash(run.root / f) for f in INPUTS}})
+    search = dict(vars(cfg.search))
+    if not search.get("calibrate_rounds"):  # options added later leave earlier runs' fingerprints alone
+        search.pop("calibrate_rounds", None)
+    return fingerprint({"search": search, "inputs": {f: _file_hash(run.root / f) for f in INPUTS}})
 
 
 def run_search(run: RunDir, cfg) -> Solution:
@@ -50,12 +53,22 @@ def run_search(run: RunDir, cfg) -> Solution:
 
     run.set_stage("search", "running", fp)
     try:
-        sol = solve(problem, c.solver, c.time_limit)
+        calibration = None
+        if getattr(c, "calibrate_rounds", 0) > 0:
+            from .calibrate import calibrated_solve, engine_measure
+
+            measure = engine_measure(cfg, devices[0], tables.fixed[devices[0]].teacher_s)
+            sol, calibration = calibrated_solve(problem, devices[0], lambda p: solve(p, c.solver, c.time_limit),
+                                                measure, c.calibrate_rounds)
+        else:
+            sol = solve(problem, c.solver, c.time_limit)
         sol.device, sol.metric, sol.budget = devices[0], metric, str(c.budget)
         sol.teacher_s = {d: tables.fixed[d].teacher_s for d in devices}
         info = {"predicted_ms": sol.predicted_s[sol.device] * 1e3, "score": sol.score, "status": sol.status,
                 "solver": sol.solver, "solve_seconds": round(sol.solve_seconds, 4), "n_variables": sol.n_variables,
                 "dropped_rows": tables.dropped}
+        if calibration is not None:
+            info["calibration"] = [r.to_dict() for r in calibration]
         teacher = sol.teacher_s[sol.device]
         info["predicted_speedup"] = teacher / sol.predicted_s[sol.device] if sol.predicted_s[sol.device] else None
         if sweep_n > 0:
