@@ -53,6 +53,7 @@ from hant_trt.distill.score import read_scores
 from hant_trt.distill.stage import data_splits
 from hant_trt.latency.backends import get_backend
 from hant_trt.latency.export import export_onnx
+from hant_trt.search.calibrate import calibrated_solve, engine_measure
 from hant_trt.search.ilp import solve
 from hant_trt.search.tables import build_problem, load_tables, select_devices
 from hant_trt.teacher.stage import load_from_config
@@ -110,6 +111,7 @@ class Bench:
                     if o.precision == "fp32" and self.device in o.latency_s}
         self.n = len(self.d.slots)
         self.keep_best = self.cfg.build.keep_best
+        self.calibrate = 0
         self.ft_steps, self.ft_lr = ft_steps, ft_lr if ft_lr is not None else self.cfg.build.finetune_lr
         self.backend = get_backend("ort", threads=threads)
         self.tmp = Path(tempfile.mkdtemp(prefix="hant_quality_"))
@@ -322,11 +324,19 @@ class Bench:
         models = {}
         for sp in speedups:
             problem = build_problem(self.tables, self.n, f"speedup={sp}", [self.device])
-            sol = solve(problem, "cbc", 60)
+            rounds = None
+            if self.calibrate:      # the search stage's `search.calibrate_rounds`
+                measure = engine_measure(self.cfg, self.device, self.fixed.teacher_s)
+                sol, rounds = calibrated_solve(problem, self.device, lambda p: solve(p, "cbc", 60), measure,
+                                               self.calibrate)
+            else:
+                sol = solve(problem, "cbc", 60)
             choices = [Choice(o.first, o.last, o.op, o.precision) for o in sol.choices]
             m = self.student(choices)
             res = {"metric": self.metric, "choices": [f"{_where(c)}:{c.op}" for c in choices if c.op != "keep"],
                    "predicted_ms": sol.predicted_s[self.device] * 1e3, "assembled": self.evaluate(m)}
+            if rounds is not None:
+                res["calibration"] = [r.to_dict() for r in rounds]
             res["finetune"] = self.tune(m, choices, f"search{sp}", res["assembled"])
             self.final(res, m, f"hant{sp}", choices)
             models[f"hant{sp}"] = m
@@ -420,12 +430,15 @@ def main() -> None:
                     help="always keep the fine-tuned weights (default: the run's build.keep_best)")
     ap.add_argument("--rounds", type=int, default=5, help="alternating timing rounds of `remeasure`")
     ap.add_argument("--holdout", default=None, help="labelled folder to report fine-tuned students on")
+    ap.add_argument("--calibrate", type=int, default=0,
+                    help="search part: calibrate each budget on the engine in up to N rounds (search.calibrate_rounds)")
     a = ap.parse_args()
     run = Path(a.run_dir)
     out = Path(a.out) if a.out else run / "quality"
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     b = Bench(run, out, a.finetune_steps, a.finetune_lr, a.threads, a.metric, a.holdout)
+    b.calibrate = a.calibrate
     if a.no_keep_best:
         b.keep_best = False
     speedups = [float(x) for x in a.speedups.split(",")]
