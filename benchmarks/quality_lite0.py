@@ -326,7 +326,7 @@ class Bench:
             problem = build_problem(self.tables, self.n, f"speedup={sp}", [self.device])
             rounds = None
             if self.calibrate:      # the search stage's `search.calibrate_rounds`
-                measure = engine_measure(self.cfg, self.device, self.fixed.teacher_s)
+                measure = engine_measure(self.cfg, self.fixed.teacher_s)
                 sol, rounds = calibrated_solve(problem, self.device, lambda p: solve(p, "cbc", 60), measure,
                                                self.calibrate)
             else:

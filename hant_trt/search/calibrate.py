@@ -41,7 +41,7 @@ def calibrated_solve(problem, device: str, solve: Callable, measure: Callable, r
     the asked budget to the last measured latency, so it converges on the engine's own scale.
     """
     target = problem.budget_s[device]
-    budget, history, met, tried = target, [], [], []
+    budget, history, tried = target, [], []
     for k in range(max(1, rounds)):
         try:
             sol = solve(replace(problem, budget_s={**problem.budget_s, device: budget}))
@@ -52,17 +52,16 @@ def calibrated_solve(problem, device: str, solve: Callable, measure: Callable, r
         measured = measure(sol)
         history.append(Round(budget, sol.predicted_s[device], measured, sol.score))
         tried.append((measured, sol))
-        if measured <= target * (1 + tol):
-            met.append((sol.score, -measured, sol))
-            if measured >= target * (1 - 2 * tol):
-                break               # close enough from below: a smaller budget would only lose score
+        if target * (1 - 2 * tol) <= measured <= target * (1 + tol):
+            break                   # close enough from below: a smaller budget would only lose score
         budget *= target / measured
+    met = [(sol.score, -measured, sol) for measured, sol in tried if measured <= target * (1 + tol)]
     if met:
         return max(met, key=lambda t: (t[0], t[1]))[2], history
     return min(tried, key=lambda t: t[0])[1], history
 
 
-def engine_measure(cfg, device: str, teacher_table_s: float, rounds: int = 3) -> Callable:
+def engine_measure(cfg, teacher_table_s: float, rounds: int = 3) -> Callable:
     """measure(solution) for `calibrated_solve`: the student assembled from the solution's op
     strings (untrained: weights do not change latency) and the teacher, exported and timed in
     `rounds` alternating rounds on `cfg.profile.backend`; the median ratio × the table's teacher."""

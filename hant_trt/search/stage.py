@@ -57,7 +57,7 @@ def run_search(run: RunDir, cfg) -> Solution:
         if getattr(c, "calibrate_rounds", 0) > 0:
             from .calibrate import calibrated_solve, engine_measure
 
-            measure = engine_measure(cfg, devices[0], tables.fixed[devices[0]].teacher_s)
+            measure = engine_measure(cfg, tables.fixed[devices[0]].teacher_s)
             sol, calibration = calibrated_solve(problem, devices[0], lambda p: solve(p, c.solver, c.time_limit),
                                                 measure, c.calibrate_rounds)
         else:

@@ -158,6 +158,11 @@ def inherit_ir(m: InvertedResidual, t, kernel: int) -> bool:
     return True
 
 
+def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return s, bn.bias - bn.running_mean * s
+
+
 @torch.no_grad()
 def inherit_er_from_ir(m: EdgeResidual, t, kernel: int) -> bool:
     mid_c = m.conv_exp.out_channels
@@ -165,8 +170,7 @@ def inherit_er_from_ir(m: EdgeResidual, t, kernel: int) -> bool:
     idx, comp = prune_hidden(t.conv_pwl.weight, mean2, rms2, mid_c)
     n = len(idx)
     # expand conv = pw → BN1 → dw with the activation in between dropped (its linear range)
-    s1 = t.bn1.weight / torch.sqrt(t.bn1.running_var + t.bn1.eps)
-    b1 = t.bn1.bias - t.bn1.running_mean * s1
+    s1, b1 = _bn_scale_shift(t.bn1)
     dw = fit_kernel(t.conv_dw.weight[idx], kernel)                       # (n, 1, k, k)
     pw = t.conv_pw.weight[idx, :, 0, 0] * s1[idx, None]                 # (n, in)
     m.conv_exp.weight[:n] = pw[:, :, None, None] * dw                   # (n, in, k, k)
@@ -209,11 +213,6 @@ def inherit_ds(m: DepthwiseSeparable, t, kernel: int) -> bool:
 
 def _is_residual(block) -> bool:
     return bool(getattr(block, "has_skip", False))
-
-
-def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    return s, bn.bias - bn.running_mean * s
 
 
 @torch.no_grad()
