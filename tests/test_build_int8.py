@@ -56,8 +56,9 @@ def test_int8_parts_get_qdq_and_match_their_simulation(lite0, tmp_path):
     quant_effect = np.abs(ref_fp32 - ref_sim).max()
     exact_gap = np.abs(_run(onnx_path, x, optimize=False) - ref_sim).max()
     assert quant_effect > 0.01 and exact_gap < 1e-4, (exact_gap, quant_effect)   # same arithmetic
-    ver = verify_onnx(sim, onnx_path, [x.numpy()], "int8")   # ORT's int8 kernels: within tolerance
+    ver = verify_onnx(sim, onnx_path, [x.numpy()], "int8")   # the Q/DQ graph as written
     assert ver.passed and ver.max_abs_diff < quant_effect, (ver, quant_effect)
+    assert ver.engine_max_abs_diff is not None and 0 <= ver.engine_top1_agreement <= 1   # fused kernels: recorded
     # the fp32 parts of the simulation are the student's own modules, untouched
     assert sim.parts[3] is not student.parts[3] and torch.equal(sim.parts[3].state_dict()["conv_pw.weight"],
                                                                   student.parts[3].state_dict()["conv_pw.weight"])
@@ -101,7 +102,7 @@ def test_gpu_plan_fp16_elsewhere_int8_and_fp32_parts_kept(lite0, tmp_path):
     casts_in_7 = [n for n in g.node if n.op_type == "Cast" and part_of_node(n.name) == 7]
     assert len(casts_in_7) <= 2, [n.name for n in casts_in_7]
     x = torch.randn(1, 3, RES, RES, generator=gen)
-    ver = verify_onnx(simulate_int8(student, [2, 5], calib), path, [x.numpy()], "int8")
+    ver = verify_onnx(simulate_int8(student, [2, 5], calib), path, [x.numpy()], "int8", base="fp16")
     assert ver.passed, ver
     assert export_with_plan(student, (1, 3, RES, RES), tmp_path / "b.onnx", None, choices, "fp16").exists()
     with pytest.raises(ValueError, match="base precision"):

@@ -82,7 +82,7 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
     if base == "fp16":                                   # side by side at the same base precision
         t_onnx = to_fp16(t_onnx, sdir / "teacher.fp16.onnx")
     ver = verify_onnx(reference if reference is not None else student, s_onnx, _sample_inputs(eval_loader),
-                      "int8" if calib is not None else base)
+                      "int8" if calib is not None else base, base=base)
     backend = get_backend(cfg.profile.backend, threads=cfg.profile.threads)
     t_s, s_s = measure_side_by_side(backend, t_onnx, s_onnx, max_seconds=max(1.0, cfg.profile.max_seconds))
     name = cfg.build.engine_name or f"{Path(run.root).name}_{teacher.name}"
@@ -114,6 +114,7 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
             "student_latency_ms": s_s * 1e3, "speedup": t_s / s_s,
             "predicted_latency_ms": (solution.get("predicted_s") or 0) * 1e3,
             "verify": {"passed": ver.passed, "precision": ver.precision, "max_abs_diff": ver.max_abs_diff,
-                       "atol": ver.atol},
+                       "atol": ver.atol, "engine_max_abs_diff": ver.engine_max_abs_diff,
+                       "engine_top1_agreement": ver.engine_top1_agreement},
             "onnx": str(s_onnx), "engine": str(engine), "triton": str(triton), "report": str(report),
             "student_top1": acc.get("student_top1"), "teacher_top1": acc.get("teacher_top1")}
