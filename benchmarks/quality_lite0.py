@@ -55,6 +55,7 @@ from hant_trt.latency.backends import get_backend
 from hant_trt.latency.export import export_onnx
 from hant_trt.search.calibrate import calibrated_solve, engine_measure
 from hant_trt.search.ilp import solve
+from hant_trt.search.refine import composed_kl, refine
 from hant_trt.search.tables import build_problem, load_tables, select_devices
 from hant_trt.teacher.stage import load_from_config
 
@@ -112,6 +113,7 @@ class Bench:
         self.n = len(self.d.slots)
         self.keep_best = self.cfg.build.keep_best
         self.calibrate = 0
+        self.refine = 0
         self.ft_steps, self.ft_lr = ft_steps, ft_lr if ft_lr is not None else self.cfg.build.finetune_lr
         self.backend = get_backend("ort", threads=threads)
         self.tmp = Path(tempfile.mkdtemp(prefix="hant_quality_"))
@@ -331,12 +333,19 @@ class Bench:
                                                self.calibrate)
             else:
                 sol = solve(problem, "cbc", 60)
+            refined = None
+            if self.refine:         # the search stage's `search.refine_sweeps`
+                if not hasattr(self, "_composed"):
+                    self._composed = composed_kl(self.run, self.cfg)
+                sol, refined = refine(problem, sol, self._composed, self.refine, progress=print)
             choices = [Choice(o.first, o.last, o.op, o.precision) for o in sol.choices]
             m = self.student(choices)
             res = {"metric": self.metric, "choices": [f"{_where(c)}:{c.op}" for c in choices if c.op != "keep"],
                    "predicted_ms": sol.predicted_s[self.device] * 1e3, "assembled": self.evaluate(m)}
             if rounds is not None:
                 res["calibration"] = [r.to_dict() for r in rounds]
+            if refined is not None:
+                res["refine"] = refined
             res["finetune"] = self.tune(m, choices, f"search{sp}", res["assembled"])
             self.final(res, m, f"hant{sp}", choices)
             models[f"hant{sp}"] = m
@@ -432,6 +441,8 @@ def main() -> None:
     ap.add_argument("--holdout", default=None, help="labelled folder to report fine-tuned students on")
     ap.add_argument("--calibrate", type=int, default=0,
                     help="search part: calibrate each budget on the engine in up to N rounds (search.calibrate_rounds)")
+    ap.add_argument("--refine", type=int, default=0,
+                    help="search part: composition refinement, up to N sweeps (search.refine_sweeps)")
     a = ap.parse_args()
     run = Path(a.run_dir)
     out = Path(a.out) if a.out else run / "quality"
@@ -439,6 +450,7 @@ def main() -> None:
     torch.manual_seed(0)
     b = Bench(run, out, a.finetune_steps, a.finetune_lr, a.threads, a.metric, a.holdout)
     b.calibrate = a.calibrate
+    b.refine = a.refine
     if a.no_keep_best:
         b.keep_best = False
     speedups = [float(x) for x in a.speedups.split(",")]

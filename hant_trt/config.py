@@ -89,6 +89,8 @@ class SearchCfg:
     latency_model: str = "scale"    # whole model from parts: scale (× teacher/Σ parts) | offset (+ teacher − Σ parts)
     calibrate_rounds: int = 0       # N > 0: time the chosen student beside the teacher on the profile
                                     #   backend and re-solve with a corrected budget, up to N times
+    refine_sweeps: int = 0          # N > 0: improve the ILP's pick by local search on the composed
+                                    #   student's KL (eval split), up to N sweeps over the slots
 
 
 @dataclass

@@ -108,3 +108,33 @@ engine_name = "e2e"
     # infeasible budget: one line, exit 2
     r = run_cli("search", str(run), "--budget", "0.01x", env=env)
     assert r.returncode == 2 and "smallest reachable latency" in r.stderr
+    # composition refinement: the evaluator's KL is the assembled student's KL on the eval split,
+    # the same with and without its prefix cache; the refined student meets the budget
+    from torch.utils.data import DataLoader
+
+    from hant_trt.build.assemble import Choice, assemble
+    from hant_trt.build.finetune import agreement
+    from hant_trt.config import from_dict
+    from hant_trt.distill.pool import load_trained
+    from hant_trt.distill.stage import data_splits
+    from hant_trt.search.ilp import Solution
+    from hant_trt.search.refine import composed_kl
+    from hant_trt.teacher.stage import load_from_config
+
+    rcfg = from_dict(json.loads((run / "run.json").read_text())["config"])
+    evaluate = composed_kl(run, rcfg)
+    teacher, d = load_from_config(rcfg)
+    trained = {(f, l, op): m for _, f, l, op, m in load_trained(run / "candidates", d)}
+    eval_loader = DataLoader(data_splits(rcfg, teacher.data_config).eval, batch_size=64)
+    sol = Solution.from_dict(json.loads((run / "solution.json").read_text()))
+    student = assemble(d, [Choice(o.first, o.last, o.op) for o in sol.choices], trained)   # weights in fp32
+    kl = agreement(student, teacher.model, eval_loader)["kl"]
+    assert abs(evaluate(sol.choices) - kl) < 1e-4 * max(1.0, kl)
+    assert abs(evaluate(sol.choices) - kl) < 1e-4 * max(1.0, kl)            # from the cache
+    r = run_cli("search", str(run), "--budget", "0.9x", "--set", "search.refine_sweeps=1", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = json.loads((run / "run.json").read_text())["stages"]["search"]["info"]
+    ref = info["refine"]
+    assert ref["evaluated"] > 1 and ref["kl_end"] <= ref["kl_start"]
+    sol = json.loads((run / "solution.json").read_text())
+    assert sol["predicted_s"] <= sol["budget_s"] * (1 + 1e-9)

@@ -24,8 +24,9 @@ def _file_hash(path) -> str:
 def search_fingerprint(run: RunDir, cfg) -> str:
     """Hash of the search settings and of the bytes of every input table."""
     search = dict(vars(cfg.search))
-    if not search.get("calibrate_rounds"):  # options added later leave earlier runs' fingerprints alone
-        search.pop("calibrate_rounds", None)
+    for opt in ("calibrate_rounds", "refine_sweeps"):   # options added later leave earlier runs'
+        if not search.get(opt):                         # fingerprints alone
+            search.pop(opt, None)
     return fingerprint({"search": search, "inputs": {f: _file_hash(run.root / f) for f in INPUTS}})
 
 
@@ -53,15 +54,17 @@ def run_search(run: RunDir, cfg) -> Solution:
 
     run.set_stage("search", "running", fp)
     try:
-        calibration = None
+        calibration, refinements = None, []
+        solve_fn = lambda p: solve(p, c.solver, c.time_limit)  # noqa: E731
+        if getattr(c, "refine_sweeps", 0) > 0:
+            solve_fn = _refining(solve_fn, run, cfg, refinements)
         if getattr(c, "calibrate_rounds", 0) > 0:
             from .calibrate import calibrated_solve, engine_measure
 
             measure = engine_measure(cfg, tables.fixed[devices[0]].teacher_s)
-            sol, calibration = calibrated_solve(problem, devices[0], lambda p: solve(p, c.solver, c.time_limit),
-                                                measure, c.calibrate_rounds)
+            sol, calibration = calibrated_solve(problem, devices[0], solve_fn, measure, c.calibrate_rounds)
         else:
-            sol = solve(problem, c.solver, c.time_limit)
+            sol = solve_fn(problem)
         sol.device, sol.metric, sol.budget = devices[0], metric, str(c.budget)
         sol.teacher_s = {d: tables.fixed[d].teacher_s for d in devices}
         info = {"predicted_ms": sol.predicted_s[sol.device] * 1e3, "score": sol.score, "status": sol.status,
@@ -69,6 +72,8 @@ def run_search(run: RunDir, cfg) -> Solution:
                 "dropped_rows": tables.dropped}
         if calibration is not None:
             info["calibration"] = [r.to_dict() for r in calibration]
+        if refinements:
+            info["refine"] = refinements[-1] if len(refinements) == 1 else refinements
         teacher = sol.teacher_s[sol.device]
         info["predicted_speedup"] = teacher / sol.predicted_s[sol.device] if sol.predicted_s[sol.device] else None
         if sweep_n > 0:
@@ -83,6 +88,24 @@ def run_search(run: RunDir, cfg) -> Solution:
         raise
     run.set_stage("search", "done", fp, info)
     return sol
+
+
+def _refining(solve_fn, run: RunDir, cfg, log: list):
+    """solve_fn followed by composition refinement (`search.refine_sweeps`); each refinement's
+    info is appended to `log`. The evaluator (torch, the distilled weights) is made once."""
+    import sys
+
+    from .refine import composed_kl, refine
+
+    evaluate = composed_kl(run.root, cfg)
+
+    def solve_and_refine(p):
+        sol, info = refine(p, solve_fn(p), evaluate, cfg.search.refine_sweeps,
+                           progress=lambda line: print(line, file=sys.stderr, flush=True))
+        log.append(info)
+        return sol
+
+    return solve_and_refine
 
 
 def format_table(solution: Solution | dict) -> str:

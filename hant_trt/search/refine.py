@@ -1,0 +1,199 @@
+"""Composition refinement: start from the ILP's selection and improve it by local search, judging
+each step by the *composed* student's KL to the teacher on the eval split, not by Σ swap-one scores.
+
+Why: swap-one scores add up well across budgets (Spearman 0.9 with measured agreement) but rank
+students of one budget poorly (0.26–0.83, docs/RESULTS.md): errors of neighbouring replacements
+compound (several `skip`s in a row cost far more than their sum). The ILP finds the best selection
+for the additive proxy; this finds, near it, one that is better as a whole.
+
+A move replaces the choice at one slot by another option of that slot; when that breaks the
+budget, a cheaper swap at another slot that frees enough latency is made with it ("repair"; the
+`repairs` swaps of least proxy-score loss, at different slots, are each tried). Per sweep, every movable slot is visited once and its best move
+is taken when it lowers the composed KL by more than `min_gain` (relative). Slots covered by a
+fused span or chosen at int8 stay as they are (an int8 part's composed effect needs its
+calibration; the build simulates it). Everything here is plain Python over `Option`s; the torch
+evaluator (`composed_kl`) is imported lazily by the search stage.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from .ilp import Option, Problem, Solution
+
+
+@dataclass
+class Move:
+    sweep: int
+    slot: int
+    old: str
+    new: str
+    repair: tuple | None     # (slot, old op, new op) of the budget repair, if one was needed
+    kl_before: float
+    kl_after: float
+
+    def to_dict(self) -> dict:
+        return {"sweep": self.sweep, "slot": self.slot, "old": self.old, "new": self.new,
+                "repair": list(self.repair) if self.repair else None,
+                "kl_before": round(self.kl_before, 5), "kl_after": round(self.kl_after, 5)}
+
+
+def _fits(p: Problem, chosen: list[Option]) -> bool:
+    for dev, budget in p.budget_s.items():
+        if p.fixed_s.get(dev, 0.0) + sum(o.latency_s.get(dev, math.inf) for o in chosen) > budget * (1 + 1e-9):
+            return False
+    for limit, attr in ((p.max_params, "params"), (p.max_macs, "macs")):
+        if limit is not None and sum(getattr(o, attr) for o in chosen) > limit * (1 + 1e-9):
+            return False
+    return True
+
+
+def _slack(p: Problem, chosen: list[Option], dev: str) -> float:
+    return p.budget_s[dev] - p.fixed_s.get(dev, 0.0) - sum(o.latency_s.get(dev, math.inf) for o in chosen)
+
+
+def refine(problem: Problem, solution: Solution, evaluate: Callable[[list[Option]], float], sweeps: int = 2,
+           min_gain: float = 0.005, repairs: int = 3, movable: Callable[[Option], bool] | None = None,
+           progress: Callable[[str], None] | None = None) -> tuple[Solution, dict]:
+    """(refined solution, info). evaluate(choices) → the composed student's KL (lower is better);
+    it is called once per tried selection. repairs: how many budget repairs (at different slots)
+    are tried for a move that breaks the budget. movable(option) → whether a slot may change
+    (default: single-slot, not int8). The refined selection meets every constraint of `problem`."""
+    movable = movable or (lambda o: o.first == o.last and o.precision != "int8")
+    by_slot: dict[int, list[Option]] = {}
+    for o in problem.options:
+        if o.first == o.last and o.precision != "int8":
+            by_slot.setdefault(o.first, []).append(o)
+    chosen = sorted(solution.choices, key=lambda o: o.first)
+    t0 = time.perf_counter()
+    start = cur = evaluate(chosen)
+    moves: list[Move] = []
+    tried = 1
+    per_sweep = sum(len(by_slot.get(o.first, ())) - 1 for o in chosen if movable(o))   # at least
+    for sweep in range(max(0, sweeps)):
+        changed = False
+        s0, n0 = time.perf_counter(), tried
+        for pos in range(len(chosen)):
+            here = chosen[pos]
+            if not movable(here):
+                continue
+            if progress and tried > n0:
+                done = tried - n0
+                eta = (time.perf_counter() - s0) / done * max(0, per_sweep - done)
+                progress(f"refine sweep {sweep + 1}: slot {here.first}, {done}/{per_sweep} tried, ETA {eta:.0f}s")
+            best = None
+            for o in by_slot.get(here.first, ()):
+                if o.key == here.key:
+                    continue
+                trial = chosen[:pos] + [o] + chosen[pos + 1:]
+                tries = [(trial, None)] if _fits(problem, trial) else _repairs(problem, trial, pos, by_slot, movable,
+                                                                                repairs)
+                for cand, fix in tries:
+                    kl = evaluate(cand)
+                    tried += 1
+                    if best is None or kl < best[0]:
+                        best = (kl, cand, o, fix)
+            if best is not None and best[0] < cur * (1 - min_gain):
+                kl, trial, o, fix = best
+                moves.append(Move(sweep, here.first, here.op, o.op, fix, cur, kl))
+                if progress:
+                    progress(f"refine: slot {here.first} {here.op} → {o.op}"
+                             + (f" (slot {fix[0]} {fix[1]} → {fix[2]})" if fix else "") + f": KL {cur:.4f} → {kl:.4f}")
+                chosen, cur, changed = trial, kl, True
+        if not changed:
+            break
+    devs = list(problem.budget_s)
+    pred = {d: problem.fixed_s.get(d, 0.0) + sum(o.latency_s[d] for o in chosen) for d in devs}
+    out = replace(solution, choices=chosen, predicted_s=pred, score=sum(o.score for o in chosen))
+    info = {"kl_start": start, "kl_end": cur, "moves": [m.to_dict() for m in moves], "evaluated": tried,
+            "seconds": round(time.perf_counter() - t0, 1)}
+    return out, info
+
+
+def _repairs(p: Problem, trial: list[Option], pos: int, by_slot: dict, movable, k: int) -> list[tuple]:
+    """Up to k single swaps elsewhere (at k different slots) that bring `trial` back within every
+    constraint, least proxy-score loss first: [(repaired, (slot, old op, new op))]. Several are
+    tried because the proxy cannot tell which neighbourhood a cut hurts least."""
+    best: dict[int, tuple] = {}
+    for j, here in enumerate(trial):
+        if j == pos or not movable(here):
+            continue
+        for o in by_slot.get(here.first, ()):
+            if o.key == here.key:
+                continue
+            cand = trial[:j] + [o] + trial[j + 1:]
+            if not _fits(p, cand):
+                continue
+            rank = (here.score - o.score, sum(o.latency_s.values()))
+            if j not in best or rank < best[j][0]:
+                best[j] = (rank, cand, (here.first, here.op, o.op))
+    return [(c, fix) for _, c, fix in sorted(best.values(), key=lambda t: t[0])[:k]]
+
+
+def composed_kl(run_root, cfg, max_images: int | None = None, cache_bytes: float = 1.5e9) -> Callable:
+    """evaluate(choices) for `refine`: mean KL(teacher ‖ student) over the run's eval split, the
+    student assembled from the distilled candidates (fp32). Boundary activations of recent
+    selections are cached by prefix, so trying a change at slot i runs only slots i.. and the head."""
+    from collections import OrderedDict
+
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, Subset
+
+    from ..distill.pool import keep_entries, load_trained   # the search reads phase 1's weights
+    from ..distill.stage import data_splits
+    from ..teacher.decompose import span_teacher
+    from ..teacher.stage import load_from_config
+
+    teacher, d = load_from_config(cfg)
+    modules = {(f, l, op): m for _, f, l, op, m in keep_entries(d) + load_trained(run_root / "candidates", d)}
+    ev = data_splits(cfg, teacher.data_config).eval
+    if max_images and len(ev) > max_images:
+        ev = Subset(ev, range(max_images))
+    x = torch.cat([b for b, _ in DataLoader(ev, batch_size=64)])
+    with torch.no_grad():
+        stem = d.stem.eval()(x)
+        t_logp = F.log_softmax(teacher.model.eval()(x), 1)
+    cache: OrderedDict = OrderedDict({(): stem})
+    size = {(): stem.numel() * 4}
+
+    def module_of(o: Option):
+        m = modules.get((o.first, o.last, o.op))
+        if m is None and o.op == "keep":
+            m = span_teacher(d, o.first, o.last)
+        if m is None:
+            raise KeyError(f"no distilled weights for {o.first}-{o.last} {o.op}")
+        return m.eval()
+
+    def evaluate(choices: list[Option]) -> float:
+        keys = tuple((o.first, o.last, o.op) for o in sorted(choices, key=lambda o: o.first))
+        k = len(keys)
+        while keys[:k] not in cache:
+            k -= 1
+        h = cache[keys[:k]]
+        for j in range(k, -1, -1):             # the whole chain stays warm, not just its tip
+            if keys[:j] in cache:
+                cache.move_to_end(keys[:j])
+        by_key = {(o.first, o.last, o.op): o for o in choices}
+        with torch.no_grad():
+            for i in range(k, len(keys)):
+                h = module_of(by_key[keys[i]])(h)
+                cache[keys[:i + 1]] = h
+                size[keys[:i + 1]] = h.numel() * 4
+            logp = F.log_softmax(d.head.eval()(h), 1)
+        while sum(size.values()) > cache_bytes and len(cache) > 1:
+            old, _ = cache.popitem(last=False)
+            size.pop(old)
+            if () not in cache:                    # the stem output is every prefix's root
+                cache[()] = stem
+                size[()] = stem.numel() * 4
+                cache.move_to_end((), last=False)
+        return float(F.kl_div(logp, t_logp, log_target=True, reduction="sum")) / x.shape[0]
+
+    return evaluate
+
+
+__all__ = ["Move", "refine", "composed_kl"]

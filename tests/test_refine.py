@@ -1,0 +1,66 @@
+"""Composition refinement (search/refine.py) on synthetic problems whose composed score is not the
+sum of the parts: adjacent `skip`s cost extra, as compounding errors do in a real network."""
+
+from hant_trt.search.ilp import Option, Problem, Solution
+from hant_trt.search.refine import refine
+
+D = "cpu:test"
+
+
+def _problem(n=6, budget=3.3):
+    opts = []
+    for s in range(n):
+        opts += [Option(s, s, "keep", "fp32", 0.0, {D: 1.0}),
+                 Option(s, s, "skip", "fp32", -1.0, {D: 0.1}),
+                 Option(s, s, "half", "fp32", -1.4, {D: 0.55}),
+                 Option(s, s, "keep", "int8", -0.2, {D: 0.6})]
+    return Problem(n_slots=n, options=opts, budget_s={D: budget}, fixed_s={D: 0.0})
+
+
+def _pick(p, ops):
+    by = {(o.first, o.op, o.precision): o for o in p.options}
+    chosen = [by[(i, op, prec)] for i, (op, prec) in enumerate(ops)]
+    return Solution("optimal", chosen, {D: sum(o.latency_s[D] for o in chosen)}, sum(o.score for o in chosen),
+                    dict(p.budget_s), "cbc", 0.0)
+
+
+def composed(choices):
+    """Σ of each part's own cost + 5 per pair of neighbouring skips."""
+    ops = [o.op for o in sorted(choices, key=lambda o: o.first)]
+    return sum(-o.score for o in choices) + 5.0 * sum(a == b == "skip" for a, b in zip(ops, ops[1:]))
+
+
+def test_refine_separates_compounding_skips_within_budget():
+    p = _problem()
+    start = _pick(p, [("skip", "fp32")] * 3 + [("keep", "fp32")] * 3)    # the proxy's optimum, adjacent
+    calls = []
+    sol, info = refine(p, start, lambda ch: calls.append(1) or composed(ch), sweeps=3)
+    ops = [o.op for o in sol.choices]
+    assert composed(sol.choices) < composed(start.choices) == 13.0
+    assert not any(a == b == "skip" for a, b in zip(ops, ops[1:])), ops
+    assert sol.predicted_s[D] <= p.budget_s[D] + 1e-12 and abs(sol.predicted_s[D] - sum(
+        o.latency_s[D] for o in sol.choices)) < 1e-12
+    assert sol.score == sum(o.score for o in sol.choices)
+    assert info["kl_start"] == 13.0 and info["kl_end"] == composed(sol.choices)
+    assert info["moves"] and info["evaluated"] == len(calls)
+
+
+def test_refine_keeps_a_solution_it_cannot_improve_and_never_moves_int8():
+    p = _problem(budget=4.4)
+    start = _pick(p, [("skip", "fp32"), ("keep", "fp32"), ("skip", "fp32"), ("keep", "int8"), ("keep", "fp32"),
+                      ("half", "fp32")])
+    sol, info = refine(p, start, composed, sweeps=2)
+    assert sol.choices[3].precision == "int8"
+    assert composed(sol.choices) <= composed(start.choices)
+    same, info = refine(p, sol, composed, sweeps=2)
+    assert [o.key for o in same.choices] == [o.key for o in sol.choices] and not info["moves"]
+
+
+def test_refine_repairs_the_budget_with_the_cheapest_proxy_loss():
+    """Raising slot 0 from skip to keep (composed gain) is only possible with a saving elsewhere."""
+    p = _problem(budget=3.3)
+    start = _pick(p, [("skip", "fp32"), ("skip", "fp32"), ("keep", "fp32"), ("keep", "fp32"), ("skip", "fp32"),
+                      ("keep", "fp32")])
+    sol, info = refine(p, start, composed, sweeps=1)
+    assert sol.predicted_s[D] <= p.budget_s[D] + 1e-12
+    assert any(m["repair"] for m in info["moves"]), info
