@@ -184,16 +184,24 @@ class Bench:
         return info
 
     def measure(self, models: dict[str, torch.nn.Module], rounds: int = 3, seconds: float = 1.5) -> dict:
-        """Median latency (ms) of each model and of the teacher, timed in alternating rounds."""
-        preps = {"teacher": self.backend.prepare(export_onnx(self.teacher.model.eval(), self.shape,
-                                                             self.tmp / "teacher.onnx"))}
+        """Latency (ms) of each model and of the teacher, timed in alternating rounds. Each model is
+        timed right after a teacher timing and its figure is the median of those paired ratios × the
+        teacher's median: this machine drifts within a round, and a model timed far from the
+        teacher would carry the drift into its ratio."""
+        t_prep = self.backend.prepare(export_onnx(self.teacher.model.eval(), self.shape, self.tmp / "teacher.onnx"))
+        preps = {}
         for name, m in models.items():
             preps[name] = self.backend.prepare(export_onnx(m.eval(), self.shape, self.tmp / f"{name}.onnx"))
-        times = {k: [] for k in preps}
+        teacher, ratios = [], {k: [] for k in preps}
         for _ in range(rounds):
+            if not preps:
+                teacher.append(self.backend.time(t_prep, max_seconds=seconds).median_s * 1e3)
             for k, p in preps.items():
-                times[k].append(self.backend.time(p, max_seconds=seconds).median_s * 1e3)
-        return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+                t = self.backend.time(t_prep, max_seconds=seconds).median_s * 1e3
+                teacher.append(t)
+                ratios[k].append(self.backend.time(p, max_seconds=seconds).median_s * 1e3 / t)
+        t_ms = sorted(teacher)[len(teacher) // 2]
+        return {"teacher": t_ms, **{k: sorted(v)[len(v) // 2] * t_ms for k, v in ratios.items()}}
 
     def ops_of(self, i: int) -> list[str]:
         return sorted({op for (f, l, op) in self.lat if f == i and l == i})
