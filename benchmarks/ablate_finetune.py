@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_lite0 import Bench  # noqa: E402
 
 from hant_trt.build.assemble import Choice  # noqa: E402
-from hant_trt.build.finetune import agreement, finetune  # noqa: E402
+from hant_trt.build.finetune import agreement, eval_objective, finetune  # noqa: E402
 from hant_trt.build.stage import recalibrate, trainable_parts  # noqa: E402
 from hant_trt.distill.stage import data_splits  # noqa: E402
 from hant_trt.search.ilp import solve  # noqa: E402
@@ -54,16 +54,22 @@ VARIANTS = {
     "steps300adjacent": dict(steps=300, train="adjacent"),
     "steps1200replacedlr3e-4": dict(steps=1200, train="replaced", lr=3e-4),
     "steps1200replacedmixup1lr3e-4": dict(steps=1200, train="replaced", lr=3e-4, mixup=1.0),
+    "steps2400replacedlr3e-4": dict(steps=2400, train="replaced", lr=3e-4),
+    "steps1200skipadjlr3e-4": dict(steps=1200, train="skipadj", lr=3e-4),
+    "steps1200replacedlr3e-4res224": dict(steps=1200, train="replaced", lr=3e-4, res="deploy"),
 }
 
 
 def trainable(m, choices: list[Choice], which: str):
-    """The build's `build.train` values, plus adjacent: the replaced parts and the kept parts next
-    to them (measured worse than replaced at 1.55x; kept here as an experiment)."""
-    if which != "adjacent":
+    """The build's `build.train` values, plus two experiments: adjacent (the replaced parts and the
+    kept parts next to them; measured worse than replaced at 1.55x) and skipadj (the replaced parts
+    and the kept parts next to a `skip`: a skip has nothing to train, so its error can only be
+    absorbed by a neighbour)."""
+    if which not in ("adjacent", "skipadj"):
         return trainable_parts(m, choices, which)
     rep = [c.op != "keep" for c in choices]
-    rep = [r or (i > 0 and rep[i - 1]) or (i + 1 < len(rep) and rep[i + 1]) for i, r in enumerate(rep)]
+    src = rep if which == "adjacent" else [c.op == "skip" for c in choices]
+    rep = [r or (i > 0 and src[i - 1]) or (i + 1 < len(src) and src[i + 1]) for i, r in enumerate(rep)]
     return [p for p, r in zip(m.parts, rep) if r]
 
 
@@ -74,6 +80,8 @@ def main() -> None:
     ap.add_argument("--metric", default="agreement")
     ap.add_argument("--variants", default="base,lr3e-4,feat0,steps300,res224,recal_replaced")
     ap.add_argument("--holdout", default=None, help="labelled folder to also report on (never to choose by)")
+    ap.add_argument("--measure", type=int, default=0,
+                    help="time the student beside the teacher in N paired rounds (ORT CPU) before fine-tuning")
     a = ap.parse_args()
     run = Path(a.run_dir)
     b = Bench(run, run / "quality", 0, None, 2, holdout=a.holdout)
@@ -81,7 +89,12 @@ def main() -> None:
     sol = solve(build_problem(tables, b.n, f"speedup={a.speedup}", [b.device]), "cbc", 60)
     choices = sorted((Choice(o.first, o.last, o.op) for o in sol.choices), key=lambda c: c.first)
     print("replaced:", ", ".join(f"{c.first}:{c.op}" for c in choices if c.op != "keep"))
-    print(f"assembled: {b.evaluate(b.student(choices))}", flush=True)
+    assembled = b.evaluate(b.student(choices))
+    print(f"assembled: {assembled}", flush=True)
+    if a.measure:
+        lat = b.measure({"student": b.student(choices, trained=False)}, rounds=a.measure)
+        print(f"measured: student {lat['student']:.3f} ms, teacher {lat['teacher']:.3f} ms = "
+              f"{lat['teacher'] / lat['student']:.2f}x ({a.measure} paired rounds)", flush=True)
     full = data_splits(b.cfg, b.teacher.data_config).train
     for name in a.variants.split(","):
         v = {**BASE, **VARIANTS[name]}
@@ -93,6 +106,9 @@ def main() -> None:
                  trainable=trainable(m, choices, v["train"]))
         recalibrate(m, choices, b.bn_batches, v["recal"])
         r = b.evaluate(m)
+        worse = eval_objective(r, b.cfg.build.ce_weight) > eval_objective(assembled, b.cfg.build.ce_weight)
+        print(f"{name:<16} eval objective {eval_objective(r, b.cfg.build.ce_weight):.3f} "
+              f"(assembled {eval_objective(assembled, b.cfg.build.ce_weight):.3f}{'; keep_best would ship the assembled weights' if worse else ''})")
         print(f"{name:<16} agreement {r['agreement']:.1f}%  KL {r['kl']:.3f}  top-1 {r.get('student_top1', float('nan')):.1f} "
               f"(teacher {r.get('teacher_top1', float('nan')):.1f})  {v}", flush=True)
         if b.holdout_loader is not None:

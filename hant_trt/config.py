@@ -74,6 +74,9 @@ class ProfileCfg:
     cv_target: float = 0.02
     calib_method: str = "max"       # int8 ranges, for scoring and the final Q/DQ alike: max | percentile | entropy
     calib_images: int = 32          # un-augmented training images those ranges are calibrated on
+    context: str = "alone"          # alone: each candidate timed by itself | model: also timed inside
+                                    #   the teacher (swapped in, beside the teacher), fp32 only
+    context_rounds: int = 5         # model: alternating (teacher, swapped) pairs per swap
 
 
 @dataclass

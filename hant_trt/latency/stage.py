@@ -23,8 +23,11 @@ LATENCY_COLUMNS = ["first", "last", "op", "precision", "signature", "median_s", 
 
 
 def profile_fingerprint(run: RunDir, cfg: RunConfig) -> str:
-    return fingerprint({"score": run.stage("score").fingerprint, "profile": cfg.profile,
-                        "teacher": cfg.teacher})
+    prof = dict(vars(cfg.profile))
+    if prof.get("context") == "alone":          # options added later leave earlier runs' fingerprints alone
+        prof.pop("context", None)
+        prof.pop("context_rounds", None)
+    return fingerprint({"score": run.stage("score").fingerprint, "profile": prof, "teacher": cfg.teacher})
 
 
 def _candidate_rows(run: RunDir) -> list[tuple[int, int, str, str]]:
@@ -41,6 +44,45 @@ def _candidate_rows(run: RunDir) -> list[tuple[int, int, str, str]]:
     return out
 
 
+def _in_context(out_rows: list[dict], fixed: dict, d, teacher, maker, backend, table, workdir, cfg) -> dict:
+    """Replace each fp32 candidate row's latency by its in-context one (`latency.context`), in
+    place; the standalone figure stays in `alone_s`, the measured saving in `saving_s`."""
+    from .context import Swap, in_context_latency, measure_in_context
+
+    t0 = time.time()
+    keep = {r["first"]: r for r in out_rows if r["op"] == "keep" and r["first"] == r["last"]}
+
+    def keep_of(first, last):
+        if any(i not in keep for i in range(first, last + 1)):
+            return None, None
+        return ("+".join(keep[i]["signature"] for i in range(first, last + 1)),
+                sum(keep[i]["median_s"] for i in range(first, last + 1)))
+
+    swaps = []
+    for r in out_rows:
+        ksig, _ = keep_of(r["first"], r["last"])
+        if r["precision"] == "fp32" and r["op"] != "keep" and ksig is not None:
+            swaps.append(Swap(r["first"], r["last"], r["op"], r["signature"], ksig))
+    got = measure_in_context(d, teacher.name, teacher.resolution, swaps,
+                             lambda f, l, op: maker(f, l, op)(), backend, table, workdir,
+                             batch=cfg.profile.batch, rounds=cfg.profile.context_rounds,
+                             max_seconds=min(cfg.profile.max_seconds, 0.3))
+    used = 0
+    for r in out_rows:
+        if r["op"] == "keep" or r["precision"] != "fp32":
+            continue
+        ksig, keep_s = keep_of(r["first"], r["last"])
+        row = got.get((ksig, r["signature"]))
+        if row is None:
+            continue            # failed or no teacher part to compare with: the standalone figure stays
+        r["alone_s"], r["saving_s"] = r["median_s"], row.median_s
+        r["median_s"] = max(0.0, in_context_latency(keep_s, row.median_s, fixed["teacher_s"],
+                                                    fixed["teacher_sum_s"]))
+        used += 1
+    return {"swaps": len({(s.keep_signature, s.signature) for s in swaps}), "rows_in_context": used,
+            "rounds": cfg.profile.context_rounds, "seconds": round(time.time() - t0, 1)}
+
+
 def run_profile(run: RunDir, cfg: RunConfig) -> dict:
     from ..teacher.decompose import module_slot_of, span_teacher
     from ..ops import build
@@ -54,6 +96,11 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
     if not {"fp32", "fp16"} & set(cfg.profile.precisions):
         raise UserError(f"profile.precisions {cfg.profile.precisions} needs fp32 or fp16: the teacher, stem "
                         "and head run at one of them, and every int8 part is measured against it")
+    if cfg.profile.context not in ("alone", "model"):
+        raise UserError(f"profile.context must be alone or model, not '{cfg.profile.context}'")
+    if cfg.profile.context == "model" and list(cfg.profile.precisions) != ["fp32"]:
+        raise UserError("profile.context = \"model\" times fp32 swaps only for now: set profile.precisions "
+                        "to [\"fp32\"]")
     fp = profile_fingerprint(run, cfg)
     if run.is_done("profile", fp):
         return run.stage("profile").info or {}
@@ -108,9 +155,14 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
     fixed["correction_s"] = fixed["teacher_s"] - fixed["teacher_sum_s"]
     fixed["additivity_error"] = (fixed["teacher_sum_s"] - fixed["teacher_s"]) / fixed["teacher_s"]
     fixed_doc = {"device": {device: {**fixed, "precision": base, "backend": backend.name,
-                                     "version": backend.version()}}}
+                                     "version": backend.version(), "context": cfg.profile.context}}}
+    columns = LATENCY_COLUMNS
+    ctx_info = None
+    if cfg.profile.context == "model":
+        ctx_info = _in_context(out_rows, fixed, d, teacher, maker, backend, table, workdir, cfg)
+        columns = LATENCY_COLUMNS + ["alone_s", "saving_s"]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=LATENCY_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     w.writeheader()
     w.writerows(out_rows)
     atomic.write_text(run.path("latency.csv"), buf.getvalue())
@@ -119,5 +171,7 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
             "teacher_ms": round(fixed["teacher_s"] * 1e3, 4),
             "additivity_error_pct": round(100 * fixed["additivity_error"], 2),
             "backend": backend.name, "device": device, "seconds": round(time.time() - t0, 1)}
+    if ctx_info is not None:
+        info["context"] = ctx_info
     run.set_stage("profile", "done", fp, info)
     return info
