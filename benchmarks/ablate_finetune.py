@@ -56,6 +56,7 @@ VARIANTS = {
     "steps1200replacedmixup1lr3e-4": dict(steps=1200, train="replaced", lr=3e-4, mixup=1.0),
     "steps2400replacedlr3e-4": dict(steps=2400, train="replaced", lr=3e-4),
     "steps1200skipadjlr3e-4": dict(steps=1200, train="skipadj", lr=3e-4),
+    "steps1200alllr3e-4": dict(steps=1200, train="all", lr=3e-4),
     "steps1200replacedlr3e-4res224": dict(steps=1200, train="replaced", lr=3e-4, res="deploy"),
 }
 

@@ -56,6 +56,7 @@ from hant_trt.latency.export import export_onnx
 from hant_trt.search.calibrate import calibrated_solve, engine_measure
 from hant_trt.search.ilp import solve
 from hant_trt.search.refine import composed_kl, refine
+from hant_trt.search.stage import skip_pair_terms
 from hant_trt.search.tables import build_problem, load_tables, select_devices
 from hant_trt.teacher.stage import load_from_config
 
@@ -88,7 +89,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 class Bench:
     def __init__(self, run: Path, out: Path, ft_steps: int, ft_lr: float | None, threads: int,
-                 metric: str = "agreement", holdout: str | None = None):
+                 metric: str = "agreement", holdout: str | None = None, skip_weight: float | None = None):
         self.run, self.out = run, out
         self.cfg = from_dict(json.loads((run / "run.json").read_text())["config"])
         self.teacher, self.d = load_from_config(self.cfg)
@@ -104,7 +105,8 @@ class Bench:
         self.bn_batches = eval_batches(deploy, 256, 32)
         self.trained = {(f, l, op): m for _, f, l, op, m in load_trained(run / "candidates", self.d)}
         self.scores = {(r.first, r.last, r.op): r for r in read_scores(run / "scores.csv") if r.precision == "fp32"}
-        self.tables = load_tables(run, metric)
+        self.skip_weight = self.cfg.search.skip_weight if skip_weight is None else skip_weight
+        self.tables = load_tables(run, metric, self.skip_weight)
         self.metric = metric
         self.device = select_devices(self.tables.fixed, None)[0]
         self.fixed = self.tables.fixed[self.device]
@@ -114,6 +116,7 @@ class Bench:
         self.keep_best = self.cfg.build.keep_best
         self.calibrate = 0
         self.refine = 0
+        self.interactions = self.cfg.search.interactions
         self.ft_steps, self.ft_lr = ft_steps, ft_lr if ft_lr is not None else self.cfg.build.finetune_lr
         self.backend = get_backend("ort", threads=threads)
         self.tmp = Path(tempfile.mkdtemp(prefix="hant_quality_"))
@@ -334,6 +337,8 @@ class Bench:
         models = {}
         for sp in speedups:
             problem = build_problem(self.tables, self.n, f"speedup={sp}", [self.device])
+            if self.interactions == "skip":     # the search stage's `search.interactions`
+                problem.pairs = skip_pair_terms(self.run, self.cfg, self.tables, self.n)
             rounds = None
             if self.calibrate:      # the search stage's `search.calibrate_rounds`
                 measure = engine_measure(self.cfg, self.fixed.teacher_s)
@@ -451,14 +456,20 @@ def main() -> None:
                     help="search part: calibrate each budget on the engine in up to N rounds (search.calibrate_rounds)")
     ap.add_argument("--refine", type=int, default=0,
                     help="search part: composition refinement, up to N sweeps (search.refine_sweeps)")
+    ap.add_argument("--interactions", default=None,
+                    help="search part: none | skip (search.interactions; default: the run's)")
+    ap.add_argument("--skip-weight", type=float, default=None,
+                    help="search part: a skip's score × this (search.skip_weight; default: the run's)")
     a = ap.parse_args()
     run = Path(a.run_dir)
     out = Path(a.out) if a.out else run / "quality"
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    b = Bench(run, out, a.finetune_steps, a.finetune_lr, a.threads, a.metric, a.holdout)
+    b = Bench(run, out, a.finetune_steps, a.finetune_lr, a.threads, a.metric, a.holdout, a.skip_weight)
     b.calibrate = a.calibrate
     b.refine = a.refine
+    if a.interactions is not None:
+        b.interactions = a.interactions
     if a.no_keep_best:
         b.keep_best = False
     speedups = [float(x) for x in a.speedups.split(",")]

@@ -55,6 +55,9 @@ class DistillCfg:
                                     # has the lower validation MSE (refit kept only where it helps)
     suffix_kl: float = 0.0          # + this × KL(teacher logits ‖ candidate output through the teacher's
     suffix_kl_slots: int = 3        #   rest) for candidates ending in the last `suffix_kl_slots` slots
+    fisher: float = 0.0             # α: loss = (1 − α) normalised MSE + α Fisher-weighted MSE (the feature
+                                    #   error weighted by the teacher's squared output gradients; one
+                                    #   teacher backward per step)
 
 
 @dataclass
@@ -94,6 +97,10 @@ class SearchCfg:
                                     #   backend and re-solve with a corrected budget, up to N times
     refine_sweeps: int = 0          # N > 0: improve the ILP's pick by local search on the composed
                                     #   student's KL (eval split), up to N sweeps over the slots
+    interactions: str = "none"      # skip: measure every pair of skips composed (eval split, KL) and
+                                    #   penalise pairs that lose more than their swap-one scores add up to
+    skip_weight: float = 1.0        # a `skip`'s score × this: > 1 says the fine-tune recovers trainable
+                                    #   parts' losses but has nothing to train in a dropped block
 
 
 @dataclass

@@ -171,3 +171,61 @@ def test_span_jobs_inherit_and_only_spans(lite0_decomposition, tmp_path):
     assert {j.op for j in spans} == {"ir_k3_e4_relu6", "ir_k3_e8_relu6", "ir_k5_e4_relu6", "ir_k5_e8_relu6"}
     only = plan_jobs(d, cfg.distill, only_spans=True)
     assert [(j.first, j.last, j.op) for j in only] == [(j.first, j.last, j.op) for j in spans]
+
+
+def test_fisher_weights_estimate_the_kl_curvature(lite0, tmp_path):
+    """`capture_fisher`: the same activations as `capture`, no gradient left in the teacher, seeded
+    labels; averaged over sampled labels its weight at an element is the diagonal Fisher entry
+    Σ_y p_y (∂ log p_y / ∂h)², and ½ F δ² predicts the KL a small error δ there causes."""
+    import copy
+
+    from hant_trt.distill.capture import capture, capture_fisher, fisher_mse, normalised_mse, suffix, teacher_modules_eval
+    from hant_trt.distill.stage import distill_fingerprint
+    from hant_trt.distill.train import Job, job_loss
+    from hant_trt.ops import build
+    from hant_trt.teacher.decompose import decompose
+
+    teacher = copy.deepcopy(lite0.model)
+    d = decompose(teacher, 96)
+    teacher_modules_eval(d)
+    x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    acts, logits = capture(d, x)
+    a2, l2, w = capture_fisher(d, x, seed=3)
+    assert torch.equal(l2, logits) and all(torch.equal(p, q) for p, q in zip(acts, a2))
+    assert w[0] is None and all(v.shape == a.shape and float(v.min()) >= 0 for v, a in zip(w[1:], acts[1:]))
+    assert all(p.grad is None for p in teacher.parameters())
+    assert torch.equal(capture_fisher(d, x, seed=3)[2][5], w[5])
+
+    i = len(d.slots) - 2                          # a late slot: the output of block i feeds block i+1
+    h = acts[i + 1]
+    n = 400
+    _, _, wb = capture_fisher(d, x.expand(n, -1, -1, -1).contiguous(), seed=0)
+    e = int(wb[i + 1].mean(0).flatten().argmax())
+    # exact diagonal Fisher entry at element e, by central differences of log p
+    eps = 1e-3
+    def logp(delta):
+        hh = h.clone().flatten()
+        hh[e] += delta
+        return torch.log_softmax(suffix(d, hh.view_as(h), i + 1).double(), 1)[0]
+    lp0 = logp(0.0)
+    jac = (logp(eps) - logp(-eps)) / (2 * eps)
+    f_ee = float((lp0.exp() * jac ** 2).sum())
+    mc = float(wb[i + 1].flatten(1)[:, e].mean()) / 4096.0 ** 2
+    assert 0.7 * f_ee < mc < 1.3 * f_ee, (mc, f_ee)
+    delta = 0.1 / f_ee ** 0.5                       # KL ≈ 0.005: small enough for the quadratic
+    kl = float((lp0.exp() * (lp0 - logp(delta))).sum())
+    assert 0.8 < kl / (0.5 * f_ee * delta ** 2) < 1.2
+
+    # the job loss mixes plain and Fisher-weighted MSE by distill.fisher
+    cfg = small_cfg(tmp_path)
+    cfg.distill.fisher = 0.25
+    s = d.slots[i]
+    m = build(f"ir_k3_e2_{s.act}", s)
+    out = m(acts[i])
+    loss = job_loss(d, Job(i, i, "ir_k3_e2", m, False, s), out, acts, logits, cfg.distill, w)
+    expect = 0.75 * normalised_mse(out, acts[i + 1]) + 0.25 * fisher_mse(out, acts[i + 1], w[i + 1])
+    assert torch.allclose(loss, expect)
+    a, b = small_cfg(tmp_path), small_cfg(tmp_path)
+    assert distill_fingerprint(a) == distill_fingerprint(b)
+    b.distill.fisher = 0.5
+    assert distill_fingerprint(a) != distill_fingerprint(b)

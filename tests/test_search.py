@@ -8,7 +8,7 @@ import pytest
 
 from hant_trt.errors import UserError
 from hant_trt.search.budget import parse_budget, parse_count
-from hant_trt.search.ilp import Option, Problem, max_score, min_latency, prune_dominated, solve
+from hant_trt.search.ilp import Option, Problem, max_score, min_latency, pair_score, prune_dominated, solve
 
 D1, D2 = "gpu:test", "cpu:test"
 
@@ -60,7 +60,7 @@ def brute_force(p: Problem):
             continue
         if p.max_macs is not None and sum(o.macs for o in sel) > p.max_macs:
             continue
-        score = sum(o.score for o in sel)
+        score = sum(o.score for o in sel) + pair_score(p.pairs, sel)
         if best is None or score > best:
             best = score
     return best
@@ -77,7 +77,7 @@ def check_valid(p: Problem, sol):
         assert sum(o.params for o in sol.choices) <= p.max_params
     if p.max_macs is not None:
         assert sum(o.macs for o in sol.choices) <= p.max_macs
-    assert sol.score == pytest.approx(sum(o.score for o in sol.choices))
+    assert sol.score == pytest.approx(sum(o.score for o in sol.choices) + pair_score(p.pairs, sol.choices))
 
 
 def random_problem(seed: int, n_slots: int = 5, two_devices: bool = False, limits: bool = False) -> Problem:
@@ -323,3 +323,36 @@ def test_calibrated_solve_converges_on_the_engines_scale():
     assert len(r2) == 1 and slow.predicted_s["d"] == 1.0            # 1/3 is infeasible: fastest kept
     with pytest.raises(UserError):
         calibrated_solve(P({"d": 0.1}), "d", solve, lambda s: s.predicted_s["d"], rounds=2)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_ilp_with_pair_terms_equals_brute_force(seed):
+    """Interaction terms (penalties and bonuses between options of different slots): the
+    linearised ILP finds the brute-force optimum, pruning included."""
+    p = random_problem(100 + seed, n_slots=5, two_devices=seed % 3 == 0)
+    rng = random.Random(seed)
+    singles = [o for o in p.options if o.first == o.last]
+    for _ in range(10):
+        a, b = rng.sample(singles, 2)
+        if a.first != b.first:
+            p.pairs.append((a.key, b.key, round(rng.uniform(-6, 2), 3)))
+    sol = solve(p)
+    check_valid(p, sol)
+    assert sol.score == pytest.approx(brute_force(p), abs=1e-6)
+
+
+def test_a_pair_penalty_changes_the_pick():
+    """Two cheap options that are fine alone and bad together (neighbours): the penalty moves the
+    second skip away from the first."""
+    opts = []
+    for s in range(3):
+        opts += [Option(s, s, "keep", "fp32", 0.0, {D1: 1.0}), Option(s, s, "skip", "fp32", -1.0, {D1: 0.1}),
+                 Option(s, s, "ir", "fp32", -1.5, {D1: 0.5})]
+    p = Problem(3, opts, {D1: 1.8}, {D1: 0.0})
+    assert [o.op for o in solve(p).choices] == ["skip", "skip", "keep"]
+    p.pairs = [((0, 0, "skip", "fp32"), (1, 1, "skip", "fp32"), -2.0)]
+    assert [o.op for o in solve(p).choices] == ["skip", "keep", "skip"]
+    p.pairs.append(((1, 1, "skip", "fp32"), (2, 2, "skip", "fp32"), -2.0))
+    p.pairs.append(((0, 0, "skip", "fp32"), (2, 2, "skip", "fp32"), -2.0))
+    sol = solve(p)
+    assert sorted(o.op for o in sol.choices) == ["ir", "keep", "skip"] and sol.score == pytest.approx(-2.5)

@@ -211,3 +211,25 @@ def test_profile_needs_a_float_base_precision(tmp_path):
     with pytest.raises(UserError, match="needs fp32 or fp16"):
         run_profile(RunDir(tmp_path / "run"), cfg)
     assert base_precision(["fp32", "int8"]) == "fp32" and base_precision(["fp16", "int8"]) == "fp16"
+
+
+def test_skip_weight_scales_skips_only(tmp_path):
+    """`search.skip_weight`: a skip's loss counts this many times (the fine-tune cannot recover it);
+    other options keep their scores; the default leaves earlier runs' fingerprints alone."""
+    from hant_trt.search.stage import search_fingerprint
+
+    run = make_run(tmp_path)
+    plain = {o.key: o.score for o in load_tables(run.root, "agreement").options}
+    heavy = {o.key: o.score for o in load_tables(run.root, "agreement", skip_weight=2.5).options}
+    for k, v in plain.items():
+        assert heavy[k] == pytest.approx(v * 2.5 if k[2] == "skip" else v), k
+    assert plain[(0, 0, "skip", "fp32")] == pytest.approx(-40.0)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(UserError, match="skip_weight"):
+            load_tables(run.root, "agreement", skip_weight=bad)
+    base = cfg_with()
+    assert search_fingerprint(run, base) == search_fingerprint(run, cfg_with(skip_weight=1.0))
+    assert search_fingerprint(run, base) != search_fingerprint(run, cfg_with(skip_weight=2.0))
+    # the stage reads it: with skips weighted 0.01 the cheapest covering (two skips) wins at a tight budget
+    sol = run_search(run, cfg_with(budget="3.5ms", skip_weight=0.01))
+    assert [c.op for c in sol.choices] == ["skip", "skip"]

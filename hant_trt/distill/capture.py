@@ -21,6 +21,40 @@ def capture(d: Decomposition, x: torch.Tensor) -> tuple[list[torch.Tensor], torc
     return acts, d.head(h)
 
 
+def capture_fisher(d: Decomposition, x: torch.Tensor, seed: int) -> tuple[list[torch.Tensor], torch.Tensor,
+                                                                          list[torch.Tensor | None]]:
+    """`capture` plus, for every slot output acts[i] (i ≥ 1), the squared gradient of
+    −log p_teacher(y | x) w.r.t. it, with y drawn from the teacher's own softmax (seeded by `seed`).
+
+    Why: in expectation over y that is the diagonal of the Fisher information of the teacher's
+    predictive distribution at that feature map, and KL(teacher ‖ swapped) ≈ ½ Δᵀ F Δ for a small
+    error Δ there. Weighting a candidate's feature error by it (BRECQ's Fisher-weighted block
+    reconstruction, Li et al. 2021, with the teacher's own labels instead of ground truth) makes
+    the distillation care about the directions the rest of the network reads; a plain MSE does not
+    (on Lite0's late slots cheap candidates beat `skip` on MSE and lose to it on swap-one KL).
+    One backward pass through the frozen teacher per batch, shared by all candidates."""
+    with torch.enable_grad():
+        h = d.stem(x).detach().requires_grad_(True)
+        acts = [h]
+        for block in d.blocks:
+            h = block(h)
+            acts.append(h)
+        logits = d.head(h)
+        logp = torch.log_softmax(logits.float(), dim=1)
+        g = torch.Generator().manual_seed(int(seed))
+        y = torch.multinomial(logp.detach().exp().cpu(), 1, generator=g).to(logits.device)
+        # ×4096 keeps fp16 gradients (CUDA autocast) clear of underflow; the weights' scale cancels.
+        # autograd.grad, not backward: nothing accumulates in the teacher's parameters
+        grads = torch.autograd.grad(-logp.gather(1, y).sum() * 4096.0, acts[1:])
+    weights = [None] + [gr.detach().float() ** 2 for gr in grads]
+    return [a.detach() for a in acts], logits.detach(), weights
+
+
+def fisher_mse(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Σ w (out − target)² / Σ w target²: `normalised_mse` with per-element weights (1.0 = zeros)."""
+    return (weight * (out - target) ** 2).sum() / (weight * target.pow(2)).sum().clamp_min(1e-20)
+
+
 @torch.no_grad()
 def suffix(d: Decomposition, h: torch.Tensor, start: int) -> torch.Tensor:
     """Logits from the input of slot `start` onwards (start == len(blocks): head only)."""

@@ -25,6 +25,8 @@ def distill_fingerprint(cfg: RunConfig) -> str:
     d.pop("checkpoint_every", None)
     if not d.get("suffix_kl"):      # options added later leave the fingerprints of runs without them alone
         d.pop("suffix_kl", None), d.pop("suffix_kl_slots", None)
+    if not d.get("fisher"):
+        d.pop("fisher", None)
     return fingerprint({"teacher": teacher_fingerprint(cfg), "data": cfg.data, "distill": d})
 
 

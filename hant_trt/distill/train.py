@@ -24,7 +24,7 @@ from ..config import DistillCfg
 from ..errors import UserError
 from ..teacher.decompose import Decomposition
 from ..teacher.slot import Slot
-from .capture import (capture, kl_to_teacher, module_slot_of, normalised_mse, span_teacher, suffix_logits,
+from .capture import (capture, capture_fisher, fisher_mse, kl_to_teacher, module_slot_of, normalised_mse, span_teacher, suffix_logits,
                       teacher_modules_eval)
 from .pool import build_candidate, candidate_ops
 
@@ -171,15 +171,29 @@ def eval_batches(dataset, n_images: int, batch_size: int) -> list[torch.Tensor]:
 
 
 def job_loss(d: Decomposition, j: Job, out: torch.Tensor, acts: list[torch.Tensor], logits: torch.Tensor,
-             cfg: DistillCfg | None = None) -> torch.Tensor:
-    """Normalised MSE to the teacher's output of the job's span, plus, for late slots with
+             cfg: DistillCfg | None = None, fisher: list | None = None) -> torch.Tensor:
+    """Normalised MSE to the teacher's output of the job's span — with `cfg.fisher` = α > 0 and the
+    batch's Fisher weights (`capture_fisher`), (1 − α) × that + α × the Fisher-weighted MSE —, plus, for late slots with
     `cfg.suffix_kl` > 0, that weight × KL to the teacher's logits with the candidate's output run
     through the rest of the (frozen) teacher: what swap-one scoring measures, trained directly where
     the rest is short and a small feature error can still move the logits a lot."""
-    loss = normalised_mse(out.float(), acts[j.last + 1].float())
+    target = acts[j.last + 1].float()
+    loss = normalised_mse(out.float(), target)
+    alpha = cfg.fisher if cfg is not None else 0.0
+    if alpha and fisher is not None:
+        loss = (1 - alpha) * loss + alpha * fisher_mse(out.float(), target, fisher[j.last + 1])
     if cfg is not None and cfg.suffix_kl and j.last >= len(d.slots) - cfg.suffix_kl_slots:
         loss = loss + cfg.suffix_kl * kl_to_teacher(logits, suffix_logits(d, out, j.last + 1))
     return loss
+
+
+def teacher_pass(d: Decomposition, x: torch.Tensor, cfg: DistillCfg | None, step: int):
+    """(acts, logits, Fisher weights or None): the one teacher pass a step (or an eval batch) needs;
+    the weights' sampled labels are seeded by (seed, step), so a resumed run sees the same ones."""
+    if cfg is not None and cfg.fisher:
+        return capture_fisher(d, x, cfg.seed * 1_000_003 + step + 500_000_000)
+    acts, logits = capture(d, x)
+    return acts, logits, None
 
 
 @torch.no_grad()
@@ -188,12 +202,12 @@ def validation_mse(d: Decomposition, jobs: list[Job], batches: list[torch.Tensor
     """Validation loss of every job on the eval batches (modules in eval mode): normalised MSE,
     plus the suffix KL term where `cfg` asks for it (`job_loss`)."""
     sums = {j.key: 0.0 for j in jobs}
-    for x in batches:
-        acts, logits = capture(d, x)
+    for b, x in enumerate(batches):
+        acts, logits, fisher = teacher_pass(d, x, cfg, -1 - b)
         for j in jobs:
             was = j.module.training
             j.module.eval()
-            sums[j.key] += float(job_loss(d, j, j.module(acts[j.first]), acts, logits, cfg))
+            sums[j.key] += float(job_loss(d, j, j.module(acts[j.first]), acts, logits, cfg, fisher))
             j.module.train(was)
     return {k: v / max(1, len(batches)) for k, v in sums.items()}
 
@@ -335,6 +349,8 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
     Returns a summary (jobs, steps, seconds, validation MSE per candidate).
     """
     teacher_modules_eval(d)
+    if not 0.0 <= cfg.fisher <= 1.0:
+        raise UserError(f"distill.fisher must be between 0 and 1, not {cfg.fisher}")
     dev = resolve_device(cfg.device)
     amp = dev.type == "cuda"
     jobs = plan_jobs(d, cfg, rank, world, only_spans=only_spans)
@@ -379,7 +395,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
         x = batch_for_step(full_set if step >= full_from else train_set, step, cfg.batch_size,
                            cfg.seed).to(dev, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-            acts, logits = capture(d, x)
+            acts, logits, fisher = teacher_pass(d, x, cfg, step)
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
         loss_sum = 0.0
         for g in groups:
@@ -388,7 +404,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
             for j in g.jobs:
                 with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
                     out = j.module(acts[j.first])
-                loss = job_loss(d, j, out, acts, logits, cfg)
+                loss = job_loss(d, j, out, acts, logits, cfg, fisher)
                 scaler.scale(loss).backward()
                 loss_sum += float(loss.detach())
             scaler.step(g.opt)

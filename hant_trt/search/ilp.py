@@ -61,7 +61,10 @@ class Problem:
     """n_slots: slots 0..n_slots-1 to cover. options: the candidates (any order).
     budget_s: device → whole-model latency budget in seconds (one constraint per device).
     fixed_s: device → seconds that every student pays (stem + head + additivity correction).
-    max_params, max_macs: limits on Σ params / Σ MACs of the chosen options (None: no limit)."""
+    max_params, max_macs: limits on Σ params / Σ MACs of the chosen options (None: no limit).
+    pairs: interaction terms (key_a, key_b, score): `score` is added when both options are chosen
+    (negative: the two together lose more than their own scores say — e.g. two consecutive
+    `skip`s of one stage). Options named in a pair are exempt from dominance pruning."""
 
     n_slots: int
     options: list[Option]
@@ -69,6 +72,13 @@ class Problem:
     fixed_s: dict
     max_params: float | None = None
     max_macs: float | None = None
+    pairs: list = field(default_factory=list)
+
+
+def pair_score(pairs: list, chosen: list[Option]) -> float:
+    """Σ of the interaction terms whose two options are both in `chosen`."""
+    keys = {o.key for o in chosen}
+    return sum(v for a, b, v in pairs if a in keys and b in keys)
 
 
 @dataclass
@@ -321,8 +331,17 @@ def solve(p: Problem, solver: str = "cbc", time_limit: float = 60.0, prune: bool
     # an option without a latency on some target cannot be chosen: leave it out of everything
     usable = Problem(p.n_slots, [o for o in p.options if all(d in o.latency_s for d in devices)],
                      p.budget_s, p.fixed_s, p.max_params, p.max_macs)
-    opts = (prune_dominated(usable.options, devices, p.max_params is not None, p.max_macs is not None) if prune
-            else sorted(usable.options, key=lambda o: o.key))
+    # an option in an interaction term neither dominates (its partner may cost it more than its score
+    # says) nor is dominated (the one beating it alone may be the one a partner penalises)
+    paired = {k for a, b, _ in p.pairs for k in (a, b)}
+    if prune:
+        opts = prune_dominated([o for o in usable.options if o.key not in paired], devices,
+                               p.max_params is not None, p.max_macs is not None)
+        opts = sorted(opts + [o for o in usable.options if o.key in paired], key=lambda o: o.key)
+    else:
+        opts = sorted(usable.options, key=lambda o: o.key)
+    index = {o.key: i for i, o in enumerate(opts)}
+    pairs = [(index[a], index[b], float(v)) for a, b, v in p.pairs if a in index and b in index and v]
     if any(min_latency(usable, dev) > p.budget_s[dev] for dev in devices):
         raise UserError(infeasibility_message(usable))
 
@@ -330,7 +349,8 @@ def solve(p: Problem, solver: str = "cbc", time_limit: float = 60.0, prune: bool
     # The tie-break term (≤ 1e-2 over any covering) prefers, among equal scores, lower latency on the
     # first device, then the canonical preference order; scores closer than 1e-6 × max|score| count
     # as equal.
-    scale = 1e4 / max(max((abs(o.score) for o in opts), default=0.0), 1e-12)
+    scale = 1e4 / max(max((abs(o.score) for o in opts), default=0.0),
+                      max((abs(v) for _, _, v in pairs), default=0.0), 1e-12)
     primary = devices[0]
     lat_span = _cover_extreme(p.n_slots, opts, lambda o: o.latency_s[primary], pick=max) or 1.0
     rank = {o.key: i for i, o in enumerate(sorted(opts, key=Option.preference))}
@@ -344,7 +364,19 @@ def solve(p: Problem, solver: str = "cbc", time_limit: float = 60.0, prune: bool
         xs = [prob.add_variable(f"x{i}", cat=pulp.LpBinary) for i in range(len(opts))]
     else:
         xs = [pulp.LpVariable(f"x{i}", cat=pulp.LpBinary) for i in range(len(opts))]
-    prob += pulp.LpAffineExpression([(x, o.score * scale - tie(o)) for o, x in zip(opts, xs)])
+    # z = x_a AND x_b, linearised: a penalty needs only z ≥ x_a + x_b − 1 (maximising pushes z to
+    # its floor), a bonus only z ≤ x_a, z ≤ x_b; z may stay continuous in [0, 1]
+    zs = []
+    for n, (a, b, v) in enumerate(pairs):
+        z = (prob.add_variable(f"z{n}", lowBound=0, upBound=1) if hasattr(prob, "add_variable")
+             else pulp.LpVariable(f"z{n}", lowBound=0, upBound=1))
+        if v < 0:
+            prob += z >= xs[a] + xs[b] - 1, f"pair{n}"
+        else:
+            prob += z <= xs[a], f"pair{n}a"
+            prob += z <= xs[b], f"pair{n}b"
+        zs.append((z, v * scale))
+    prob += pulp.LpAffineExpression([(x, o.score * scale - tie(o)) for o, x in zip(opts, xs)] + zs)
     for s in range(p.n_slots):
         prob += pulp.LpAffineExpression([(x, 1) for o, x in zip(opts, xs) if o.first <= s <= o.last]) == 1, f"cover{s}"
     for k, dev in enumerate(devices):
@@ -370,7 +402,8 @@ def solve(p: Problem, solver: str = "cbc", time_limit: float = 60.0, prune: bool
     status = "optimal" if prob.sol_status == pulp.LpSolutionOptimal else "feasible (time limit)"
     pred = {d: p.fixed_s.get(d, 0.0) + sum(o.latency_s[d] for o in chosen) for d in devices}
     # rounded as solution.json stores it, so a Solution and its JSON print the same table
-    return Solution(status, chosen, pred, sum(o.score for o in chosen), dict(p.budget_s), solver, round(elapsed, 4),
+    return Solution(status, chosen, pred, sum(o.score for o in chosen) + pair_score(p.pairs, chosen),
+                    dict(p.budget_s), solver, round(elapsed, 4),
                     n_options=len(p.options), n_variables=len(opts))
 
 
@@ -407,4 +440,4 @@ def _verify(p: Problem, chosen: list[Option]) -> None:
 
 
 __all__ = ["Option", "Problem", "Solution", "SOLVERS", "solve", "min_latency", "max_score", "prune_dominated",
-           "infeasibility_message"]
+           "infeasibility_message", "pair_score"]

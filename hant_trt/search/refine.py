@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from .ilp import Option, Problem, Solution
+from .ilp import Option, Problem, Solution, pair_score
 
 
 @dataclass
@@ -107,7 +107,8 @@ def refine(problem: Problem, solution: Solution, evaluate: Callable[[list[Option
             break
     devs = list(problem.budget_s)
     pred = {d: problem.fixed_s.get(d, 0.0) + sum(o.latency_s[d] for o in chosen) for d in devs}
-    out = replace(solution, choices=chosen, predicted_s=pred, score=sum(o.score for o in chosen))
+    out = replace(solution, choices=chosen, predicted_s=pred,
+                  score=sum(o.score for o in chosen) + pair_score(problem.pairs, chosen))
     info = {"kl_start": start, "kl_end": cur, "moves": [m.to_dict() for m in moves], "evaluated": tried,
             "seconds": round(time.perf_counter() - t0, 1)}
     return out, info

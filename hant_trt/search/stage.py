@@ -15,6 +15,7 @@ from .tables import build_problem, canonical_metric, load_tables, read_n_slots, 
 
 INPUTS = ("scores.csv", "latency.csv", "latency_fixed.json", "teacher.json")
 SOLUTION, PARETO_JSON, PARETO_PNG = "solution.json", "pareto.json", "pareto.png"
+INTERACTIONS = "interactions.json"
 
 
 def _file_hash(path) -> str:
@@ -27,6 +28,10 @@ def search_fingerprint(run: RunDir, cfg) -> str:
     for opt in ("calibrate_rounds", "refine_sweeps"):   # options added later leave earlier runs'
         if not search.get(opt):                         # fingerprints alone
             search.pop(opt, None)
+    if search.get("skip_weight", 1.0) == 1.0:
+        search.pop("skip_weight", None)
+    if search.get("interactions", "none") == "none":
+        search.pop("interactions", None)
     return fingerprint({"search": search, "inputs": {f: _file_hash(run.root / f) for f in INPUTS}})
 
 
@@ -46,11 +51,18 @@ def run_search(run: RunDir, cfg) -> Solution:
     sweep_n = int(c.sweep or 0)
     if sweep_n < 0:
         raise UserError(f"search sweep must be ≥ 0 budgets, got {sweep_n}")
-    tables = load_tables(run.root, metric)
+    tables = load_tables(run.root, metric, getattr(c, "skip_weight", 1.0))
     n_slots = read_n_slots(run.root / "teacher.json")
     devices = select_devices(tables.fixed, getattr(c, "devices", None))
     problem = build_problem(tables, n_slots, c.budget, devices, getattr(c, "max_params", None),
                             getattr(c, "max_macs", None), getattr(c, "latency_model", "scale"))
+    interactions = getattr(c, "interactions", "none")
+    if interactions not in ("none", "skip"):
+        raise UserError(f"search.interactions must be none or skip, not '{interactions}'")
+    if interactions == "skip":
+        if metric != "kl":
+            raise UserError("search.interactions = \"skip\" measures pairs in KL: set search.metric = \"kl\"")
+        problem.pairs = skip_pair_terms(run.root, cfg, tables, n_slots)
 
     run.set_stage("search", "running", fp)
     try:
@@ -88,6 +100,29 @@ def run_search(run: RunDir, cfg) -> Solution:
         raise
     run.set_stage("search", "done", fp, info)
     return sol
+
+
+def skip_pair_terms(root, cfg, tables, n_slots: int) -> list:
+    """Interaction terms for every pair of skips (`search/pairs.py`), measured once per set of
+    inputs: interactions.json holds them with the fingerprint of the tables they came from."""
+    import sys
+
+    from .pairs import pair_terms, skip_pairs
+    from .refine import composed_kl
+
+    path = root / INTERACTIONS
+    key = {f: _file_hash(root / f) for f in INPUTS}
+    if path.is_file():
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("inputs") == key:
+                return pair_terms(doc["pairs"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass                                    # unreadable: measured again
+    measured = skip_pairs(tables.options, composed_kl(root, cfg), n_slots,
+                          progress=lambda line: print(line, file=sys.stderr, flush=True))
+    atomic.write_json(path, {"inputs": key, "pairs": measured})
+    return pair_terms(measured)
 
 
 def _refining(solve_fn, run: RunDir, cfg, log: list):

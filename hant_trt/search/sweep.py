@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import atomic
@@ -53,7 +53,7 @@ def sweep_budgets(problem: Problem, n: int, device: str, solver: str = "cbc",
 
 
 def _with_budget(p: Problem, device: str, budget: float) -> Problem:
-    return Problem(p.n_slots, p.options, {**p.budget_s, device: budget}, p.fixed_s, p.max_params, p.max_macs)
+    return replace(p, budget_s={**p.budget_s, device: budget})
 
 
 def pareto_sweep(problem: Problem, n: int, device: str | None = None, solver: str = "cbc",

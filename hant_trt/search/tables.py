@@ -128,10 +128,13 @@ def read_fixed(path: Path) -> dict[str, FixedParts]:
     return out
 
 
-def load_tables(run_root: str | Path, metric: str = "agreement") -> Tables:
+def load_tables(run_root: str | Path, metric: str = "agreement", skip_weight: float = 1.0) -> Tables:
     """Join scores.csv and latency.csv of a run directory into options.
 
     run_root: the run directory. metric: agreement (default), kl, local_mse or top1.
+    skip_weight: a `skip` option's score (≤ 0: a loss) is multiplied by this; > 1 tells the search
+    that the build's fine-tune can recover a trainable part's loss but has nothing to train in a
+    skip (a dropped block).
     An fp16 latency row without an fp16 score takes the fp32 score of the same (first, last, op):
     half precision barely moves the logits, and the score stage scores float candidates once (as
     fp32). int8 rows need their own score (the score stage simulates int8) and are dropped without.
@@ -139,6 +142,8 @@ def load_tables(run_root: str | Path, metric: str = "agreement") -> Tables:
     """
     root = Path(run_root)
     metric = canonical_metric(metric)
+    if not (isinstance(skip_weight, (int, float)) and math.isfinite(skip_weight) and skip_weight > 0):
+        raise UserError(f"search.skip_weight must be a positive number, not {skip_weight!r}")
     sp, lp = root / "scores.csv", root / "latency.csv"
     scores = _read_csv(sp, SCORE_COLUMNS)
     lat = _read_csv(lp, LATENCY_COLUMNS)
@@ -170,8 +175,11 @@ def load_tables(run_root: str | Path, metric: str = "agreement") -> Tables:
             continue
         used.add((int(row["first"]), int(row["last"]), row["op"], row["precision"]))
         line = row["_line"]
+        score = score_value(row, metric, teacher_top1, f"{sp}:{line}")
+        if key[2] == "skip":
+            score *= skip_weight
         options.append(Option(first=key[0], last=key[1], op=key[2], precision=key[3],
-                              score=score_value(row, metric, teacher_top1, f"{sp}:{line}"), latency_s=devs,
+                              score=score, latency_s=devs,
                               params=int(_num(row, "params", sp, line)), macs=int(_num(row, "macs", sp, line)),
                               signature=row["signature"]))
     dropped += sum(1 for k in sc if k not in used)
