@@ -31,10 +31,15 @@ def test_skip_pairs_measure_the_excess_and_the_ilp_avoids_it():
     measured = skip_pairs(opts, lambda ch: seen.append(len(ch)) or composed(ch), 6)
     assert len(measured) == 15 and all(n == 6 for n in seen) and len(seen) == 6 + 15
     for m in measured:
-        neighbours = abs(m["a"][0] - m["b"][0]) == 1
+        neighbours = abs(m["a"] - m["b"]) == 1
         assert m["kl_a"] == m["kl_b"] == 1.0 and m["excess"] == pytest.approx(5.0 if neighbours else 0.0)
-    terms = pair_terms(measured)
+    terms = pair_terms(measured, opts)
     assert len(terms) == 5 and all(v == -5.0 for _, _, v in terms)
+    # fp16 rows of the skips get the same terms (one per combination of precisions); int8 none
+    twin = opts + [Option(s, s, "skip", p, -1.0, {D: 0.1}) for s in (0, 1) for p in ("fp16", "int8")]
+    t2 = pair_terms(measured, twin)
+    assert len(t2) == 3 + 4 + 2 and {(a[3], b[3]) for a, b, _ in t2 if a[0] == 0 and b[0] == 1} == {
+        ("fp32", "fp32"), ("fp32", "fp16"), ("fp16", "fp32"), ("fp16", "fp16")}
     p = Problem(6, opts, {D: 3.3}, {D: 0.0})
     plain = solve(p)
     assert composed(plain.choices) > -plain.score        # the additive optimum drops neighbours

@@ -153,3 +153,12 @@ engine_name = "e2e"
     refined, ref = refine(problem, start, evaluate, sweeps=1)
     assert ref["evaluated"] > 1 and ref["kl_end"] <= ref["kl_start"] + 1e-12
     assert refined.predicted_s[dev] <= problem.budget_s[dev] * (1 + 1e-9)
+    # skip interactions on the real run: slots 2 and 9 have skips, so one pair is composed with
+    # the distilled weights; the pick still meets the budget
+    r = run_cli("search", str(run), "--budget", "0.9x", "--set", "search.interactions=skip", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    pairs = json.loads((run / "interactions.json").read_text())["pairs"]
+    assert [(p["a"], p["b"]) for p in pairs] == [(2, 9)]            # fp16 rows (this profile): float skips
+    assert pairs[0]["kl_ab"] > 0 and abs(pairs[0]["excess"]) < pairs[0]["kl_ab"]
+    sol = json.loads((run / "solution.json").read_text())
+    assert sol["predicted_s"] <= sol["budget_s"] * (1 + 1e-9)

@@ -16,36 +16,46 @@ from typing import Callable
 from .ilp import Option
 
 
+def _float(o: Option, op: str) -> bool:
+    return o.op == op and o.first == o.last and o.precision != "int8"
+
+
 def skip_pairs(options: list[Option], evaluate: Callable[[list[Option]], float], n_slots: int,
                progress: Callable[[str], None] | None = None) -> list[dict]:
-    """[{"a": key, "b": key, "kl_a", "kl_b", "kl_ab", "excess"}] for every pair of single-slot fp32
-    skips; evaluate(choices) is the composed student's KL (`refine.composed_kl`)."""
-    keep = {o.first: o for o in options if o.op == "keep" and o.first == o.last and o.precision == "fp32"}
-    skips = sorted((o for o in options if o.op == "skip" and o.first == o.last and o.precision == "fp32"),
-                   key=lambda o: o.first)
+    """[{"a": slot, "b": slot, "kl_a", "kl_b", "kl_ab", "excess"}] for every pair of slots with a
+    single-slot float `skip`; evaluate(choices) is the composed student's KL (`refine.composed_kl`,
+    which runs the distilled weights in fp32 whatever the option's precision)."""
+    keep = {o.first: o for o in options if _float(o, "keep")}
+    skips = {o.first: o for o in options if _float(o, "skip")}
     if len(keep) < n_slots:
         return []
 
-    def kl(*swapped: Option) -> float:
+    def kl(*slots: int) -> float:
         ch = dict(keep)
-        ch.update({o.first: o for o in swapped})
+        ch.update({i: skips[i] for i in slots})
         return evaluate([ch[i] for i in range(n_slots)])
 
-    single = {o.first: kl(o) for o in skips}
+    single = {i: kl(i) for i in sorted(skips)}
     out = []
-    for a, b in itertools.combinations(skips, 2):
+    for a, b in itertools.combinations(sorted(skips), 2):
         both = kl(a, b)
-        out.append({"a": list(a.key), "b": list(b.key), "kl_a": single[a.first], "kl_b": single[b.first],
-                    "kl_ab": both, "excess": both - single[a.first] - single[b.first]})
+        out.append({"a": a, "b": b, "kl_a": single[a], "kl_b": single[b], "kl_ab": both,
+                    "excess": both - single[a] - single[b]})
         if progress:
-            progress(f"skip pair {a.first}+{b.first}: {both:.3f} vs {single[a.first] + single[b.first]:.3f} alone")
+            progress(f"skip pair {a}+{b}: {both:.3f} vs {single[a] + single[b]:.3f} alone")
     return out
 
 
-def pair_terms(measured: list[dict]) -> list[tuple]:
+def pair_terms(measured: list[dict], options: list[Option]) -> list[tuple]:
     """The ILP's (key_a, key_b, score) from `skip_pairs`: −excess where the pair loses more than its
-    parts (score is −KL), nothing otherwise."""
-    return [(tuple(m["a"]), tuple(m["b"]), -m["excess"]) for m in measured if m["excess"] > 0]
+    parts (score is −KL), nothing otherwise; one term per combination of the two skips' float
+    precisions (fp32 and fp16 rows of one op share their score)."""
+    by_slot: dict[int, list[tuple]] = {}
+    for o in options:
+        if _float(o, "skip"):
+            by_slot.setdefault(o.first, []).append(o.key)
+    return [(ka, kb, -m["excess"]) for m in measured if m["excess"] > 0
+            for ka in by_slot.get(m["a"], ()) for kb in by_slot.get(m["b"], ())]
 
 
 __all__ = ["pair_terms", "skip_pairs"]

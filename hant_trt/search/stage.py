@@ -116,13 +116,13 @@ def skip_pair_terms(root, cfg, tables, n_slots: int) -> list:
         try:
             doc = json.loads(path.read_text())
             if doc.get("inputs") == key:
-                return pair_terms(doc["pairs"])
+                return pair_terms(doc["pairs"], tables.options)
         except (json.JSONDecodeError, KeyError, TypeError):
             pass                                    # unreadable: measured again
     measured = skip_pairs(tables.options, composed_kl(root, cfg), n_slots,
                           progress=lambda line: print(line, file=sys.stderr, flush=True))
     atomic.write_json(path, {"inputs": key, "pairs": measured})
-    return pair_terms(measured)
+    return pair_terms(measured, tables.options)
 
 
 def _refining(solve_fn, run: RunDir, cfg, log: list):
