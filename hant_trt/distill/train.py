@@ -24,8 +24,8 @@ from ..config import DistillCfg
 from ..errors import UserError
 from ..teacher.decompose import Decomposition
 from ..teacher.slot import Slot
-from .capture import (capture, capture_fisher, fisher_mse, kl_to_teacher, module_slot_of, normalised_mse, span_teacher, suffix_logits,
-                      teacher_modules_eval)
+from .capture import (capture, capture_fisher, fisher_mse, kl_to_teacher, module_slot_of, normalised_mse,
+                      span_teacher, suffix_logits, teacher_modules_eval)
 from .pool import build_candidate, candidate_ops
 
 
@@ -173,10 +173,11 @@ def eval_batches(dataset, n_images: int, batch_size: int) -> list[torch.Tensor]:
 def job_loss(d: Decomposition, j: Job, out: torch.Tensor, acts: list[torch.Tensor], logits: torch.Tensor,
              cfg: DistillCfg | None = None, fisher: list | None = None) -> torch.Tensor:
     """Normalised MSE to the teacher's output of the job's span — with `cfg.fisher` = α > 0 and the
-    batch's Fisher weights (`capture_fisher`), (1 − α) × that + α × the Fisher-weighted MSE —, plus, for late slots with
-    `cfg.suffix_kl` > 0, that weight × KL to the teacher's logits with the candidate's output run
-    through the rest of the (frozen) teacher: what swap-one scoring measures, trained directly where
-    the rest is short and a small feature error can still move the logits a lot."""
+    batch's Fisher weights (`capture_fisher`), (1 − α) × that + α × the Fisher-weighted MSE —,
+    plus, for late slots with `cfg.suffix_kl` > 0, that weight × KL to the teacher's logits with the
+    candidate's output run through the rest of the (frozen) teacher: what swap-one scoring
+    measures, trained directly where the rest is short and a small feature error can still move
+    the logits a lot."""
     target = acts[j.last + 1].float()
     loss = normalised_mse(out.float(), target)
     alpha = cfg.fisher if cfg is not None else 0.0
