@@ -16,6 +16,7 @@ from .tables import build_problem, canonical_metric, load_tables, read_n_slots, 
 INPUTS = ("scores.csv", "latency.csv", "latency_fixed.json", "teacher.json")
 SOLUTION, PARETO_JSON, PARETO_PNG = "solution.json", "pareto.json", "pareto.png"
 INTERACTIONS = "interactions.json"
+_LATER_OPTIONS = {"calibrate_rounds": 0, "refine_sweeps": 0, "skip_weight": 1.0, "interactions": "none"}
 
 
 def _file_hash(path) -> str:
@@ -25,13 +26,9 @@ def _file_hash(path) -> str:
 def search_fingerprint(run: RunDir, cfg) -> str:
     """Hash of the search settings and of the bytes of every input table."""
     search = dict(vars(cfg.search))
-    for opt in ("calibrate_rounds", "refine_sweeps"):   # options added later leave earlier runs'
-        if not search.get(opt):                         # fingerprints alone
+    for opt, default in _LATER_OPTIONS.items():         # options added later, at their defaults, leave
+        if search.get(opt, default) == default:         # earlier runs' fingerprints alone
             search.pop(opt, None)
-    if search.get("skip_weight", 1.0) == 1.0:
-        search.pop("skip_weight", None)
-    if search.get("interactions", "none") == "none":
-        search.pop("interactions", None)
     return fingerprint({"search": search, "inputs": {f: _file_hash(run.root / f) for f in INPUTS}})
 
 
