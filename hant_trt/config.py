@@ -77,6 +77,8 @@ class ProfileCfg:
     cv_target: float = 0.02
     calib_method: str = "max"       # int8 ranges, for scoring and the final Q/DQ alike: max | percentile | entropy
     calib_images: int = 32          # un-augmented training images those ranges are calibrated on
+    int8_layout: str = "auto"       # Q/DQ layout: trt (TensorRT: symmetric, inputs only) | ort (ONNX Runtime
+                                    #   CPU's integer kernels: uint8, outputs too) | auto (ort on the ort backend)
     context: str = "alone"          # alone: each candidate timed by itself | model: also timed inside
                                     #   the teacher (swapped in, beside the teacher), fp32 only
     context_rounds: int = 5         # model: alternating (teacher, swapped) pairs per swap
@@ -167,3 +169,14 @@ def load(path: str | Path) -> RunConfig:
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {p} is not valid {'JSON' if p.suffix == '.json' else 'TOML'}: {exc}") from None
     return from_dict(data)
+
+
+def int8_layout_of(profile: "ProfileCfg") -> str:
+    """The Q/DQ layout int8 parts use: `profile.int8_layout`, "auto" meaning "ort" for the ONNX
+    Runtime backend (its CPU kernels fuse only that layout) and "trt" otherwise."""
+    layout = profile.int8_layout
+    if layout == "auto":
+        return "ort" if profile.backend == "ort" else "trt"
+    if layout not in ("trt", "ort"):
+        raise UserError(f"profile.int8_layout must be auto, trt or ort, not '{layout}'")
+    return layout

@@ -82,7 +82,8 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
     if base == "fp16":                                   # side by side at the same base precision
         t_onnx = to_fp16(t_onnx, sdir / "teacher.fp16.onnx")
     ver = verify_onnx(reference if reference is not None else student, s_onnx, _sample_inputs(eval_loader),
-                      "int8" if calib is not None else base, base=base)
+                      "int8" if calib is not None else base, base=base,
+                      int8_layout=calib.extra.get("layout", "trt") if calib is not None else "trt")
     backend = get_backend(cfg.profile.backend, threads=cfg.profile.threads)
     t_s, s_s = measure_side_by_side(backend, t_onnx, s_onnx, max_seconds=max(1.0, cfg.profile.max_seconds))
     name = cfg.build.engine_name or f"{Path(run.root).name}_{teacher.name}"

@@ -35,7 +35,7 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 def calibrate_parts(student, parts: list[int], batches: list[torch.Tensor], method: str = "max",
-                    cache_dir: Path | None = None) -> CalibResult:
+                    cache_dir: Path | None = None, layout: str = "trt") -> CalibResult:
     """Ranges of every Conv/Linear input inside `student.parts[i]` for i in `parts`, keyed by their
     path in the student ("parts.3.conv_pw"), from the student itself run on `batches` (its int8
     parts see their real inputs: the outputs of the student's own preceding parts)."""
@@ -43,23 +43,24 @@ def calibrate_parts(student, parts: list[int], batches: list[torch.Tensor], meth
            "images": int(sum(b.shape[0] for b in batches)),
            "data": hashlib.sha256(b"".join(b.numpy().tobytes() for b in batches)).hexdigest()}
     full = calibrate_cached(key, student, batches, method=method, cache_dir=cache_dir)
-    return _subset(full, tuple(f"parts.{i}." for i in parts))
+    out = full.subset(tuple(f"parts.{i}." for i in parts))
+    out.extra["layout"] = layout            # travels with the ranges: simulation, export, int8_calib.json
+    out.extra["input_shape"] = [1, *batches[0].shape[1:]]
+    return out
 
 
 def part_calib(calib: CalibResult, i: int) -> CalibResult:
     """The ranges of part `i`, keyed by path within that part (what `fake_quantize` expects)."""
-    return _subset(calib, (f"parts.{i}.",), strip=True)
-
-
-def _subset(calib: CalibResult, prefixes: tuple[str, ...], strip: bool = False) -> CalibResult:
-    """`calib` restricted to the paths under `prefixes` (with the prefix removed when `strip`)."""
-    amax = {(k[len(p):] if strip else k): v for k, v in calib.amax.items() for p in prefixes if k.startswith(p)}
-    return CalibResult(amax=amax, method=calib.method, percentile=calib.percentile, num_bins=calib.num_bins,
-                       batches=calib.batches, samples=calib.samples)
+    return calib.subset((f"parts.{i}.",), strip=True)
 
 
 def simulate_int8(student, parts: list[int], calib: CalibResult):
-    """A copy of `student` whose int8 parts run simulated int8 (BN folded, as exported)."""
+    """A copy of `student` whose int8 parts run simulated int8 (BN folded, as exported). The "ort"
+    layout (`calib.extra["layout"]`) is planned on the whole student, as its ONNX is written: a part
+    whose input is the previous int8 part's quantized output reuses that rounding."""
+    if calib.extra.get("layout", "trt") == "ort":
+        return fake_quantize(student, calib, layout="ort", input_shape=tuple(calib.extra["input_shape"]),
+                             only_calibrated=True)
     sim = copy.deepcopy(student).eval()
     for i in parts:
         sim.parts[i] = fake_quantize(student.parts[i], part_calib(calib, i))
@@ -112,7 +113,11 @@ def export_with_plan(student, shape: tuple, dst: Path, calib: CalibResult | None
         return export_onnx(student, shape, dst)
     with tempfile.TemporaryDirectory() as tmp:
         out = export_onnx(student, shape, Path(tmp) / "fp32.onnx")
-        if qdq:
+        if qdq and calib.extra.get("layout", "trt") == "ort":
+            from ..latency.int8_ort import write_ort_qdq
+
+            out = write_ort_qdq(out, Path(tmp) / "qdq.onnx", calib, only_calibrated=True)
+        elif qdq:
             out = quantize_qdq(out, Path(tmp) / "qdq.onnx", calib, only_calibrated=True)
         if base == "fp16":
             ordered = sorted(choices or [], key=lambda c: c.first)

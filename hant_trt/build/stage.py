@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .. import atomic
-from ..config import RunConfig
+from ..config import RunConfig, int8_layout_of
 from ..rundir import RunDir, fingerprint
 from .assemble import Choice, StudentSpec, assemble, replaced_parts, save_student
 from .quantize import INT8_CALIB
@@ -79,8 +79,9 @@ def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig):
     if not parts:
         return None, student, {}
     batches = eval_batches(calib_set, cfg.profile.calib_images, cfg.build.batch_size)
-    calib = calibrate_parts(student, parts, batches, cfg.profile.calib_method)
+    calib = calibrate_parts(student, parts, batches, cfg.profile.calib_method, layout=int8_layout_of(cfg.profile))
     return calib, simulate_int8(student, parts, calib), {"int8_parts": parts, "calib_method": calib.method,
+                                                         "int8_layout": calib.extra["layout"],
                                                          "calib_images": cfg.profile.calib_images}
 
 

@@ -6,7 +6,7 @@ import json
 import os
 import time
 
-from ..config import RunConfig
+from ..config import RunConfig, int8_layout_of
 from ..data import make_splits
 from ..rundir import RunDir, fingerprint
 from ..teacher.stage import load_from_config, run_teacher, teacher_fingerprint
@@ -113,6 +113,8 @@ def _merge_ranks(run: RunDir, world: int, rank: int, fp: str, timeout_s: float =
 
 def score_fingerprint(cfg: RunConfig) -> str:
     int8 = [cfg.profile.calib_method, cfg.profile.calib_images] if "int8" in cfg.profile.precisions else False
+    if int8 and int8_layout_of(cfg.profile) != "trt":     # runs from before layouts keep their fingerprints
+        int8.append(int8_layout_of(cfg.profile))
     return fingerprint({"distill": distill_fingerprint(cfg), "score": cfg.score, "int8": int8})
 
 
@@ -141,7 +143,8 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
     entries = [(k, f, l, op, m, "fp32") for k, f, l, op, m in keep_entries(d) + load_trained(run.root / "candidates", d)]
     if "int8" in cfg.profile.precisions:
         entries += int8_entries(d, entries, data_splits(cfg, teacher.data_config, train_augment=False).train,
-                                cfg.score.batch_size, cfg.profile.calib_images, cfg.profile.calib_method)
+                                cfg.score.batch_size, cfg.profile.calib_images, cfg.profile.calib_method,
+                                int8_layout_of(cfg.profile))
     bar = _progress(len(loader), 0, f"score {len(entries)} candidates")
     metrics = score_candidates(d, [(k, f, l, m) for k, f, l, _, m, _ in entries], loader, labelled, bar)
     bar.close()
@@ -158,7 +161,8 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
     return info
 
 
-def int8_entries(d, entries, calib_set, batch_size: int, images: int = 32, method: str = "max") -> list[tuple]:
+def int8_entries(d, entries, calib_set, batch_size: int, images: int = 32, method: str = "max",
+                 layout: str = "trt") -> list[tuple]:
     """Each (fp32) entry again with simulated int8: ranges from `latency.calibrate` (`method`) on the
     slot's real inputs from `images` un-augmented training images, simulated by
     `latency.fakequant` — the code and arithmetic of the Q/DQ ONNX the build writes for int8 parts."""
@@ -175,6 +179,8 @@ def int8_entries(d, entries, calib_set, batch_size: int, images: int = 32, metho
         for key, first, last, op, module, _ in entries:
             if not any(isinstance(m, QUANT_LAYERS) for m in module.modules()):
                 continue        # nothing to quantize (skip): int8 would be the fp32 entry again
-            q = fake_quantize(module, calibrate(module, [a[first] for a in acts], method=method))
+            xs = [a[first] for a in acts]
+            q = fake_quantize(module, calibrate(module, xs, method=method), layout=layout,
+                              input_shape=(1, *xs[0].shape[1:]))
             out.append((key + ":int8", first, last, op, q, "int8"))
     return out

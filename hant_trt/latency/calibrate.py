@@ -1,6 +1,8 @@
 """INT8 calibration on real activations, in PyTorch: one per-tensor range (amax) for the input of
 every Conv2d/Linear, keyed by its module path — the ranges `precision.quantize_qdq` writes into the
-Q/DQ ONNX and `fakequant.fake_quantize` simulates.
+Q/DQ ONNX and `fakequant.fake_quantize` simulates. Signed bounds of each layer's input and output
+are recorded too (`lo`/`hi`, `out_lo`/`out_hi`): the "ort" layout quantizes activations
+asymmetrically to uint8 and also quantizes layer outputs (see `precision.int8_layout`).
 
 Methods (as in TensorRT's and pytorch-quantization's calibrators):
 - "max": the largest |x| seen;
@@ -29,7 +31,7 @@ from ..errors import UserError
 CALIB_METHODS = ("max", "percentile", "entropy")
 QUANT_LAYERS = (nn.Conv2d, nn.Linear)
 AMAX_FLOOR = 1e-8          # an all-zero input still needs a positive scale
-CACHE_VERSION = 1          # bump when the calibration arithmetic changes: old cache files are ignored
+CACHE_VERSION = 2          # bump when the calibration arithmetic changes: old cache files are ignored
 
 
 def int8_scale(amax: float) -> float:
@@ -42,11 +44,17 @@ class CalibResult:
     """Calibrated activation ranges.
 
     amax: module path (within the calibrated module) → per-tensor |x| range of that Conv2d/Linear's input.
+    lo / hi: the same inputs' signed bounds (min, max), clipped to ±amax;
+    out_lo / out_hi: the signed bounds of the layer's output, clipped to ±(its |y| range by `method`).
     method: "max" | "percentile" | "entropy"; percentile / num_bins: the method's parameters.
     batches / samples: how much data produced it.
     """
 
     amax: dict[str, float]
+    lo: dict[str, float] = field(default_factory=dict)
+    hi: dict[str, float] = field(default_factory=dict)
+    out_lo: dict[str, float] = field(default_factory=dict)
+    out_hi: dict[str, float] = field(default_factory=dict)
     method: str = "max"
     percentile: float = 99.99
     num_bins: int = 2048
@@ -64,8 +72,35 @@ class CalibResult:
     @classmethod
     def from_json(cls, obj: dict) -> "CalibResult":
         known = {k: obj[k] for k in cls.__dataclass_fields__ if k in obj}
-        known["amax"] = {str(k): float(v) for k, v in known.get("amax", {}).items()}
+        for name in ("amax", "lo", "hi", "out_lo", "out_hi"):
+            known[name] = {str(k): float(v) for k, v in known.get(name, {}).items()}
         return cls(**known)
+
+    def subset(self, prefixes: tuple[str, ...], strip: bool = False) -> "CalibResult":
+        """The ranges of the paths under `prefixes` (the prefix removed when `strip`)."""
+        def sub(d: dict) -> dict:
+            return {(k[len(p):] if strip else k): v for k, v in d.items() for p in prefixes if k.startswith(p)}
+
+        return CalibResult(amax=sub(self.amax), lo=sub(self.lo), hi=sub(self.hi), out_lo=sub(self.out_lo),
+                           out_hi=sub(self.out_hi), method=self.method, percentile=self.percentile,
+                           num_bins=self.num_bins, batches=self.batches, samples=self.samples, extra=dict(self.extra))
+
+    def input_range(self, path: str) -> tuple[float, float]:
+        """Signed (lo, hi) of the layer's input, 0 included (uint8 with a zero point needs it);
+        (−amax, amax) for results without signed bounds."""
+        a = self.amax[path]
+        return _with_zero(self.lo.get(path, -a), self.hi.get(path, a))
+
+    def output_range(self, path: str) -> tuple[float, float]:
+        """Signed (lo, hi) of the layer's output, 0 included."""
+        if path not in self.out_lo:
+            raise UserError(f"no output range for '{path}': calibrate again (ranges from before output "
+                            "ranges were recorded)")
+        return _with_zero(self.out_lo[path], self.out_hi[path])
+
+
+def _with_zero(lo: float, hi: float) -> tuple[float, float]:
+    return min(float(lo), 0.0), max(float(hi), 0.0)
 
 
 class _Histogram:
@@ -175,23 +210,42 @@ def calibrate(module: nn.Module, batches: Iterable[torch.Tensor], method: str = 
     Returns a CalibResult keyed by module path within `module`.
     """
     _check_method(method, percentile, num_bins)
+    from .export import fold_batchnorm
+
+    # outputs as exported: a conv's output range is the one after its BatchNorm is folded in
+    module = fold_batchnorm(module)
     layers = {path: m for path, m in module.named_modules() if isinstance(m, QUANT_LAYERS)}
     if not layers:
         raise UserError(f"{type(module).__name__} has no Conv2d/Linear layer to calibrate")
     running_max = {p: 0.0 for p in layers}
+    lo = {p: 0.0 for p in layers}
+    hi = {p: 0.0 for p in layers}
+    out_lo = {p: 0.0 for p in layers}
+    out_hi = {p: 0.0 for p in layers}
     hists = {p: _Histogram(num_bins) for p in layers} if method != "max" else {}
+    out_hists = {p: _Histogram(num_bins) for p in layers} if method != "max" else {}
 
     def hook_for(path: str) -> Callable:
         def hook(_layer, inputs):
-            x = inputs[0]
-            running_max[path] = max(running_max[path], float(x.detach().abs().max()))
+            x = inputs[0].detach()
+            running_max[path] = max(running_max[path], float(x.abs().max()))
+            lo[path], hi[path] = min(lo[path], float(x.min())), max(hi[path], float(x.max()))
             if hists:
                 hists[path].add(x)
+        return hook
+
+    def out_hook_for(path: str) -> Callable:
+        def hook(_layer, _inputs, y):
+            y = y.detach()
+            out_lo[path], out_hi[path] = min(out_lo[path], float(y.min())), max(out_hi[path], float(y.max()))
+            if out_hists:
+                out_hists[path].add(y)
         return hook
 
     was_training = module.training
     module.eval()
     handles = [m.register_forward_pre_hook(hook_for(p)) for p, m in layers.items()]
+    handles += [m.register_forward_hook(out_hook_for(p)) for p, m in layers.items()]
     n_batches = n_samples = 0
     try:
         for b in batches:
@@ -208,16 +262,20 @@ def calibrate(module: nn.Module, batches: Iterable[torch.Tensor], method: str = 
     if n_batches == 0:
         raise UserError("calibration got no batches: give at least one batch of real inputs")
 
+    def limit(h, top: float) -> float:
+        if method == "max" or h is None or h.counts is None:
+            return top
+        if method == "percentile":
+            return percentile_amax(h.counts, h.edges(), percentile)
+        return entropy_amax(h.counts, h.edges())
+
     amax: dict[str, float] = {}
     for p in layers:
-        h = hists.get(p)
-        if method == "max" or h is None or h.counts is None:
-            amax[p] = running_max[p]
-        elif method == "percentile":
-            amax[p] = percentile_amax(h.counts, h.edges(), percentile)
-        else:
-            amax[p] = entropy_amax(h.counts, h.edges())
-    return CalibResult(amax=amax, method=method, percentile=float(percentile), num_bins=int(num_bins),
+        amax[p] = limit(hists.get(p), running_max[p])
+        lo[p], hi[p] = max(lo[p], -amax[p]), min(hi[p], amax[p])
+        top = limit(out_hists.get(p), max(-out_lo[p], out_hi[p]))
+        out_lo[p], out_hi[p] = max(out_lo[p], -top), min(out_hi[p], top)
+    return CalibResult(amax=amax, lo=lo, hi=hi, out_lo=out_lo, out_hi=out_hi, method=method, percentile=float(percentile), num_bins=int(num_bins),
                        batches=n_batches, samples=n_samples)
 
 

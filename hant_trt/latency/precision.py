@@ -440,9 +440,11 @@ def quantize_qdq(src_onnx: str | Path, dst_onnx: str | Path, calib: CalibResult,
 
 def quantize_int8(module, input_shape: tuple[int, int, int, int], dst: str | Path,
                   calib: Callable[[], Iterable] | CalibResult | None = None, method: str = "max",
-                  per_channel: bool = True) -> Path:
+                  per_channel: bool = True, layout: str = "trt") -> Path:
     """Export `module` and write its int8 Q/DQ ONNX to `dst`; returns `dst`.
 
+    layout: "trt" (default: TensorRT's explicit quantization, `quantize_qdq`) or "ort" (ONNX
+        Runtime CPU's integer kernels, `int8_ort.write_ort_qdq`).
     calib: a CalibResult (from `calibrate` / `calibrate_cached` on this module), or a zero-argument
         callable yielding real input batches (tensors or arrays) calibrated here with `method`; None
         calibrates on 4 seeded random batches — only good enough for timing, never for accuracy.
@@ -462,4 +464,10 @@ def quantize_int8(module, input_shape: tuple[int, int, int, int], dst: str | Pat
         res = calibrate(module, batches, method=method)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(module, input_shape, Path(tmp) / "fp32.onnx")
+        if layout == "ort":
+            from .int8_ort import write_ort_qdq
+
+            return write_ort_qdq(fp32, dst, res, per_channel=per_channel)
+        if layout != "trt":
+            raise UserError(f"unknown int8 layout '{layout}' (trt | ort)")
         return quantize_qdq(fp32, dst, res, per_channel=per_channel)

@@ -41,11 +41,13 @@ class ProfileResult:
     cached: bool = False
 
 
-def _key(item: ProfileItem, precision: str, backend: Backend, device: str) -> tuple:
-    return make_key(item.signature, item.input_shape, precision, backend.name, backend.version(), device)
+def _key(item: ProfileItem, precision: str, backend: Backend, device: str, int8_layout: str = "trt") -> tuple:
+    # the ORT layout is another graph than TensorRT's: its rows never mix with theirs
+    key_prec = "int8:ort" if precision == "int8" and int8_layout == "ort" else precision
+    return make_key(item.signature, item.input_shape, key_prec, backend.name, backend.version(), device)
 
 
-def _make_onnx(item: ProfileItem, precision: str, workdir: Path) -> Path:
+def _make_onnx(item: ProfileItem, precision: str, workdir: Path, int8_layout: str = "trt") -> Path:
     from .export import export_onnx
 
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.signature)[:150]
@@ -56,28 +58,29 @@ def _make_onnx(item: ProfileItem, precision: str, workdir: Path) -> Path:
         return base
     from . import precision as prec
 
-    out = workdir / f"{safe}.{precision}.onnx"
+    tag = "int8-ort" if precision == "int8" and int8_layout == "ort" else precision
+    out = workdir / f"{safe}.{tag}.onnx"
     if not out.exists():
         if precision == "fp16":
             prec.to_fp16(base, out)
         elif precision == "int8":
-            prec.quantize_int8(item.make_module(), item.input_shape, out, item.calib)
+            prec.quantize_int8(item.make_module(), item.input_shape, out, item.calib, layout=int8_layout)
         else:
             raise ValueError(f"unknown precision {precision}")
     return out
 
 
-def _time_item(item, precision, backend, workdir, timing_kw):
+def _time_item(item, precision, backend, workdir, timing_kw, int8_layout="trt"):
     if backend.name == "torch":
         prepared = backend.prepare_module(item.make_module(), item.input_shape, precision)
     else:
-        prepared = backend.prepare(_make_onnx(item, precision, workdir), precision)
+        prepared = backend.prepare(_make_onnx(item, precision, workdir, int8_layout), precision)
     return backend.time(prepared, **timing_kw)
 
 
 def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTable, precisions: list[str],
                   workdir: Path, progress: bool = True, max_seconds: float = 2.0, cv_target: float = 0.02,
-                  warmup_ms: float = 100.0) -> list[ProfileResult]:
+                  warmup_ms: float = 100.0, int8_layout: str = "trt") -> list[ProfileResult]:
     """Measure every (item, precision) not yet in `table`; returns one result per unique pair.
 
     items: what to time (deduplicated by (signature, precision)).
@@ -88,6 +91,7 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
     progress: tqdm bar with ETA on stderr (default True; HANT_TRT_NO_PROGRESS=1 hides it).
     max_seconds / cv_target / warmup_ms: measurement settings (see timing.measure; defaults 2.0,
         0.02, 100).
+    int8_layout: Q/DQ layout of int8 exports, "trt" (default) or "ort" (`int8_ort`; own table rows).
     """
     from tqdm import tqdm
 
@@ -100,7 +104,7 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
             if (it.signature, p) in seen:
                 continue
             seen.add((it.signature, p))
-            row = table.get(_key(it, p, backend, device))
+            row = table.get(_key(it, p, backend, device, int8_layout))
             if row is not None:
                 results.append(ProfileResult(it.signature, p, row.median_s, row.p90_s, row.stdev_s, row.count,
                                              row.error, cached=True))
@@ -110,9 +114,9 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
                disable=not progress or os.environ.get("HANT_TRT_NO_PROGRESS") == "1")
     kw = dict(warmup_ms=warmup_ms, max_seconds=max_seconds, cv_target=cv_target)
     for it, p in bar:
-        key = _key(it, p, backend, device)
+        key = _key(it, p, backend, device, int8_layout)
         try:
-            t = _time_item(it, p, backend, workdir, kw)
+            t = _time_item(it, p, backend, workdir, kw, int8_layout)
             row = LatencyRow(*key, median_s=t.median_s, p90_s=t.p90_s, stdev_s=t.stdev_s, count=t.count)
         except Exception as exc:  # recorded and skipped, never fatal to the run
             msg = f"{type(exc).__name__}: {exc}"

@@ -15,7 +15,7 @@ import time
 import torch
 
 from .. import atomic
-from ..config import RunConfig
+from ..config import RunConfig, int8_layout_of
 from ..rundir import RunDir, fingerprint
 
 LATENCY_COLUMNS = ["first", "last", "op", "precision", "signature", "median_s", "p90_s", "stdev_s",
@@ -27,6 +27,10 @@ def profile_fingerprint(run: RunDir, cfg: RunConfig) -> str:
     if prof.get("context") == "alone":          # options added later leave earlier runs' fingerprints alone
         prof.pop("context", None)
         prof.pop("context_rounds", None)
+    if "int8" in prof.get("precisions", []):
+        prof["int8_layout"] = int8_layout_of(cfg.profile)
+    else:
+        prof.pop("int8_layout", None)
     return fingerprint({"score": run.stage("score").fingerprint, "profile": prof, "teacher": cfg.teacher})
 
 
@@ -126,7 +130,8 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
                                       make_module=maker(first, last, op), calib=None)
             items.append(by_sig[sig])
     results = profile_items(items, backend, table, cfg.profile.precisions, workdir,
-                            max_seconds=cfg.profile.max_seconds, cv_target=cfg.profile.cv_target)
+                            max_seconds=cfg.profile.max_seconds, cv_target=cfg.profile.cv_target,
+                            int8_layout=int8_layout_of(cfg.profile))
     res = {(r.signature, r.precision): r for r in results}
     device = backend.device().fingerprint
     out_rows, failed = [], 0

@@ -1,0 +1,245 @@
+"""The "ort" int8 layout: Q/DQ that ONNX Runtime's CPU provider fuses into integer kernels.
+
+TensorRT's layout (`precision.quantize_qdq`: symmetric int8, Q/DQ on layer inputs only) runs on
+ORT CPU as DequantizeLinear → float Conv: measured 3.6x *slower* than fp32 on Lite0. ORT fuses
+DQ(x), DQ(w), DQ(bias) → Conv → Q(y) into QLinearConv only when the output is quantized too, the
+bias is int32 and, on x86, activations are uint8 (its S8S8 path measured no faster than fp32).
+So this layout, per quantized Conv/Gemm ("site"):
+
+    x ─► Q(u8, s_x, z_x) ─► DQ ─► Conv ◄─ DQ(int8 w, per channel) ◄─ DQ(int32 b, s_x·s_w)
+                                    └─► [Relu | Clip(0, hi)] ─► Q(u8, s_y, z_y) ─► DQ ─► y
+
+- activations: asymmetric uint8, scale (hi − lo) / 255, zero point round(−lo / scale), ranges from
+  `calibrate` (signed bounds, 0 included);
+- a Relu or Clip(0, hi) that is the conv's only reader is quantized *behind* (its output range is
+  [0, min(hi, calibrated)], so ORT drops it as redundant and fuses the conv); any other activation
+  stays float after the DQ;
+- a site whose input is another site's quantized output reuses that Q/DQ (no second rounding);
+- the residual Add reads the dequantized conv output and the float skip (stays a float Add).
+
+The PyTorch simulation (`fakequant.fake_quantize(layout="ort")`) applies the same roundings through
+the `Site` list below, built from the exported graph, so both follow one plan. Quantizing a conv's
+output *before* a Relu/Clip(0, hi) with a range [0, h ≤ hi] equals quantizing after it, which is
+why the simulation can put the output quantizer on the conv itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .calibrate import AMAX_FLOOR, CalibResult
+
+U8_MAX = 255
+
+
+@dataclass
+class Site:
+    """One quantized Conv/Gemm of the ORT layout."""
+
+    node: str                    # ONNX node name
+    path: str                    # module path (the calibration key)
+    q_tensor: str                # tensor whose Q/DQ carries the output (the activation's when fused)
+    act_hi: float | None         # upper bound of the fused Relu (inf) / Clip(0, hi); None: none fused
+    input_site: str | None       # path of the site whose quantized output is this site's input
+    in_range: tuple[float, float]
+    out_range: tuple[float, float]
+
+
+def u8_params(lo: float, hi: float) -> tuple[float, int]:
+    """(scale, zero point) of asymmetric uint8 over [lo, hi] (0 included), as ONNX Runtime's
+    quantizer computes them; scale as float32."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    scale = float(np.float32(max(hi - lo, AMAX_FLOOR) / U8_MAX))
+    zp = int(np.clip(np.round(-lo / scale), 0, U8_MAX))
+    return scale, zp
+
+
+def _const_value(name: str, inits: dict, constants: dict) -> float | None:
+    from onnx import numpy_helper
+
+    if not name:
+        return None
+    t = inits.get(name) or constants.get(name)
+    if t is None:
+        return None
+    a = numpy_helper.to_array(t)
+    return float(a.reshape(-1)[0]) if a.size == 1 else None
+
+
+def _fused_act_bound(act, inits: dict, constants: dict) -> float | None:
+    """The upper bound of a Relu (inf) or Clip(0, hi) node; None for anything else."""
+    if act.op_type == "Relu":
+        return float("inf")
+    if act.op_type != "Clip":
+        return None
+    lo = _const_value(act.input[1] if len(act.input) > 1 else "", inits, constants)
+    hi = _const_value(act.input[2] if len(act.input) > 2 else "", inits, constants)
+    if lo != 0.0:
+        return None
+    return float("inf") if hi is None else hi
+
+
+def plan_sites(model, calib: CalibResult, only_calibrated: bool = False) -> list[Site]:
+    """The sites of `model` (an onnx.ModelProto exported from the calibrated module), in graph order.
+
+    only_calibrated: quantize just the layers `calib` has ranges for (a per-layer plan); otherwise
+        every Conv/Gemm must have one.
+    """
+    from .precision import match_layers
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    constants = {n.output[0]: next(a.t for a in n.attribute if a.name == "value")
+                 for n in g.node if n.op_type == "Constant" and any(a.name == "value" for a in n.attribute)}
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    outputs = {o.name for o in g.output}
+    targets = [n for n in g.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 1 and n.input[1] in inits]
+    if not targets:
+        raise UserError("the model has no Conv/Gemm with a constant weight to quantize")
+    match = match_layers([n.name for n in targets], calib.amax)
+    if only_calibrated:
+        targets = [n for n in targets if n.name in match]
+    missing = [n.name for n in targets if n.name not in match]
+    if missing:
+        raise UserError(f"no calibrated range for {len(missing)} layer(s) (first: '{missing[0]}'): "
+                        "calibrate the module that was exported")
+    sites: list[Site] = []
+    by_q_tensor: dict[str, Site] = {}
+    for n in targets:
+        path = match[n.name]
+        y = n.output[0]
+        q_tensor, act_hi = y, None
+        rd = readers.get(y, [])
+        if len(rd) == 1 and y not in outputs:
+            bound = _fused_act_bound(rd[0], inits, constants)
+            if bound is not None:
+                q_tensor, act_hi = rd[0].output[0], bound
+        lo, hi = calib.output_range(path)
+        if act_hi is not None:
+            lo, hi = 0.0, max(min(hi, act_hi), 0.0)
+        src = by_q_tensor.get(n.input[0])
+        in_range = src.out_range if src is not None else calib.input_range(path)
+        site = Site(n.name, path, q_tensor, act_hi, src.path if src else None, in_range, (lo, hi))
+        sites.append(site)
+        by_q_tensor[q_tensor] = site
+    return sites
+
+
+def write_ort_qdq(src_onnx: str | Path, dst_onnx: str | Path, calib: CalibResult, per_channel: bool = True,
+                  only_calibrated: bool = False) -> Path:
+    """Insert the ORT layout's Q/DQ into the fp32 ONNX `src_onnx` (exported from the calibrated
+    module, BN folded) and write `dst_onnx` (atomic); returns it."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from .precision import QDQ_MIN_OPSET, _check_and_save, _quant_weight, _weight_axis
+
+    model = onnx.load(str(src_onnx))
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and o.version < QDQ_MIN_OPSET:
+            raise UserError(f"{src_onnx} has opset {o.version}: per-channel Q/DQ needs {QDQ_MIN_OPSET}+ (export with 17)")
+    sites = plan_sites(model, calib, only_calibrated)
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    new_inits: list = []
+    before: dict[str, list] = {}          # node name → nodes to put before it
+    after: dict[str, list] = {}           # producer of a site's q_tensor → its Q/DQ
+    act_dq: dict[tuple, str] = {}
+    used_weights: set[str] = set()
+    producer = {o: n for n in g.node for o in n.output}
+    node_of = {n.name: n for n in g.node}
+    if len(node_of) != len(g.node):
+        raise UserError(f"{src_onnx}: node names are not unique; export with hant_trt.latency.export")
+
+    def const(name: str, arr: np.ndarray) -> str:
+        new_inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def qdq(x: str, out: str, rng: tuple[float, float], base: str) -> list:
+        s, z = u8_params(*rng)
+        sn = const(base + "_scale", np.array(s, dtype=np.float32))
+        zn = const(base + "_zp", np.array(z, dtype=np.uint8))
+        return [helper.make_node("QuantizeLinear", [x, sn, zn], [base + "_q"], name=base + "/QuantizeLinear"),
+                helper.make_node("DequantizeLinear", [base + "_q", sn, zn], [out], name=base + "/DequantizeLinear")]
+
+    for k, site in enumerate(sites):
+        n = node_of[site.node]
+        pre = before.setdefault(n.name, [])
+        if site.input_site is None:
+            x = n.input[0]
+            key = (x, site.in_range)
+            if key not in act_dq:
+                base = f"{site.node}/input_quantizer_{k}"
+                pre.extend(qdq(x, base + "_dq", site.in_range, base))
+                act_dq[key] = base + "_dq"
+            n.input[0] = act_dq[key]
+        s_x, _ = u8_params(*site.in_range)
+        wname = n.input[1]
+        if wname in used_weights:
+            raise UserError(f"{site.node}: weight '{wname}' is shared by several layers; the ORT int8 layout "
+                            "needs one weight per layer")
+        used_weights.add(wname)
+        w = numpy_helper.to_array(inits[wname])
+        axis = _weight_axis(n)
+        q, w_scale = _quant_weight(w, per_channel, axis)
+        wb = f"{wname}__int8"
+        attrs = {"axis": axis} if per_channel else {}
+        pre.append(helper.make_node("DequantizeLinear", [const(wb, q), const(wb + "_scale", w_scale),
+                                                         const(wb + "_zp", np.zeros(w_scale.shape, np.int8))],
+                                    [wb + "_dq"], name=f"{site.node}/weight_quantizer/DequantizeLinear", **attrs))
+        n.input[1] = wb + "_dq"
+        if len(n.input) > 2 and n.input[2]:
+            if n.input[2] not in inits:
+                raise UserError(f"{site.node}: bias '{n.input[2]}' is not a constant")
+            b = numpy_helper.to_array(inits[n.input[2]]).astype(np.float64)
+            b_scale = (np.float64(s_x) * w_scale.astype(np.float64)).astype(np.float32)
+            if b.ndim != 1:
+                raise UserError(f"{site.node}: bias of shape {b.shape} is not per output channel")
+            bq = np.clip(np.round(b / b_scale), -2**31, 2**31 - 1).astype(np.int32)
+            bb = f"{n.input[2]}__int32"
+            battrs = {"axis": 0} if b_scale.size > 1 else {}
+            pre.append(helper.make_node("DequantizeLinear", [const(bb, bq), const(bb + "_scale", b_scale.reshape(-1) if b_scale.size > 1 else b_scale.reshape(())),
+                                                             const(bb + "_zp", np.zeros(b_scale.shape if b_scale.size > 1 else (), np.int32))],
+                                        [bb + "_dq"], name=f"{site.node}/bias_quantizer/DequantizeLinear", **battrs))
+            n.input[2] = bb + "_dq"
+        # the output: the producer writes "<t>__fp"; Q/DQ gives back "<t>", so every reader and
+        # graph output sees the dequantized value without being rewired
+        t = site.q_tensor
+        prod = producer[t]
+        prod.output[list(prod.output).index(t)] = t + "__fp"
+        after.setdefault(prod.name, []).extend(qdq(t + "__fp", t, site.out_range, f"{site.node}/output_quantizer_{k}"))
+
+    nodes = []
+    for n in g.node:
+        nodes.extend(before.get(n.name, []))
+        nodes.append(n)
+        nodes.extend(after.get(n.name, []))
+    del g.node[:]
+    g.node.extend(nodes)
+    g.initializer.extend(new_inits)
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return _check_and_save(model, dst_onnx, f"ORT-layout Q/DQ insertion into {src_onnx}")
+
+
+def sites_of_module(module, input_shape: tuple[int, ...], calib: CalibResult,
+                    only_calibrated: bool = False) -> list[Site]:
+    """The sites of `module` as it exports (BN folded): what the simulation quantizes."""
+    import tempfile
+
+    import onnx
+
+    from .export import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        p = export_onnx(module, tuple(input_shape), Path(tmp) / "m.onnx")
+        return plan_sites(onnx.load(str(p)), calib, only_calibrated)

@@ -1,0 +1,185 @@
+"""The "ort" int8 layout (ONNX Runtime CPU's integer kernels): layout, fusion, simulation, plumbing.
+
+Tolerances (stated here and in docs/ARCHITECTURE.md):
+- Q/DQ ONNX (unoptimised) vs the PyTorch simulation: mean |diff| <= 1 % of max|fp32| and max |diff|
+  <= 3 output quantization steps (a value on a rounding boundary may round the other way and a
+  quantized output turns that into a whole step);
+- int8 vs fp32: cosine >= 0.99.
+"""
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from hant_trt.config import ProfileCfg, int8_layout_of
+from hant_trt.errors import UserError
+from hant_trt.latency.calibrate import calibrate
+from hant_trt.latency.export import export_onnx, fold_batchnorm
+from hant_trt.latency.fakequant import fake_quantize
+from hant_trt.latency.int8_ort import plan_sites, u8_params, write_ort_qdq
+from hant_trt.latency.precision import quantize_int8
+
+from test_export import mbconv, randomize_bn  # noqa: E402  (tests/ is on sys.path)
+
+SHAPE = (2, 16, 12, 12)
+
+
+def batches(shape, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=g) for _ in range(n)]
+
+
+def session(path, optimise: bool, save_to=None):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if optimise
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    if save_to:
+        so.optimized_model_filepath = str(save_to)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+class TwoBlocks(nn.Module):
+    """Two Lite0-style residual MBConvs (ReLU6): a per-layer plan quantizes one of them."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.models._efficientnet_blocks import InvertedResidual
+
+        torch.manual_seed(3)
+        self.a = InvertedResidual(16, 16, dw_kernel_size=3, exp_ratio=4.0, act_layer=nn.ReLU6)
+        self.b = InvertedResidual(16, 16, dw_kernel_size=5, exp_ratio=3.0, act_layer=nn.ReLU6)
+        randomize_bn(self)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def test_u8_params_follow_onnxruntime_quantizer():
+    s, z = u8_params(-1.0, 3.0)
+    assert s == pytest.approx(4.0 / 255) and z == round(1.0 / (4.0 / 255))
+    assert u8_params(0.5, 6.0) == (pytest.approx(6.0 / 255), 0)          # 0 always representable
+    assert u8_params(-2.0, -1.0)[1] == 255
+
+
+def test_calibration_records_output_ranges_after_the_bn_fold():
+    model = mbconv(nn.ReLU6)
+    xs = batches(SHAPE, 2)
+    calib = calibrate(model, xs)
+    folded = fold_batchnorm(model)
+    seen = {}
+    hooks = [folded.get_submodule(p).register_forward_hook(
+        lambda _m, _i, y, p=p: seen.setdefault(p, []).append((float(y.min()), float(y.max())))) for p in calib.amax]
+    with torch.no_grad():
+        for x in xs:
+            folded(x)
+    for h in hooks:
+        h.remove()
+    for p, r in seen.items():
+        assert calib.out_lo[p] == pytest.approx(min(0.0, min(a for a, _ in r)), rel=1e-5)
+        assert calib.out_hi[p] == pytest.approx(max(b for _, b in r), rel=1e-5)
+        assert calib.lo[p] <= 0.0 <= calib.hi[p] and calib.hi[p] <= calib.amax[p]
+
+
+def test_ort_layout_fuses_into_integer_kernels_and_matches_the_simulation(tmp_path):
+    model = mbconv(nn.ReLU6)
+    calib = calibrate(model, batches(SHAPE, 4))
+    q = quantize_int8(model, SHAPE, tmp_path / "q.onnx", calib, layout="ort")
+    m = onnx.load(str(q))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    prod = {o: n for n in m.graph.node for o in n.output}
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 3
+    for n in convs:
+        dq = prod[n.input[0]]
+        assert dq.op_type == "DequantizeLinear" and inits[dq.input[2]].dtype == np.uint8
+        assert inits[prod[n.input[1]].input[0]].dtype == np.int8
+        assert inits[prod[n.input[2]].input[0]].dtype == np.int32               # int32 bias
+    # every Clip sits between a conv and its output Q, so ORT drops it and fuses the conv
+    for n in m.graph.node:
+        if n.op_type == "Clip":
+            assert prod[n.input[0]].op_type == "Conv"
+    session(q, True, tmp_path / "opt.onnx")
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    assert ops["QLinearConv"] == 3 and ops["Conv"] == 0 and ops["Clip"] == 0, ops
+
+    x = batches(SHAPE, 1, seed=9)[0]
+    ref = session(export_onnx(model, SHAPE, tmp_path / "f.onnx"), False).run(None, {"input": x.numpy()})[0]
+    raw = session(q, False).run(None, {"input": x.numpy()})[0]
+    fused = session(q, True).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        sim = fake_quantize(model, calib, layout="ort", input_shape=SHAPE)(x).numpy()
+    step = u8_params(*plan_sites(m_fp := onnx.load(str(tmp_path / "f.onnx")), calib)[-1].out_range)[0]
+    assert m_fp is not None
+    for got in (raw, fused):
+        assert np.abs(sim - got).mean() <= 0.01 * np.abs(ref).max()
+        assert np.abs(sim - got).max() <= 3 * step + 1e-6
+    cos = float((raw * ref).sum() / np.linalg.norm(raw) / np.linalg.norm(ref))
+    assert cos >= 0.99
+    assert np.abs(sim - ref).max() > 2 * np.abs(sim - raw).mean()          # it really quantizes
+
+
+def test_site_plan_reuses_a_quantized_output_and_fuses_only_relu_clip():
+    model = mbconv(nn.ReLU6)
+    calib = calibrate(model, batches(SHAPE, 2))
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sites = plan_sites(onnx.load(str(export_onnx(model, SHAPE, Path(tmp) / "m.onnx"))), calib)
+    by = {s.path: s for s in sites}
+    assert by["conv_pw"].act_hi == pytest.approx(6.0) and by["conv_pw"].input_site is None
+    assert by["conv_dw"].input_site == "conv_pw" and by["conv_dw"].in_range == by["conv_pw"].out_range
+    assert by["conv_pwl"].act_hi is None and by["conv_pwl"].out_range[0] < 0     # signed, before the Add
+    assert by["conv_dw"].out_range[0] == 0.0 and by["conv_dw"].out_range[1] <= 6.0
+    silu = mbconv(nn.SiLU)
+    with tempfile.TemporaryDirectory() as tmp:
+        sites = plan_sites(onnx.load(str(export_onnx(silu, SHAPE, Path(tmp) / "m.onnx"))), calibrate(silu, batches(SHAPE, 1)))
+    assert all(s.act_hi is None for s in sites)                              # SiLU stays float after DQ
+
+
+def test_per_layer_plan_quantizes_only_the_calibrated_block(tmp_path):
+    model = TwoBlocks().eval()
+    full = calibrate(model, batches(SHAPE, 3))
+    part = full.subset(("b.",))
+    p = export_onnx(model, SHAPE, tmp_path / "f.onnx")
+    q = write_ort_qdq(p, tmp_path / "q.onnx", part, only_calibrated=True)
+    session(q, True, tmp_path / "opt.onnx")
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    assert ops["QLinearConv"] == 3 and ops["Conv"] + ops["FusedConv"] == 3, ops
+    x = batches(SHAPE, 1, seed=4)[0]
+    raw = session(q, False).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        sim = fake_quantize(model, part, layout="ort", input_shape=SHAPE, only_calibrated=True)(x).numpy()
+        ref = model(x).numpy()
+    assert np.abs(sim - raw).mean() <= 0.01 * np.abs(ref).max()
+    with pytest.raises(UserError, match="no calibrated range"):
+        write_ort_qdq(p, tmp_path / "bad.onnx", part)                          # all layers, ranges for some
+
+
+def test_int8_layout_follows_the_backend_unless_set():
+    assert int8_layout_of(ProfileCfg(backend="ort")) == "ort"
+    assert int8_layout_of(ProfileCfg(backend="tensorrt")) == "trt"
+    assert int8_layout_of(ProfileCfg(backend="ort", int8_layout="trt")) == "trt"
+    with pytest.raises(UserError, match="int8_layout"):
+        int8_layout_of(ProfileCfg(int8_layout="s8"))
+
+
+def test_profile_keeps_ort_layout_rows_apart_from_tensorrt_layout_rows():
+    from hant_trt.latency.profile import ProfileItem, _key
+
+    class B:
+        name = "ort"
+
+        def version(self):
+            return "1"
+
+    it = ProfileItem("sig", (1, 16, 8, 8), lambda: None)
+    assert _key(it, "int8", B(), "dev", "ort") != _key(it, "int8", B(), "dev", "trt")
+    assert _key(it, "fp32", B(), "dev", "ort") == _key(it, "fp32", B(), "dev", "trt")
