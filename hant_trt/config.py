@@ -78,7 +78,8 @@ class ProfileCfg:
     calib_method: str = "max"       # int8 ranges, for scoring and the final Q/DQ alike: max | percentile | entropy
     calib_images: int = 32          # un-augmented training images those ranges are calibrated on
     int8_layout: str = "auto"       # Q/DQ layout: trt (TensorRT: symmetric, inputs only) | ort (ONNX Runtime
-                                    #   CPU's integer kernels: uint8, outputs too) | auto (ort on the ort backend)
+                                    #   CPU's integer kernels: uint8, outputs too) | auto (ort on the ort
+                                    #   backend without fp16, else trt)
     context: str = "alone"          # alone: each candidate timed by itself | model: also timed inside
                                     #   the teacher (swapped in, beside the teacher), fp32 only
     context_rounds: int = 5         # model: alternating (teacher, swapped) pairs per swap
@@ -173,10 +174,11 @@ def load(path: str | Path) -> RunConfig:
 
 def int8_layout_of(profile: "ProfileCfg") -> str:
     """The Q/DQ layout int8 parts use: `profile.int8_layout`, "auto" meaning "ort" for the ONNX
-    Runtime backend (its CPU kernels fuse only that layout) and "trt" otherwise."""
+    Runtime backend on a CPU-style plan (its CPU kernels fuse only that layout) and "trt" otherwise
+    (TensorRT; a plan with fp16 is a GPU target, whose ONNX must build on TensorRT)."""
     layout = profile.int8_layout
     if layout == "auto":
-        return "ort" if profile.backend == "ort" else "trt"
+        return "ort" if profile.backend == "ort" and "fp16" not in profile.precisions else "trt"
     if layout not in ("trt", "ort"):
         raise UserError(f"profile.int8_layout must be auto, trt or ort, not '{layout}'")
     return layout

@@ -166,6 +166,7 @@ def test_per_layer_plan_quantizes_only_the_calibrated_block(tmp_path):
 def test_int8_layout_follows_the_backend_unless_set():
     assert int8_layout_of(ProfileCfg(backend="ort")) == "ort"
     assert int8_layout_of(ProfileCfg(backend="tensorrt")) == "trt"
+    assert int8_layout_of(ProfileCfg(backend="ort", precisions=["fp16", "int8"])) == "trt"    # a GPU plan
     assert int8_layout_of(ProfileCfg(backend="ort", int8_layout="trt")) == "trt"
     with pytest.raises(UserError, match="int8_layout"):
         int8_layout_of(ProfileCfg(int8_layout="s8"))
