@@ -2,7 +2,7 @@
 every Conv2d/Linear, keyed by its module path — the ranges `precision.quantize_qdq` writes into the
 Q/DQ ONNX and `fakequant.fake_quantize` simulates. Signed bounds of each layer's input and output
 are recorded too (`lo`/`hi`, `out_lo`/`out_hi`): the "ort" layout quantizes activations
-asymmetrically to uint8 and also quantizes layer outputs (see `precision.int8_layout`).
+asymmetrically to uint8 and also quantizes layer outputs (see `int8_ort`).
 
 Methods (as in TensorRT's and pytorch-quantization's calibrators):
 - "max": the largest |x| seen;
@@ -197,7 +197,7 @@ def _check_method(method: str, percentile: float, num_bins: int) -> None:
 @torch.no_grad()
 def calibrate(module: nn.Module, batches: Iterable[torch.Tensor], method: str = "max", percentile: float = 99.99,
               num_bins: int = 2048) -> CalibResult:
-    """Run `module` (eval mode, restored afterwards) on `batches` and record the range of the input
+    """Run a BN-folded eval copy of `module` (left untouched) on `batches` and record the range of the input
     of every Conv2d/Linear.
 
     module: the fp32 module whose layers will be quantized (BN folded or not: a conv's input is the
@@ -242,23 +242,18 @@ def calibrate(module: nn.Module, batches: Iterable[torch.Tensor], method: str = 
                 out_hists[path].add(y)
         return hook
 
-    was_training = module.training
-    module.eval()
-    handles = [m.register_forward_pre_hook(hook_for(p)) for p, m in layers.items()]
-    handles += [m.register_forward_hook(out_hook_for(p)) for p, m in layers.items()]
+    # hooks go on the folded eval copy, which is dropped afterwards: nothing to restore
+    for p, m in layers.items():
+        m.register_forward_pre_hook(hook_for(p))
+        m.register_forward_hook(out_hook_for(p))
     n_batches = n_samples = 0
-    try:
-        for b in batches:
-            x = torch.as_tensor(b)
-            if not x.is_floating_point():
-                x = x.float()
-            module(x)
-            n_batches += 1
-            n_samples += int(x.shape[0]) if x.dim() else 1
-    finally:
-        for h in handles:
-            h.remove()
-        module.train(was_training)
+    for b in batches:
+        x = torch.as_tensor(b)
+        if not x.is_floating_point():
+            x = x.float()
+        module(x)
+        n_batches += 1
+        n_samples += int(x.shape[0]) if x.dim() else 1
     if n_batches == 0:
         raise UserError("calibration got no batches: give at least one batch of real inputs")
 

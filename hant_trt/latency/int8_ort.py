@@ -139,7 +139,7 @@ def write_ort_qdq(src_onnx: str | Path, dst_onnx: str | Path, calib: CalibResult
     import onnx
     from onnx import helper, numpy_helper
 
-    from .precision import QDQ_MIN_OPSET, _check_and_save, _quant_weight, _weight_axis
+    from .precision import QDQ_MIN_OPSET, _check_and_save, _quant_weight, _weight_axis, replace_nodes
 
     model = onnx.load(str(src_onnx))
     for o in model.opset_import:
@@ -221,13 +221,7 @@ def write_ort_qdq(src_onnx: str | Path, dst_onnx: str | Path, calib: CalibResult
         nodes.extend(before.get(n.name, []))
         nodes.append(n)
         nodes.extend(after.get(n.name, []))
-    del g.node[:]
-    g.node.extend(nodes)
-    g.initializer.extend(new_inits)
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    keep = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    replace_nodes(g, nodes, new_inits)
     return _check_and_save(model, dst_onnx, f"ORT-layout Q/DQ insertion into {src_onnx}")
 
 

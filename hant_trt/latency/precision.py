@@ -298,6 +298,18 @@ def _toposort(nodes: list, available: set[str]) -> list:
 # int8 Q/DQ
 
 
+def replace_nodes(g, nodes: list, new_inits: list) -> None:
+    """Give graph `g` the node list `nodes` and the initializers `new_inits`, then drop the
+    initializers nothing reads any more (the float weights a Q/DQ rewrite replaced)."""
+    del g.node[:]
+    g.node.extend(nodes)
+    g.initializer.extend(new_inits)
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+
+
 def _quant_weight(w: np.ndarray, per_channel: bool, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 weights and their float32 scales (per `axis` channel, or one scale)."""
     if per_channel:
@@ -427,14 +439,7 @@ def quantize_qdq(src_onnx: str | Path, dst_onnx: str | Path, calib: CalibResult,
     for idx, n in enumerate(g.node):
         nodes.extend(prefix_nodes.get(idx, []))
         nodes.append(n)
-    del g.node[:]
-    g.node.extend(nodes)
-    g.initializer.extend(new_inits)
-    # the float weights are no longer read
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    keep = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    replace_nodes(g, nodes, new_inits)
     return _check_and_save(model, dst_onnx, f"Q/DQ insertion into {src_onnx}")
 
 
