@@ -32,6 +32,14 @@ def kl(ref: torch.Tensor, got: torch.Tensor) -> float:
                                             log_target=True, reduction="batchmean"))
 
 
+def _unoptimised(path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/imagenet-sample/dev"))
@@ -61,6 +69,12 @@ def main() -> None:
             sess = backend.session(q)
             eng = torch.from_numpy(np.concatenate([sess.run(None, {"input": xe[i:i + 1].numpy()})[0]
                                                    for i in range(len(xe))]))
+            raw = _unoptimised(q)
+            written = torch.from_numpy(np.concatenate([raw.run(None, {"input": xe[i:i + 1].numpy()})[0]
+                                                       for i in range(len(xe))]))
+            d = (written - sim).abs()
+            print(f"int8 {layout} layout, Q/DQ as written vs simulated: max {float(d.max()):.3f}, mean "
+                  f"{float(d.mean()):.4f}, top-1 equal {100 * (written.argmax(1) == sim.argmax(1)).float().mean():.0f} %")
             a_ms, b_ms = measure_side_by_side(backend, fp32, q, rounds=a.rounds)
             for name, out in (("simulated", sim), ("ORT engine", eng)):
                 agree = 100 * (out.argmax(1) == ref.argmax(1)).float().mean()

@@ -184,3 +184,18 @@ def test_profile_keeps_ort_layout_rows_apart_from_tensorrt_layout_rows():
     it = ProfileItem("sig", (1, 16, 8, 8), lambda: None)
     assert _key(it, "int8", B(), "dev", "ort") != _key(it, "int8", B(), "dev", "trt")
     assert _key(it, "fp32", B(), "dev", "ort") == _key(it, "fp32", B(), "dev", "trt")
+
+
+def test_convs_sharing_one_bias_initializer_get_their_own_int32_bias(tmp_path):
+    # an untrained block: every folded bias is zero, and the exporter stores them once
+    from timm.models._efficientnet_blocks import InvertedResidual
+
+    torch.manual_seed(0)
+    model = InvertedResidual(16, 16, dw_kernel_size=3, exp_ratio=1.0, act_layer=nn.ReLU6).eval()
+    p = export_onnx(model, SHAPE, tmp_path / "f.onnx")
+    g = onnx.load(str(p)).graph
+    biases = [n.input[2] for n in g.node if n.op_type == "Conv" and len(n.input) > 2]
+    assert len(set(biases)) < len(biases)                      # the shared initializer this is about
+    calib = calibrate(model, batches(SHAPE, 2))
+    q = write_ort_qdq(p, tmp_path / "q.onnx", calib)
+    session(q, True).run(None, {"input": batches(SHAPE, 1)[0].numpy()})

@@ -203,7 +203,9 @@ def write_ort_qdq(src_onnx: str | Path, dst_onnx: str | Path, calib: CalibResult
             if b.ndim != 1:
                 raise UserError(f"{site.node}: bias of shape {b.shape} is not per output channel")
             bq = np.clip(np.round(b / b_scale), -2**31, 2**31 - 1).astype(np.int32)
-            bb = f"{n.input[2]}__int32"
+            # per site: the exporter shares one initializer between equal biases (all zero when
+            # BatchNorm is untrained), and each site's int32 bias has its own scale
+            bb = f"{n.input[2]}__int32_{k}"
             battrs = {"axis": 0} if b_scale.size > 1 else {}
             pre.append(helper.make_node("DequantizeLinear", [const(bb, bq), const(bb + "_scale", b_scale.reshape(-1) if b_scale.size > 1 else b_scale.reshape(())),
                                                              const(bb + "_zp", np.zeros(b_scale.shape if b_scale.size > 1 else (), np.int32))],
