@@ -107,3 +107,34 @@ def test_gpu_plan_fp16_elsewhere_int8_and_fp32_parts_kept(lite0, tmp_path):
     assert export_with_plan(student, (1, 3, RES, RES), tmp_path / "b.onnx", None, choices, "fp16").exists()
     with pytest.raises(ValueError, match="base precision"):
         export_with_plan(student, (1, 3, RES, RES), tmp_path / "c.onnx", None, choices, "bf16")
+
+
+@pytest.mark.parametrize("layout", ["trt", "ort"])
+def test_stem_and_head_chosen_int8_are_calibrated_simulated_and_exported(lite0, tmp_path, layout):
+    """The search may choose the stem and head at int8 (solution.json's fixed_parts): their layers get
+    Q/DQ in the ONNX and are simulated from the same ranges; the slots stay as chosen."""
+    from hant_trt.teacher.decompose import decompose
+
+    d = decompose(lite0.model, RES)
+    choices = [Choice(i, i, "keep", "int8" if i == 0 else "fp32") for i in range(len(d.slots))]
+    student = assemble(d, choices)
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.rand(4, 3, RES, RES, generator=gen) for _ in range(2)]
+    calib = calibrate_parts(student, int8_parts(choices), batches, "max", cache_dir=tmp_path / "calib",
+                            layout=layout, fixed=("stem", "head"))
+    prefixes = {k.split(".")[0] for k in calib.amax}
+    assert prefixes == {"stem", "head", "parts"} and all(k.startswith(("stem.", "head.", "parts.0."))
+                                                         for k in calib.amax)
+    path = export_with_plan(student, (1, 3, RES, RES), tmp_path / "s.onnx", calib)
+    g = onnx.load(str(path)).graph
+    scopes = [node_scope(n.name) for n in g.node if n.op_type == "QuantizeLinear"]
+    assert any("stem" in s for s in scopes) and any("head" in s for s in scopes), scopes
+    sim = simulate_int8(student, int8_parts(choices), calib)
+    x = batches[0][:1]
+    with torch.no_grad():
+        ref_fp32, ref_sim = student(x).numpy(), sim(x).numpy()
+    ver = verify_onnx(sim, path, [x.numpy()], "int8-ort" if layout == "ort" else "int8")
+    assert np.abs(ref_fp32 - ref_sim).max() > 0.01 and ver.passed, ver
+    no_head = calibrate_parts(student, int8_parts(choices), batches, "max", cache_dir=tmp_path / "calib",
+                              layout=layout, fixed=("stem",))
+    assert not any(k.startswith("head.") for k in no_head.amax)

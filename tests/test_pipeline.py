@@ -54,6 +54,13 @@ engine_name = "e2e"
     precs = {(r["op"], r["precision"]) for r in score_rows}
     assert ("keep", "int8") in precs and ("keep", "fp32") in precs   # int8 is a per-layer choice
     assert {r["precision"] for r in lat_rows} == {"fp32", "int8"}
+    # the int8 latency model: stem and head timed at int8, a saving per junction, their scores
+    fx = next(iter(json.loads((run / "latency_fixed.json").read_text())["device"].values()))
+    n_slots = len(json.loads((run / "teacher.json").read_text())["slots"])
+    assert fx["stem_int8_s"] > 0 and fx["head_int8_s"] > 0 and len(fx["junction_saving_s"]) == n_slots + 1
+    assert fx["teacher_int8_s"] > 0 and fx["teacher_int8_sum_s"] > 0
+    assert set(json.loads((run / "scores_fixed.json").read_text())) == {"stem", "head"}
+    assert {f["part"] for f in json.loads((run / "solution.json").read_text())["fixed_parts"]} == {"stem", "head"}
     # kernel fusion: candidates replacing slots 2-3 with one op were distilled, scored and timed
     fused = {(r["first"], r["last"], r["op"]) for r in score_rows if r["first"] != r["last"]}
     assert fused and all(f == "2" and l == "3" for f, l, _ in fused)
@@ -80,7 +87,8 @@ engine_name = "e2e"
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(str(run / "student" / "student.onnx"), so, providers=["CPUExecutionProvider"])
-    atol = TOLERANCES["int8-ort"][0] if any(c.precision == "int8" for c in spec.choices) else 1e-3
+    int8 = any(c.precision == "int8" for c in spec.choices) or "int8" in spec.fixed_precision.values()
+    atol = TOLERANCES["int8-ort"][0] if int8 else 1e-3
     with torch.no_grad():
         assert (student(x) - torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])).abs().max() < atol
     # an int8 choice in the solution: Q/DQ on that part only, verified against its simulation

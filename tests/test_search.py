@@ -8,7 +8,7 @@ import pytest
 
 from hant_trt.errors import UserError
 from hant_trt.search.budget import parse_budget, parse_count
-from hant_trt.search.ilp import Option, Problem, max_score, min_latency, pair_score, prune_dominated, solve
+from hant_trt.search.ilp import Option, Problem, Solution, max_score, min_latency, pair_score, prune_dominated, solve
 
 D1, D2 = "gpu:test", "cpu:test"
 
@@ -356,3 +356,78 @@ def test_a_pair_penalty_changes_the_pick():
     p.pairs.append(((0, 0, "skip", "fp32"), (2, 2, "skip", "fp32"), -2.0))
     sol = solve(p)
     assert sorted(o.op for o in sol.choices) == ["ir", "keep", "skip"] and sol.score == pytest.approx(-2.5)
+
+
+# -- int8 junctions and stem/head precision choices ---------------------------------------------------
+
+def brute_force_int8(p: Problem):
+    """(best score, its min latency) over every covering × stem/head choice, latencies by `predict`."""
+    from hant_trt.search.ilp import fixed_groups, predict
+
+    best = None
+    for sel in coverings(p.n_slots, p.options):
+        for fixed in itertools.product(*fixed_groups(p)):
+            fixed = list(fixed)
+            lat = {d: predict(p, sel, fixed, d) for d in p.budget_s}
+            if any(lat[d] > b for d, b in p.budget_s.items()):
+                continue
+            score = sum(o.score for o in sel + fixed)
+            if best is None or score > best[0] + 1e-9:
+                best = (score, lat)
+    return best
+
+
+def int8_problem(seed: int, n_slots: int = 5) -> Problem:
+    rng = random.Random(seed)
+    opts = random_options(rng, n_slots, per_slot=2, max_span=2, per_span=1)
+    fixed_opts = []
+    for pos, name in ((-1, "stem"), (n_slots, "head")):
+        fixed_opts.append(Option(pos, pos, name, "fp32", 0.0, {D1: rng.uniform(0.2, 0.6)}))
+        fixed_opts.append(Option(pos, pos, name, "int8", -round(rng.random(), 3), {D1: rng.uniform(0.3, 0.9)}))
+    savings = [{D1: rng.choice([0.0, -0.05, rng.uniform(0.05, 0.5)])} for _ in range(n_slots + 1)]
+    probe = Problem(n_slots, opts, {D1: 1e9}, {D1: 0.1}, fixed_options=fixed_opts, junction_saving_s=savings)
+    lo = min_latency(probe, D1)
+    return Problem(n_slots, opts, {D1: lo + rng.uniform(0.1, 2.0)}, {D1: 0.1}, fixed_options=fixed_opts,
+                   junction_saving_s=savings)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_ilp_with_junction_savings_and_fixed_parts_equals_brute_force(seed):
+    from hant_trt.search.ilp import predict
+
+    p = int8_problem(seed)
+    want_score, _ = brute_force_int8(p)
+    sol = solve(p)
+    assert sol.score == pytest.approx(want_score, abs=1e-6)
+    assert sorted(o.first for o in sol.fixed_choices) == [-1, p.n_slots]      # one stem, one head choice
+    pred = predict(p, sol.choices, sol.fixed_choices, D1)
+    assert sol.predicted_s[D1] == pytest.approx(pred) and pred <= p.budget_s[D1] * (1 + 1e-9)
+    # min_latency walks the same model: the smallest budget is feasible, a hair below it is not
+    lo = min_latency(p, D1)
+    assert solve(Problem(p.n_slots, p.options, {D1: lo * (1 + 1e-9)}, p.fixed_s, fixed_options=p.fixed_options,
+                         junction_saving_s=p.junction_saving_s)).predicted_s[D1] == pytest.approx(lo)
+    with pytest.raises(UserError, match="infeasible"):
+        solve(Problem(p.n_slots, p.options, {D1: lo * 0.999}, p.fixed_s, fixed_options=p.fixed_options,
+                      junction_saving_s=p.junction_saving_s))
+    back = Solution.from_dict(sol.to_dict())
+    assert [(o.op, o.precision) for o in back.fixed_choices] == [(o.op, o.precision) for o in sol.fixed_choices]
+
+
+def test_junction_saving_makes_neighbouring_int8_pay():
+    """Alone, each int8 part is slower than its fp32 twin (Q in, DQ out); together the saving at their
+    junction makes both int8 the fastest plan — and only both together."""
+    from hant_trt.search.ilp import predict
+
+    opts = []
+    for s in range(2):
+        opts.append(Option(s, s, "keep", "fp32", 0.0, {D1: 1.0}))
+        opts.append(Option(s, s, "keep", "int8", -0.01, {D1: 1.2}))
+    save = [{D1: 0.0}, {D1: 1.0}, {D1: 0.0}]
+    p = Problem(2, opts, {D1: 1.5}, {D1: 0.0}, junction_saving_s=save)
+    sol = solve(p)
+    assert [o.precision for o in sol.choices] == ["int8", "int8"] and sol.predicted_s[D1] == pytest.approx(1.4)
+    one = [opts[1], opts[2]]
+    assert predict(p, one, [], D1) == pytest.approx(2.2)           # a lone int8 part gets no saving
+    assert min_latency(p, D1) == pytest.approx(1.4)
+    with pytest.raises(UserError, match="infeasible"):             # without the model: nothing reaches 1.5
+        solve(Problem(2, opts, {D1: 1.5}, {D1: 0.0}))

@@ -233,3 +233,33 @@ def test_skip_weight_scales_skips_only(tmp_path):
     # the stage reads it: with skips weighted 0.01 the cheapest covering (two skips) wins at a tight budget
     sol = run_search(run, cfg_with(budget="3.5ms", skip_weight=0.01))
     assert [c.op for c in sol.choices] == ["skip", "skip"]
+
+
+def test_int8_profile_makes_stem_head_choices_and_junction_savings(tmp_path):
+    """An int8 profile (stem/head int8 timings, junction savings) and scores_fixed.json: the search
+    chooses the stem's and head's precision, subtracts the savings between int8 neighbours and
+    writes both to solution.json; without scores_fixed.json the stem and head stay fixed."""
+    from hant_trt.search.stage import search_fingerprint
+
+    extra_s = ["0,0,keep,int8,keep|0,99,0.01,,0.1,1000,10000", "1,1,keep,int8,keep|1,99,0.01,,0.1,1000,10000"]
+    extra_l = [f"0,0,keep,int8,keep|0,2.2e-3,0,0,10,ort,{CPU}", f"1,1,keep,int8,keep|1,2.2e-3,0,0,10,ort,{CPU}"]
+    run = make_run(tmp_path, extra_scores=extra_s, extra_lat=extra_l)
+    doc = json.loads((run.root / "latency_fixed.json").read_text())
+    doc["device"][CPU].update(stem_int8_s=1.5e-3, head_int8_s=1.5e-3, junction_saving_s=[1.5e-3, 1.5e-3, 1.5e-3],
+                              teacher_int8_s=3.0e-3, teacher_int8_sum_s=3.0e-3)
+    (run.root / "latency_fixed.json").write_text(json.dumps(doc))
+    before = search_fingerprint(run, cfg_with(budget="3.6ms"))
+    plain = run_search(run, cfg_with(budget="3.6ms"))
+    assert plain.fixed_choices == [] and all(o.op != "keep" or o.precision == "fp32" for o in plain.choices)
+    (run.root / "scores_fixed.json").write_text(json.dumps(
+        {"stem": {"int8": {"agreement": 99.5, "kl": 0.005}}, "head": {"int8": {"agreement": 99.8, "kl": 0.002}}}))
+    assert search_fingerprint(run, cfg_with(budget="3.6ms")) != before
+    sol = run_search(run, cfg_with(budget="3.6ms"))
+    # all int8: 1.5 + 2.2 + 2.2 + 1.5 − 3 × 1.5 = 2.9 ms ≤ 3.6 ms at −1 −1 −0.5 −0.2 (agreement drops)
+    assert [(o.op, o.precision) for o in sol.choices] == [("keep", "int8"), ("keep", "int8")]
+    assert [(o.op, o.precision) for o in sol.fixed_choices] == [("stem", "int8"), ("head", "int8")]
+    assert sol.predicted_s[CPU] == pytest.approx(2.9e-3) and sol.score == pytest.approx(-2.7)
+    d = json.loads((run.root / "solution.json").read_text())
+    assert [(f["part"], f["precision"]) for f in d["fixed_parts"]] == [("stem", "int8"), ("head", "int8")]
+    table = format_table(d)
+    assert table.splitlines()[1].split()[:3] == ["-", "stem", "int8"] and "head" in table.splitlines()[-3]

@@ -33,6 +33,7 @@ class StudentSpec:
     choices: list[Choice]
     format: int = 1
     notes: dict = field(default_factory=dict)
+    fixed_precision: dict = field(default_factory=dict)   # {"stem": "int8", ...} when not the base precision
 
     def to_dict(self) -> dict:
         return asdict(self)

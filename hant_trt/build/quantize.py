@@ -34,16 +34,20 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+FIXED_PARTS = ("stem", "head")
+
+
 def calibrate_parts(student, parts: list[int], batches: list[torch.Tensor], method: str = "max",
-                    cache_dir: Path | None = None, layout: str = "trt") -> CalibResult:
-    """Ranges of every Conv/Linear input inside `student.parts[i]` for i in `parts`, keyed by their
-    path in the student ("parts.3.conv_pw"), from the student itself run on `batches` (its int8
-    parts see their real inputs: the outputs of the student's own preceding parts)."""
+                    cache_dir: Path | None = None, layout: str = "trt", fixed: tuple[str, ...] = ()) -> CalibResult:
+    """Ranges of every Conv/Linear input inside `student.parts[i]` for i in `parts` (and inside the
+    stem / head when named in `fixed`), keyed by their path in the student ("parts.3.conv_pw"),
+    from the student itself run on `batches` (its int8 parts see their real inputs: the outputs of
+    the student's own preceding parts)."""
     key = {"what": "student int8 parts", "weights": weights_digest(student), "parts": parts,
            "images": int(sum(b.shape[0] for b in batches)),
            "data": hashlib.sha256(b"".join(b.numpy().tobytes() for b in batches)).hexdigest()}
     full = calibrate_cached(key, student, batches, method=method, cache_dir=cache_dir)
-    out = full.subset(tuple(f"parts.{i}." for i in parts))
+    out = full.subset(tuple(f"parts.{i}." for i in parts) + tuple(f"{name}." for name in fixed))
     out.extra["layout"] = layout            # travels with the ranges: simulation, export, int8_calib.json
     out.extra["input_shape"] = [1, *batches[0].shape[1:]]
     return out
@@ -64,7 +68,16 @@ def simulate_int8(student, parts: list[int], calib: CalibResult):
     sim = copy.deepcopy(student).eval()
     for i in parts:
         sim.parts[i] = fake_quantize(student.parts[i], part_calib(calib, i))
+    for name in int8_fixed(calib):
+        setattr(sim, name, fake_quantize(getattr(student, name), calib.subset((f"{name}.",), strip=True)))
     return sim
+
+
+def int8_fixed(calib: CalibResult | None) -> tuple[str, ...]:
+    """Which of the stem and head the calibration covers (the search chose them at int8)."""
+    if calib is None:
+        return ()
+    return tuple(n for n in FIXED_PARTS if any(k.startswith(f"{n}.") for k in calib.amax))
 
 
 INT8_CALIB = "int8_calib.json"      # beside a saved student: the ranges of its int8 parts
@@ -122,5 +135,7 @@ def export_with_plan(student, shape: tuple, dst: Path, calib: CalibResult | None
         if base == "fp16":
             ordered = sorted(choices or [], key=lambda c: c.first)
             stay = {i for i, c in enumerate(ordered) if c.precision != "fp16"}
+            if qdq and int8_fixed(calib):
+                stay.add(None)          # an int8 stem or head: the nodes outside the parts stay fp32
             out = to_fp16(out, Path(tmp) / "fp16.onnx", keep_fp32=lambda n: part_of_node(n) in stay)
         return atomic.write_with(Path(dst), lambda t: shutil.copyfile(out, t))

@@ -69,18 +69,22 @@ def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set
                     device=device)
 
 
-def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig):
-    """(CalibResult, simulated student, notes) for the parts chosen at int8; (None, student, {})
-    when there are none."""
+def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig, fixed: dict | None = None):
+    """(CalibResult, simulated student, notes) for the parts chosen at int8 — slots, and the stem /
+    head when `fixed` ({"stem": precision, ...}, solution.json's fixed_parts) says int8;
+    (None, student, {}) when there are none."""
     from .finetune import eval_batches
     from .quantize import calibrate_parts, int8_parts, simulate_int8
 
     parts = int8_parts(choices)
-    if not parts:
+    fixed_int8 = tuple(n for n in ("stem", "head") if (fixed or {}).get(n) == "int8")
+    if not parts and not fixed_int8:
         return None, student, {}
     batches = eval_batches(calib_set, cfg.profile.calib_images, cfg.build.batch_size)
-    calib = calibrate_parts(student, parts, batches, cfg.profile.calib_method, layout=int8_layout_of(cfg.profile))
-    return calib, simulate_int8(student, parts, calib), {"int8_parts": parts, "calib_method": calib.method,
+    calib = calibrate_parts(student, parts, batches, cfg.profile.calib_method, layout=int8_layout_of(cfg.profile),
+                            fixed=fixed_int8)
+    return calib, simulate_int8(student, parts, calib), {"int8_parts": parts, "int8_fixed": list(fixed_int8),
+                                                         "calib_method": calib.method,
                                                          "int8_layout": calib.extra["layout"],
                                                          "calib_images": cfg.profile.calib_images}
 
@@ -102,6 +106,7 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
     t0 = time.time()
     teacher, d = load_from_config(cfg)
     choices = [Choice(c["first"], c["last"], c["op"], c.get("precision", "fp32")) for c in solution["choices"]]
+    fixed = {f["part"]: f["precision"] for f in solution.get("fixed_parts") or []}
     student = assemble(d, choices, _trained_modules(run, d, choices))
     splits = data_splits(cfg, teacher.data_config, train_resolution=cfg.distill.resolution)
     deploy_train = data_splits(cfg, teacher.data_config, train_augment=False).train
@@ -123,12 +128,12 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
         student.load_state_dict(assembled)
         after = dict(before)
         ft["kept"] = "assembled"
-    calib, deployed, notes = int8_plan(student, choices, deploy_train, cfg)
+    calib, deployed, notes = int8_plan(student, choices, deploy_train, cfg, fixed)
     if calib is not None:
         notes["agreement_fp32"] = after
         after = agreement(deployed, teacher.model, eval_loader)    # what is deployed: int8 parts simulated
     spec = StudentSpec(model=teacher.name, resolution=teacher.resolution, data_config=teacher.data_config,
-                       choices=choices, notes={"agreement_assembled": before, "agreement": after,
+                       choices=choices, fixed_precision=fixed, notes={"agreement_assembled": before, "agreement": after,
                                                "finetune": ft, **notes})
     save_student(run.root / "student", student, spec)
     if calib is not None:

@@ -107,3 +107,36 @@ def read_scores(path: Path) -> list[ScoreRow]:
                                  local_mse=float(r["local_mse"]), params=int(r["params"]),
                                  macs=int(r["macs"])))
     return rows
+
+
+FIXED_SCORES = "scores_fixed.json"      # the stem's and head's swap-one scores at int8
+
+
+@torch.no_grad()
+def score_fixed_int8(d: Decomposition, eval_loader, calib_batches: list[torch.Tensor], labelled: bool,
+                     method: str = "max", layout: str = "trt") -> dict:
+    """{"stem": {"int8": metrics}, "head": {"int8": metrics}}: the teacher with its stem (or head)
+    alone in simulated int8 — calibrated on `calib_batches` (images) as `int8_entries` calibrates a
+    slot — scored like any candidate (agreement, KL, top-1; local_mse 0: not a slot output)."""
+    from ..latency.calibrate import calibrate
+    from ..latency.fakequant import fake_quantize
+
+    head_in = [capture(d, x)[0][-1] for x in calib_batches]
+    q_stem = fake_quantize(d.stem, calibrate(d.stem, calib_batches, method=method), layout=layout,
+                           input_shape=(1, *calib_batches[0].shape[1:]))
+    q_head = fake_quantize(d.head, calibrate(d.head, head_in, method=method), layout=layout,
+                           input_shape=(1, *head_in[0].shape[1:]))
+    accs = {"stem": _Acc(), "head": _Acc()}
+    for x, y in eval_loader:
+        acts, t_logits = capture(d, x)
+        t_logp = F.log_softmax(t_logits, 1)
+        for name, logits in (("stem", suffix(d, q_stem(x), 0)), ("head", q_head(acts[-1]))):
+            a = accs[name]
+            a.agree += int((logits.argmax(1) == t_logits.argmax(1)).sum())
+            if labelled:
+                a.correct += int((logits.argmax(1) == y).sum())
+            a.kl += float(F.kl_div(F.log_softmax(logits, 1), t_logp, log_target=True, reduction="sum"))
+            a.n += x.shape[0]
+    return {name: {"int8": {"agreement": 100.0 * a.agree / max(1, a.n), "kl": a.kl / max(1, a.n),
+                            "top1": (100.0 * a.correct / a.n) if labelled and a.n else None, "local_mse": 0.0}}
+            for name, a in accs.items()}

@@ -6,10 +6,12 @@ import json
 import os
 import time
 
+from .. import atomic
 from ..config import RunConfig, int8_layout_of
 from ..data import make_splits
 from ..rundir import RunDir, fingerprint
 from ..teacher.stage import load_from_config, run_teacher, teacher_fingerprint
+from .score import FIXED_SCORES
 from .train import distill, prune_stale_slot_files
 
 
@@ -129,6 +131,8 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
 
     fp = score_fingerprint(cfg)
     if run.is_done("score", fp):
+        if "int8" in cfg.profile.precisions and not run.path(FIXED_SCORES).is_file():
+            _write_fixed_scores(run, cfg)       # runs scored before the stem/head became choices
         return run.stage("score").info or {}
     run.require("distill")
     run.set_stage("score", "running", fp)
@@ -156,9 +160,31 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
                              signature=signature_of(d, first, last, op), params=params, macs=macs, **m))
     rows.sort(key=lambda r: (r.first, r.last, r.op != "keep", r.op, r.precision))
     write_scores(run.path("scores.csv"), rows)
+    if "int8" in cfg.profile.precisions:
+        _write_fixed_scores(run, cfg)
     info = {"rows": len(rows), "eval_images": len(ev), "seconds": round(time.time() - t0, 1)}
     run.set_stage("score", "done", fp, info)
     return info
+
+
+def _write_fixed_scores(run: RunDir, cfg: RunConfig) -> None:
+    """scores_fixed.json: the stem and head at int8, scored on the eval split like the slots."""
+    from torch.utils.data import DataLoader, Subset
+
+    from .score import score_fixed_int8
+    from .train import eval_batches
+
+    teacher, d = load_from_config(cfg)
+    splits = data_splits(cfg, teacher.data_config)
+    ev = splits.eval
+    if cfg.score.max_images and len(ev) > cfg.score.max_images:
+        ev = Subset(ev, range(cfg.score.max_images))
+    calib = eval_batches(data_splits(cfg, teacher.data_config, train_augment=False).train,
+                         cfg.profile.calib_images, cfg.score.batch_size)
+    got = score_fixed_int8(d, DataLoader(ev, batch_size=cfg.score.batch_size, shuffle=False), calib,
+                           bool(getattr(splits.eval, "labelled", False)), cfg.profile.calib_method,
+                           int8_layout_of(cfg.profile))
+    atomic.write_json(run.path(FIXED_SCORES), got)
 
 
 def int8_entries(d, entries, calib_set, batch_size: int, images: int = 32, method: str = "max",

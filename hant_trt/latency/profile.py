@@ -129,12 +129,13 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
 
 
 def measure_module(module, input_shape, backend: Backend, table: LatencyTable, workdir: Path, signature: str,
-                   precision: str = "fp32", max_seconds: float = 2.0, cv_target: float = 0.02) -> ProfileResult:
+                   precision: str = "fp32", max_seconds: float = 2.0, cv_target: float = 0.02,
+                   int8_layout: str = "trt") -> ProfileResult:
     """One module (the whole teacher, a fixed part) through the same path as candidates, cached in
     the table under `signature`; RuntimeError when it cannot be measured (the run needs it)."""
     item = ProfileItem(signature, tuple(input_shape), lambda: module)
     res = profile_items([item], backend, table, [precision], workdir, progress=False, max_seconds=max_seconds,
-                        cv_target=cv_target)[0]
+                        cv_target=cv_target, int8_layout=int8_layout)[0]
     if res.error:
         raise RuntimeError(f"could not measure {signature}: {res.error}")
     return res

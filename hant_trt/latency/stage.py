@@ -29,6 +29,7 @@ def profile_fingerprint(run: RunDir, cfg: RunConfig) -> str:
         prof.pop("context_rounds", None)
     if "int8" in prof.get("precisions", []):
         prof["int8_layout"] = int8_layout_of(cfg.profile)
+        prof["int8_model"] = "junctions"      # stem/head at int8 and junction savings (session 9)
     else:
         prof.pop("int8_layout", None)
     return fingerprint({"score": run.stage("score").fingerprint, "profile": prof, "teacher": cfg.teacher})
@@ -85,6 +86,36 @@ def _in_context(out_rows: list[dict], fixed: dict, d, teacher, maker, backend, t
         used += 1
     return {"swaps": len({(s.keep_signature, s.signature) for s in swaps}), "rows_in_context": used,
             "rounds": cfg.profile.context_rounds, "seconds": round(time.time() - t0, 1)}
+
+
+def _int8_junctions(d, teacher, out_rows, backend, table, workdir, cfg) -> dict:
+    """The int8 side of the latency model (`latency.junction`): the stem and head at int8, what
+    each junction saves between int8 neighbours, and the whole teacher at int8 beside the sum the
+    model predicts for it (reported, so a user sees how far the model is from the engine)."""
+    from .junction import measure_junctions, teacher_parts
+    from .profile import measure_module
+
+    layout = int8_layout_of(cfg.profile)
+    keep = {int(r["first"]): r for r in out_rows if r["op"] == "keep" and r["first"] == r["last"]}
+    parts = teacher_parts(d, teacher.name, teacher.resolution, cfg.profile.batch,
+                          {i: keep[i]["signature"] for i in keep})
+    got = measure_junctions(parts, backend, table, workdir, layout, max_seconds=cfg.profile.max_seconds,
+                            cv_target=cfg.profile.cv_target)
+    out = {k: got[k] for k in ("stem_int8_s", "head_int8_s", "junction_saving_s")}
+    keep8 = [r["median_s"] for r in out_rows if r["op"] == "keep" and r["first"] == r["last"]
+             and r["precision"] == "int8"]
+    if None not in (out["stem_int8_s"], out["head_int8_s"]) and len(keep8) == len(d.slots):
+        try:
+            whole = measure_module(teacher.model, (cfg.profile.batch, 3, teacher.resolution, teacher.resolution),
+                                   backend, table, workdir, signature=f"{teacher.name}:teacher|{teacher.resolution}",
+                                   precision="int8", max_seconds=max(cfg.profile.max_seconds, 1.0),
+                                   cv_target=cfg.profile.cv_target, int8_layout=layout).median_s
+        except RuntimeError:
+            whole = None
+        out["teacher_int8_s"] = whole
+        out["teacher_int8_sum_s"] = (out["stem_int8_s"] + out["head_int8_s"] + sum(keep8)
+                                     - sum(max(0.0, s) for s in out["junction_saving_s"] if s is not None))
+    return out
 
 
 def run_profile(run: RunDir, cfg: RunConfig) -> dict:
@@ -159,6 +190,8 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
     fixed["teacher_sum_s"] = fixed["stem_s"] + fixed["head_s"] + sum(keep.values())
     fixed["correction_s"] = fixed["teacher_s"] - fixed["teacher_sum_s"]
     fixed["additivity_error"] = (fixed["teacher_sum_s"] - fixed["teacher_s"]) / fixed["teacher_s"]
+    if "int8" in cfg.profile.precisions:
+        fixed.update(_int8_junctions(d, teacher, out_rows, backend, table, workdir, cfg))
     fixed_doc = {"device": {device: {**fixed, "precision": base, "backend": backend.name,
                                      "version": backend.version(), "context": cfg.profile.context}}}
     columns = LATENCY_COLUMNS
@@ -178,5 +211,9 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
             "backend": backend.name, "device": device, "seconds": round(time.time() - t0, 1)}
     if ctx_info is not None:
         info["context"] = ctx_info
+    if fixed.get("teacher_int8_s") and fixed.get("teacher_int8_sum_s"):
+        info["int8_teacher_ms"] = round(fixed["teacher_int8_s"] * 1e3, 4)
+        info["int8_additivity_error_pct"] = round(
+            100 * (fixed["teacher_int8_sum_s"] - fixed["teacher_int8_s"]) / fixed["teacher_int8_s"], 2)
     run.set_stage("profile", "done", fp, info)
     return info

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import UserError
 
@@ -64,7 +64,13 @@ class Problem:
     max_params, max_macs: limits on Σ params / Σ MACs of the chosen options (None: no limit).
     pairs: interaction terms (key_a, key_b, score): `score` is added when both options are chosen
     (negative: the two together lose more than their own scores say — e.g. two consecutive
-    `skip`s of one stage). Options named in a pair are exempt from dominance pruning."""
+    `skip`s of one stage). Options named in a pair are exempt from dominance pruning.
+    fixed_options: precision choices for the stem (first = last = -1) and the head (first = last =
+    n_slots): exactly one per part is chosen; a part listed here is not in `fixed_s`.
+    junction_saving_s: j = 0..n_slots → device → seconds saved when the parts on both sides of
+    junction j (the input of slot j; j = n_slots: the head's input) both run int8: timed alone,
+    each int8 part pays a Q at its entry and a DQ at its exit, which vanish between int8
+    neighbours (`latency.junction`). Empty: no such saving."""
 
     n_slots: int
     options: list[Option]
@@ -73,6 +79,39 @@ class Problem:
     max_params: float | None = None
     max_macs: float | None = None
     pairs: list = field(default_factory=list)
+    fixed_options: list = field(default_factory=list)
+    junction_saving_s: list = field(default_factory=list)
+
+
+def is_int8(o: Option) -> bool:
+    return o.precision == "int8"
+
+
+def _sides(p: Problem, chosen: list[Option], fixed_chosen: list[Option]) -> tuple[dict, dict]:
+    """(left, right): junction j → whether the part ending just before it / starting at it is int8."""
+    left = {o.last + 1: is_int8(o) for o in chosen}
+    right = {o.first: is_int8(o) for o in chosen}
+    for f in fixed_chosen:
+        if f.first < 0:
+            left[0] = is_int8(f)
+        else:
+            right[p.n_slots] = is_int8(f)
+    return left, right
+
+
+def junction_saving(p: Problem, chosen: list[Option], fixed_chosen: list[Option], device: str) -> float:
+    """Seconds saved on `device` at the junctions whose both sides are int8 in this selection."""
+    if not p.junction_saving_s:
+        return 0.0
+    left, right = _sides(p, chosen, fixed_chosen)
+    return sum(max(0.0, sav.get(device, 0.0)) for j, sav in enumerate(p.junction_saving_s)
+               if left.get(j) and right.get(j))
+
+
+def predict(p: Problem, chosen: list[Option], fixed_chosen: list[Option], device: str) -> float:
+    """A selection's whole-model latency on `device`: fixed + Σ parts − junction savings."""
+    return (p.fixed_s.get(device, 0.0) + sum(o.latency_s[device] for o in chosen)
+            + sum(o.latency_s[device] for o in fixed_chosen) - junction_saving(p, chosen, fixed_chosen, device))
 
 
 def pair_score(pairs: list, chosen: list[Option]) -> float:
@@ -105,6 +144,7 @@ class Solution:
     teacher_s: dict = field(default_factory=dict)
     metric: str = ""
     budget: str = ""
+    fixed_choices: list = field(default_factory=list)   # the stem's / head's precision, when chosen
 
     @property
     def params(self) -> int:
@@ -133,21 +173,22 @@ class Solution:
             "predicted_speedup": teacher / pred if teacher and pred else None,
             "score": self.score, "params": self.params, "macs": self.macs,
             "n_options": self.n_options, "n_variables": self.n_variables,
-            "choices": [{"first": o.first, "last": o.last, "op": o.op, "precision": o.precision,
-                         "signature": o.signature, "predicted_s": o.latency_s.get(dev),
-                         "predicted_s_by_device": dict(o.latency_s), "score": o.score,
-                         "params": o.params, "macs": o.macs} for o in self.choices],
+            "choices": [_option_dict(o, dev) for o in self.choices],
+            "fixed_parts": [{"part": "stem" if o.first < 0 else "head", **_option_dict(o, dev)}
+                            for o in self.fixed_choices],
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Solution":
         """Inverse of `to_dict` (used when the stage is skipped and by `format_table`)."""
+        def option(c):
+            return Option(int(c["first"]), int(c["last"]), c["op"], c.get("precision", "fp32"), float(c["score"]),
+                          dict(c.get("predicted_s_by_device") or {d["device"]: c["predicted_s"]}),
+                          int(c.get("params", 0)), int(c.get("macs", 0)), c.get("signature", ""))
+
         try:
-            choices = [Option(int(c["first"]), int(c["last"]), c["op"], c.get("precision", "fp32"),
-                              float(c["score"]),
-                              dict(c.get("predicted_s_by_device") or {d["device"]: c["predicted_s"]}),
-                              int(c.get("params", 0)), int(c.get("macs", 0)), c.get("signature", ""))
-                       for c in d["choices"]]
+            choices = [option(c) for c in d["choices"]]
+            fixed_choices = [option(c) for c in d.get("fixed_parts") or []]
             budget = d.get("budget_s_by_device")
             if budget is None:
                 budget = d["budget_s"] if isinstance(d["budget_s"], dict) else {d["device"]: d["budget_s"]}
@@ -157,9 +198,23 @@ class Solution:
                        solve_seconds=float(d["solve_seconds"]), n_options=int(d.get("n_options", 0)),
                        n_variables=int(d.get("n_variables", 0)), device=d["device"],
                        teacher_s=dict(d.get("teacher_s_by_device") or {}), metric=d.get("metric", ""),
-                       budget=d.get("budget", ""))
+                       budget=d.get("budget", ""), fixed_choices=fixed_choices)
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"solution.json is malformed ({exc!r}): run `hant-trt search` again") from None
+
+
+def _option_dict(o: Option, dev: str) -> dict:
+    return {"first": o.first, "last": o.last, "op": o.op, "precision": o.precision, "signature": o.signature,
+            "predicted_s": o.latency_s.get(dev), "predicted_s_by_device": dict(o.latency_s), "score": o.score,
+            "params": o.params, "macs": o.macs}
+
+
+def fixed_groups(p: Problem) -> list[list[Option]]:
+    """The stem's and the head's precision options, one list per part that has any."""
+    groups: dict[int, list[Option]] = {}
+    for o in p.fixed_options:
+        groups.setdefault(o.first, []).append(o)
+    return [groups[k] for k in sorted(groups)]
 
 
 # -- coverings by dynamic programming (bounds and messages, not the optimum) ----------------------
@@ -182,32 +237,60 @@ def _cover_extreme(n_slots: int, options: list[Option], cost, pick=min) -> float
 
 
 def min_latency(p: Problem, device: str) -> float:
-    """Smallest reachable predicted latency (s) on `device`, ignoring every other constraint."""
-    return p.fixed_s.get(device, 0.0) + _cover_extreme(p.n_slots, p.options, lambda o: o.latency_s.get(device))
+    """Smallest reachable predicted latency (s) on `device`, ignoring every other constraint
+    (junction savings included: the state of the walk is whether the last part is int8)."""
+    def saving(j: int) -> float:
+        return max(0.0, p.junction_saving_s[j].get(device, 0.0)) if j < len(p.junction_saving_s) else 0.0
+
+    groups = {g[0].first: g for g in fixed_groups(p)}
+    best: list[dict] = [dict() for _ in range(p.n_slots + 1)]
+    for o in groups.get(-1, [Option(-1, -1, "stem", "fp32", 0.0, {device: 0.0})]):
+        if device in o.latency_s:
+            best[0][is_int8(o)] = min(best[0].get(is_int8(o), math.inf), o.latency_s[device])
+    by_first: dict[int, list[Option]] = {}
+    for o in p.options:
+        by_first.setdefault(o.first, []).append(o)
+    for pos in range(p.n_slots):
+        for flag, cost in list(best[pos].items()):
+            for o in by_first.get(pos, ()):
+                lat = o.latency_s.get(device)
+                if lat is None or o.last >= p.n_slots:
+                    continue
+                c = cost + lat - (saving(pos) if flag and is_int8(o) else 0.0)
+                if c < best[o.last + 1].get(is_int8(o), math.inf):
+                    best[o.last + 1][is_int8(o)] = c
+    ends = [math.inf]
+    for flag, cost in best[p.n_slots].items():
+        for h in groups.get(p.n_slots, [Option(p.n_slots, p.n_slots, "head", "fp32", 0.0, {device: 0.0})]):
+            if device in h.latency_s:
+                ends.append(cost + h.latency_s[device] - (saving(p.n_slots) if flag and is_int8(h) else 0.0))
+    return p.fixed_s.get(device, 0.0) + min(ends)
 
 
 def max_score(p: Problem) -> float:
     """Best reachable summed score with no constraint at all (an upper bound for any budget)."""
-    return _cover_extreme(p.n_slots, p.options, lambda o: o.score, pick=max)
+    return (_cover_extreme(p.n_slots, p.options, lambda o: o.score, pick=max)
+            + sum(max(o.score for o in g) for g in fixed_groups(p)))
 
 
 # -- dominance pruning ------------------------------------------------------------------------------
 
 def prune_dominated(options: list[Option], devices: list[str], params: bool = False,
-                    macs: bool = False) -> list[Option]:
+                    macs: bool = False, by_int8: bool = False) -> list[Option]:
     """Drop options that another option on the same span beats or equals on everything.
 
     d dominates o when both cover the same slots, d.score ≥ o.score and d needs no more latency on
     any of `devices` (nor params / MACs when those are limited). Swapping o for d in any feasible
     selection keeps it feasible and does not lower the score, so the optimum is unchanged; among
     exact equals the canonical `Option.preference` survives, which is what makes ties deterministic.
-    Options missing a latency on one of `devices` cannot be chosen and are dropped. Returns the
-    survivors sorted by (first, last, op, precision).
+    Options missing a latency on one of `devices` cannot be chosen and are dropped. by_int8: int8
+    and other options are compared only among themselves (with junction savings an int8 option's
+    latency depends on its neighbours). Returns the survivors sorted by (first, last, op, precision).
     """
     groups: dict[tuple, list[Option]] = {}
     for o in options:
         if all(d in o.latency_s for d in devices):
-            groups.setdefault((o.first, o.last), []).append(o)
+            groups.setdefault((o.first, o.last, by_int8 and is_int8(o)), []).append(o)
 
     def resources(o: Option) -> tuple:
         r = tuple(o.latency_s[d] for d in devices)
@@ -329,14 +412,14 @@ def solve(p: Problem, solver: str = "cbc", time_limit: float = 60.0, prune: bool
     t0 = time.perf_counter()
     devices = sorted(p.budget_s)
     # an option without a latency on some target cannot be chosen: leave it out of everything
-    usable = Problem(p.n_slots, [o for o in p.options if all(d in o.latency_s for d in devices)],
-                     p.budget_s, p.fixed_s, p.max_params, p.max_macs)
+    usable = replace(p, options=[o for o in p.options if all(d in o.latency_s for d in devices)],
+                     fixed_options=[o for o in p.fixed_options if all(d in o.latency_s for d in devices)], pairs=[])
     # an option in an interaction term neither dominates (its partner may cost it more than its score
     # says) nor is dominated (the one beating it alone may be the one a partner penalises)
     paired = {k for a, b, _ in p.pairs for k in (a, b)}
     if prune:
         opts = prune_dominated([o for o in usable.options if o.key not in paired], devices,
-                               p.max_params is not None, p.max_macs is not None)
+                               p.max_params is not None, p.max_macs is not None, bool(p.junction_saving_s))
         opts = sorted(opts + [o for o in usable.options if o.key in paired], key=lambda o: o.key)
     else:
         opts = sorted(usable.options, key=lambda o: o.key)
@@ -360,29 +443,57 @@ def solve(p: Problem, solver: str = "cbc", time_limit: float = 60.0, prune: bool
         return 1e-2 * (0.999 * o.latency_s[primary] / lat_span + 0.001 * rank[o.key] / n_rank)
 
     prob = pulp.LpProblem("hant_selection", pulp.LpMaximize)
-    if hasattr(prob, "add_variable"):  # PuLP ≥ 3.3 (the LpVariable constructor is deprecated there)
-        xs = [prob.add_variable(f"x{i}", cat=pulp.LpBinary) for i in range(len(opts))]
-    else:
-        xs = [pulp.LpVariable(f"x{i}", cat=pulp.LpBinary) for i in range(len(opts))]
+
+    def new_var(name: str, **kw):
+        if hasattr(prob, "add_variable"):  # PuLP ≥ 3.3 (the LpVariable constructor is deprecated there)
+            return prob.add_variable(name, **kw)
+        return pulp.LpVariable(name, **kw)
+
+    def cont_var(name: str):
+        return new_var(name, lowBound=0, upBound=1)
+
+    xs = [new_var(f"x{i}", cat=pulp.LpBinary) for i in range(len(opts))]
     # z = x_a AND x_b, linearised: a penalty needs only z ≥ x_a + x_b − 1 (maximising pushes z to
     # its floor), a bonus only z ≤ x_a, z ≤ x_b; z may stay continuous in [0, 1]
     zs = []
     for n, (a, b, v) in enumerate(pairs):
-        z = (prob.add_variable(f"z{n}", lowBound=0, upBound=1) if hasattr(prob, "add_variable")
-             else pulp.LpVariable(f"z{n}", lowBound=0, upBound=1))
+        z = cont_var(f"z{n}")
         if v < 0:
             prob += z >= xs[a] + xs[b] - 1, f"pair{n}"
         else:
             prob += z <= xs[a], f"pair{n}a"
             prob += z <= xs[b], f"pair{n}b"
         zs.append((z, v * scale))
-    prob += pulp.LpAffineExpression([(x, o.score * scale - tie(o)) for o, x in zip(opts, xs)] + zs)
+    fixed = usable.fixed_options
+    fxs = [new_var(f"f{i}", cat=pulp.LpBinary) for i in range(len(fixed))]
+    prob += pulp.LpAffineExpression([(x, o.score * scale - tie(o)) for o, x in zip(opts, xs)] + zs
+                                    + [(x, o.score * scale) for o, x in zip(fixed, fxs)])
     for s in range(p.n_slots):
         prob += pulp.LpAffineExpression([(x, 1) for o, x in zip(opts, xs) if o.first <= s <= o.last]) == 1, f"cover{s}"
+    for g in sorted({o.first for o in fixed}):
+        prob += pulp.LpAffineExpression([(x, 1) for o, x in zip(fixed, fxs) if o.first == g]) == 1, f"fixed{g}"
+    # y_j ≤ [part before junction j is int8], y_j ≤ [part after it is int8]: the latency constraint
+    # pulls y_j up, so it is 1 exactly when both sides are int8 (the sums are 0 or 1: one cover)
+    ys = []
+    for j, sav in enumerate(p.junction_saving_s):
+        if not any(v > 0 for v in sav.values()):
+            continue
+        left = [x for o, x in zip(opts, xs) if is_int8(o) and o.last == j - 1]
+        right = [x for o, x in zip(opts, xs) if is_int8(o) and o.first == j]
+        left += [x for o, x in zip(fixed, fxs) if is_int8(o) and o.first < 0 and j == 0]
+        right += [x for o, x in zip(fixed, fxs) if is_int8(o) and o.first == p.n_slots and j == p.n_slots]
+        if not left or not right:
+            continue
+        y = cont_var(f"y{j}")
+        prob += y <= pulp.lpSum(left), f"junction{j}l"
+        prob += y <= pulp.lpSum(right), f"junction{j}r"
+        ys.append((y, sav))
     for k, dev in enumerate(devices):
         # milliseconds keep coefficients near 1 (solver tolerances are absolute, ~1e-7)
         room_ms = (p.budget_s[dev] - p.fixed_s.get(dev, 0.0)) * 1e3
-        lat_ms = pulp.LpAffineExpression([(x, o.latency_s[dev] * 1e3) for o, x in zip(opts, xs)])
+        lat_ms = pulp.LpAffineExpression([(x, o.latency_s[dev] * 1e3) for o, x in zip(opts, xs)]
+                                         + [(x, o.latency_s[dev] * 1e3) for o, x in zip(fixed, fxs)]
+                                         + [(y, -max(0.0, sav.get(dev, 0.0)) * 1e3) for y, sav in ys])
         prob += lat_ms <= room_ms, f"latency{k}"
     if p.max_params is not None:
         prob += pulp.LpAffineExpression([(x, o.params / 1e6) for o, x in zip(opts, xs)]) <= p.max_params / 1e6, "params"
@@ -398,13 +509,15 @@ def solve(p: Problem, solver: str = "cbc", time_limit: float = 60.0, prune: bool
         raise UserError(f"the {solver} solver found no selection within {time_limit:g}s "
                         f"(status '{pulp.LpStatus[prob.status]}'): raise search.time_limit")
     chosen = sorted((o for o, x in zip(opts, xs) if (x.value() or 0.0) > 0.5), key=lambda o: o.first)
-    _verify(p, chosen)
+    fixed_chosen = sorted((o for o, x in zip(fixed, fxs) if (x.value() or 0.0) > 0.5), key=lambda o: o.first)
+    _verify(p, chosen, fixed_chosen)
     status = "optimal" if prob.sol_status == pulp.LpSolutionOptimal else "feasible (time limit)"
-    pred = {d: p.fixed_s.get(d, 0.0) + sum(o.latency_s[d] for o in chosen) for d in devices}
+    pred = {d: predict(p, chosen, fixed_chosen, d) for d in devices}
     # rounded as solution.json stores it, so a Solution and its JSON print the same table
-    return Solution(status, chosen, pred, sum(o.score for o in chosen) + pair_score(p.pairs, chosen),
+    return Solution(status, chosen, pred, sum(o.score for o in chosen + fixed_chosen) + pair_score(p.pairs, chosen),
                     dict(p.budget_s), solver, round(elapsed, 4),
-                    n_options=len(p.options), n_variables=len(opts))
+                    n_options=len(p.options) + len(p.fixed_options), n_variables=len(opts) + len(fixed),
+                    fixed_choices=fixed_chosen)
 
 
 @contextlib.contextmanager
@@ -425,13 +538,15 @@ def _quiet_stdout(active: bool):
         os.close(saved)
 
 
-def _verify(p: Problem, chosen: list[Option]) -> None:
+def _verify(p: Problem, chosen: list[Option], fixed_chosen: list[Option] = ()) -> None:
     """Re-check the solver's answer in plain arithmetic: a wrong answer must not reach `build`."""
     covered = sorted(s for o in chosen for s in range(o.first, o.last + 1))
     if covered != list(range(p.n_slots)):
         raise RuntimeError(f"solver returned an invalid covering {[(o.first, o.last) for o in chosen]}")
+    if sorted(o.first for o in fixed_chosen) != sorted({o.first for o in p.fixed_options}):
+        raise RuntimeError(f"solver chose {[(o.op, o.precision) for o in fixed_chosen]} for the stem and head")
     for dev, budget in p.budget_s.items():
-        pred = p.fixed_s.get(dev, 0.0) + sum(o.latency_s[dev] for o in chosen)
+        pred = predict(p, chosen, list(fixed_chosen), dev)
         if pred > budget * (1 + 1e-7) + 1e-12:
             raise RuntimeError(f"solver answer exceeds the budget on {dev}: {pred} > {budget}")
     for limit, attr in ((p.max_params, "params"), (p.max_macs, "macs")):
@@ -440,4 +555,4 @@ def _verify(p: Problem, chosen: list[Option]) -> None:
 
 
 __all__ = ["Option", "Problem", "Solution", "SOLVERS", "solve", "min_latency", "max_score", "prune_dominated",
-           "infeasibility_message", "pair_score"]
+           "infeasibility_message", "pair_score", "predict", "junction_saving", "fixed_groups", "is_int8"]

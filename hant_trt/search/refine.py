@@ -17,12 +17,11 @@ evaluator (`composed_kl`) is imported lazily by the search stage.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from .ilp import Option, Problem, Solution, pair_score
+from .ilp import Option, Problem, Solution, pair_score, predict
 
 
 @dataclass
@@ -41,9 +40,9 @@ class Move:
                 "kl_before": round(self.kl_before, 5), "kl_after": round(self.kl_after, 5)}
 
 
-def _fits(p: Problem, chosen: list[Option]) -> bool:
+def _fits(p: Problem, chosen: list[Option], fixed: list[Option] = ()) -> bool:
     for dev, budget in p.budget_s.items():
-        if p.fixed_s.get(dev, 0.0) + sum(o.latency_s.get(dev, math.inf) for o in chosen) > budget * (1 + 1e-9):
+        if any(dev not in o.latency_s for o in chosen) or predict(p, chosen, list(fixed), dev) > budget * (1 + 1e-9):
             return False
     for limit, attr in ((p.max_params, "params"), (p.max_macs, "macs")):
         if limit is not None and sum(getattr(o, attr) for o in chosen) > limit * (1 + 1e-9):
@@ -51,8 +50,6 @@ def _fits(p: Problem, chosen: list[Option]) -> bool:
     return True
 
 
-def _slack(p: Problem, chosen: list[Option], dev: str) -> float:
-    return p.budget_s[dev] - p.fixed_s.get(dev, 0.0) - sum(o.latency_s.get(dev, math.inf) for o in chosen)
 
 
 def refine(problem: Problem, solution: Solution, evaluate: Callable[[list[Option]], float], sweeps: int = 2,
@@ -68,6 +65,7 @@ def refine(problem: Problem, solution: Solution, evaluate: Callable[[list[Option
         if o.first == o.last and o.precision != "int8":
             by_slot.setdefault(o.first, []).append(o)
     chosen = sorted(solution.choices, key=lambda o: o.first)
+    fixed = list(solution.fixed_choices)       # the stem's and head's precision stay as chosen
     t0 = time.perf_counter()
     start = cur = evaluate(chosen)
     moves: list[Move] = []
@@ -89,8 +87,8 @@ def refine(problem: Problem, solution: Solution, evaluate: Callable[[list[Option
                 if o.key == here.key:
                     continue
                 trial = chosen[:pos] + [o] + chosen[pos + 1:]
-                tries = [(trial, None)] if _fits(problem, trial) else _repairs(problem, trial, pos, by_slot, movable,
-                                                                                repairs)
+                tries = [(trial, None)] if _fits(problem, trial, fixed) else _repairs(problem, trial, pos, by_slot,
+                                                                                       movable, repairs, fixed)
                 for cand, fix in tries:
                     kl = evaluate(cand)
                     tried += 1
@@ -106,15 +104,16 @@ def refine(problem: Problem, solution: Solution, evaluate: Callable[[list[Option
         if not changed:
             break
     devs = list(problem.budget_s)
-    pred = {d: problem.fixed_s.get(d, 0.0) + sum(o.latency_s[d] for o in chosen) for d in devs}
+    pred = {d: predict(problem, chosen, fixed, d) for d in devs}
     out = replace(solution, choices=chosen, predicted_s=pred,
-                  score=sum(o.score for o in chosen) + pair_score(problem.pairs, chosen))
+                  score=sum(o.score for o in chosen + fixed) + pair_score(problem.pairs, chosen))
     info = {"kl_start": start, "kl_end": cur, "moves": [m.to_dict() for m in moves], "evaluated": tried,
             "seconds": round(time.perf_counter() - t0, 1)}
     return out, info
 
 
-def _repairs(p: Problem, trial: list[Option], pos: int, by_slot: dict, movable, k: int) -> list[tuple]:
+def _repairs(p: Problem, trial: list[Option], pos: int, by_slot: dict, movable, k: int,
+             fixed: list[Option] = ()) -> list[tuple]:
     """Up to k single swaps elsewhere (at k different slots) that bring `trial` back within every
     constraint, least proxy-score loss first: [(repaired, (slot, old op, new op))]. Several are
     tried because the proxy cannot tell which neighbourhood a cut hurts least."""
@@ -126,7 +125,7 @@ def _repairs(p: Problem, trial: list[Option], pos: int, by_slot: dict, movable, 
             if o.key == here.key:
                 continue
             cand = trial[:j] + [o] + trial[j + 1:]
-            if not _fits(p, cand):
+            if not _fits(p, cand, fixed):
                 continue
             rank = (here.score - o.score, sum(o.latency_s.values()))
             if j not in best or rank < best[j][0]:

@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..rundir import RunDir, fingerprint
 from .ilp import Solution, solve
 from .sweep import pareto_sweep, plot_pareto
-from .tables import build_problem, canonical_metric, load_tables, read_n_slots, select_devices
+from .tables import FIXED_SCORES, build_problem, canonical_metric, load_tables, read_n_slots, select_devices
 
 INPUTS = ("scores.csv", "latency.csv", "latency_fixed.json", "teacher.json")
 SOLUTION, PARETO_JSON, PARETO_PNG = "solution.json", "pareto.json", "pareto.png"
@@ -29,7 +29,10 @@ def search_fingerprint(run: RunDir, cfg) -> str:
     for opt, default in _LATER_OPTIONS.items():         # options added later, at their defaults, leave
         if search.get(opt, default) == default:         # earlier runs' fingerprints alone
             search.pop(opt, None)
-    return fingerprint({"search": search, "inputs": {f: _file_hash(run.root / f) for f in INPUTS}})
+    inputs = {f: _file_hash(run.root / f) for f in INPUTS}
+    if (run.root / FIXED_SCORES).is_file():            # runs without it keep their fingerprints
+        inputs[FIXED_SCORES] = _file_hash(run.root / FIXED_SCORES)
+    return fingerprint({"search": search, "inputs": inputs})
 
 
 def run_search(run: RunDir, cfg) -> Solution:
@@ -147,8 +150,10 @@ def format_table(solution: Solution | dict) -> str:
     dev = sol.primary
     total = sol.score
     rows = [("slot", "op", "precision", "pred ms", "score", "share")]
-    for o in sol.choices:
-        slot = str(o.first) if o.first == o.last else f"{o.first}-{o.last}"
+    fixed = sorted(sol.fixed_choices, key=lambda o: o.first)
+    for o in fixed[:1] + list(sol.choices) + fixed[1:]:
+        slot = ("-" if o.op in ("stem", "head") else str(o.first) if o.first == o.last
+                else f"{o.first}-{o.last}")
         share = f"{100 * o.score / total + 0.0:.0f}%" if total else "-"  # + 0.0: no "-0%"
         lat = o.latency_s.get(dev)
         rows.append((slot, o.op, o.precision, f"{lat * 1e3:.4f}" if lat is not None else "-", f"{o.score:.3f}", share))

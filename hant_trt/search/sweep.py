@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import atomic
 from ..errors import UserError
-from .ilp import Problem, Solution, _cover_extreme, min_latency, solve
+from .ilp import Problem, Solution, _cover_extreme, fixed_groups, min_latency, solve
 
 
 @dataclass
@@ -37,14 +37,14 @@ def sweep_budgets(problem: Problem, n: int, device: str, solver: str = "cbc",
     budgets. n: at least 1 (1 → just the best-scoring end)."""
     if n < 1:
         raise UserError(f"sweep needs at least 1 budget, got {n}")
-    usable = Problem(problem.n_slots, [o for o in problem.options if all(d in o.latency_s for d in problem.budget_s)],
-                     problem.budget_s, problem.fixed_s, problem.max_params, problem.max_macs)
+    usable = replace(problem, options=[o for o in problem.options if all(d in o.latency_s for d in problem.budget_s)])
     lo = min_latency(usable, device)
     if not math.isfinite(lo):
         raise UserError(f"no complete selection has a latency on {device}")
     # the unconstrained end: a budget no selection can exceed on `device`
     loosest = problem.fixed_s.get(device, 0.0) + _cover_extreme(
-        usable.n_slots, usable.options, lambda o: o.latency_s[device], pick=max)
+        usable.n_slots, usable.options, lambda o: o.latency_s[device], pick=max) + sum(
+        max(o.latency_s.get(device, 0.0) for o in g) for g in fixed_groups(usable))
     top = solve(_with_budget(problem, device, loosest * (1 + 1e-6) + 1e-9), solver, time_limit)
     hi = max(top.predicted_s[device], lo)
     if n == 1:

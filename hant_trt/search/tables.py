@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import UserError
@@ -36,6 +36,11 @@ class FixedParts:
     teacher_s: float                 # the whole teacher, measured in one piece
     correction_s: float              # teacher_s − (stem + head + Σ keep): the additivity correction
     teacher_sum_s: float | None = None
+    stem_int8_s: float | None = None                 # int8 profiles: the stem / head alone at int8
+    head_int8_s: float | None = None
+    junction_saving_s: tuple = ()                    # j = 0..n_slots: saved between int8 neighbours
+    teacher_int8_s: float | None = None              # the whole teacher at int8, and what the parts
+    teacher_int8_sum_s: float | None = None          #   predict for it (stem + head + Σ keep − savings)
 
     @property
     def fixed_s(self) -> float:
@@ -54,6 +59,7 @@ class Tables:
     teacher_params: float = 0.0
     teacher_macs: float = 0.0
     dropped: int = 0
+    fixed_scores: dict = field(default_factory=dict)   # "stem"/"head" → precision → score (scores_fixed.json)
 
 
 def canonical_metric(metric: str) -> str:
@@ -120,7 +126,13 @@ def read_fixed(path: Path) -> dict[str, FixedParts]:
             if not all(math.isfinite(x) for x in vals.values()):
                 raise ValueError(f"non-finite value for {dev}")
             ts = v.get("teacher_sum_s")
-            out[dev] = FixedParts(**vals, teacher_sum_s=float(ts) if ts is not None else None)
+            opt = {k: float(v[k]) for k in ("stem_int8_s", "head_int8_s", "teacher_int8_s", "teacher_int8_sum_s")
+                   if v.get(k) is not None}
+            sav = tuple(float(x) if x is not None else 0.0 for x in v.get("junction_saving_s") or ())
+            if not all(math.isfinite(x) for x in (*opt.values(), *sav)):
+                raise ValueError(f"non-finite int8 value for {dev}")
+            out[dev] = FixedParts(**vals, teacher_sum_s=float(ts) if ts is not None else None, **opt,
+                                  junction_saving_s=sav)
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"{path} is corrupt ({exc!r}): re-run `hant-trt profile`") from None
     if not out:
@@ -183,7 +195,23 @@ def load_tables(run_root: str | Path, metric: str = "agreement", skip_weight: fl
                               params=int(_num(row, "params", sp, line)), macs=int(_num(row, "macs", sp, line)),
                               signature=row["signature"]))
     dropped += sum(1 for k in sc if k not in used)
-    return Tables(options, fixed, teacher_params, teacher_macs, dropped)
+    return Tables(options, fixed, teacher_params, teacher_macs, dropped,
+                  read_fixed_scores(root / FIXED_SCORES, metric, teacher_top1))
+
+
+FIXED_SCORES = "scores_fixed.json"
+
+
+def read_fixed_scores(path: Path, metric: str, teacher_top1: float | None) -> dict:
+    """"stem"/"head" → precision → score from scores_fixed.json ({} when the run has none)."""
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+        return {part: {prec: score_value(m, metric, teacher_top1, str(path)) for prec, m in by_prec.items()}
+                for part, by_prec in doc.items() if part in ("stem", "head")}
+    except (OSError, json.JSONDecodeError, AttributeError, TypeError, KeyError) as exc:
+        raise UserError(f"{path} is corrupt ({exc!r}): re-run `hant-trt score`") from None
 
 
 def read_n_slots(path: Path) -> int:
@@ -238,18 +266,53 @@ def build_problem(tables: Tables, n_slots: int, budget: str, devices: list[str],
     max_params / max_macs: limits on Σ over the slots ("0.5x" of the teacher's, "3.5M", a number)."""
     if latency_model not in LATENCY_MODELS:
         raise UserError(f"search.latency_model must be one of {', '.join(LATENCY_MODELS)}, not '{latency_model}'")
-    options, fixed = tables.options, {d: tables.fixed[d].fixed_s for d in devices}
+    k = ({d: _scale(tables.fixed[d]) for d in devices} if latency_model == "scale" else {d: 1.0 for d in devices})
+    # int8 parts get their own scale: the whole int8 teacher over what its int8 parts predict
+    k8 = {d: _scale8(tables.fixed[d], k[d]) if latency_model == "scale" else 1.0 for d in devices}
+    options = [replace(o, latency_s={d: v * (k8 if o.precision == "int8" else k)[d] if d in k else v
+                                     for d, v in o.latency_s.items()}) for o in tables.options]
     if latency_model == "scale":
-        k = {d: _scale(tables.fixed[d]) for d in devices}
-        options = [replace(o, latency_s={d: v * k[d] if d in k else v for d, v in o.latency_s.items()})
-                   for o in options]
         fixed = {d: (tables.fixed[d].stem_s + tables.fixed[d].head_s) * k[d] for d in devices}
+    else:
+        fixed = {d: tables.fixed[d].fixed_s for d in devices}
+    fixed_options, junctions = int8_model(tables, n_slots, devices, k, k8)
+    for o in fixed_options:
+        if o.precision == "fp32":          # the part is a choice now: not paid in `fixed_s`
+            for d in devices:
+                fixed[d] -= o.latency_s[d]
     return Problem(
         n_slots=n_slots, options=options,
         budget_s={d: parse_budget(budget, tables.fixed[d].teacher_s) for d in devices},
         fixed_s=fixed,
         max_params=parse_count(max_params, tables.teacher_params, "params"),
-        max_macs=parse_count(max_macs, tables.teacher_macs, "MACs"))
+        max_macs=parse_count(max_macs, tables.teacher_macs, "MACs"),
+        fixed_options=fixed_options, junction_saving_s=junctions)
+
+
+def _scale8(f: FixedParts, fallback: float) -> float:
+    if f.teacher_int8_s and f.teacher_int8_sum_s and f.teacher_int8_sum_s > 0:
+        return f.teacher_int8_s / f.teacher_int8_sum_s
+    return fallback
+
+
+def int8_model(tables: Tables, n_slots: int, devices: list[str], k: dict, k8: dict) -> tuple[list[Option], list[dict]]:
+    """(stem/head precision options, junction savings) of an int8 profile, latencies × k[device]
+    (int8 ones × k8[device]);
+    ([], []) unless every device has them and the stem's and head's int8 scores exist (runs
+    profiled before them keep the stem and head fixed at their base precision and no saving)."""
+    fx = [tables.fixed[d] for d in devices]
+    if (not all(f.stem_int8_s is not None and f.head_int8_s is not None and len(f.junction_saving_s) == n_slots + 1
+                for f in fx) or not all("int8" in tables.fixed_scores.get(p, {}) for p in ("stem", "head"))):
+        return [], []
+    base = "fp32"
+    opts = []
+    for part, pos in (("stem", -1), ("head", n_slots)):
+        alone = {d: getattr(tables.fixed[d], f"{part}_s") * k[d] for d in devices}
+        int8 = {d: getattr(tables.fixed[d], f"{part}_int8_s") * k8[d] for d in devices}
+        opts.append(Option(pos, pos, part, base, 0.0, alone, signature=part))
+        opts.append(Option(pos, pos, part, "int8", tables.fixed_scores[part]["int8"], int8, signature=part))
+    junctions = [{d: tables.fixed[d].junction_saving_s[j] * k8[d] for d in devices} for j in range(n_slots + 1)]
+    return opts, junctions
 
 
 __all__ = ["METRICS", "FixedParts", "Tables", "load_tables", "read_fixed", "read_n_slots", "select_devices",

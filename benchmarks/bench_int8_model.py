@@ -1,0 +1,111 @@
+"""How well the search's latency model predicts int8 plans: with the int8 model (stem/head choices,
+junction savings) and without it (standalone int8 rows only, the model before session 9).
+
+    .venv/bin/python benchmarks/bench_int8_model.py RUN_DIR [--speedups 1.55,1.8,2.2,2.6] [--rounds 5]
+
+RUN_DIR must be profiled with int8 (latency_fixed.json carries the junction savings). For each
+asked speedup and each model the ILP is solved over the run's tables; the chosen student is built
+untrained from its op strings (weights do not change latency), calibrated on random images
+(ranges do not change latency either), exported with its int8 plan and timed on ONNX Runtime
+beside the fp32 teacher in alternating rounds (speedup = median over rounds of teacher / student).
+Printed: predicted vs measured speedup and the error of the prediction, per plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+
+def plans(run: Path, cfg, speedups: list[float]) -> list[tuple[str, float, object]]:
+    from hant_trt.search.ilp import solve
+    from hant_trt.search.tables import build_problem, load_tables, read_n_slots, select_devices
+
+    tables = load_tables(run, cfg.search.metric)
+    n = read_n_slots(run / "teacher.json")
+    dev = select_devices(tables.fixed, None)[0]
+    if tables.fixed[dev].stem_int8_s is None:
+        raise SystemExit(f"{run} has no int8 latency model: profile it with int8 among profile.precisions")
+    standalone = replace(tables, fixed_scores={}, fixed={d: replace(f, stem_int8_s=None, head_int8_s=None,
+                                                                   junction_saving_s=(), teacher_int8_s=None,
+                                                                   teacher_int8_sum_s=None)
+                                                         for d, f in tables.fixed.items()})
+    out = []
+    for s in speedups:
+        for name, t in (("int8 model", tables), ("standalone", standalone)):
+            try:
+                sol = solve(build_problem(t, n, f"speedup={s}", [dev], latency_model=cfg.search.latency_model))
+            except Exception as exc:       # an infeasible ask under one model is a finding, not a crash
+                print(f"{s:.2f}x {name}: {str(exc).splitlines()[0]}")
+                continue
+            sol.teacher_s, sol.device = {dev: tables.fixed[dev].teacher_s}, dev
+            out.append((name, s, sol))
+    return out
+
+
+def student_onnx(d, sol, shape, layout: str, path: Path) -> Path:
+    from hant_trt.build.assemble import Choice, assemble
+    from hant_trt.build.quantize import calibrate_parts, export_with_plan, int8_parts
+
+    choices = [Choice(o.first, o.last, o.op, o.precision) for o in sol.choices]
+    student = assemble(d, choices).eval()
+    fixed = tuple(o.op for o in sol.fixed_choices if o.precision == "int8")
+    parts = int8_parts(choices)
+    calib = None
+    if parts or fixed:
+        gen = torch.Generator().manual_seed(0)
+        batches = [torch.randn(4, *shape[1:], generator=gen) for _ in range(2)]
+        calib = calibrate_parts(student, parts, batches, "max", cache_dir=path.parent / "calib", layout=layout,
+                                fixed=fixed)
+    return export_with_plan(student, shape, path, calib)
+
+
+def main() -> None:
+    from hant_trt.config import from_dict, int8_layout_of
+    from hant_trt.latency.backends import get_backend
+    from hant_trt.latency.export import export_onnx
+    from hant_trt.teacher.stage import load_from_config
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir")
+    ap.add_argument("--speedups", default="1.55,1.8,2.2,2.6")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=1.0)
+    a = ap.parse_args()
+    run = Path(a.run_dir)
+    cfg = from_dict(json.loads((run / "run.json").read_text())["config"])
+    teacher, d = load_from_config(cfg)
+    backend = get_backend(cfg.profile.backend, threads=cfg.profile.threads)
+    shape = (cfg.profile.batch, 3, teacher.resolution, teacher.resolution)
+    todo = plans(run, cfg, [float(s) for s in a.speedups.split(",")])
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t_prep = backend.prepare(export_onnx(teacher.model.eval(), shape, tmp / "teacher.onnx"))
+        preps = [backend.prepare(student_onnx(d, sol, shape, int8_layout_of(cfg.profile), tmp / f"s{i}.onnx"))
+                 for i, (_, _, sol) in enumerate(todo)]
+        ratios = [[] for _ in todo]
+        for r in range(a.rounds):
+            for i, prep in enumerate(preps):
+                tt = backend.time(t_prep, max_seconds=a.seconds).median_s
+                ts = backend.time(prep, max_seconds=a.seconds).median_s
+                ratios[i].append(tt / ts)
+            print(f"round {r + 1}/{a.rounds} done", flush=True)
+    print(f"{'asked':>6}  {'model':<11} {'predicted':>9} {'measured':>9} {'error':>7}  int8 parts / stem, head")
+    for (name, s, sol), rs in zip(todo, ratios):
+        dev = sol.primary
+        pred = sol.teacher_s[dev] / sol.predicted_s[dev]
+        meas = statistics.median(rs)
+        n8 = sum(o.precision == "int8" for o in sol.choices)
+        fx = ",".join(o.precision for o in sol.fixed_choices) or "fixed"
+        print(f"{s:>5.2f}x  {name:<11} {pred:>8.2f}x {meas:>8.2f}x {100 * (pred - meas) / meas:>+6.1f}%  "
+              f"{n8}/{len(sol.choices)} / {fx}")
+
+
+if __name__ == "__main__":
+    main()
