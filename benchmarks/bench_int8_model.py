@@ -20,8 +20,6 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 
 def plans(run: Path, cfg, speedups: list[float]) -> list[tuple[str, float, object]]:
     from hant_trt.search.ilp import solve
@@ -37,6 +35,18 @@ def plans(run: Path, cfg, speedups: list[float]) -> list[tuple[str, float, objec
                                                                    teacher_int8_sum_s=None)
                                                          for d, f in tables.fixed.items()})
     out = []
+    # the baseline beside them: the whole teacher at int8 (plain PTQ), predicted by the int8 model
+    from hant_trt.search.ilp import Solution, predict
+
+    p = build_problem(tables, n, "speedup=1", [dev], latency_model=cfg.search.latency_model)
+    keep8 = sorted((o for o in p.options if o.op == "keep" and o.precision == "int8" and o.first == o.last),
+                   key=lambda o: o.first)
+    fixed8 = [o for o in p.fixed_options if o.precision == "int8"]
+    if len(keep8) == n and len(fixed8) == 2:
+        pred = predict(p, keep8, fixed8, dev)
+        out.append(("whole int8", tables.fixed[dev].teacher_s / pred,
+                    Solution("ptq", keep8, {dev: pred}, 0.0, {}, "-", 0.0, device=dev,
+                             teacher_s={dev: tables.fixed[dev].teacher_s}, fixed_choices=fixed8)))
     for s in speedups:
         for name, t in (("int8 model", tables), ("standalone", standalone)):
             try:
@@ -49,27 +59,11 @@ def plans(run: Path, cfg, speedups: list[float]) -> list[tuple[str, float, objec
     return out
 
 
-def student_onnx(d, sol, shape, layout: str, path: Path) -> Path:
-    from hant_trt.build.assemble import Choice, assemble
-    from hant_trt.build.quantize import calibrate_parts, export_with_plan, int8_parts
-
-    choices = [Choice(o.first, o.last, o.op, o.precision) for o in sol.choices]
-    student = assemble(d, choices).eval()
-    fixed = tuple(o.op for o in sol.fixed_choices if o.precision == "int8")
-    parts = int8_parts(choices)
-    calib = None
-    if parts or fixed:
-        gen = torch.Generator().manual_seed(0)
-        batches = [torch.randn(4, *shape[1:], generator=gen) for _ in range(2)]
-        calib = calibrate_parts(student, parts, batches, "max", cache_dir=path.parent / "calib", layout=layout,
-                                fixed=fixed)
-    return export_with_plan(student, shape, path, calib)
-
-
 def main() -> None:
     from hant_trt.config import from_dict, int8_layout_of
     from hant_trt.latency.backends import get_backend
     from hant_trt.latency.export import export_onnx
+    from hant_trt.search.calibrate import plan_onnx
     from hant_trt.teacher.stage import load_from_config
 
     ap = argparse.ArgumentParser()
@@ -87,7 +81,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t_prep = backend.prepare(export_onnx(teacher.model.eval(), shape, tmp / "teacher.onnx"))
-        preps = [backend.prepare(student_onnx(d, sol, shape, int8_layout_of(cfg.profile), tmp / f"s{i}.onnx"))
+        preps = [backend.prepare(plan_onnx(d, sol, shape, int8_layout_of(cfg.profile), tmp / f"s{i}.onnx"))
                  for i, (_, _, sol) in enumerate(todo)]
         ratios = [[] for _ in todo]
         for r in range(a.rounds):

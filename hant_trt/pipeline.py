@@ -59,6 +59,7 @@ def demo_config(run_dir: str = "runs/demo") -> RunConfig:
     cfg.distill.checkpoint_every = 30
     cfg.score.max_images = 64
     cfg.profile.backend = "ort"
+    cfg.profile.precisions = ["fp32", "int8"]   # int8 per layer in ORT's CPU layout: what wins there
     cfg.profile.max_seconds = 0.5
     cfg.search.budget = "0.7x"
     cfg.search.sweep = 6

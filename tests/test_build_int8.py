@@ -138,3 +138,24 @@ def test_stem_and_head_chosen_int8_are_calibrated_simulated_and_exported(lite0, 
     no_head = calibrate_parts(student, int8_parts(choices), batches, "max", cache_dir=tmp_path / "calib",
                               layout=layout, fixed=("stem",))
     assert not any(k.startswith("head.") for k in no_head.amax)
+
+
+def test_plan_onnx_times_the_int8_plan_the_build_deploys(lite0, tmp_path):
+    """`search.calibrate_rounds` times int8 plans too: the untrained student of a solution with an
+    int8 stem and an int8 slot, exported with Q/DQ there only, runs on ORT."""
+    from hant_trt.search.calibrate import plan_onnx
+    from hant_trt.search.ilp import Option, Solution
+    from hant_trt.teacher.decompose import decompose
+
+    d = decompose(lite0.model, RES)
+    n = len(d.slots)
+    choices = [Option(i, i, "keep", "int8" if i == 1 else "fp32", 0.0, {"cpu": 1.0}) for i in range(n)]
+    fixed = [Option(-1, -1, "stem", "int8", 0.0, {"cpu": 1.0}), Option(n, n, "head", "fp32", 0.0, {"cpu": 1.0})]
+    sol = Solution("optimal", choices, {"cpu": 1.0}, 0.0, {"cpu": 1.0}, "cbc", 0.0, fixed_choices=fixed)
+    path = plan_onnx(d, sol, (1, 3, RES, RES), "ort", tmp_path / "s.onnx")
+    g = onnx.load(str(path)).graph
+    scopes = [node_scope(n.name) for n in g.node if n.op_type == "QuantizeLinear"]
+    assert any("stem" in s for s in scopes) and any("parts.1" in s for s in scopes)
+    assert not any("head" in s or "parts.2" in s for s in scopes), scopes
+    out = _run(path, torch.randn(1, 3, RES, RES))
+    assert out.shape == (1, 1000) and np.isfinite(out).all()

@@ -173,7 +173,7 @@ def test_int8_layout_follows_the_backend_unless_set():
 
 
 def test_profile_keeps_ort_layout_rows_apart_from_tensorrt_layout_rows():
-    from hant_trt.latency.profile import ProfileItem, _key
+    from hant_trt.latency.profile import ProfileItem, table_key as _key
 
     class B:
         name = "ort"
@@ -199,3 +199,27 @@ def test_convs_sharing_one_bias_initializer_get_their_own_int32_bias(tmp_path):
     calib = calibrate(model, batches(SHAPE, 2))
     q = write_ort_qdq(p, tmp_path / "q.onnx", calib)
     session(q, True).run(None, {"input": batches(SHAPE, 1)[0].numpy()})
+
+
+def test_junction_savings_are_measured_in_rounds_and_cached(lite0, tmp_path):
+    """Real ORT on Lite0's stem and first two slots at 96 px: one saving per junction, the stem's and
+    head's int8 timings, rows in the table, and a second call reads them instead of measuring."""
+    from hant_trt.latency.backends import get_backend
+    from hant_trt.latency.junction import measure_junctions, teacher_parts
+    from hant_trt.latency.lut import LatencyTable
+    from hant_trt.teacher.decompose import decompose
+
+    d = decompose(lite0.model, 96)
+    parts = teacher_parts(d, "lite0", 96, 1, {i: f"keep|{i}" for i in range(len(d.slots))})
+    parts = parts[:3] + parts[-1:]          # stem, slot 0, slot 1, head: three junctions (slot 1 → head
+    backend = get_backend("ort", threads=1)  # is not a real junction, but any two parts can be timed)
+    parts[-1] = parts[-1].__class__("head", parts[-1].signature, nn.Sequential(d.blocks[2], *d.blocks[3:], d.head),
+                                    parts[-1].input_shape[:1] + d.slots[2].in_shape)
+    table = LatencyTable(tmp_path / "lut.sqlite")
+    got = measure_junctions(parts, backend, table, tmp_path / "w", "ort", max_seconds=0.05, rounds=2, progress=False)
+    assert got["stem_int8_s"] > 0 and got["head_int8_s"] > 0 and not got["failed"], got
+    assert len(got["junction_saving_s"]) == 3 and all(isinstance(s, float) for s in got["junction_saving_s"])
+    again = measure_junctions(parts, backend, table, tmp_path / "w2", "ort", max_seconds=0.05, rounds=2,
+                              progress=False)
+    assert again["junction_saving_s"] == got["junction_saving_s"]       # read from the table, not re-timed
+    assert not (tmp_path / "w2").exists() or not any((tmp_path / "w2").glob("*.int8-ort.onnx"))

@@ -146,7 +146,9 @@ engine_name = "e2e"
     kl = agreement(student, teacher.model, eval_loader)["kl"]
     assert abs(evaluate(sol.choices) - kl) < 1e-4 * max(1.0, kl)
     assert abs(evaluate(sol.choices) - kl) < 1e-4 * max(1.0, kl)            # from the cache
-    r = run_cli("search", str(run), "--budget", "0.9x", "--set", "search.refine_sweeps=1", env=env)
+    # the teacher's own latency: always reachable (this profile is fp16 + TensorRT-layout int8, both
+    # slow on ORT CPU, so how far below it a plan reaches depends on the host's timings)
+    r = run_cli("search", str(run), "--budget", "1x", "--set", "search.refine_sweeps=1", env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     ref = json.loads((run / "run.json").read_text())["stages"]["search"]["info"]["refine"]
     assert ref["evaluated"] >= 1 and ref["kl_end"] <= ref["kl_start"]
@@ -170,7 +172,7 @@ engine_name = "e2e"
     assert refined.predicted_s[dev] <= problem.budget_s[dev] * (1 + 1e-9)
     # skip interactions on the real run: slots 2 and 9 have skips, so one pair is composed with
     # the distilled weights; the pick still meets the budget
-    r = run_cli("search", str(run), "--budget", "0.9x", "--set", "search.interactions=skip", env=env)
+    r = run_cli("search", str(run), "--budget", "1x", "--set", "search.interactions=skip", env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     pairs = json.loads((run / "interactions.json").read_text())["pairs"]
     assert [(p["a"], p["b"]) for p in pairs] == [(2, 9)]            # fp16 rows (this profile): float skips

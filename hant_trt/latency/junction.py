@@ -6,14 +6,18 @@ the second's input), so standalone int8 timings overstate mixed and all-int8 pla
 slot 0 of Lite0 is twice as slow at int8 as at fp32 alone, yet the all-int8 network runs 2.1x
 faster than fp32 (docs/RESULTS.md, session 8). For every junction j of the teacher — the input of
 slot j, j = 0 after the stem, j = n_slots before the head — the two teacher parts on its sides are
-timed alone and together at int8: saving_j = t(left) + t(right) − t(left → right). The search
+timed alone and together at int8, back to back in a few rounds: saving_j = median over rounds of
+t(left) + t(right) − t(left → right). The search
 subtracts saving_j whenever it puts int8 parts on both sides of junction j, whatever their ops
-(what vanishes is the conversion of that one tensor). Pairs are rows of the latency table like any
-part (signature `pair:<left>+<right>`), so a second profile measures nothing.
+(what vanishes is the conversion of that one tensor). Savings are rows of the latency table
+(signature `junction:<left>+<right>`, median_s = the saving), so a second profile measures nothing.
 """
 
 from __future__ import annotations
 
+import os
+import statistics
+import traceback
 from dataclasses import dataclass
 
 from torch import nn
@@ -42,41 +46,76 @@ def teacher_parts(d, model_name: str, resolution: int, batch: int, keep_signatur
 
 
 def pair_signature(left: Part, right: Part) -> str:
-    return f"pair:{left.signature}+{right.signature}"
+    return f"junction:{left.signature}+{right.signature}"
 
 
-def junction_items(parts: list[Part]) -> tuple[list[ProfileItem], list[ProfileItem]]:
-    """(items for every part alone, items for every adjacent pair as one module)."""
-    alone = [ProfileItem(p.signature, p.input_shape, (lambda m=p.module: m.eval())) for p in parts]
-    pairs = [ProfileItem(pair_signature(a, b), a.input_shape,
-                         (lambda a=a, b=b: nn.Sequential(a.module, b.module).eval()))
-             for a, b in zip(parts, parts[1:])]
-    return alone, pairs
+def _item(p: Part) -> ProfileItem:
+    return ProfileItem(p.signature, p.input_shape, (lambda m=p.module: m.eval()))
 
 
-def junction_savings(parts: list[Part], alone_s: dict[str, float], pair_s: dict[str, float]) -> list[float | None]:
-    """saving_j (s) for j = 0..len(parts) − 2 from the timings by signature; None where a timing is
-    missing (the search then assumes no saving there)."""
-    out = []
-    for a, b in zip(parts, parts[1:]):
-        ta, tb, tab = alone_s.get(a.signature), alone_s.get(b.signature), pair_s.get(pair_signature(a, b))
-        out.append(None if None in (ta, tb, tab) else ta + tb - tab)
-    return out
+def _pair_item(a: Part, b: Part) -> ProfileItem:
+    return ProfileItem(pair_signature(a, b), a.input_shape, (lambda: nn.Sequential(a.module, b.module).eval()))
+
+
+def paired_saving(backend, left, right, both, rounds: int, max_seconds: float, cv_target: float) -> tuple:
+    """(median, p90, stdev) over `rounds` of t(left) + t(right) − t(both), the three timed back to
+    back in each round: a difference of three timings, so one slow timing must not make it (the
+    machine drifts between rounds; within one it mostly does not)."""
+    kw = dict(warmup_ms=20, max_seconds=max_seconds, cv_target=cv_target)
+    got = []
+    for _ in range(max(1, rounds)):
+        got.append(backend.time(left, **kw).median_s + backend.time(right, **kw).median_s
+                   - backend.time(both, **kw).median_s)
+    got.sort()
+    return statistics.median(got), got[min(len(got) - 1, int(round(0.9 * (len(got) - 1))))], statistics.pstdev(got)
 
 
 def measure_junctions(parts: list[Part], backend, table, workdir, int8_layout: str, max_seconds: float = 2.0,
-                      cv_target: float = 0.02, progress: bool = True) -> dict:
-    """{"stem_int8_s", "head_int8_s", "junction_saving_s": [n_slots + 1], "failed": [...]}, every
-    figure at int8 in `int8_layout`, measured (or read from `table`) through `profile_items`."""
-    from .profile import profile_items
+                      cv_target: float = 0.02, rounds: int = 3, progress: bool = True) -> dict:
+    """{"stem_int8_s", "head_int8_s", "junction_saving_s": [len(parts) − 1], "failed": [...]}, at
+    int8 in `int8_layout`. The stem and head are timed like any part (`profile_items`); each
+    junction's saving is measured in `rounds` interleaved rounds (`paired_saving`) and stored in
+    `table` as its own row (median_s = the saving, possibly negative), so a second profile reads
+    it. A junction that cannot be measured is recorded with its error and gets None."""
+    from tqdm import tqdm
 
-    alone, pairs = junction_items(parts)
-    res = profile_items(alone + pairs, backend, table, ["int8"], workdir, progress=progress,
-                        max_seconds=max_seconds, cv_target=cv_target, int8_layout=int8_layout)
-    ok = {r.signature: r.median_s for r in res if not r.error}
-    failed = sorted({r.signature for r in res if r.error})
+    from .lut import LatencyRow
+    from .profile import prepare_item, profile_items, table_key
+
+    fixed = profile_items([_item(parts[0]), _item(parts[-1])], backend, table, ["int8"], workdir, progress=False,
+                          max_seconds=max_seconds, cv_target=cv_target, int8_layout=int8_layout)
+    ok = {r.signature: r.median_s for r in fixed if not r.error}
+    failed = sorted(r.signature for r in fixed if r.error)
+    device = backend.device().fingerprint
+    savings, prepared = [], {}
+
+    def prep(item):
+        if item.signature not in prepared:
+            prepared[item.signature] = prepare_item(item, "int8", backend, workdir, int8_layout)
+        return prepared[item.signature]
+
+    pairs = list(zip(parts, parts[1:]))
+    bar = tqdm(pairs, desc=f"int8 junctions on {backend.name}", unit="junction", dynamic_ncols=True,
+               disable=not progress or os.environ.get("HANT_TRT_NO_PROGRESS") == "1")
+    for a, b in bar:
+        item = _pair_item(a, b)
+        key = table_key(item, "int8", backend, device, int8_layout)
+        row = table.get(key)
+        if row is None:
+            try:
+                med, p90, sd = paired_saving(backend, prep(_item(a)), prep(_item(b)), prep(item), rounds,
+                                             max_seconds, cv_target)
+                row = LatencyRow(*key, median_s=med, p90_s=p90, stdev_s=sd, count=max(1, rounds))
+            except Exception as exc:  # recorded and skipped: the search then assumes no saving there
+                if os.environ.get("HANT_TRT_DEBUG"):
+                    traceback.print_exc()
+                row = LatencyRow(*key, error=f"{type(exc).__name__}: {exc}"[:500])
+            table.put(row)
+        if row.error:
+            failed.append(item.signature)
+        savings.append(None if row.error else row.median_s)
     return {"stem_int8_s": ok.get(parts[0].signature), "head_int8_s": ok.get(parts[-1].signature),
-            "junction_saving_s": junction_savings(parts, ok, ok), "failed": failed}
+            "junction_saving_s": savings, "failed": failed}
 
 
-__all__ = ["Part", "teacher_parts", "junction_items", "junction_savings", "measure_junctions", "pair_signature"]
+__all__ = ["Part", "teacher_parts", "measure_junctions", "paired_saving", "pair_signature"]

@@ -41,7 +41,7 @@ class ProfileResult:
     cached: bool = False
 
 
-def _key(item: ProfileItem, precision: str, backend: Backend, device: str, int8_layout: str = "trt") -> tuple:
+def table_key(item: ProfileItem, precision: str, backend: Backend, device: str, int8_layout: str = "trt") -> tuple:
     # the ORT layout is another graph than TensorRT's: its rows never mix with theirs
     key_prec = "int8:ort" if precision == "int8" and int8_layout == "ort" else precision
     return make_key(item.signature, item.input_shape, key_prec, backend.name, backend.version(), device)
@@ -70,12 +70,16 @@ def _make_onnx(item: ProfileItem, precision: str, workdir: Path, int8_layout: st
     return out
 
 
-def _time_item(item, precision, backend, workdir, timing_kw, int8_layout="trt"):
+def prepare_item(item: ProfileItem, precision: str, backend: Backend, workdir: Path, int8_layout: str = "trt"):
+    """The item ready to time on `backend` (an ONNX export at `precision` for engines, the module
+    itself for torch)."""
     if backend.name == "torch":
-        prepared = backend.prepare_module(item.make_module(), item.input_shape, precision)
-    else:
-        prepared = backend.prepare(_make_onnx(item, precision, workdir, int8_layout), precision)
-    return backend.time(prepared, **timing_kw)
+        return backend.prepare_module(item.make_module(), item.input_shape, precision)
+    return backend.prepare(_make_onnx(item, precision, Path(workdir), int8_layout), precision)
+
+
+def _time_item(item, precision, backend, workdir, timing_kw, int8_layout="trt"):
+    return backend.time(prepare_item(item, precision, backend, workdir, int8_layout), **timing_kw)
 
 
 def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTable, precisions: list[str],
@@ -104,7 +108,7 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
             if (it.signature, p) in seen:
                 continue
             seen.add((it.signature, p))
-            row = table.get(_key(it, p, backend, device, int8_layout))
+            row = table.get(table_key(it, p, backend, device, int8_layout))
             if row is not None:
                 results.append(ProfileResult(it.signature, p, row.median_s, row.p90_s, row.stdev_s, row.count,
                                              row.error, cached=True))
@@ -114,7 +118,7 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
                disable=not progress or os.environ.get("HANT_TRT_NO_PROGRESS") == "1")
     kw = dict(warmup_ms=warmup_ms, max_seconds=max_seconds, cv_target=cv_target)
     for it, p in bar:
-        key = _key(it, p, backend, device, int8_layout)
+        key = table_key(it, p, backend, device, int8_layout)
         try:
             t = _time_item(it, p, backend, workdir, kw, int8_layout)
             row = LatencyRow(*key, median_s=t.median_s, p90_s=t.p90_s, stdev_s=t.stdev_s, count=t.count)

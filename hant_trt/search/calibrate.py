@@ -65,7 +65,7 @@ def engine_measure(cfg, teacher_table_s: float, rounds: int = 3) -> Callable:
     """measure(solution) for `calibrated_solve`: the student assembled from the solution's op
     strings (untrained: weights do not change latency) and the teacher, exported and timed in
     `rounds` alternating rounds on `cfg.profile.backend`; the median ratio × the table's teacher."""
-    from ..build.assemble import Choice, assemble       # the search times whole students
+    from ..config import int8_layout_of
     from ..latency.backends import get_backend
     from ..latency.export import export_onnx
     from ..teacher.stage import load_from_config
@@ -76,12 +76,13 @@ def engine_measure(cfg, teacher_table_s: float, rounds: int = 3) -> Callable:
     tmp = Path(tempfile.mkdtemp(prefix="hant_calibrate_"))
     t_prep = backend.prepare(export_onnx(teacher.model.eval(), shape, tmp / "teacher.onnx"))
 
+    layout = int8_layout_of(cfg.profile)
+
     def measure(sol) -> float:
-        if any(o.precision != "fp32" for o in sol.choices):
-            raise UserError("search.calibrate_rounds times fp32 students only for now "
-                            "(profile.precisions must be [\"fp32\"])")
-        student = assemble(d, [Choice(o.first, o.last, o.op, o.precision) for o in sol.choices]).eval()
-        s_prep = backend.prepare(export_onnx(student, shape, tmp / "student.onnx"))
+        if any(o.precision == "fp16" for o in sol.choices + list(sol.fixed_choices)):
+            raise UserError("search.calibrate_rounds times fp32 and int8 students only for now "
+                            "(profile.precisions without fp16)")
+        s_prep = backend.prepare(plan_onnx(d, sol, shape, layout, tmp / "student.onnx"))
         ratios = []
         for _ in range(rounds):
             t = backend.time(t_prep, max_seconds=cfg.profile.max_seconds).median_s
@@ -92,4 +93,26 @@ def engine_measure(cfg, teacher_table_s: float, rounds: int = 3) -> Callable:
     return measure
 
 
-__all__ = ["Round", "calibrated_solve", "engine_measure"]
+def plan_onnx(d, sol, shape: tuple, layout: str, path: Path) -> Path:
+    """The student of a solution as ONNX with its int8 plan (parts, stem, head), built untrained
+    from its op strings and calibrated on seeded random images: neither weights nor ranges change
+    latency, so this times what the build will deploy."""
+    import torch
+
+    from ..build.assemble import Choice, assemble       # the search times whole students
+    from ..build.quantize import calibrate_parts, export_with_plan, int8_parts
+
+    choices = [Choice(o.first, o.last, o.op, o.precision) for o in sol.choices]
+    student = assemble(d, choices).eval()
+    fixed = tuple(o.op for o in sol.fixed_choices if o.precision == "int8")
+    parts = int8_parts(choices)
+    calib = None
+    if parts or fixed:
+        gen = torch.Generator().manual_seed(0)
+        batches = [torch.randn(4, *shape[1:], generator=gen) for _ in range(2)]
+        calib = calibrate_parts(student, parts, batches, "max", cache_dir=Path(path).parent / "calib",
+                                layout=layout, fixed=fixed)
+    return export_with_plan(student, shape, Path(path), calib)
+
+
+__all__ = ["Round", "calibrated_solve", "engine_measure", "plan_onnx"]

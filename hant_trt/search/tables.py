@@ -41,6 +41,7 @@ class FixedParts:
     junction_saving_s: tuple = ()                    # j = 0..n_slots: saved between int8 neighbours
     teacher_int8_s: float | None = None              # the whole teacher at int8, and what the parts
     teacher_int8_sum_s: float | None = None          #   predict for it (stem + head + Σ keep − savings)
+    precision: str = "fp32"                          # what the stem, head and teacher were timed at
 
     @property
     def fixed_s(self) -> float:
@@ -132,7 +133,7 @@ def read_fixed(path: Path) -> dict[str, FixedParts]:
             if not all(math.isfinite(x) for x in (*opt.values(), *sav)):
                 raise ValueError(f"non-finite int8 value for {dev}")
             out[dev] = FixedParts(**vals, teacher_sum_s=float(ts) if ts is not None else None, **opt,
-                                  junction_saving_s=sav)
+                                  junction_saving_s=sav, precision=str(v.get("precision", "fp32")))
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"{path} is corrupt ({exc!r}): re-run `hant-trt profile`") from None
     if not out:
@@ -304,7 +305,7 @@ def int8_model(tables: Tables, n_slots: int, devices: list[str], k: dict, k8: di
     if (not all(f.stem_int8_s is not None and f.head_int8_s is not None and len(f.junction_saving_s) == n_slots + 1
                 for f in fx) or not all("int8" in tables.fixed_scores.get(p, {}) for p in ("stem", "head"))):
         return [], []
-    base = "fp32"
+    base = tables.fixed[devices[0]].precision
     opts = []
     for part, pos in (("stem", -1), ("head", n_slots)):
         alone = {d: getattr(tables.fixed[d], f"{part}_s") * k[d] for d in devices}
