@@ -110,7 +110,10 @@ engine_name = "e2e"
     assert 0 < nq < sum(n.op_type == "Conv" for n in g.node)
     # a GPU-style plan (fp16 base + int8 choices): the teacher and fixed parts timed at fp16, the
     # final ONNX in fp16 outside the int8/fp32 parts, verified; ORT CPU runs it (slowly)
-    r = run_cli("run", str(cfg), "--from", "profile", "--set", 'profile.precisions=["fp16", "int8"]', env=env)
+    # budget: the teacher's own latency, always reachable (fp16 and TensorRT-layout int8 are both slow
+    # on ORT CPU: how far below it a plan reaches depends on the host's timings)
+    r = run_cli("run", str(cfg), "--from", "profile", "--set", 'profile.precisions=["fp16", "int8"]',
+                "--set", 'search.budget="1x"', env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     fixed = json.loads((run / "latency_fixed.json").read_text())["device"]
     assert {v["precision"] for v in fixed.values()} == {"fp16"}
