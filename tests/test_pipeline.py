@@ -166,7 +166,8 @@ engine_name = "e2e"
     from hant_trt.search.tables import build_problem, load_tables, select_devices
 
     tables = load_tables(run, "kl")
-    tables = dc_replace(tables, options=[o for o in tables.options if o.precision != "int8"])
+    # (and no int8 stem/head choice: without fixed_scores the stem and head stay at the base precision)
+    tables = dc_replace(tables, options=[o for o in tables.options if o.precision != "int8"], fixed_scores={})
     dev = select_devices(tables.fixed, None)[0]
     problem = build_problem(tables, len(d.slots), "1.0x", [dev])
     start = solve(problem, "cbc", 60)
