@@ -163,3 +163,21 @@ def test_bench_cli_and_bad_onnx(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"garbage")
     r = run_cli("bench", str(tmp_path / "bad.onnx"))
     assert r.returncode == 2 and "not a readable ONNX" in r.stderr
+
+
+def test_measure_module_stores_the_median_of_rounds_and_reuses_it(tmp_path):
+    """The teacher's and fixed parts' figures are the median of separate timings (one slow spell
+    must not set every relative budget), stored once and read back after."""
+    from torch import nn
+
+    from hant_trt.latency.backends import get_backend
+    from hant_trt.latency.lut import LatencyTable
+    from hant_trt.latency.profile import measure_module
+
+    table = LatencyTable(tmp_path / "lut.sqlite")
+    backend = get_backend("ort", threads=1)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()).eval()
+    first = measure_module(net, (1, 3, 32, 32), backend, table, tmp_path / "w", "tiny", max_seconds=0.05, rounds=3)
+    assert first.median_s > 0 and first.cached and first.stdev_s is not None
+    again = measure_module(net, (1, 3, 32, 32), backend, table, tmp_path / "w", "tiny", max_seconds=0.05, rounds=3)
+    assert again.cached and again.median_s == first.median_s
