@@ -22,6 +22,7 @@ from .errors import UserError
 
 STAGES = ("teacher", "distill", "score", "profile", "search", "build")
 MANIFEST = "run.json"
+FIXED_SCORES = "scores_fixed.json"      # score → search: the stem's and head's swap-one scores at int8
 
 
 def fingerprint(obj: Any) -> str:

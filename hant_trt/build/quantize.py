@@ -73,6 +73,11 @@ def simulate_int8(student, parts: list[int], calib: CalibResult):
     return sim
 
 
+def fixed_int8(precisions: dict) -> tuple[str, ...]:
+    """The stem / head chosen at int8, from {"stem": precision, ...} (solution.json's fixed_parts)."""
+    return tuple(n for n in FIXED_PARTS if precisions.get(n) == "int8")
+
+
 def int8_fixed(calib: CalibResult | None) -> tuple[str, ...]:
     """Which of the stem and head the calibration covers (the search chose them at int8)."""
     if calib is None:

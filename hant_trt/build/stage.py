@@ -74,16 +74,16 @@ def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig, fixed: 
     head when `fixed` ({"stem": precision, ...}, solution.json's fixed_parts) says int8;
     (None, student, {}) when there are none."""
     from .finetune import eval_batches
-    from .quantize import calibrate_parts, int8_parts, simulate_int8
+    from .quantize import calibrate_parts, fixed_int8, int8_parts, simulate_int8
 
     parts = int8_parts(choices)
-    fixed_int8 = tuple(n for n in ("stem", "head") if (fixed or {}).get(n) == "int8")
-    if not parts and not fixed_int8:
+    fixed = fixed_int8(fixed or {})
+    if not parts and not fixed:
         return None, student, {}
     batches = eval_batches(calib_set, cfg.profile.calib_images, cfg.build.batch_size)
     calib = calibrate_parts(student, parts, batches, cfg.profile.calib_method, layout=int8_layout_of(cfg.profile),
-                            fixed=fixed_int8)
-    return calib, simulate_int8(student, parts, calib), {"int8_parts": parts, "int8_fixed": list(fixed_int8),
+                            fixed=fixed)
+    return calib, simulate_int8(student, parts, calib), {"int8_parts": parts, "int8_fixed": list(fixed),
                                                          "calib_method": calib.method,
                                                          "int8_layout": calib.extra["layout"],
                                                          "calib_images": cfg.profile.calib_images}

@@ -47,6 +47,19 @@ class _Acc:
     n: int = 0
     batches: int = 0
 
+    def add(self, logits: torch.Tensor, t_top: torch.Tensor, t_logp: torch.Tensor, y, labelled: bool) -> None:
+        """One eval batch's logits against the teacher's top-1 and log-probabilities."""
+        self.agree += int((logits.argmax(1) == t_top).sum())
+        if labelled:
+            self.correct += int((logits.argmax(1) == y).sum())
+        self.kl += float(F.kl_div(F.log_softmax(logits, 1), t_logp, log_target=True, reduction="sum"))
+        self.n += logits.shape[0]
+
+    def metrics(self, labelled: bool) -> dict:
+        return {"agreement": 100.0 * self.agree / max(1, self.n), "kl": self.kl / max(1, self.n),
+                "top1": (100.0 * self.correct / self.n) if labelled and self.n else None,
+                "local_mse": self.mse / max(1, self.batches)}
+
 
 @torch.no_grad()
 def score_candidates(d: Decomposition, entries, eval_loader, labelled: bool, progress=None) -> dict:
@@ -59,24 +72,13 @@ def score_candidates(d: Decomposition, entries, eval_loader, labelled: bool, pro
         for key, first, last, module in entries:
             module.eval()
             out = module(acts[first])
-            logits = suffix(d, out, last + 1)
-            logp = F.log_softmax(logits, 1)
             a = accs[key]
-            a.agree += int((logits.argmax(1) == t_top).sum())
-            if labelled:
-                a.correct += int((logits.argmax(1) == y).sum())
-            a.kl += float(F.kl_div(logp, t_logp, log_target=True, reduction="sum"))
+            a.add(suffix(d, out, last + 1), t_top, t_logp, y, labelled)
             a.mse += float(normalised_mse(out, acts[last + 1]))
-            a.n += x.shape[0]
             a.batches += 1
         if progress is not None:
             progress.update(1)
-    out = {}
-    for key, a in accs.items():
-        out[key] = {"agreement": 100.0 * a.agree / max(1, a.n), "kl": a.kl / max(1, a.n),
-                    "top1": (100.0 * a.correct / a.n) if labelled and a.n else None,
-                    "local_mse": a.mse / max(1, a.batches)}
-    return out
+    return {key: a.metrics(labelled) for key, a in accs.items()}
 
 
 def rows_to_csv(rows: list[ScoreRow]) -> str:
@@ -109,9 +111,6 @@ def read_scores(path: Path) -> list[ScoreRow]:
     return rows
 
 
-FIXED_SCORES = "scores_fixed.json"      # the stem's and head's swap-one scores at int8
-
-
 @torch.no_grad()
 def score_fixed_int8(d: Decomposition, eval_loader, calib_batches: list[torch.Tensor], labelled: bool,
                      method: str = "max", layout: str = "trt") -> dict:
@@ -129,14 +128,7 @@ def score_fixed_int8(d: Decomposition, eval_loader, calib_batches: list[torch.Te
     accs = {"stem": _Acc(), "head": _Acc()}
     for x, y in eval_loader:
         acts, t_logits = capture(d, x)
-        t_logp = F.log_softmax(t_logits, 1)
-        for name, logits in (("stem", suffix(d, q_stem(x), 0)), ("head", q_head(acts[-1]))):
-            a = accs[name]
-            a.agree += int((logits.argmax(1) == t_logits.argmax(1)).sum())
-            if labelled:
-                a.correct += int((logits.argmax(1) == y).sum())
-            a.kl += float(F.kl_div(F.log_softmax(logits, 1), t_logp, log_target=True, reduction="sum"))
-            a.n += x.shape[0]
-    return {name: {"int8": {"agreement": 100.0 * a.agree / max(1, a.n), "kl": a.kl / max(1, a.n),
-                            "top1": (100.0 * a.correct / a.n) if labelled and a.n else None, "local_mse": 0.0}}
-            for name, a in accs.items()}
+        t_logp, t_top = F.log_softmax(t_logits, 1), t_logits.argmax(1)
+        accs["stem"].add(suffix(d, q_stem(x), 0), t_top, t_logp, y, labelled)
+        accs["head"].add(q_head(acts[-1]), t_top, t_logp, y, labelled)
+    return {name: {"int8": a.metrics(labelled)} for name, a in accs.items()}

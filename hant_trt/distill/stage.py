@@ -9,9 +9,8 @@ import time
 from .. import atomic
 from ..config import RunConfig, int8_layout_of
 from ..data import make_splits
-from ..rundir import RunDir, fingerprint
+from ..rundir import FIXED_SCORES, RunDir, fingerprint
 from ..teacher.stage import load_from_config, run_teacher, teacher_fingerprint
-from .score import FIXED_SCORES
 from .train import distill, prune_stale_slot_files
 
 
@@ -122,8 +121,6 @@ def score_fingerprint(cfg: RunConfig) -> str:
 
 def run_score(run: RunDir, cfg: RunConfig) -> dict:
     """Swap-one scores of every candidate (keep included) → scores.csv."""
-    from torch.utils.data import DataLoader, Subset
-
     from ..teacher.slot import Slot
     from .pool import load_trained, keep_entries, signature_of, cost_of
     from .score import ScoreRow, score_candidates, write_scores
@@ -132,18 +129,14 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
     fp = score_fingerprint(cfg)
     if run.is_done("score", fp):
         if "int8" in cfg.profile.precisions and not run.path(FIXED_SCORES).is_file():
-            _write_fixed_scores(run, cfg)       # runs scored before the stem/head became choices
+            teacher, d = load_from_config(cfg)  # runs scored before the stem/head became choices
+            _write_fixed_scores(run, cfg, teacher, d, *_score_loader(cfg, teacher))
         return run.stage("score").info or {}
     run.require("distill")
     run.set_stage("score", "running", fp)
     t0 = time.time()
     teacher, d = load_from_config(cfg)
-    splits = data_splits(cfg, teacher.data_config)
-    ev = splits.eval
-    if cfg.score.max_images and len(ev) > cfg.score.max_images:
-        ev = Subset(ev, range(cfg.score.max_images))
-    labelled = bool(getattr(splits.eval, "labelled", False))
-    loader = DataLoader(ev, batch_size=cfg.score.batch_size, shuffle=False)
+    loader, labelled = _score_loader(cfg, teacher)
     entries = [(k, f, l, op, m, "fp32") for k, f, l, op, m in keep_entries(d) + load_trained(run.root / "candidates", d)]
     if "int8" in cfg.profile.precisions:
         entries += int8_entries(d, entries, data_splits(cfg, teacher.data_config, train_augment=False).train,
@@ -161,29 +154,31 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
     rows.sort(key=lambda r: (r.first, r.last, r.op != "keep", r.op, r.precision))
     write_scores(run.path("scores.csv"), rows)
     if "int8" in cfg.profile.precisions:
-        _write_fixed_scores(run, cfg)
-    info = {"rows": len(rows), "eval_images": len(ev), "seconds": round(time.time() - t0, 1)}
+        _write_fixed_scores(run, cfg, teacher, d, loader, labelled)
+    info = {"rows": len(rows), "eval_images": len(loader.dataset), "seconds": round(time.time() - t0, 1)}
     run.set_stage("score", "done", fp, info)
     return info
 
 
-def _write_fixed_scores(run: RunDir, cfg: RunConfig) -> None:
-    """scores_fixed.json: the stem and head at int8, scored on the eval split like the slots."""
+def _score_loader(cfg: RunConfig, teacher):
+    """(loader, labelled): the eval split scoring runs on (at most `score.max_images`)."""
     from torch.utils.data import DataLoader, Subset
 
-    from .score import score_fixed_int8
-    from .train import eval_batches
-
-    teacher, d = load_from_config(cfg)
     splits = data_splits(cfg, teacher.data_config)
     ev = splits.eval
     if cfg.score.max_images and len(ev) > cfg.score.max_images:
         ev = Subset(ev, range(cfg.score.max_images))
+    return DataLoader(ev, batch_size=cfg.score.batch_size, shuffle=False), bool(getattr(splits.eval, "labelled", False))
+
+
+def _write_fixed_scores(run: RunDir, cfg: RunConfig, teacher, d, loader, labelled: bool) -> None:
+    """scores_fixed.json: the stem and head at int8, scored on the eval split like the slots."""
+    from .score import score_fixed_int8
+    from .train import eval_batches
+
     calib = eval_batches(data_splits(cfg, teacher.data_config, train_augment=False).train,
                          cfg.profile.calib_images, cfg.score.batch_size)
-    got = score_fixed_int8(d, DataLoader(ev, batch_size=cfg.score.batch_size, shuffle=False), calib,
-                           bool(getattr(splits.eval, "labelled", False)), cfg.profile.calib_method,
-                           int8_layout_of(cfg.profile))
+    got = score_fixed_int8(d, loader, calib, labelled, cfg.profile.calib_method, int8_layout_of(cfg.profile))
     atomic.write_json(run.path(FIXED_SCORES), got)
 
 

@@ -16,7 +16,6 @@ subtracts saving_j whenever it puts int8 parts on both sides of junction j, what
 from __future__ import annotations
 
 import os
-import statistics
 import traceback
 from dataclasses import dataclass
 
@@ -61,13 +60,12 @@ def paired_saving(backend, left, right, both, rounds: int, max_seconds: float, c
     """(median, p90, stdev) over `rounds` of t(left) + t(right) − t(both), the three timed back to
     back in each round: a difference of three timings, so one slow timing must not make it (the
     machine drifts between rounds; within one it mostly does not)."""
+    from .timing import Stats
+
     kw = dict(warmup_ms=20, max_seconds=max_seconds, cv_target=cv_target)
-    got = []
-    for _ in range(max(1, rounds)):
-        got.append(backend.time(left, **kw).median_s + backend.time(right, **kw).median_s
-                   - backend.time(both, **kw).median_s)
-    got.sort()
-    return statistics.median(got), got[min(len(got) - 1, int(round(0.9 * (len(got) - 1))))], statistics.pstdev(got)
+    st = Stats.of([backend.time(left, **kw).median_s + backend.time(right, **kw).median_s
+                   - backend.time(both, **kw).median_s for _ in range(max(1, rounds))])
+    return st.median, st.p90, st.stdev
 
 
 def measure_junctions(parts: list[Part], backend, table, workdir, int8_layout: str, max_seconds: float = 2.0,

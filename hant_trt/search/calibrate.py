@@ -100,11 +100,11 @@ def plan_onnx(d, sol, shape: tuple, layout: str, path: Path) -> Path:
     import torch
 
     from ..build.assemble import Choice, assemble       # the search times whole students
-    from ..build.quantize import calibrate_parts, export_with_plan, int8_parts
+    from ..build.quantize import calibrate_parts, export_with_plan, fixed_int8, int8_parts
 
     choices = [Choice(o.first, o.last, o.op, o.precision) for o in sol.choices]
     student = assemble(d, choices).eval()
-    fixed = tuple(o.op for o in sol.fixed_choices if o.precision == "int8")
+    fixed = fixed_int8({o.op: o.precision for o in sol.fixed_choices})
     parts = int8_parts(choices)
     calib = None
     if parts or fixed:

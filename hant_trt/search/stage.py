@@ -8,10 +8,10 @@ import json
 
 from .. import atomic
 from ..errors import UserError
-from ..rundir import RunDir, fingerprint
+from ..rundir import FIXED_SCORES, RunDir, fingerprint
 from .ilp import Solution, solve
 from .sweep import pareto_sweep, plot_pareto
-from .tables import FIXED_SCORES, build_problem, canonical_metric, load_tables, read_n_slots, select_devices
+from .tables import build_problem, canonical_metric, load_tables, read_n_slots, select_devices
 
 INPUTS = ("scores.csv", "latency.csv", "latency_fixed.json", "teacher.json")
 SOLUTION, PARETO_JSON, PARETO_PNG = "solution.json", "pareto.json", "pareto.png"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import UserError
+from ..rundir import FIXED_SCORES
 from .budget import parse_budget, parse_count
 from .ilp import Option, Problem
 
@@ -199,8 +200,6 @@ def load_tables(run_root: str | Path, metric: str = "agreement", skip_weight: fl
     return Tables(options, fixed, teacher_params, teacher_macs, dropped,
                   read_fixed_scores(root / FIXED_SCORES, metric, teacher_top1))
 
-
-FIXED_SCORES = "scores_fixed.json"
 
 
 def read_fixed_scores(path: Path, metric: str, teacher_top1: float | None) -> dict:
