@@ -83,6 +83,8 @@ class ProfileCfg:
     context: str = "alone"          # alone: each candidate timed by itself | model: also timed inside
                                     #   the teacher (swapped in, beside the teacher), fp32 only
     context_rounds: int = 5         # model: alternating (teacher, swapped) pairs per swap
+    compile: bool = False           # torch backend: time torch.compile'd modules (Inductor fuses BN and
+                                    #   activations into convolutions, as TensorRT does)
 
 
 @dataclass

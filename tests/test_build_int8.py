@@ -106,7 +106,10 @@ def test_gpu_plan_fp16_elsewhere_int8_and_fp32_parts_kept(lite0, tmp_path):
     assert ver.passed, ver
     assert export_with_plan(student, (1, 3, RES, RES), tmp_path / "b.onnx", None, choices, "fp16").exists()
     with pytest.raises(ValueError, match="base precision"):
-        export_with_plan(student, (1, 3, RES, RES), tmp_path / "c.onnx", None, choices, "bf16")
+        export_with_plan(student, (1, 3, RES, RES), tmp_path / "c.onnx", None, choices, "int4")
+    # bf16 is PyTorch's serving precision: the ONNX for it stays fp32
+    bf = export_with_plan(student, (1, 3, RES, RES), tmp_path / "d.onnx", None, choices, "bf16")
+    assert {i.data_type for i in __import__("onnx").load(str(bf)).graph.initializer} == {1}  # FLOAT
 
 
 @pytest.mark.parametrize("layout", ["trt", "ort"])

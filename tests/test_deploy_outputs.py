@@ -92,4 +92,5 @@ def test_engine_metadata_machine_fields():
             return DeviceInfo("cuda", "NVIDIA A10", {"cc": "8.6", "driver": 12040})
 
     assert target_fields(FakeTensorRTBackend()) == {"gpu_name": "NVIDIA A10", "compute_capability": "8.6",
-                                                    "tensorrt_version": "10.9.0", "cuda_version": "12060"}
+                                                    "tensorrt_version": "10.9.0", "cuda_version": "12060",
+                                                        "driver_version": "12040"}

@@ -3,6 +3,7 @@ latency with the teacher on the search's backend, Triton repository, report."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +22,22 @@ def default_engines_dir() -> Path:
     return cand if (REPO_ROOT / "pyproject.toml").exists() else Path("engines").resolve()
 
 
-def _sample_inputs(loader, n: int = 2) -> list[np.ndarray]:
-    out = []
-    for x, _ in loader:
-        out.append(x[:1].numpy())
-        if len(out) >= n:
-            break
-    return out
+def _sample_inputs(loader, batch: int = 1, n: int = 2) -> list[np.ndarray]:
+    """`n` arrays of `batch` real images each (images reused in turn when the loader has fewer)."""
+    images = [x[i:i + 1] for x, _ in loader for i in range(x.shape[0])][:batch * n]
+    if not images:
+        raise ValueError("no images to verify the export with")
+    return [torch.cat([images[(k * batch + i) % len(images)] for i in range(batch)]).numpy() for k in range(n)]
 
 
 def measure_side_by_side(backend, onnx_a: Path, onnx_b: Path, rounds: int = 3, max_seconds: float = 1.0):
     """Median latency of two ONNX models timed in alternating rounds (same process, same machine
     state), so the ratio is not skewed by drift."""
-    pa, pb = backend.prepare(str(onnx_a)), backend.prepare(str(onnx_b))
+    return measure_prepared(backend, backend.prepare(str(onnx_a)), backend.prepare(str(onnx_b)), rounds, max_seconds)
+
+
+def measure_prepared(backend, pa, pb, rounds: int = 3, max_seconds: float = 1.0):
+    """`measure_side_by_side` for two things already prepared on `backend` (files or modules)."""
     a, b = [], []
     for _ in range(rounds):
         a.append(backend.time(pa, max_seconds=max_seconds).median_s)
@@ -48,6 +52,9 @@ def target_fields(backend) -> dict:
     dev = backend.device()
     if dev.kind == "cuda":
         out = {"gpu_name": dev.name, "compute_capability": str(dev.details.get("cc") or "") or None}
+        for key, detail in (("driver_version", "driver"), ("torch_version", "torch")):
+            if dev.details.get(detail) is not None:
+                out[key] = str(dev.details[detail])
         if backend.name == "tensorrt":
             out["tensorrt_version"] = backend.version()
             props = getattr(getattr(backend, "cuda", None), "device_properties", None)
@@ -63,29 +70,37 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
            engines_dir: Path | None = None, calib=None, reference=None) -> dict:
     """calib: the int8 parts' ranges (None: all fp32); reference: the model the ONNX must match
     (the student with its int8 parts simulated; default the student)."""
-    from ..latency.backends import get_backend
     from ..latency.export import export_onnx
+    from ..latency.stage import profile_backend
     from ..latency.precision import base_precision, to_fp16
     from .metadata import EngineMetadata, io_from_onnx, optimize_for_ort, write_metadata
     from .quantize import export_with_plan
     from .report import report_data_from_run, write_report
-    from .triton import export_triton
+    from .triton import DEFAULT_MAX_BATCH, export_triton
     from .verify import verify_onnx
 
     batch = cfg.profile.batch
     res = teacher.resolution
     shape = (batch, 3, res, res)
     sdir = run.root / "student"
-    base = base_precision(cfg.profile.precisions)       # fp16 on GPU targets: everything not int8
-    s_onnx = export_with_plan(student, shape, sdir / "student.onnx", calib, spec.choices, base)
-    t_onnx = export_onnx(teacher.model, shape, sdir / "teacher.onnx")
+    base = base_precision(cfg.profile.precisions)       # fp16/bf16 on GPU targets: everything not int8
+    backend = profile_backend(cfg)
+    gpu = backend.device().kind == "cuda"
+    # a GPU target is served by batching requests (Triton, TensorRT profiles): a symbolic batch there
+    s_onnx = export_with_plan(student, shape, sdir / "student.onnx", calib, spec.choices, base, dynamic_batch=gpu)
+    t_onnx = export_onnx(teacher.model, shape, sdir / "teacher.onnx", dynamic_batch=gpu)
     if base == "fp16":                                   # side by side at the same base precision
         t_onnx = to_fp16(t_onnx, sdir / "teacher.fp16.onnx")
-    ver = verify_onnx(reference if reference is not None else student, s_onnx, _sample_inputs(eval_loader),
-                      "int8" if calib is not None else base, base=base,
+    onnx_base = "fp16" if base == "fp16" else "fp32"
+    ver = verify_onnx(reference if reference is not None else student, s_onnx, _sample_inputs(eval_loader, batch),
+                      "int8" if calib is not None else onnx_base, base=onnx_base,
                       int8_layout=calib.extra.get("layout", "trt") if calib is not None else "trt")
-    backend = get_backend(cfg.profile.backend, threads=cfg.profile.threads)
-    t_s, s_s = measure_side_by_side(backend, t_onnx, s_onnx, max_seconds=max(1.0, cfg.profile.max_seconds))
+    if backend.name == "torch":                          # the modules themselves, as the profile timed parts
+        t_s, s_s = measure_prepared(backend, backend.prepare_module(teacher.model, shape, base),
+                                    backend.prepare_module(student, shape, base),
+                                    max_seconds=max(1.0, cfg.profile.max_seconds))
+    else:
+        t_s, s_s = measure_side_by_side(backend, t_onnx, s_onnx, max_seconds=max(1.0, cfg.profile.max_seconds))
     name = cfg.build.engine_name or f"{Path(run.root).name}_{teacher.name}"
     edir = Path(engines_dir) if engines_dir else default_engines_dir()
     if backend.name == "tensorrt":
@@ -93,23 +108,29 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
 
         engine = build_engine_file(s_onnx, edir / f"{name}.plan")
         fmt = "tensorrt_plan"
+    elif gpu:        # ORT's offline optimisation writes CPU-only fused ops: a GPU target ships the ONNX
+        engine = atomic.write_with(edir / f"{name}.onnx", lambda tmp: shutil.copyfile(s_onnx, tmp))
+        fmt = "onnxruntime_onnx"
     else:
         engine = optimize_for_ort(s_onnx, edir / f"{name}.ort.onnx")
         fmt = "onnxruntime_onnx"
     inputs, outputs = io_from_onnx(s_onnx)
+    fixed = getattr(spec, "fixed_precision", None) or {}
     meta = EngineMetadata(
         name=name, format=fmt, file=str(engine),
-        precision_plan=[{"slot": "stem", "op": "keep", "precision": base}]
+        precision_plan=[{"slot": "stem", "op": "keep", "precision": fixed.get("stem", base)}]
         + [{"slot": f"{c.first}" if c.first == c.last else f"{c.first}-{c.last}", "op": c.op,
             "precision": c.precision} for c in spec.choices]
-        + [{"slot": "head", "op": "keep", "precision": base}],
-        inputs=inputs, outputs=outputs,
+        + [{"slot": "head", "op": "keep", "precision": fixed.get("head", base)}],
+        inputs=inputs, outputs=outputs, batch=batch,
         predicted_latency_s=solution.get("predicted_s"), measured_latency_s=s_s,
         accuracy=acc, teacher={"model": teacher.name, "measured_latency_s": t_s},
         **target_fields(backend),
     )
     write_metadata(engine, meta)
-    triton = export_triton(s_onnx, run.root / "triton", "hant_student", max_batch_size=0)
+    triton = export_triton(s_onnx, run.root / "triton", "hant_student",
+                           max_batch_size=max(DEFAULT_MAX_BATCH, batch) if gpu else 0,
+                           instance_kind="gpu" if gpu else None)
     report = write_report(run.root, report_data_from_run(run.root, t_s, s_s, acc, teacher.name))
     return {"backend": backend.name, "batch": batch, "teacher_latency_ms": t_s * 1e3,
             "student_latency_ms": s_s * 1e3, "speedup": t_s / s_s,

@@ -24,7 +24,8 @@ from torch import nn
 
 from .. import atomic
 from ..distill.capture import capture, normalised_mse
-from ..distill.train import _progress, adamw, batch_for_step, estimate_bn, eval_batches, lr_at, set_train_mode
+from ..distill.train import (_progress, adamw, autocast_of, batch_for_step, estimate_bn, eval_batches, lr_at,
+                             set_train_mode)
 
 
 def _labelled_batch(dataset, step: int, batch_size: int, seed: int):
@@ -86,7 +87,8 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
     inputs, which is what a few hundred images lack; labels are not used on mixed batches.
     ce_weight: weight of the label cross-entropy (labelled, unmixed batches). trainable: only these
     modules' parameters are trained (e.g. the replaced parts; None: the whole student).
-    device: where to train; on CUDA in mixed precision (fp16 autocast + gradient scaling). Student
+    device: where to train; on CUDA in mixed precision (bf16 autocast, or fp16 with gradient scaling
+    on GPUs without bf16). Student
     and teacher are back on the CPU when it returns.
     """
     use_feats = decomposition is not None and boundaries is not None and feature_weight > 0
@@ -97,7 +99,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
     if not params:
         return {"steps": 0, "skipped": "nothing to train"}
     dev = torch.device(device)
-    amp = dev.type == "cuda"
+    amp, amp_dtype = autocast_of(dev)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -106,7 +108,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
         m.to(dev)
     frozen = [p for p in student.parameters() if p.requires_grad and id(p) not in params]
     try:
-        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
         for p in frozen:
             p.requires_grad_(False)     # no weight gradients for them; inputs' gradients still flow through
         opt = adamw(list(params.values()), lr, weight_decay=1e-5)
@@ -119,7 +121,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
                 blob = torch.load(ckpt_dir / f"ft.s{st['step']:07d}.pt", map_location="cpu", weights_only=True)
                 student.load_state_dict(blob["model"])
                 opt.load_state_dict(blob["opt"])
-                if amp and blob.get("scaler"):
+                if scaler.is_enabled() and blob.get("scaler"):
                     scaler.load_state_dict(blob["scaler"])
                 start = st["step"]
         t0 = time.time()
@@ -134,7 +136,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
             y = y.to(dev) if y is not None else None
             for pg in opt.param_groups:
                 pg["lr"] = lr_at(step, steps, lr, warmup)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            with torch.autocast("cuda", dtype=amp_dtype, enabled=amp):
                 if use_feats:
                     acts, t_logits = capture(decomposition, x)
                     feats, logits = student_features(student, x)
@@ -154,7 +156,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
             done = step + 1
             if done % checkpoint_every == 0 or done == steps:
                 blob = {"model": student.state_dict(), "opt": opt.state_dict(),
-                        "scaler": scaler.state_dict() if amp else None}
+                        "scaler": scaler.state_dict() if scaler.is_enabled() else None}
                 atomic.write_with(ckpt_dir / f"ft.s{done:07d}.pt", lambda tmp, b=blob: torch.save(b, tmp))
                 atomic.write_json(state_p, {"step": done, "fingerprint": fingerprint})
                 for f in ckpt_dir.glob("ft.s*.pt"):

@@ -39,8 +39,11 @@ class EngineMetadata:
     tensorrt_version, cuda_version, gpu_name, compute_capability ("8.6"): the build machine, for
         plans (None for CPU targets).
     cpu, ort_version: the build machine's CPU and ONNX Runtime version, for CPU targets.
+    driver_version, torch_version: the GPU driver and PyTorch that timed a GPU target.
+    batch: the batch it was timed at (inputs' batch dimension is -1 when the export is dynamic).
     precision_plan: one {slot, op, precision} per chosen part, slot "3" or "3-4" for a span, between
-        a "stem" and a "head" entry at the base precision (fp16 on GPU targets, else fp32).
+        a "stem" and a "head" entry at their own precision (int8 when the search chose it, else the
+        base precision: fp16/bf16 on GPU targets, fp32 otherwise).
     inputs, outputs: one {name, dtype, shape} per tensor; dtype as in `ONNX_DTYPES` ("FP32"),
         shape with -1 for a dynamic dimension.
     predicted_latency_s: the search's additive prediction; measured_latency_s: timed on the engine.
@@ -60,6 +63,9 @@ class EngineMetadata:
     compute_capability: str | None = None
     cpu: str | None = None
     ort_version: str | None = None
+    driver_version: str | None = None
+    torch_version: str | None = None
+    batch: int | None = None
     precision_plan: list[dict] = field(default_factory=list)
     inputs: list[dict] = field(default_factory=list)
     outputs: list[dict] = field(default_factory=list)

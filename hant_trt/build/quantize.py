@@ -115,7 +115,7 @@ def part_of_node(node_name: str) -> int | None:
 
 
 def export_with_plan(student, shape: tuple, dst: Path, calib: CalibResult | None, choices=None,
-                     base: str = "fp32") -> Path:
+                     base: str = "fp32", dynamic_batch: bool = False) -> Path:
     """The student's ONNX with its per-layer precision plan: Q/DQ on the calibrated (int8) layers
     when `calib` is given; with base "fp16" (GPU targets) every part chosen at fp16, the stem and
     the head converted to fp16, the parts chosen at fp32 or int8 left in fp32 around their Q/DQ."""
@@ -124,13 +124,15 @@ def export_with_plan(student, shape: tuple, dst: Path, calib: CalibResult | None
     from ..latency.export import export_onnx
     from ..latency.precision import quantize_qdq, to_fp16
 
+    if base == "bf16":      # ONNX Runtime and TensorRT take fp32 for it; PyTorch serves it in bf16
+        base = "fp32"
     if base not in ("fp32", "fp16"):
-        raise ValueError(f"base precision must be fp32 or fp16, not {base!r}")
+        raise ValueError(f"base precision must be fp32, fp16 or bf16, not {base!r}")
     qdq = calib is not None and bool(calib.amax)
     if not qdq and base == "fp32":
-        return export_onnx(student, shape, dst)
+        return export_onnx(student, shape, dst, dynamic_batch=dynamic_batch)
     with tempfile.TemporaryDirectory() as tmp:
-        out = export_onnx(student, shape, Path(tmp) / "fp32.onnx")
+        out = export_onnx(student, shape, Path(tmp) / "fp32.onnx", dynamic_batch=dynamic_batch)
         if qdq and calib.extra.get("layout", "trt") == "ort":
             from ..latency.int8_ort import write_ort_qdq
 

@@ -62,10 +62,13 @@ class _Acc:
 
 
 @torch.no_grad()
-def score_candidates(d: Decomposition, entries, eval_loader, labelled: bool, progress=None) -> dict:
-    """entries: list of (key, first, last, module). Returns key -> metrics dict."""
+def score_candidates(d: Decomposition, entries, eval_loader, labelled: bool, progress=None, device=None) -> dict:
+    """entries: list of (key, first, last, module). Returns key -> metrics dict. device: where the
+    batches go (the caller puts the teacher and the modules there; None: where they come from)."""
     accs = {key: _Acc() for key, *_ in entries}
     for x, y in eval_loader:
+        if device is not None:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         acts, t_logits = capture(d, x)
         t_logp = F.log_softmax(t_logits, 1)
         t_top = t_logits.argmax(1)

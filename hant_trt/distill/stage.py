@@ -142,9 +142,14 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
         entries += int8_entries(d, entries, data_splits(cfg, teacher.data_config, train_augment=False).train,
                                 cfg.score.batch_size, cfg.profile.calib_images, cfg.profile.calib_method,
                                 int8_layout_of(cfg.profile))
+    dev = score_device(cfg)
+    for m in (d.stem, d.head, *d.blocks, *(e[4] for e in entries)):
+        m.to(dev)
     bar = _progress(len(loader), 0, f"score {len(entries)} candidates")
-    metrics = score_candidates(d, [(k, f, l, m) for k, f, l, _, m, _ in entries], loader, labelled, bar)
+    metrics = score_candidates(d, [(k, f, l, m) for k, f, l, _, m, _ in entries], loader, labelled, bar, dev)
     bar.close()
+    for m in (d.stem, d.head, *d.blocks):
+        m.to("cpu")
     rows = []
     for key, first, last, op, module, prec in entries:
         m = metrics[key]
@@ -158,6 +163,17 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
     info = {"rows": len(rows), "eval_images": len(loader.dataset), "seconds": round(time.time() - t0, 1)}
     run.set_stage("score", "done", fp, info)
     return info
+
+
+def score_device(cfg: RunConfig):
+    """Where swap-one scoring runs: distillation's device, except that int8 runs score on the CPU (the
+    int8 simulation keeps its scales there)."""
+    import torch
+
+    from .train import resolve_device
+
+    dev = resolve_device(cfg.distill.device)
+    return torch.device("cpu") if "int8" in cfg.profile.precisions else dev
 
 
 def _score_loader(cfg: RunConfig, teacher):

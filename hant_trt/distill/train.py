@@ -164,6 +164,51 @@ def batch_for_step(dataset, step: int, batch_size: int, seed: int) -> torch.Tens
         torch.set_rng_state(state)
 
 
+class _StepBatches(torch.utils.data.Dataset):
+    """Item k = the batch of step `first + k`, exactly `batch_for_step`'s (each worker process seeds
+    its own RNG per step, so batches do not depend on which worker made them)."""
+
+    def __init__(self, train_set, full_set, full_from: int, first: int, last: int, batch_size: int, seed: int):
+        self.sets, self.full_from = (train_set, full_set), full_from
+        self.first, self.n, self.batch_size, self.seed = first, max(0, last - first), batch_size, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        step = self.first + k
+        ds = self.sets[1] if self.sets[1] is not None and step >= self.full_from else self.sets[0]
+        return batch_for_step(ds, step, self.batch_size, self.seed)
+
+
+def loader_workers(dev: torch.device) -> int:
+    """Data workers that keep a GPU fed (decoding and augmenting JPEGs is CPU work); none on the CPU,
+    where workers would take cores from the training itself."""
+    if dev.type != "cuda":
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 2))
+
+
+def step_batches(train_set, full_set, full_from: int, first: int, last: int, batch_size: int, seed: int,
+                 dev: torch.device):
+    """The batches of steps first..last-1 in order; on CUDA made ahead by worker processes into
+    pinned memory."""
+    ds = _StepBatches(train_set, full_set, full_from, first, last, batch_size, seed)
+    workers = loader_workers(dev)
+    if workers == 0:
+        return (ds[k] for k in range(len(ds)))
+    return iter(torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
+                                            pin_memory=True, prefetch_factor=4, persistent_workers=False))
+
+
+def autocast_of(dev: torch.device) -> tuple[bool, torch.dtype]:
+    """(mixed precision on, its dtype): bf16 on GPUs that have it (no loss scaling needed), fp16
+    with gradient scaling on older ones, off on the CPU."""
+    if dev.type != "cuda":
+        return False, torch.float32
+    return True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def eval_batches(dataset, n_images: int, batch_size: int) -> list[torch.Tensor]:
     n = min(n_images, len(dataset))
     xs = [dataset[i][0] for i in range(n)]
@@ -353,11 +398,12 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
     if not 0.0 <= cfg.fisher <= 1.0:
         raise UserError(f"distill.fisher must be between 0 and 1, not {cfg.fisher}")
     dev = resolve_device(cfg.device)
-    amp = dev.type == "cuda"
+    amp, amp_dtype = autocast_of(dev)
     jobs = plan_jobs(d, cfg, rank, world, only_spans=only_spans)
+    fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
     for m in (d.stem, d.head, *d.blocks, *(j.module for j in jobs)):
-        m.to(dev)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        m.to(dev, memory_format=fmt)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
     jobs = [j for j in jobs if _trainable(j)] + [j for j in jobs if not _trainable(j)]
     trainable = [j for j in jobs if _trainable(j)]
     groups = make_groups(trainable, cfg.batch_size, cfg.group_mb)
@@ -392,10 +438,10 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
     for j in trainable:
         set_train_mode(j.module, cfg.bn)
     full_from = cfg.steps - cfg.full_res_steps if full_set is not None and cfg.full_res_steps > 0 else cfg.steps
-    for step in range(start, cfg.steps):
-        x = batch_for_step(full_set if step >= full_from else train_set, step, cfg.batch_size,
-                           cfg.seed).to(dev, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+    batches = step_batches(train_set, full_set, full_from, start, cfg.steps, cfg.batch_size, cfg.seed, dev)
+    for step, x in zip(range(start, cfg.steps), batches):
+        x = x.to(dev, non_blocking=True).contiguous(memory_format=fmt)
+        with torch.autocast("cuda", dtype=amp_dtype, enabled=amp):
             acts, logits, fisher = teacher_pass(d, x, cfg, step)
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
         loss_sum = 0.0
@@ -403,7 +449,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
             for pg in g.opt.param_groups:
                 pg["lr"] = lr
             for j in g.jobs:
-                with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                with torch.autocast("cuda", dtype=amp_dtype, enabled=amp):
                     out = j.module(acts[j.first])
                 loss = job_loss(d, j, out, acts, logits, cfg, fisher)
                 scaler.scale(loss).backward()
@@ -416,7 +462,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             ckpt.save(done, groups, {"mse_init": mse_init, "mse_refit": mse_refit,
-                                     "scaler": scaler.state_dict() if amp else None})
+                                     "scaler": scaler.state_dict() if scaler.is_enabled() else None})
         if _STEP_DELAY:  # test hook: slows steps so a test can kill the process mid-run
             time.sleep(_STEP_DELAY)
     bar.close()

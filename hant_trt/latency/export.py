@@ -244,14 +244,16 @@ def _fold_verified(module: nn.Module, x: torch.Tensor) -> nn.Module:
 
 
 def export_onnx(module: nn.Module, input_shape: tuple[int, int, int, int], path: str | Path, opset: int = 17,
-                input_name: str = "input", output_name: str = "output") -> Path:
+                input_name: str = "input", output_name: str = "output", dynamic_batch: bool = False) -> Path:
     """Export `module` to ONNX at `path` (atomic) and return the path.
 
     module: the PyTorch module (not modified: a BN-folded eval copy is exported).
-    input_shape: static (N, C, H, W) — batch and resolution are baked in (no dynamic axes).
+    input_shape: (N, C, H, W) — resolution baked in; the batch too unless `dynamic_batch`.
     opset: ONNX opset, at least 17 (default 17).
     input_name / output_name: graph I/O names (defaults "input" / "output"; several outputs get
     "output", "output_1", ...).
+    dynamic_batch: the first dimension of every input and output is symbolic ("batch"), as an
+    inference server that batches requests needs (default False: static, what latency tables time).
     The graph is checked with onnx's checker (with shape inference) before it is written.
     """
     import onnx
@@ -272,8 +274,9 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, int, int, int], path:
         with torch.no_grad(), warnings.catch_warnings():
             # the TorchScript exporter is deprecated upstream but is the one that works offline here
             warnings.simplefilter("ignore", DeprecationWarning)
+            axes = {n: {0: "batch"} for n in [input_name, *out_names]} if dynamic_batch else None
             torch.onnx.export(model_to_export, (x,), tmp, input_names=[input_name], output_names=out_names,
-                              opset_version=opset, do_constant_folding=True, dynamo=False)
+                              opset_version=opset, do_constant_folding=True, dynamo=False, dynamic_axes=axes)
         model = onnx.load(tmp)
         inline_initializer_identities(model)
         fold_batchnorm_onnx(model)

@@ -70,8 +70,10 @@ def _to_half_array(a: np.ndarray) -> np.ndarray:
 def base_precision(precisions) -> str:
     """The precision of everything not chosen at int8 (fixed parts, the teacher, the final model's
     float layers): fp16 when the profile measures fp16 — a GPU target, where TensorRT 11 takes the
-    precision from the ONNX — else fp32."""
-    return "fp16" if "fp16" in precisions else "fp32"
+    precision from the ONNX —, bf16 when it measures bf16 (PyTorch on a GPU), else fp32."""
+    if "fp16" in precisions:
+        return "fp16"
+    return "bf16" if "bf16" in precisions else "fp32"
 
 
 def to_fp16(src: str | Path, dst: str | Path, keep_io_types: bool = True,

@@ -27,12 +27,21 @@ def profile_fingerprint(run: RunDir, cfg: RunConfig) -> str:
     if prof.get("context") == "alone":          # options added later leave earlier runs' fingerprints alone
         prof.pop("context", None)
         prof.pop("context_rounds", None)
+    if not prof.get("compile"):
+        prof.pop("compile", None)
     if "int8" in prof.get("precisions", []):
         prof["int8_layout"] = int8_layout_of(cfg.profile)
         prof["int8_model"] = "junctions-whole"  # stem/head at int8, junction savings fitted to the whole (session 9)
     else:
         prof.pop("int8_layout", None)
     return fingerprint({"score": run.stage("score").fingerprint, "profile": prof, "teacher": cfg.teacher})
+
+
+def profile_backend(cfg: RunConfig):
+    """The backend the profile (and the build's side-by-side timing) measures on."""
+    from .backends import get_backend
+
+    return get_backend(cfg.profile.backend, threads=cfg.profile.threads, compile=cfg.profile.compile or None)
 
 
 def _candidate_rows(run: RunDir) -> list[tuple[int, int, str, str]]:
@@ -137,9 +146,12 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
     from .precision import base_precision
     from .profile import ProfileItem, measure_module, profile_items
 
-    if not {"fp32", "fp16"} & set(cfg.profile.precisions):
-        raise UserError(f"profile.precisions {cfg.profile.precisions} needs fp32 or fp16: the teacher, stem "
-                        "and head run at one of them, and every int8 part is measured against it")
+    if not {"fp32", "fp16", "bf16"} & set(cfg.profile.precisions):
+        raise UserError(f"profile.precisions {cfg.profile.precisions} needs fp32, fp16 or bf16: the teacher, "
+                        "stem and head run at one of them, and every int8 part is measured against it")
+    if "bf16" in cfg.profile.precisions and cfg.profile.backend != "torch":
+        raise UserError("profile.precisions bf16 is timed on the torch backend only (set profile.backend = "
+                        "\"torch\")")
     if cfg.profile.context not in ("alone", "model"):
         raise UserError(f"profile.context must be alone or model, not '{cfg.profile.context}'")
     if cfg.profile.context == "model" and list(cfg.profile.precisions) != ["fp32"]:
@@ -153,7 +165,7 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
     t0 = time.time()
     teacher, d = load_from_config(cfg)
     batch = cfg.profile.batch
-    backend = get_backend(cfg.profile.backend, threads=cfg.profile.threads)
+    backend = profile_backend(cfg)
     table = LatencyTable(cfg.profile.lut or default_lut_path())
     workdir = run.root / "profile"
 

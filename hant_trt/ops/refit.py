@@ -53,15 +53,15 @@ def refit_readout(module: nn.Module, x: torch.Tensor, target: torch.Tensor, ridg
     H = hid.permute(0, 2, 3, 1).reshape(-1, hid.shape[1]).double()
     T = resid.permute(0, 2, 3, 1).reshape(-1, resid.shape[1]).double()
     if H.shape[0] > max_samples:
-        g = torch.Generator().manual_seed(0)
-        sel = torch.randperm(H.shape[0], generator=g)[:max_samples]
+        g = torch.Generator().manual_seed(0)       # CPU generator: the same rows on every device
+        sel = torch.randperm(H.shape[0], generator=g)[:max_samples].to(H.device)
         H, T = H[sel], T[sel]
     hm, tm = H.mean(0), T.mean(0)
     Hc, Tc = H - hm, T - tm
     gram = Hc.T @ Hc
     # stronger shrinkage when there are few samples per feature (late, low-resolution slots)
     lam = ridge * max(1.0, 4.0 * H.shape[1] / H.shape[0]) * gram.diagonal().mean().clamp_min(1e-12)
-    W = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), Hc.T @ Tc).T  # (out, in)
+    W = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device), Hc.T @ Tc).T  # (out, in)
     b = tm - W @ hm
     z = H @ W.T                                        # read-out conv output on the samples
     mu, var = z.mean(0), z.var(0, unbiased=False).clamp_min(1e-6)

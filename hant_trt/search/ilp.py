@@ -23,7 +23,7 @@ from ..errors import UserError
 
 SOLVERS = ("cbc", "highs")
 # Equal scores are broken deterministically: faster first, then the canonical preference below.
-_PRECISION_ORDER = {"fp32": 0, "fp16": 1, "int8": 2}
+_PRECISION_ORDER = {"fp32": 0, "fp16": 1, "bf16": 1, "int8": 2}
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,7 @@ def load_tables(run_root: str | Path, metric: str = "agreement", skip_weight: fl
     options, used, dropped = [], set(), 0
     for key, devs in sorted(lat_by.items()):
         row = sc.get(key)
-        if row is None and key[3] == "fp16":
+        if row is None and key[3] in ("fp16", "bf16"):
             row = sc.get(key[:3] + ("fp32",))
         if row is None:
             dropped += 1
