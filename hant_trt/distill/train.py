@@ -444,7 +444,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
         with torch.autocast("cuda", dtype=amp_dtype, enabled=amp):
             acts, logits, fisher = teacher_pass(d, x, cfg, step)
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=dev)    # summed on the device: one host sync a step, not one a candidate
         for g in groups:
             for pg in g.opt.param_groups:
                 pg["lr"] = lr
@@ -453,12 +453,12 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
                     out = j.module(acts[j.first])
                 loss = job_loss(d, j, out, acts, logits, cfg, fisher)
                 scaler.scale(loss).backward()
-                loss_sum += float(loss.detach())
+                loss_sum += loss.detach()
             scaler.step(g.opt)
             g.opt.zero_grad(set_to_none=True)
         scaler.update()
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum / max(1, len(trainable)):.4f}")
+        bar.set_postfix(loss=f"{float(loss_sum) / max(1, len(trainable)):.4f}")
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             ckpt.save(done, groups, {"mse_init": mse_init, "mse_refit": mse_refit,
