@@ -276,8 +276,9 @@ def build_problem(tables: Tables, n_slots: int, budget: str, devices: list[str],
     else:
         fixed = {d: tables.fixed[d].fixed_s for d in devices}
     fixed_options, junctions = int8_model(tables, n_slots, devices, k, k8)
+    base = tables.fixed[devices[0]].precision     # `base_precision` of the profile: fp16 on GPU targets
     for o in fixed_options:
-        if o.precision == "fp32":          # the part is a choice now: not paid in `fixed_s`
+        if o.precision == base:            # the part is a choice now: not paid in `fixed_s`
             for d in devices:
                 fixed[d] -= o.latency_s[d]
     return Problem(
