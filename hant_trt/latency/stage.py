@@ -17,9 +17,7 @@ import torch
 from .. import atomic
 from ..config import RunConfig, int8_layout_of
 from ..rundir import RunDir, fingerprint
-
-LATENCY_COLUMNS = ["first", "last", "op", "precision", "signature", "median_s", "p90_s", "stdev_s",
-                   "count", "backend", "device"]
+from ..runfiles import LATENCY_COLUMNS
 
 
 def profile_fingerprint(run: RunDir, cfg: RunConfig) -> str:

@@ -15,16 +15,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import UserError
-from ..rundir import FIXED_SCORES
+from ..runfiles import FIXED_SCORES, LATENCY, LATENCY_FIXED, LATENCY_NEEDED, SCORE_COLUMNS, SCORES
 from .budget import parse_budget, parse_count
 from .ilp import Option, Problem
 
 # metric name → (column, how a row's value becomes a score where higher is better)
 METRICS = ("agreement", "kl", "local_mse", "top1")
 _ALIASES = {"agreement_drop": "agreement", "accuracy": "top1", "accuracy_drop": "top1", "mse": "local_mse"}
-SCORE_COLUMNS = ("first", "last", "op", "precision", "signature", "agreement", "kl", "top1", "local_mse",
-                 "params", "macs")
-LATENCY_COLUMNS = ("first", "last", "op", "precision", "signature", "median_s", "device")
 FIXED_KEYS = ("stem_s", "head_s", "teacher_s", "correction_s")
 
 
@@ -158,10 +155,10 @@ def load_tables(run_root: str | Path, metric: str = "agreement", skip_weight: fl
     metric = canonical_metric(metric)
     if not (isinstance(skip_weight, (int, float)) and math.isfinite(skip_weight) and skip_weight > 0):
         raise UserError(f"search.skip_weight must be a positive number, not {skip_weight!r}")
-    sp, lp = root / "scores.csv", root / "latency.csv"
+    sp, lp = root / SCORES, root / LATENCY
     scores = _read_csv(sp, SCORE_COLUMNS)
-    lat = _read_csv(lp, LATENCY_COLUMNS)
-    fixed = read_fixed(root / "latency_fixed.json")
+    lat = _read_csv(lp, LATENCY_NEEDED)
+    fixed = read_fixed(root / LATENCY_FIXED)
 
     keep_top1 = [float(r["top1"]) for r in scores if r["op"] == "keep" and r.get("top1")]
     teacher_top1 = sum(keep_top1) / len(keep_top1) if keep_top1 else None
