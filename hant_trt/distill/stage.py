@@ -25,7 +25,7 @@ def data_splits(cfg: RunConfig, data_config: dict, train_resolution=None, train_
 def distill_fingerprint(cfg: RunConfig) -> str:
     d = dict(vars(cfg.distill))
     d.pop("checkpoint_every", None)
-    if not d.get("suffix_kl"):      # options added later leave the fingerprints of runs without them alone
+    if not d.get("suffix_kl"):      # left out when off: saved runs' fingerprints stay valid
         d.pop("suffix_kl", None), d.pop("suffix_kl_slots", None)
     if not d.get("fisher"):
         d.pop("fisher", None)

@@ -16,7 +16,7 @@ from .sweep import pareto_sweep, plot_pareto
 from .tables import build_problem, canonical_metric, load_tables, read_n_slots, select_devices
 
 INPUTS = (SCORES, LATENCY, LATENCY_FIXED, TEACHER)
-_LATER_OPTIONS = {"calibrate_rounds": 0, "refine_sweeps": 0, "skip_weight": 1.0, "interactions": "none"}
+_OMITTED_AT_DEFAULT = {"calibrate_rounds": 0, "refine_sweeps": 0, "skip_weight": 1.0, "interactions": "none"}
 
 
 def _file_hash(path) -> str:
@@ -26,8 +26,8 @@ def _file_hash(path) -> str:
 def search_fingerprint(run: RunDir, cfg) -> str:
     """Hash of the search settings and of the bytes of every input table."""
     search = dict(vars(cfg.search))
-    for opt, default in _LATER_OPTIONS.items():         # options added later, at their defaults, leave
-        if search.get(opt, default) == default:         # earlier runs' fingerprints alone
+    for opt, default in _OMITTED_AT_DEFAULT.items():    # left out at their defaults: saved runs'
+        if search.get(opt, default) == default:         # fingerprints stay valid
             search.pop(opt, None)
     inputs = {f: _file_hash(run.root / f) for f in INPUTS}
     if (run.root / FIXED_SCORES).is_file():            # runs without it keep their fingerprints

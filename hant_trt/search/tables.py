@@ -296,8 +296,8 @@ def _scale8(f: FixedParts, fallback: float) -> float:
 def int8_model(tables: Tables, n_slots: int, devices: list[str], k: dict, k8: dict) -> tuple[list[Option], list[dict]]:
     """(stem/head precision options, junction savings) of an int8 profile, latencies × k[device]
     (int8 ones × k8[device]);
-    ([], []) unless every device has them and the stem's and head's int8 scores exist (runs
-    profiled before them keep the stem and head fixed at their base precision and no saving)."""
+    ([], []) unless every device has them and the stem's and head's int8 scores exist (otherwise
+    the stem and head stay fixed at their base precision, with no saving)."""
     fx = [tables.fixed[d] for d in devices]
     if (not all(f.stem_int8_s is not None and f.head_int8_s is not None and len(f.junction_saving_s) == n_slots + 1
                 for f in fx) or not all("int8" in tables.fixed_scores.get(p, {}) for p in ("stem", "head"))):
