@@ -302,7 +302,8 @@ def write_report(out_dir: str | Path, data: ReportData) -> Path:
 def report_data_from_run(run_root: str | Path, teacher_latency_s: float | None, student_latency_s: float | None,
                          accuracy: dict, teacher_name: str | None = None) -> ReportData:
     """ReportData from a run directory's files (all optional): solution.json, pareto.json,
-    teacher.json (teacher op per slot), latency.csv (fp32 keep rows = teacher block latency),
+    teacher.json (teacher op per slot), latency.csv (keep rows at the profile's base precision =
+    teacher block latency),
     latency_fixed.json (stem, head, sum of teacher parts on the solution's device).
 
     teacher_latency_s, student_latency_s: measured side by side by `build`.
@@ -319,11 +320,12 @@ def report_data_from_run(run_root: str | Path, teacher_latency_s: float | None, 
     fixed = load(LATENCY_FIXED, {}).get("device", {}).get(sol.get("device"), {})
     ops = {int(s["index"]): s.get("teacher_op", "") for s in teacher.get("slots", [])}
     keep: dict[int, float] = {}
+    base = fixed.get("precision", "fp32")       # the teacher as it deploys: fp16 on GPU targets
     lp = root / LATENCY
     if lp.is_file():
         with open(lp, newline="") as fh:
             for r in csv.DictReader(fh):
-                if r.get("op") == "keep" and r.get("precision") == "fp32" and r.get("first") == r.get("last"):
+                if r.get("op") == "keep" and r.get("precision") == base and r.get("first") == r.get("last"):
                     keep[int(r["first"])] = float(r["median_s"])
     choices = []
     for c in sol.get("choices", []):
