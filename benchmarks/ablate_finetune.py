@@ -1,4 +1,4 @@
-"""Fine-tune ablation (issue 9): one student chosen by the search at a predicted speedup, fine-tuned
+"""Fine-tune ablation: one student chosen by the search at a predicted speedup, fine-tuned
 under several settings; agreement and top-1 on the run's eval split (a held-out part of dev).
 
     .venv/bin/python benchmarks/ablate_finetune.py RUN_DIR [--speedup 1.3] [--metric agreement]

@@ -1,5 +1,5 @@
 """Asked vs measured speed of the search's students, with standalone latencies and with in-context
-ones (`profile.context = "model"`), every student timed in one run beside the teacher (issue 4).
+ones (`profile.context = "model"`), every student timed in one run beside the teacher.
 
     .venv/bin/python benchmarks/bench_context.py RUN_ALONE RUN_CONTEXT [--speedups 1.3,1.55,1.8,2.1]
         [--rounds 7] [--metric kl] [--out FILE.json]

@@ -1,5 +1,5 @@
 """How well the search's latency model predicts int8 plans: with the int8 model (stem/head choices,
-junction savings) and without it (standalone int8 rows only, the model before session 9).
+junction savings) and without it (standalone int8 rows only).
 
     .venv/bin/python benchmarks/bench_int8_model.py RUN_DIR [--speedups 1.55,1.8,2.2,2.6] [--rounds 5]
 

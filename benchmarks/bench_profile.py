@@ -1,4 +1,4 @@
-"""Profile-stage figures of issue 4 on Lite0: the dedupe ratio of each preset (unique signatures /
+"""Profile-stage figures on Lite0: the dedupe ratio of each preset (unique signatures /
 (slots × candidates): what is exported and timed once), the wall time of profiling one preset on ORT
 CPU into a fresh latency table, and the wall time of the same profile again (everything from the
 table: nothing measured).

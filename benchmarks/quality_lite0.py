@@ -1,4 +1,4 @@
-"""Phase-1 quality benchmark (issue 9) over a run directory whose distill, score and profile stages
+"""Phase-1 quality benchmark over a run directory whose distill, score and profile stages
 are done (e.g. `examples/lite0_dev_tiny.toml`): what the candidates are worth, alone and together.
 
     .venv/bin/python benchmarks/quality_lite0.py RUN_DIR [--parts slots,compose,predict,search,baselines]

@@ -19,10 +19,9 @@ from typing import Any, Iterator
 
 from . import atomic
 from .errors import UserError
+from .runfiles import FIXED_SCORES, MANIFEST  # noqa: F401  (re-exported)
 
 STAGES = ("teacher", "distill", "score", "profile", "search", "build")
-MANIFEST = "run.json"
-FIXED_SCORES = "scores_fixed.json"      # score → search: the stem's and head's swap-one scores at int8
 
 
 def fingerprint(obj: Any) -> str:

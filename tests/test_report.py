@@ -3,6 +3,8 @@
 import json
 import re
 
+import pytest
+
 from hant_trt.build.report import (CHOICES_PNG, LATENCY_PNG, PARETO_PNG, PartLatency, ReportData, SlotChoice,
                                    report_data_from_run, write_report)
 
@@ -96,3 +98,17 @@ def test_report_data_from_run_files(tmp_path):
     d = report_data_from_run(tmp_path / "nothing", 0.01, 0.005, {})
     assert d.teacher_name == "teacher" and d.choices == []
     assert write_report(tmp_path / "nothing", d).is_file()
+
+
+def test_report_teacher_latency_at_the_profiles_base_precision(tmp_path):
+    """An fp16 profile (a GPU target) has no fp32 rows: the teacher's per-slot latency is its fp16 keep."""
+    (tmp_path / "solution.json").write_text(json.dumps({
+        "predicted_s": 0.001, "device": "gpu:x",
+        "choices": [{"first": 0, "last": 0, "op": "skip", "precision": "fp16", "predicted_s": 0.0}]}))
+    (tmp_path / "latency.csv").write_text(
+        "first,last,op,precision,signature,median_s,p90_s,stdev_s,count,backend,device\n"
+        "0,0,keep,fp16,a,0.0007,0,0,1,tensorrt,gpu:x\n0,0,keep,int8,a,0.0005,0,0,1,tensorrt,gpu:x\n")
+    (tmp_path / "latency_fixed.json").write_text(json.dumps({"device": {"gpu:x": {
+        "stem_s": 0.0003, "head_s": 0.0004, "teacher_s": 0.002, "correction_s": 0.0, "precision": "fp16"}}}))
+    d = report_data_from_run(tmp_path, 0.002, 0.001, {})
+    assert d.choices[0].teacher_s == pytest.approx(0.0007)

@@ -431,3 +431,27 @@ def test_junction_saving_makes_neighbouring_int8_pay():
     assert min_latency(p, D1) == pytest.approx(1.4)
     with pytest.raises(UserError, match="infeasible"):             # without the model: nothing reaches 1.5
         solve(Problem(2, opts, {D1: 1.5}, {D1: 0.0}))
+
+
+@pytest.mark.parametrize("base", ["fp32", "fp16"])
+def test_stem_and_head_choices_leave_fixed_s_at_any_base_precision(base):
+    """A profile at fp16 (a GPU target) times the stem and head at fp16: once they are choices, neither
+    is also paid in fixed_s, so the all-base plan predicts the measured teacher."""
+    from hant_trt.search.ilp import predict
+    from hant_trt.search.tables import FixedParts, Tables, build_problem
+
+    dev = "gpu:x"
+    opts = [Option(i, i, "keep", base, 0.0, {dev: 2e-3}) for i in range(2)]
+    opts += [Option(i, i, "keep", "int8", -0.1, {dev: 1e-3}) for i in range(2)]
+    fixed = {dev: FixedParts(stem_s=1e-3, head_s=1e-3, teacher_s=6e-3, correction_s=0.0, teacher_sum_s=6e-3,
+                             stem_int8_s=0.5e-3, head_int8_s=0.5e-3, junction_saving_s=(0.0, 0.0, 0.0),
+                             teacher_int8_s=3e-3, teacher_int8_sum_s=3e-3, precision=base)}
+    scores = {"stem": {"int8": -0.1}, "head": {"int8": -0.1}}
+    for model in ("scale", "offset"):
+        p = build_problem(Tables(opts, fixed, fixed_scores=scores), 2, "1.0x", [dev], latency_model=model)
+        assert [(o.op, o.precision) for o in p.fixed_options] == [("stem", base), ("stem", "int8"),
+                                                                  ("head", base), ("head", "int8")]
+        assert p.fixed_s[dev] == pytest.approx(0.0, abs=1e-15)
+        teacher = [o for o in p.options if o.precision == base]
+        as_base = [o for o in p.fixed_options if o.precision == base]
+        assert predict(p, teacher, as_base, dev) == pytest.approx(6e-3)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .. import atomic
+from ..runfiles import INT8_CALIB
 from ..latency.calibrate import CalibResult, calibrate_cached
 from ..latency.fakequant import fake_quantize
 
@@ -83,9 +84,6 @@ def int8_fixed(calib: CalibResult | None) -> tuple[str, ...]:
     if calib is None:
         return ()
     return tuple(n for n in FIXED_PARTS if any(k.startswith(f"{n}.") for k in calib.amax))
-
-
-INT8_CALIB = "int8_calib.json"      # beside a saved student: the ranges of its int8 parts
 
 
 def load_deployed(folder: Path):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__, atomic
+from ..runfiles import LATENCY, LATENCY_FIXED, PARETO_JSON, SOLUTION, TEACHER
 
 PARETO_PNG, CHOICES_PNG, LATENCY_PNG = "report_pareto.png", "report_choices.png", "report_latency.png"
 
@@ -301,7 +302,8 @@ def write_report(out_dir: str | Path, data: ReportData) -> Path:
 def report_data_from_run(run_root: str | Path, teacher_latency_s: float | None, student_latency_s: float | None,
                          accuracy: dict, teacher_name: str | None = None) -> ReportData:
     """ReportData from a run directory's files (all optional): solution.json, pareto.json,
-    teacher.json (teacher op per slot), latency.csv (fp32 keep rows = teacher block latency),
+    teacher.json (teacher op per slot), latency.csv (keep rows at the profile's base precision =
+    teacher block latency),
     latency_fixed.json (stem, head, sum of teacher parts on the solution's device).
 
     teacher_latency_s, student_latency_s: measured side by side by `build`.
@@ -313,16 +315,17 @@ def report_data_from_run(run_root: str | Path, teacher_latency_s: float | None, 
         p = root / name
         return json.loads(p.read_text()) if p.is_file() else default
 
-    sol = load("solution.json", {})
-    teacher = load("teacher.json", {})
-    fixed = load("latency_fixed.json", {}).get("device", {}).get(sol.get("device"), {})
+    sol = load(SOLUTION, {})
+    teacher = load(TEACHER, {})
+    fixed = load(LATENCY_FIXED, {}).get("device", {}).get(sol.get("device"), {})
     ops = {int(s["index"]): s.get("teacher_op", "") for s in teacher.get("slots", [])}
     keep: dict[int, float] = {}
-    lp = root / "latency.csv"
+    base = fixed.get("precision", "fp32")       # the teacher as it deploys: fp16 on GPU targets
+    lp = root / LATENCY
     if lp.is_file():
         with open(lp, newline="") as fh:
             for r in csv.DictReader(fh):
-                if r.get("op") == "keep" and r.get("precision") == "fp32" and r.get("first") == r.get("last"):
+                if r.get("op") == "keep" and r.get("precision") == base and r.get("first") == r.get("last"):
                     keep[int(r["first"])] = float(r["median_s"])
     choices = []
     for c in sol.get("choices", []):
@@ -343,7 +346,7 @@ def report_data_from_run(run_root: str | Path, teacher_latency_s: float | None, 
                      f"additivity correction ({_ms(fixed.get('correction_s'), 4)} ms) to every prediction.")
     return ReportData(teacher_name=teacher_name or teacher.get("model", "teacher"),
                       teacher_latency_s=teacher_latency_s, student_latency_s=student_latency_s,
-                      accuracy=dict(accuracy), solution=sol, pareto=load("pareto.json", []), chosen=None,
+                      accuracy=dict(accuracy), solution=sol, pareto=load(PARETO_JSON, []), chosen=None,
                       choices=choices, parts=parts, notes=notes)
 
 

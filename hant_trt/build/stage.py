@@ -10,8 +10,8 @@ from pathlib import Path
 from .. import atomic
 from ..config import RunConfig, int8_layout_of
 from ..rundir import RunDir, fingerprint
+from ..runfiles import BUILD, CANDIDATES, INT8_CALIB, SOLUTION, STUDENT
 from .assemble import Choice, StudentSpec, assemble, replaced_parts, save_student
-from .quantize import INT8_CALIB
 
 
 def build_fingerprint(run: RunDir, cfg: RunConfig) -> str:
@@ -22,14 +22,14 @@ def build_fingerprint(run: RunDir, cfg: RunConfig) -> str:
 
 def read_solution(run: RunDir) -> dict:
     run.require("search")
-    return json.loads(run.path("solution.json").read_text())
+    return json.loads(run.path(SOLUTION).read_text())
 
 
 def _trained_modules(run: RunDir, d, choices: list[Choice]) -> dict:
     from ..distill.pool import load_trained
 
     wanted = {(c.first, c.last, c.op) for c in choices if c.op != "keep"}
-    return {(f, l, op): m for _, f, l, op, m in load_trained(run.root / "candidates", d) if (f, l, op) in wanted}
+    return {(f, l, op): m for _, f, l, op, m in load_trained(run.root / CANDIDATES, d) if (f, l, op) in wanted}
 
 
 def recalibrate(student, ordered: list[Choice], batches, which: str) -> None:
@@ -118,7 +118,7 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
     keep_check = cfg.build.keep_best and cfg.build.finetune_steps > 0
     assembled = {k: v.detach().clone() for k, v in student.state_dict().items()} if keep_check else None
     if cfg.build.finetune_steps > 0:
-        ft = finetune_student(student, teacher.model, d, ordered, splits.train, cfg, run.root / "student" / "ckpt",
+        ft = finetune_student(student, teacher.model, d, ordered, splits.train, cfg, run.root / STUDENT / "ckpt",
                               fp, device=resolve_device(cfg.distill.device))
     recalibrate(student, ordered, bn_batches, cfg.build.bn_recalibrate)
     after = agreement(student, teacher.model, eval_loader)
@@ -135,13 +135,13 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
     spec = StudentSpec(model=teacher.name, resolution=teacher.resolution, data_config=teacher.data_config,
                        choices=choices, fixed_precision=fixed, notes={"agreement_assembled": before, "agreement": after,
                                                "finetune": ft, **notes})
-    save_student(run.root / "student", student, spec)
+    save_student(run.root / STUDENT, student, spec)
     if calib is not None:
-        atomic.write_json(run.root / "student" / INT8_CALIB, calib.to_json())
+        atomic.write_json(run.root / STUDENT / INT8_CALIB, calib.to_json())
     result = deploy(run, cfg, student, teacher, solution, spec, after, eval_loader, engines_dir,
                     calib=calib, reference=deployed)
     info = {"seconds": round(time.time() - t0, 1), "agreement_assembled": before["agreement"],
             "agreement": after["agreement"], **result}
-    atomic.write_json(run.path("build.json"), info)
+    atomic.write_json(run.path(BUILD), info)
     run.set_stage("build", "done", fp, info)
     return info

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .. import atomic
+from ..runfiles import SCORE_COLUMNS
 from ..teacher.decompose import Decomposition
 from .capture import capture, normalised_mse, suffix
 
 
 @dataclass
 class ScoreRow:
+    """A row of scores.csv: the fields are SCORE_COLUMNS, in order."""
+
     first: int
     last: int
     op: str
@@ -33,9 +36,6 @@ class ScoreRow:
     local_mse: float        # normalised MSE at the slot's output
     params: int
     macs: int
-
-
-SCORE_COLUMNS = [f.name for f in fields(ScoreRow)]
 
 
 @dataclass

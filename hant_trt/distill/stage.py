@@ -9,7 +9,8 @@ import time
 from .. import atomic
 from ..config import RunConfig, int8_layout_of
 from ..data import make_splits
-from ..rundir import FIXED_SCORES, RunDir, fingerprint
+from ..rundir import RunDir, fingerprint
+from ..runfiles import CANDIDATES, FIXED_SCORES, SCORES
 from ..teacher.stage import load_from_config, run_teacher, teacher_fingerprint
 from .train import distill, prune_stale_slot_files
 
@@ -24,7 +25,7 @@ def data_splits(cfg: RunConfig, data_config: dict, train_resolution=None, train_
 def distill_fingerprint(cfg: RunConfig) -> str:
     d = dict(vars(cfg.distill))
     d.pop("checkpoint_every", None)
-    if not d.get("suffix_kl"):      # options added later leave the fingerprints of runs without them alone
+    if not d.get("suffix_kl"):      # left out when off: saved runs' fingerprints stay valid
         d.pop("suffix_kl", None), d.pop("suffix_kl_slots", None)
     if not d.get("fisher"):
         d.pop("fisher", None)
@@ -42,7 +43,7 @@ def run_distill(run: RunDir, cfg: RunConfig, resume: bool = False, restart: bool
     teacher, d = load_from_config(cfg)
     splits = data_splits(cfg, teacher.data_config, train_resolution=cfg.distill.resolution)
     bn = data_splits(cfg, teacher.data_config, train_augment=False).train
-    out = run.root / "candidates"
+    out = run.root / CANDIDATES
     full = data_splits(cfg, teacher.data_config).train if cfg.distill.full_res_steps > 0 else None
     if world > 1:  # this rank's outputs of an earlier launch must not be merged into this one
         for f in (out / f"rank{rank}").glob("*"):
@@ -69,7 +70,7 @@ def _merge_ranks(run: RunDir, world: int, rank: int, fp: str, timeout_s: float =
 
     from .. import atomic
 
-    out = run.root / "candidates"
+    out = run.root / CANDIDATES
     stamp = {"fingerprint": fp, "world": world}
     # a rank without candidates has no folder yet; the stamp keeps a stale DONE from going unnoticed
     atomic.write_json(out / f"rank{rank}" / "DONE", stamp)
@@ -137,7 +138,7 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
     t0 = time.time()
     teacher, d = load_from_config(cfg)
     loader, labelled = _score_loader(cfg, teacher)
-    entries = [(k, f, l, op, m, "fp32") for k, f, l, op, m in keep_entries(d) + load_trained(run.root / "candidates", d)]
+    entries = [(k, f, l, op, m, "fp32") for k, f, l, op, m in keep_entries(d) + load_trained(run.root / CANDIDATES, d)]
     if "int8" in cfg.profile.precisions:
         entries += int8_entries(d, entries, data_splits(cfg, teacher.data_config, train_augment=False).train,
                                 cfg.score.batch_size, cfg.profile.calib_images, cfg.profile.calib_method,
@@ -157,7 +158,7 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
         rows.append(ScoreRow(first=first, last=last, op=op, precision=prec,
                              signature=signature_of(d, first, last, op), params=params, macs=macs, **m))
     rows.sort(key=lambda r: (r.first, r.last, r.op != "keep", r.op, r.precision))
-    write_scores(run.path("scores.csv"), rows)
+    write_scores(run.path(SCORES), rows)
     if "int8" in cfg.profile.precisions:
         _write_fixed_scores(run, cfg, teacher, d, loader, labelled)
     info = {"rows": len(rows), "eval_images": len(loader.dataset), "seconds": round(time.time() - t0, 1)}

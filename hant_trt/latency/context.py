@@ -1,7 +1,7 @@
 """In-context latencies: what a candidate saves *inside the whole network*, not alone.
 
 Why: timed alone, some ops look far cheaper than they are inside the model (on ORT CPU fused `e8`
-spans and odd widths save half or less of their standalone saving; docs/RESULTS.md, session 5),
+spans and odd widths save half or less of their standalone saving; docs/RESULTS.md, "Additivity"),
 and the search seeks exactly those, so its students measure slower than their budget. Here the
 teacher with one part swapped in is timed right after the teacher itself, in alternating pairs
 (the machine drifts; a pair does not), and the saving is the median over pairs of (1 − swapped /

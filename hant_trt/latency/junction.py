@@ -4,7 +4,7 @@ Why: a part timed alone at int8 pays a QuantizeLinear at its entry and a Dequant
 exit. Between two int8 neighbours those conversions vanish (the first part's quantized output is
 the second's input), so standalone int8 timings overstate mixed and all-int8 plans: on ORT CPU
 slot 0 of Lite0 is twice as slow at int8 as at fp32 alone, yet the all-int8 network runs 2.1x
-faster than fp32 (docs/RESULTS.md, session 8). For every junction j of the teacher — the input of
+faster than fp32 (docs/RESULTS.md, "int8 on ONNX Runtime CPU"). For every junction j of the teacher — the input of
 slot j, j = 0 after the stem, j = n_slots before the head — the two teacher parts on its sides are
 timed alone and together at int8, back to back in a few rounds: saving_j = median over rounds of
 t(left) + t(right) − t(left → right). The search

@@ -17,21 +17,19 @@ import torch
 from .. import atomic
 from ..config import RunConfig, int8_layout_of
 from ..rundir import RunDir, fingerprint
-
-LATENCY_COLUMNS = ["first", "last", "op", "precision", "signature", "median_s", "p90_s", "stdev_s",
-                   "count", "backend", "device"]
+from ..runfiles import LATENCY_COLUMNS
 
 
 def profile_fingerprint(run: RunDir, cfg: RunConfig) -> str:
     prof = dict(vars(cfg.profile))
-    if prof.get("context") == "alone":          # options added later leave earlier runs' fingerprints alone
+    if prof.get("context") == "alone":          # left out at their defaults: saved runs' fingerprints stay valid
         prof.pop("context", None)
         prof.pop("context_rounds", None)
     if not prof.get("compile"):
         prof.pop("compile", None)
     if "int8" in prof.get("precisions", []):
         prof["int8_layout"] = int8_layout_of(cfg.profile)
-        prof["int8_model"] = "junctions-whole"  # stem/head at int8, junction savings fitted to the whole (session 9)
+        prof["int8_model"] = "junctions-whole"  # stem/head at int8, junction savings fitted to the whole
     else:
         prof.pop("int8_layout", None)
     return fingerprint({"score": run.stage("score").fingerprint, "profile": prof, "teacher": cfg.teacher})
@@ -127,7 +125,7 @@ def _int8_junctions(d, teacher, out_rows, backend, table, workdir, cfg) -> dict:
         out["junction_saving_raw_s"] = out["junction_saving_s"]
         if whole is not None and sum(raw) > 0:
             # a saving is a difference of sub-millisecond timings and comes out ±50 % from run to run
-            # (docs/RESULTS.md, session 9); their total is known better, from the whole int8 teacher
+            # (docs/RESULTS.md, "The int8 latency model"); their total is known better, from the whole int8 teacher
             # timed in one piece: the junctions keep their measured shares of it
             f = max(0.0, alone - whole) / sum(raw)
             out["junction_saving_s"] = [s * f for s in raw]

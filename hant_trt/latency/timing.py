@@ -1,6 +1,6 @@
 """Timing statistics and the measurement loop shared by every backend.
 
-Method (issue 4, point 5): warm up for `warmup_ms`, then time single iterations until at least
+Method: warm up for `warmup_ms`, then time single iterations until at least
 `min_iters` are done and at least `min_seconds` have passed, and then either the median is stable
 (coefficient of variation of the medians of four consecutive windows under `cv_target`) or the cap
 `max_seconds` is reached. Percentiles and the median follow trtexec's rules (see `percentile`).

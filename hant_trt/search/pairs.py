@@ -2,7 +2,7 @@
 
 Why: swap-one scores assume losses add up. For most pairs of replacements they do (within ±0.03
 nats on Lite0), but two dropped blocks of one stage lose ~50 % more than the sum of each alone
-(docs/RESULTS.md, session 7), and a search under a tight budget drops exactly such neighbours.
+(docs/RESULTS.md, "Why a tight budget hurts"), and a search under a tight budget drops exactly such neighbours.
 Every pair of single-slot `skip` options is composed into the teacher on the eval split (the
 `refine` evaluator, prefix-cached); the excess KL over the two singles becomes a penalty on
 choosing both. Only penalties are kept: a smaller-than-additive pair is within the noise here.

@@ -8,15 +8,15 @@ import json
 
 from .. import atomic
 from ..errors import UserError
-from ..rundir import FIXED_SCORES, RunDir, fingerprint
+from ..rundir import RunDir, fingerprint
+from ..runfiles import (FIXED_SCORES, INTERACTIONS, LATENCY, LATENCY_FIXED, PARETO_JSON, PARETO_PNG, SCORES,
+                        SOLUTION, TEACHER)
 from .ilp import Solution, solve
 from .sweep import pareto_sweep, plot_pareto
 from .tables import build_problem, canonical_metric, load_tables, read_n_slots, select_devices
 
-INPUTS = ("scores.csv", "latency.csv", "latency_fixed.json", "teacher.json")
-SOLUTION, PARETO_JSON, PARETO_PNG = "solution.json", "pareto.json", "pareto.png"
-INTERACTIONS = "interactions.json"
-_LATER_OPTIONS = {"calibrate_rounds": 0, "refine_sweeps": 0, "skip_weight": 1.0, "interactions": "none"}
+INPUTS = (SCORES, LATENCY, LATENCY_FIXED, TEACHER)
+_OMITTED_AT_DEFAULT = {"calibrate_rounds": 0, "refine_sweeps": 0, "skip_weight": 1.0, "interactions": "none"}
 
 
 def _file_hash(path) -> str:
@@ -26,8 +26,8 @@ def _file_hash(path) -> str:
 def search_fingerprint(run: RunDir, cfg) -> str:
     """Hash of the search settings and of the bytes of every input table."""
     search = dict(vars(cfg.search))
-    for opt, default in _LATER_OPTIONS.items():         # options added later, at their defaults, leave
-        if search.get(opt, default) == default:         # earlier runs' fingerprints alone
+    for opt, default in _OMITTED_AT_DEFAULT.items():    # left out at their defaults: saved runs'
+        if search.get(opt, default) == default:         # fingerprints stay valid
             search.pop(opt, None)
     inputs = {f: _file_hash(run.root / f) for f in INPUTS}
     if (run.root / FIXED_SCORES).is_file():            # runs without it keep their fingerprints
@@ -52,7 +52,7 @@ def run_search(run: RunDir, cfg) -> Solution:
     if sweep_n < 0:
         raise UserError(f"search sweep must be ≥ 0 budgets, got {sweep_n}")
     tables = load_tables(run.root, metric, getattr(c, "skip_weight", 1.0))
-    n_slots = read_n_slots(run.root / "teacher.json")
+    n_slots = read_n_slots(run.root / TEACHER)
     devices = select_devices(tables.fixed, getattr(c, "devices", None))
     problem = build_problem(tables, n_slots, c.budget, devices, getattr(c, "max_params", None),
                             getattr(c, "max_macs", None), getattr(c, "latency_model", "scale"))
@@ -172,4 +172,4 @@ def format_table(solution: Solution | dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["run_search", "format_table", "search_fingerprint", "SOLUTION", "PARETO_JSON", "PARETO_PNG"]
+__all__ = ["run_search", "format_table", "search_fingerprint", "SOLUTION", "PARETO_JSON", "PARETO_PNG", "INTERACTIONS"]

@@ -15,16 +15,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import UserError
-from ..rundir import FIXED_SCORES
+from ..runfiles import FIXED_SCORES, LATENCY, LATENCY_FIXED, LATENCY_NEEDED, SCORE_COLUMNS, SCORES
 from .budget import parse_budget, parse_count
 from .ilp import Option, Problem
 
 # metric name → (column, how a row's value becomes a score where higher is better)
 METRICS = ("agreement", "kl", "local_mse", "top1")
 _ALIASES = {"agreement_drop": "agreement", "accuracy": "top1", "accuracy_drop": "top1", "mse": "local_mse"}
-SCORE_COLUMNS = ("first", "last", "op", "precision", "signature", "agreement", "kl", "top1", "local_mse",
-                 "params", "macs")
-LATENCY_COLUMNS = ("first", "last", "op", "precision", "signature", "median_s", "device")
 FIXED_KEYS = ("stem_s", "head_s", "teacher_s", "correction_s")
 
 
@@ -158,10 +155,10 @@ def load_tables(run_root: str | Path, metric: str = "agreement", skip_weight: fl
     metric = canonical_metric(metric)
     if not (isinstance(skip_weight, (int, float)) and math.isfinite(skip_weight) and skip_weight > 0):
         raise UserError(f"search.skip_weight must be a positive number, not {skip_weight!r}")
-    sp, lp = root / "scores.csv", root / "latency.csv"
+    sp, lp = root / SCORES, root / LATENCY
     scores = _read_csv(sp, SCORE_COLUMNS)
-    lat = _read_csv(lp, LATENCY_COLUMNS)
-    fixed = read_fixed(root / "latency_fixed.json")
+    lat = _read_csv(lp, LATENCY_NEEDED)
+    fixed = read_fixed(root / LATENCY_FIXED)
 
     keep_top1 = [float(r["top1"]) for r in scores if r["op"] == "keep" and r.get("top1")]
     teacher_top1 = sum(keep_top1) / len(keep_top1) if keep_top1 else None
@@ -276,8 +273,9 @@ def build_problem(tables: Tables, n_slots: int, budget: str, devices: list[str],
     else:
         fixed = {d: tables.fixed[d].fixed_s for d in devices}
     fixed_options, junctions = int8_model(tables, n_slots, devices, k, k8)
+    base = tables.fixed[devices[0]].precision     # `base_precision` of the profile: fp16 on GPU targets
     for o in fixed_options:
-        if o.precision == "fp32":          # the part is a choice now: not paid in `fixed_s`
+        if o.precision == base:            # the part is a choice now: not paid in `fixed_s`
             for d in devices:
                 fixed[d] -= o.latency_s[d]
     return Problem(
@@ -298,8 +296,8 @@ def _scale8(f: FixedParts, fallback: float) -> float:
 def int8_model(tables: Tables, n_slots: int, devices: list[str], k: dict, k8: dict) -> tuple[list[Option], list[dict]]:
     """(stem/head precision options, junction savings) of an int8 profile, latencies × k[device]
     (int8 ones × k8[device]);
-    ([], []) unless every device has them and the stem's and head's int8 scores exist (runs
-    profiled before them keep the stem and head fixed at their base precision and no saving)."""
+    ([], []) unless every device has them and the stem's and head's int8 scores exist (otherwise
+    the stem and head stay fixed at their base precision, with no saving)."""
     fx = [tables.fixed[d] for d in devices]
     if (not all(f.stem_int8_s is not None and f.head_int8_s is not None and len(f.junction_saving_s) == n_slots + 1
                 for f in fx) or not all("int8" in tables.fixed_scores.get(p, {}) for p in ("stem", "head"))):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .. import atomic
 from ..config import RunConfig
 from ..rundir import RunDir, fingerprint
+from ..runfiles import TEACHER
 from .decompose import Decomposition, decompose
 from .load import Teacher, load_teacher
 from .slot import Slot
@@ -44,14 +45,14 @@ def teacher_record(t: Teacher, d: Decomposition) -> dict:
 def run_teacher(run: RunDir, cfg: RunConfig) -> dict:
     """Write teacher.json (slot table + data config); skipped when already done."""
     fp = teacher_fingerprint(cfg)
-    if run.is_done("teacher", fp) and run.path("teacher.json").exists():
+    if run.is_done("teacher", fp) and run.path(TEACHER).exists():
         import json
 
-        return json.loads(run.path("teacher.json").read_text())
+        return json.loads(run.path(TEACHER).read_text())
     run.set_stage("teacher", "running", fp)
     t, d = load_from_config(cfg)
     rec = teacher_record(t, d)
-    atomic.write_json(run.path("teacher.json"), rec)
+    atomic.write_json(run.path(TEACHER), rec)
     run.update(teacher={"model": t.name, "weights": t.weights, "resolution": t.resolution,
                         "slots": len(d.slots)})
     run.set_stage("teacher", "done", fp, {"slots": len(d.slots)})
@@ -62,4 +63,4 @@ def read_slots(run: RunDir) -> list[Slot]:
     import json
 
     run.require("teacher")
-    return [Slot.from_dict(s) for s in json.loads(run.path("teacher.json").read_text())["slots"]]
+    return [Slot.from_dict(s) for s in json.loads(run.path(TEACHER).read_text())["slots"]]

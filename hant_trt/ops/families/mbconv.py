@@ -273,34 +273,31 @@ def _validate(spec, slot) -> None:
 _MB_FLAGS = ("hse", "noskip")
 
 
+def _build_expanded(cls, kind: str, inherit, spec, slot, teacher):
+    """(module, inherited) of an expanding block (`ir`, `er`): the teacher's weights are inherited
+    only from a block of the same kind with the slot's input and output."""
+    act = spec.act or slot.act
+    mid = make_divisible(slot.in_chs * spec.exp)
+    m = cls(slot.in_chs, slot.out_chs, mid, spec.kernel, slot.stride, act,
+            se_layer(spec, slot.in_chs, mid, act), has_skip(slot, spec))
+    teacher = span_source(teacher, slot)
+    if _kind(teacher) == kind and _same_io(teacher, slot):
+        return m, inherit(m, teacher, spec.kernel)
+    return m, False
+
+
 @register_family("ir", options=("kernel", "exp", "se", "act"), required=("kernel", "exp"), flags=_MB_FLAGS,
                  validate=_validate, doc="inverted residual (MBConv): 1x1 expand, kxk depthwise, [SE], 1x1 project")
 def build_ir(spec, slot, teacher):
-    act = spec.act or slot.act
-    mid = make_divisible(slot.in_chs * spec.exp)
-    m = InvertedResidual(slot.in_chs, slot.out_chs, mid, spec.kernel, slot.stride, act,
-                         se_layer(spec, slot.in_chs, mid, act), has_skip(slot, spec))
-    teacher = span_source(teacher, slot)
-    kind = _kind(teacher)
-    if kind == "ir" and _same_io(teacher, slot):
-        return m, inherit_ir(m, teacher, spec.kernel)
-    return m, False
+    return _build_expanded(InvertedResidual, "ir", inherit_ir, spec, slot, teacher)
 
 
 @register_family("er", options=("kernel", "exp", "se", "act"), required=("kernel", "exp"), flags=_MB_FLAGS,
                  validate=_validate, doc="fused MBConv / EdgeResidual: kxk expand conv, [SE], 1x1 project")
 def build_er(spec, slot, teacher):
-    act = spec.act or slot.act
-    mid = make_divisible(slot.in_chs * spec.exp)
-    m = EdgeResidual(slot.in_chs, slot.out_chs, mid, spec.kernel, slot.stride, act,
-                     se_layer(spec, slot.in_chs, mid, act), has_skip(slot, spec))
-    teacher = span_source(teacher, slot)
-    kind = _kind(teacher)
     # er <- ir (inherit_er_from_ir) is not used: on Lite0 with real images it started worse than
     # PyTorch's default init in 9 of 15 slots (the linearisation drops the ReLU6 between pw and dw)
-    if kind == "er" and _same_io(teacher, slot):
-        return m, inherit_er(m, teacher, spec.kernel)
-    return m, False
+    return _build_expanded(EdgeResidual, "er", inherit_er, spec, slot, teacher)
 
 
 @register_family("ds", options=("kernel", "se", "act"), required=("kernel",), flags=_MB_FLAGS,

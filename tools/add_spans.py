@@ -6,7 +6,7 @@ The copy is what `distill.spans = N` would have produced: the single-slot jobs, 
 their seeds do not depend on the spans (each candidate trains alone on the shared teacher pass),
 so the copied slot files are theirs. Score, profile and search then run on DST_RUN as usual:
 
-    .venv/bin/python benchmarks/add_spans.py runs/lite0_dev_small runs/lite0_dev_small_spans --spans 2
+    .venv/bin/python tools/add_spans.py runs/lite0_dev_small runs/lite0_dev_small_spans --spans 2
     .venv/bin/hant-trt score runs/lite0_dev_small_spans
     HANT_TRT_LUT=runs/lut_small.sqlite .venv/bin/hant-trt profile runs/lite0_dev_small_spans
 
@@ -24,7 +24,8 @@ from pathlib import Path
 from hant_trt.config import from_dict
 from hant_trt.distill.stage import data_splits, distill_fingerprint
 from hant_trt.distill.train import distill
-from hant_trt.rundir import MANIFEST, RunDir
+from hant_trt.rundir import RunDir
+from hant_trt.runfiles import CANDIDATES, MANIFEST, TEACHER
 from hant_trt.teacher.stage import load_from_config
 
 
@@ -43,12 +44,11 @@ def main() -> int:
     if cfg.distill.spans >= a.spans:
         print(f"error: {src} already has spans of up to {cfg.distill.spans} slots", file=sys.stderr)
         return 2
-    cand = dst / "candidates"
+    cand = dst / CANDIDATES
     cand.mkdir(parents=True, exist_ok=True)
-    for f in ("teacher.json",):
-        if (src / f).exists() and not (dst / f).exists():
-            shutil.copy2(src / f, dst / f)
-    for f in (src / "candidates").glob("slot*"):
+    if (src / TEACHER).exists() and not (dst / TEACHER).exists():
+        shutil.copy2(src / TEACHER, dst / TEACHER)
+    for f in (src / CANDIDATES).glob("slot*"):
         if not (cand / f.name).exists():
             shutil.copy2(f, cand / f.name)
     if not (dst / MANIFEST).exists():
@@ -78,7 +78,7 @@ def main() -> int:
                   if "-" not in p.stem)
     info = {"candidates": singles + summary["candidates"], "steps": summary["steps"],
             "seconds": summary["seconds"], "data": splits.description,
-            "note": f"single-slot candidates copied from {src}; spans distilled by benchmarks/add_spans.py"}
+            "note": f"single-slot candidates copied from {src}; spans distilled by tools/add_spans.py"}
     run.set_stage("distill", "done", fp, info)
     print(json.dumps({"span_candidates": summary["candidates"], "seconds": summary["seconds"]}))
     return 0
