@@ -149,8 +149,8 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
     bar = _progress(len(loader), 0, f"score {len(entries)} candidates")
     metrics = score_candidates(d, [(k, f, l, m) for k, f, l, _, m, _ in entries], loader, labelled, bar, dev)
     bar.close()
-    for m in (d.stem, d.head, *d.blocks):
-        m.to("cpu")
+    for m in (d.stem, d.head, *d.blocks, *(e[4] for e in entries)):
+        m.to("cpu")                     # parameter and MAC counts below run on CPU inputs
     rows = []
     for key, first, last, op, module, prec in entries:
         m = metrics[key]
