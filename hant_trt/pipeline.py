@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .config import RunConfig
+from .config import RunConfig, validate
 from .errors import UserError
 from .rundir import STAGES, RunDir
 
@@ -26,10 +26,18 @@ def stage_functions():
     }
 
 
+def check_stages(start: str | None = None, stop: str | None = None) -> None:
+    for option, name in (("--from", start), ("--to", stop)):
+        if name is not None and name not in STAGES:
+            raise UserError(f"{option}: unknown stage '{name}' (stages: {', '.join(STAGES)})")
+    if start is not None and stop is not None and STAGES.index(stop) < STAGES.index(start):
+        raise UserError(f"--to {stop} comes before --from {start} (stages: {', '.join(STAGES)})")
+
+
 def run_pipeline(cfg: RunConfig, start: str | None = None, stop: str | None = None, log=print) -> RunDir:
     """Run the stages from `start` (default: first unfinished) to `stop` (default: build)."""
-    if start is not None and start not in STAGES:
-        raise UserError(f"unknown stage '{start}' (stages: {', '.join(STAGES)})")
+    check_stages(start, stop)
+    validate(cfg)
     run = RunDir(cfg.run_dir)
     run.update(config=cfg.to_dict())
     if start is not None:

@@ -150,4 +150,6 @@ def load_teacher(name: str = "efficientnet_lite0", weights: str = "default",
             raise UserError(f"resolution {resolution} is not a positive multiple of 32 (the model's stride)")
         cfg["input_size"] = (3, resolution, resolution)
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+    if isinstance(getattr(model, "num_classes", None), int) and model.num_classes > 0:
+        cfg["num_classes"] = model.num_classes      # the data's labels are checked against it
     return Teacher(name=name, model=model, weights=source, data_config=cfg)
