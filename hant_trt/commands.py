@@ -90,10 +90,23 @@ def cmd_search(args) -> int:
 def cmd_build(args) -> int:
     from .build.stage import run_build
 
+    _check_engines_dir(args)
     run, cfg = _open(args)
-    info = run_build(run, cfg)
+    info = run_build(run, cfg, args.engines_dir)
     print(summary_lines(info))
     return 0
+
+
+def _check_engines_dir(args) -> None:
+    if args.engines_dir:
+        from .atomic import check_output_dir
+
+        check_output_dir(args.engines_dir, "--engines-dir")
+
+
+def _engines_arg(p) -> None:
+    p.add_argument("--engines-dir", help="where the build writes engines (default: engines/ of the checkout, "
+                                         "else ./engines)")
 
 
 def summary_lines(info: dict) -> str:
@@ -123,7 +136,8 @@ def cmd_run(args) -> int:
     if args.run_dir:
         cfg.run_dir = args.run_dir
     apply_overrides(cfg, args.set)
-    run = run_pipeline(cfg, start=args.start, stop=args.stop)
+    _check_engines_dir(args)
+    run = run_pipeline(cfg, start=args.start, stop=args.stop, engines_dir=args.engines_dir)
     info = run.stage("build").info if run.stage("build").status == "done" else None
     if info:
         print(summary_lines(info))
@@ -139,7 +153,8 @@ def cmd_demo(args) -> int:
     apply_overrides(cfg, args.set)
     print(f"hant-trt demo: offline EfficientNet-Lite0, embedded photos, '{cfg.distill.preset}' preset, "
           f"{cfg.profile.backend} backend → {cfg.run_dir}", flush=True)
-    run = run_pipeline(cfg, start=args.start)
+    _check_engines_dir(args)
+    run = run_pipeline(cfg, start=args.start, engines_dir=args.engines_dir)
     print(summary_lines(run.stage("build").info or {}))
     return 0
 
@@ -257,7 +272,7 @@ def register(sub, stage_parser) -> None:
         p.add_argument("--metric", help="kl (default) | agreement | local_mse | top1")
 
     stage_parser(sub, "search", search_args).set_defaults(func=cmd_search)
-    stage_parser(sub, "build").set_defaults(func=cmd_build)
+    stage_parser(sub, "build", _engines_arg).set_defaults(func=cmd_build)
 
     from .cli import STAGE_HELP
 
@@ -267,12 +282,14 @@ def register(sub, stage_parser) -> None:
     r.add_argument("--from", dest="start", help="rerun from this stage on")
     r.add_argument("--to", dest="stop", help="stop after this stage")
     r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    _engines_arg(r)
     r.set_defaults(func=cmd_run)
 
     dm = sub.add_parser("demo", help=STAGE_HELP["demo"], description=STAGE_HELP["demo"])
     dm.add_argument("--run-dir", default="runs/demo")
     dm.add_argument("--from", dest="start", help="rerun from this stage on")
     dm.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    _engines_arg(dm)
     dm.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help=STAGE_HELP["bench"], description=STAGE_HELP["bench"])
