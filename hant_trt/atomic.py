@@ -29,6 +29,9 @@ def user_paths(path: Path | str, what: str = "cannot write") -> Iterator[None]:
     except OSError as exc:
         if exc.errno not in _PATH_ERRNOS:
             raise
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR):     # a regular file where a folder should be
+            blocker = _existing_ancestor(Path(exc.filename or path))
+            raise UserError(f"{what} {path}: {blocker} is a regular file, not a folder") from None
         raise UserError(f"{what} {path}: {exc.strerror}"
                         + (f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else "")) from None
 

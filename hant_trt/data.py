@@ -111,7 +111,7 @@ def _read_tsv(tsv: Path, root: Path, num_classes: int | None) -> list[Item]:
                 raise UserError(f"{tsv} needs a header with a 'file' column (and 'class_index')")
             items = []
             for row in reader:
-                if None in row or not (row.get("file") or "").strip():
+                if None in row or None in row.values() or not (row.get("file") or "").strip():
                     raise UserError(f"{tsv}:{reader.line_num}: expected {len(reader.fieldnames)} tab-separated "
                                     f"columns ({', '.join(reader.fieldnames)}) with a file name")
                 items.append(Item(str(root / row["file"].strip()), _label(row, tsv, reader.line_num, num_classes)))
