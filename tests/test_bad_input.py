@@ -376,3 +376,24 @@ def test_real_process_one_line_exit_2(tmp_path, args, needle):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--from", "nosuch"], "--from: unknown stage 'nosuch'"),
+    (["--set", "distill.steps=0"], "distill.steps = 0"),
+    (["--set", "search.budget=speedup=0.5"], "slower than the teacher"),
+    (["--run-dir", "FILE"], "is not a directory"),
+    (["--engines-dir", "FILE"], "--engines-dir"),
+])
+def test_demo_refused_before_any_work(tmp_path, capsys, args, needle):
+    (tmp_path / "file").write_text("x")
+    args = [str(tmp_path / "file") if a == "FILE" else a for a in args]
+    run_dir = [] if "--run-dir" in args else ["--run-dir", str(tmp_path / "run")]
+    refused(["demo", *run_dir, *args], needle, capsys)
+    assert not (tmp_path / "run").exists() and (tmp_path / "file").read_text() == "x"
+
+
+def test_build_engines_dir_under_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    refused(["build", tmp_path / "run", "--engines-dir", tmp_path / "file" / "e"], "is a regular file", capsys)
+    assert not (tmp_path / "run").exists()
