@@ -236,7 +236,9 @@ def _presets() -> tuple:
 
 
 def _metrics() -> tuple:
-    return ("agreement", "kl", "local_mse", "top1", "accuracy_drop")
+    from .search.tables import _ALIASES, METRICS
+
+    return METRICS + tuple(_ALIASES)
 
 
 def _count_rule() -> Rule:
