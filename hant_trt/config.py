@@ -266,7 +266,7 @@ RULES: dict[str, dict[str, Rule]] = {
                 "fisher": Rule(float, **FRACTION)},
     "score": {"batch_size": Rule(int, lo=1), "max_images": Rule(int, lo=1, optional=True)},
     "profile": {"backend": Rule(str, choices=("ort", "torch", "tensorrt")),
-                "precisions": Rule("strs", choices=("fp32", "fp16", "int8")),
+                "precisions": Rule("strs", choices=("fp32", "fp16", "bf16", "int8")),
                 "batch": Rule(int, lo=1), "threads": Rule(int, lo=1, optional=True),
                 "lut": Rule(str, optional=True), "max_seconds": Rule(float, **POSITIVE),
                 "cv_target": Rule(float, **POSITIVE),
