@@ -142,7 +142,8 @@ class RunConfig:
 # -- what each value may be ------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rule:
-    """What one config value may be. kind: int | float | bool | str | "ints" | "strs" (lists)."""
+    """What one config value may be. kind: int | float | bool | str | "ints" | "strs" (lists) |
+    "count" (a number, or text such as 0.5x / 3.5M that `check` reads)."""
 
     kind: Any
     lo: float | None = None
@@ -156,7 +157,7 @@ class Rule:
     def allowed(self) -> str:
         names = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
                  "ints": "a list of integers", "strs": "a list of strings",
-                 object: "a count such as 0.5x (of the teacher), 3.5M, 1.2G or a number"}
+                 "count": "a count such as 0.5x (of the teacher), 3.5M, 1.2G or a number"}
         text = names[self.kind]
         choices = self.choices() if callable(self.choices) else self.choices
         if choices:
@@ -177,7 +178,7 @@ class Rule:
         items = value if self.kind in ("ints", "strs") else [value]
         if self.kind in ("ints", "strs") and (not isinstance(value, list) or not value):
             return "expected a non-empty list: " + self.allowed()
-        item_kind = {"ints": int, "strs": str}.get(self.kind, self.kind)
+        item_kind = {"ints": int, "strs": str, "count": object}.get(self.kind, self.kind)
         choices = self.choices() if callable(self.choices) else self.choices
         for v in items:
             if not _is(v, item_kind) or (item_kind is str and not v.strip()):
@@ -243,7 +244,7 @@ def _metrics() -> tuple:
 
 def _count_rule() -> Rule:
     # "0.5x" / "3.5M" or a plain number: the syntax is checked by the same parser the search uses
-    return Rule(object, optional=True, check=_count_text)
+    return Rule("count", optional=True, check=_count_text)
 
 
 POSITIVE = dict(lo=0, open_lo=True)
