@@ -68,6 +68,7 @@ def train_transform(data_config: dict, resolution: int | None = None, scale=(0.2
     ])
 
 
+_NOTED: set[str] = set()
 _DECODED: dict[tuple, bool] = {}    # (path, size, mtime) → decodes: stages scan the same folder again
 
 
@@ -161,7 +162,10 @@ def scan_folder(root: str | Path, num_classes: int | None = None) -> tuple[list[
         if len(bad) > MAX_UNREADABLE * len(candidates):
             raise UserError(f"data folder {root}: {len(bad)} of {len(candidates)} images are unreadable or "
                             f"missing (first: {names})")
-        print(f"hant-trt: skipped {len(bad)} unreadable image(s) in {root}: {names}", file=sys.stderr)
+        note = f"hant-trt: skipped {len(bad)} unreadable image(s) in {root}: {names}"
+        if note not in _NOTED:          # stages scan the same folder several times: say it once
+            _NOTED.add(note)
+            print(note, file=sys.stderr)
     return items, len(bad), classes
 
 
