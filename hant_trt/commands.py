@@ -162,11 +162,8 @@ def cmd_demo(args) -> int:
 # -- tools --------------------------------------------------------------------------------------
 def cmd_bench(args) -> int:
     from .atomic import check_output_file
-    from .errors import UserError
     from .latency.bench import format_summary, run_bench
 
-    if args.batch is not None and args.batch < 1:
-        raise UserError(f"--batch must be an integer >= 1, got {args.batch}")
     if args.export_times:
         check_output_file(args.export_times, "--export-times")
     result = run_bench(args.model, backend=args.backend, warmup_ms=args.warmup, iterations=args.iterations,
