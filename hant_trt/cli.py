@@ -38,9 +38,9 @@ def _parse_value(text: str):
         return text
 
 
-def apply_overrides(cfg, pairs: list[str]):
-    """`section.key=value` overrides, then every value checked. A value is read as JSON when it
-    parses, else as a string; string-valued keys keep the text as given (engine_name=123)."""
+def apply_overrides(cfg, pairs: list[str], check: bool = True):
+    """`section.key=value` overrides, then (check) every value checked. A value is read as JSON when
+    it parses, else as a string; string-valued keys keep the text as given (engine_name=123)."""
     import dataclasses
 
     from .config import RULES, validate
@@ -53,7 +53,8 @@ def apply_overrides(cfg, pairs: list[str]):
         parts = key.split(".")
         for p in parts[:-1]:
             if not hasattr(target, p) or not dataclasses.is_dataclass(getattr(target, p)):
-                raise UserError(f"--set: unknown config section '{p}' in '{key}' (sections: {', '.join(s for s in RULES if s)})")
+                raise UserError(f"--set: unknown config section '{p}' in '{key}' "
+                                f"(sections: {', '.join(s for s in RULES if s)})")
             target, section = getattr(target, p), p
         name = parts[-1]
         if not hasattr(target, name) or name not in RULES.get(section, {}):
@@ -64,7 +65,7 @@ def apply_overrides(cfg, pairs: list[str]):
         if RULES[section][name].kind is str and parsed is not None and not isinstance(parsed, str):
             parsed = value
         setattr(target, name, parsed)
-    return validate(cfg)
+    return validate(cfg) if check else cfg
 
 
 def saved_config(root: Path):
@@ -75,7 +76,7 @@ def saved_config(root: Path):
     if not (root / MANIFEST).is_file():
         return None
     saved = RunDir(root, create=False).manifest().get("config") or {}
-    return config_mod.from_dict(saved) if saved else None
+    return config_mod.from_dict(saved, check=False) if saved else None
 
 
 def open_run(args, flags=None, create: bool = True):
@@ -87,11 +88,11 @@ def open_run(args, flags=None, create: bool = True):
 
     root = Path(args.run_dir)
     if getattr(args, "config", None):
-        cfg = config_mod.load(args.config)
+        cfg = config_mod.load(args.config, check=False)
     else:
         cfg = saved_config(root) or config_mod.RunConfig()
     cfg.run_dir = str(root)
-    apply_overrides(cfg, getattr(args, "set", None))
+    apply_overrides(cfg, getattr(args, "set", None), check=False)
     if flags:
         flags(cfg)
     config_mod.validate(cfg)

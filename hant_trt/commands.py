@@ -132,7 +132,7 @@ def cmd_run(args) -> int:
     from .pipeline import check_stages, run_pipeline
 
     check_stages(args.start, args.stop)
-    cfg = config_mod.load(args.config)
+    cfg = config_mod.load(args.config, check=False)     # checked after --set, which may fix a value
     if args.run_dir:
         cfg.run_dir = args.run_dir
     apply_overrides(cfg, args.set)

@@ -325,11 +325,13 @@ def _fill(cls: type, data: dict, where: str) -> Any:
     return cls(**kwargs)
 
 
-def from_dict(data: dict) -> RunConfig:
-    return validate(_fill(RunConfig, data, "top level"))
+def from_dict(data: dict, check: bool = True) -> RunConfig:
+    """check=False leaves validate() to the caller, after its overrides (which may fix a value)."""
+    cfg = _fill(RunConfig, data, "top level")
+    return validate(cfg) if check else cfg
 
 
-def load(path: str | Path) -> RunConfig:
+def load(path: str | Path, check: bool = True) -> RunConfig:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file {p} not found")
@@ -342,7 +344,7 @@ def load(path: str | Path) -> RunConfig:
         raise UserError(f"config file {p} is not valid {'JSON' if p.suffix == '.json' else 'TOML'}: {exc}") from None
     except OSError as exc:
         raise UserError(f"config file {p} is unreadable ({exc.strerror})") from None
-    return from_dict(data)
+    return from_dict(data, check)
 
 
 def int8_layout_of(profile: "ProfileCfg") -> str:

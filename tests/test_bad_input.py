@@ -397,3 +397,16 @@ def test_build_engines_dir_under_a_file(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     refused(["build", tmp_path / "run", "--engines-dir", tmp_path / "file" / "e"], "is a regular file", capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_set_can_fix_a_bad_file_value_before_the_check(tmp_path, capsys):
+    cfg = write_config(tmp_path, "[distill]\nsteps = -5\n")
+    refused(["run", cfg, "--set", "distill.steps=1", "--set", "search.metric=bogus"], "search.metric", capsys)
+    refused(["distill", tmp_path / "run", "--config", cfg], "distill.steps = -5", capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_options_fix_a_bad_file_value_too(tmp_path, capsys):
+    cfg = write_config(tmp_path, "[distill]\nsteps = -5\n")
+    refused(["distill", tmp_path / "run", "--config", cfg, "--steps", "2", "--preset", "huge"], "distill.preset",
+            capsys)
