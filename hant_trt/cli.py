@@ -38,41 +38,79 @@ def _parse_value(text: str):
         return text
 
 
-def apply_overrides(cfg, pairs: list[str]):
-    """`section.key=value` overrides (value read as JSON when it parses, else as a string)."""
+def apply_overrides(cfg, pairs: list[str], check: bool = True):
+    """`section.key=value` overrides, then (check) every value checked. A value is read as JSON when
+    it parses, else as a string; string-valued keys keep the text as given (engine_name=123)."""
     import dataclasses
+
+    from .config import RULES, validate
 
     for pair in pairs or []:
         if "=" not in pair:
             raise UserError(f"--set expects section.key=value, got '{pair}'")
         key, value = pair.split("=", 1)
-        target = cfg
+        target, section = cfg, ""
         parts = key.split(".")
         for p in parts[:-1]:
             if not hasattr(target, p) or not dataclasses.is_dataclass(getattr(target, p)):
-                raise UserError(f"--set: unknown config section '{p}'")
-            target = getattr(target, p)
-        if not hasattr(target, parts[-1]):
+                raise UserError(f"--set: unknown config section '{p}' in '{key}' "
+                                f"(sections: {', '.join(s for s in RULES if s)})")
+            target, section = getattr(target, p), p
+        name = parts[-1]
+        if not hasattr(target, name) or name not in RULES.get(section, {}):
+            if dataclasses.is_dataclass(getattr(target, name, None)):
+                raise UserError(f"--set {pair}: '{name}' is a section; set one of its keys ({key}.KEY=VALUE)")
             raise UserError(f"--set: unknown config key '{key}'")
-        setattr(target, parts[-1], _parse_value(value))
-    return cfg
+        parsed = _parse_value(value)
+        if RULES[section][name].kind is str and parsed is not None and not isinstance(parsed, str):
+            parsed = value
+        setattr(target, name, parsed)
+    return validate(cfg) if check else cfg
 
 
-def open_run(args, create: bool = True):
-    """RunDir + RunConfig for a stage subcommand: config from --config, else the run's own."""
+def saved_config(root: Path):
+    """The RunConfig saved in run directory `root`, or None when there is none (nothing written)."""
+    from . import config as config_mod
+    from .rundir import MANIFEST, RunDir
+
+    if not (root / MANIFEST).is_file():
+        return None
+    saved = RunDir(root, create=False).manifest().get("config") or {}
+    return config_mod.from_dict(saved, check=False) if saved else None
+
+
+def open_run(args, flags=None, create: bool = True):
+    """RunDir + RunConfig for a stage subcommand: config from --config, else the run's own, then
+    --set and the subcommand's own options (`flags(cfg)`). Every value is checked before the run
+    directory is created or its run.json written, so a refused value is never saved."""
     from . import config as config_mod
     from .rundir import RunDir
 
-    run = RunDir(args.run_dir, create=create)
+    root = Path(args.run_dir)
     if getattr(args, "config", None):
-        cfg = config_mod.load(args.config)
+        cfg = config_mod.load(args.config, check=False)
     else:
-        saved = run.manifest().get("config") or {}
-        cfg = config_mod.from_dict(saved) if saved else config_mod.RunConfig()
-    cfg.run_dir = str(run.root)
-    apply_overrides(cfg, getattr(args, "set", None))
+        cfg = saved_config(root) or config_mod.RunConfig()
+    cfg.run_dir = str(root)
+    apply_overrides(cfg, getattr(args, "set", None), check=False)
+    if flags:
+        flags(cfg)
+    config_mod.validate(cfg)
+    run = RunDir(root, create=create)
     run.update(config=cfg.to_dict())
     return run, cfg
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error as the one line every other bad input gets (and exit 2)."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def _stage_parser(sub, name: str, extra=None):
@@ -104,7 +142,7 @@ def cmd_teacher(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="hant-trt",
         description="Hardware-aware network transformation: distil cheaper ops per layer, measure "
                     "their true latency, pick the best under a budget, build one engine.",
@@ -139,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if args.verbose:
             traceback.print_exc()
-        print(f"hant-trt {args.command}: error: {exc}", file=sys.stderr)
+        print(f"hant-trt {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hant-trt {args.command}: interrupted (finished work is kept; rerun to resume)",
@@ -149,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc()
         else:
-            print(f"hant-trt {args.command}: internal error: {type(exc).__name__}: {exc} "
+            print(f"hant-trt {args.command}: internal error: {type(exc).__name__}: {one_line(exc)} "
                   f"(rerun with --verbose for the traceback)", file=sys.stderr)
         return 1
 

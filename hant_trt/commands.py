@@ -9,24 +9,34 @@ import json
 import sys
 
 
-def _open(args):
+def _open(args, flags=None):
     from .cli import open_run
 
-    return open_run(args)
+    return open_run(args, flags)
+
+
+def _slot_list(text: str) -> list[int]:
+    from .errors import UserError
+
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise UserError(f"--slots must be comma-separated slot indices such as 1,4, got {text!r}") from None
 
 
 # -- stages -------------------------------------------------------------------------------------
 def cmd_distill(args) -> int:
     from .distill.stage import run_distill
 
-    run, cfg = _open(args)
-    if args.preset:
-        cfg.distill.preset = args.preset
-    if args.steps is not None:
-        cfg.distill.steps = args.steps
-    if args.slots:
-        cfg.distill.slots = [int(s) for s in args.slots.split(",")]
-    run.update(config=cfg.to_dict())
+    def flags(cfg):
+        if args.preset:
+            cfg.distill.preset = args.preset
+        if args.steps is not None:
+            cfg.distill.steps = args.steps
+        if args.slots:
+            cfg.distill.slots = _slot_list(args.slots)
+
+    run, cfg = _open(args, flags)
     if args.restart:
         run.invalidate_from("distill")
     info = run_distill(run, cfg, resume=args.resume, restart=args.restart)
@@ -46,14 +56,15 @@ def cmd_score(args) -> int:
 def cmd_profile(args) -> int:
     from .latency.stage import run_profile
 
-    run, cfg = _open(args)
-    if args.backend:
-        cfg.profile.backend = args.backend
-    if args.precision:
-        cfg.profile.precisions = args.precision.split(",")
-    if args.lut:
-        cfg.profile.lut = args.lut
-    run.update(config=cfg.to_dict())
+    def flags(cfg):
+        if args.backend:
+            cfg.profile.backend = args.backend
+        if args.precision:
+            cfg.profile.precisions = args.precision.split(",")
+        if args.lut:
+            cfg.profile.lut = args.lut
+
+    run, cfg = _open(args, flags)
     info = run_profile(run, cfg)
     print(json.dumps(info, indent=2))
     return 0
@@ -62,14 +73,15 @@ def cmd_profile(args) -> int:
 def cmd_search(args) -> int:
     from .search.stage import format_table, run_search
 
-    run, cfg = _open(args)
-    if args.budget:
-        cfg.search.budget = args.budget
-    if args.sweep is not None:
-        cfg.search.sweep = args.sweep
-    if args.metric:
-        cfg.search.metric = args.metric
-    run.update(config=cfg.to_dict())
+    def flags(cfg):
+        if args.budget:
+            cfg.search.budget = args.budget
+        if args.sweep is not None:
+            cfg.search.sweep = args.sweep
+        if args.metric:
+            cfg.search.metric = args.metric
+
+    run, cfg = _open(args, flags)
     solution = run_search(run, cfg)
     print(format_table(solution))
     return 0
@@ -78,10 +90,23 @@ def cmd_search(args) -> int:
 def cmd_build(args) -> int:
     from .build.stage import run_build
 
+    _check_engines_dir(args)
     run, cfg = _open(args)
-    info = run_build(run, cfg)
+    info = run_build(run, cfg, args.engines_dir)
     print(summary_lines(info))
     return 0
+
+
+def _check_engines_dir(args) -> None:
+    if args.engines_dir:
+        from .atomic import check_output_dir
+
+        check_output_dir(args.engines_dir, "--engines-dir")
+
+
+def _engines_arg(p) -> None:
+    p.add_argument("--engines-dir", help="where the build writes engines (default: engines/ of the checkout, "
+                                         "else ./engines)")
 
 
 def summary_lines(info: dict) -> str:
@@ -104,13 +129,15 @@ def summary_lines(info: dict) -> str:
 def cmd_run(args) -> int:
     from . import config as config_mod
     from .cli import apply_overrides
-    from .pipeline import run_pipeline
+    from .pipeline import check_stages, run_pipeline
 
-    cfg = config_mod.load(args.config)
+    check_stages(args.start, args.stop)
+    cfg = config_mod.load(args.config, check=False)     # checked after --set, which may fix a value
     if args.run_dir:
         cfg.run_dir = args.run_dir
     apply_overrides(cfg, args.set)
-    run = run_pipeline(cfg, start=args.start, stop=args.stop)
+    _check_engines_dir(args)
+    run = run_pipeline(cfg, start=args.start, stop=args.stop, engines_dir=args.engines_dir)
     info = run.stage("build").info if run.stage("build").status == "done" else None
     if info:
         print(summary_lines(info))
@@ -119,21 +146,26 @@ def cmd_run(args) -> int:
 
 def cmd_demo(args) -> int:
     from .cli import apply_overrides
-    from .pipeline import demo_config, run_pipeline
+    from .pipeline import check_stages, demo_config, run_pipeline
 
+    check_stages(args.start)
     cfg = demo_config(args.run_dir)
     apply_overrides(cfg, args.set)
     print(f"hant-trt demo: offline EfficientNet-Lite0, embedded photos, '{cfg.distill.preset}' preset, "
           f"{cfg.profile.backend} backend → {cfg.run_dir}", flush=True)
-    run = run_pipeline(cfg, start=args.start)
+    _check_engines_dir(args)
+    run = run_pipeline(cfg, start=args.start, engines_dir=args.engines_dir)
     print(summary_lines(run.stage("build").info or {}))
     return 0
 
 
 # -- tools --------------------------------------------------------------------------------------
 def cmd_bench(args) -> int:
+    from .atomic import check_output_file
     from .latency.bench import format_summary, run_bench
 
+    if args.export_times:
+        check_output_file(args.export_times, "--export-times")
     result = run_bench(args.model, backend=args.backend, warmup_ms=args.warmup, iterations=args.iterations,
                        duration_s=args.duration, batch=args.batch, export_times=args.export_times)
     print(format_summary(result))
@@ -141,8 +173,14 @@ def cmd_bench(args) -> int:
 
 
 def cmd_lut(args) -> int:
+    from .atomic import check_output_file
+    from .errors import UserError
     from .latency.lut import LatencyTable, default_lut_path
 
+    if args.action == "export":
+        if not args.output:
+            raise UserError("lut export needs --output FILE (.csv or .json)")
+        check_output_file(args.output, "lut export --output")
     table = LatencyTable(args.lut or default_lut_path())
     if args.action == "list":
         rows = table.rows()
@@ -150,10 +188,6 @@ def cmd_lut(args) -> int:
             print(r)
         print(f"{len(rows)} rows in {table.path}", file=sys.stderr)
     elif args.action == "export":
-        if not args.output:
-            from .errors import UserError
-
-            raise UserError("lut export needs --output FILE (.csv or .json)")
         (table.export_json if args.output.endswith(".json") else table.export_csv)(args.output)
         print(f"exported to {args.output}")
     elif args.action == "clear":
@@ -177,13 +211,36 @@ def _int_option(option: str, text: str | None, default=None, minimum: int = 0):
     return value
 
 
+def _check_ort_loads(path) -> None:
+    """An .onnx that ONNX Runtime cannot load would make a repository Triton cannot serve."""
+    from pathlib import Path
+
+    from .errors import UserError
+
+    p = Path(path)
+    if p.suffix != ".onnx" or not p.is_file():
+        return                          # export_triton names what is wrong with those
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's Fail/InvalidGraph/InvalidProtobuf...
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise UserError(f"ONNX Runtime cannot load {p.name}: {text[:200]}") from None
+
+
 def cmd_export_triton(args) -> int:
+    from .atomic import check_output_dir
     from .build.triton import export_triton
 
+    max_batch = _int_option("--max-batch-size", args.max_batch_size)
+    count = _int_option("--instance-count", args.instance_count, 1, minimum=1)
+    check_output_dir(args.repo, "model repository")
+    _check_ort_loads(args.model)
     path = export_triton(args.model, args.repo, args.name,
-                         max_batch_size=_int_option("--max-batch-size", args.max_batch_size),
-                         instance_kind=args.instance_kind,
-                         instance_count=_int_option("--instance-count", args.instance_count, 1, minimum=1))
+                         max_batch_size=max_batch, instance_kind=args.instance_kind, instance_count=count)
     print(f"Triton model repository: {path}")
     return 0
 
@@ -212,7 +269,7 @@ def register(sub, stage_parser) -> None:
         p.add_argument("--metric", help="kl (default) | agreement | local_mse | top1")
 
     stage_parser(sub, "search", search_args).set_defaults(func=cmd_search)
-    stage_parser(sub, "build").set_defaults(func=cmd_build)
+    stage_parser(sub, "build", _engines_arg).set_defaults(func=cmd_build)
 
     from .cli import STAGE_HELP
 
@@ -222,12 +279,14 @@ def register(sub, stage_parser) -> None:
     r.add_argument("--from", dest="start", help="rerun from this stage on")
     r.add_argument("--to", dest="stop", help="stop after this stage")
     r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    _engines_arg(r)
     r.set_defaults(func=cmd_run)
 
     dm = sub.add_parser("demo", help=STAGE_HELP["demo"], description=STAGE_HELP["demo"])
     dm.add_argument("--run-dir", default="runs/demo")
     dm.add_argument("--from", dest="start", help="rerun from this stage on")
     dm.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    _engines_arg(dm)
     dm.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help=STAGE_HELP["bench"], description=STAGE_HELP["bench"])

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import UserError
 
@@ -140,9 +141,180 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+# -- what each value may be ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    """What one config value may be. kind: int | float | bool | str | "ints" | "strs" (lists) |
+    "count" (a number, or text such as 0.5x / 3.5M that `check` reads)."""
+
+    kind: Any
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False            # lo itself excluded
+    open_hi: bool = False
+    choices: Any = ()                # tuple, or a callable giving one (registries filled at import)
+    optional: bool = False           # None allowed
+    check: Callable[[Any], str | None] | None = None   # further syntax: the problem, or None
+
+    def allowed(self) -> str:
+        names = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+                 "ints": "a list of integers", "strs": "a list of strings",
+                 "count": "a count such as 0.5x (of the teacher), 3.5M, 1.2G or a number"}
+        text = names[self.kind]
+        choices = self.choices() if callable(self.choices) else self.choices
+        if choices:
+            text = ("one of " if self.kind is str else "a list drawn from ") + ", ".join(choices)
+        bounds = []
+        if self.lo is not None:
+            bounds.append(f"{'>' if self.open_lo else '>='} {self.lo:g}")
+        if self.hi is not None:
+            bounds.append(f"{'<' if self.open_hi else '<='} {self.hi:g}")
+        if bounds:
+            text += (" each" if self.kind == "ints" else "") + " " + " and ".join(bounds)
+        return text + (" (or absent)" if self.optional else "")
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is not allowed, or None."""
+        if value is None:
+            return None if self.optional else "expected " + self.allowed()
+        items = value if self.kind in ("ints", "strs") else [value]
+        if self.kind in ("ints", "strs") and (not isinstance(value, list) or not value):
+            return "expected a non-empty list: " + self.allowed()
+        item_kind = {"ints": int, "strs": str, "count": object}.get(self.kind, self.kind)
+        choices = self.choices() if callable(self.choices) else self.choices
+        for v in items:
+            if not _is(v, item_kind) or (item_kind is str and not v.strip()):
+                return "expected " + self.allowed()
+            if choices and v not in choices:
+                return "expected " + self.allowed()
+            if item_kind in (int, float) and not _in_range(float(v), self):
+                return "expected " + self.allowed()
+        return self.check(value) if self.check else None
+
+
+def _is(v: Any, kind: type) -> bool:
+    if isinstance(v, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(v, (int, float)) and math.isfinite(v)
+    return isinstance(v, kind)
+
+
+def _in_range(v: float, r: Rule) -> bool:
+    if r.lo is not None and (v <= r.lo if r.open_lo else v < r.lo):
+        return False
+    return r.hi is None or (v < r.hi if r.open_hi else v <= r.hi)
+
+
+def _multiple_of_32(v: int) -> str | None:
+    return None if v % 32 == 0 else "expected a multiple of 32 (the model's stride)"
+
+
+def _budget_text(v: str) -> str | None:
+    from .search.budget import relative_budget
+
+    try:
+        fraction = relative_budget(v)
+    except UserError as exc:
+        return str(exc)
+    if fraction is not None and fraction > 1:
+        return "a budget slower than the teacher: the teacher itself meets it (use a fraction <= 1x or speedup >= 1)"
+    return None
+
+
+def _count_text(v: Any) -> str | None:
+    from .search.budget import parse_count
+
+    try:
+        parse_count(v, 1.0)
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+def _presets() -> tuple:
+    from .ops.presets import PRESETS
+
+    return tuple(PRESETS)
+
+
+def _metrics() -> tuple:
+    from .search.tables import _ALIASES, METRICS
+
+    return METRICS + tuple(_ALIASES)
+
+
+def _count_rule() -> Rule:
+    # "0.5x" / "3.5M" or a plain number: the syntax is checked by the same parser the search uses
+    return Rule("count", optional=True, check=_count_text)
+
+
+POSITIVE = dict(lo=0, open_lo=True)
+FRACTION = dict(lo=0, hi=1)
+
+RULES: dict[str, dict[str, Rule]] = {
+    "": {"run_dir": Rule(str)},
+    "teacher": {"model": Rule(str), "weights": Rule(str),
+                "resolution": Rule(int, lo=32, optional=True, check=_multiple_of_32)},
+    "data": {"train": Rule(str), "eval": Rule(str, optional=True),
+             "eval_fraction": Rule(float, lo=0, hi=1, open_lo=True, open_hi=True),
+             "max_images": Rule(int, lo=1, optional=True)},
+    "distill": {"preset": Rule(str, choices=_presets), "steps": Rule(int, lo=1),
+                "batch_size": Rule(int, lo=1), "lr": Rule(float, **POSITIVE), "warmup_steps": Rule(int, lo=0),
+                "resolution": Rule(int, lo=16, optional=True), "slots": Rule("ints", lo=0, optional=True),
+                "spans": Rule(int, lo=0), "group_mb": Rule(int, lo=1), "bn": Rule(str, choices=("frozen", "train")),
+                "bn_recalibrate": Rule(bool), "device": Rule(str, choices=("auto", "cpu", "cuda")),
+                "checkpoint_every": Rule(int, lo=1), "seed": Rule(int, lo=0), "full_res_steps": Rule(int, lo=0),
+                "keep_best": Rule(bool), "suffix_kl": Rule(float, lo=0), "suffix_kl_slots": Rule(int, lo=0),
+                "fisher": Rule(float, **FRACTION)},
+    "score": {"batch_size": Rule(int, lo=1), "max_images": Rule(int, lo=1, optional=True)},
+    "profile": {"backend": Rule(str, choices=("ort", "torch", "tensorrt")),
+                "precisions": Rule("strs", choices=("fp32", "fp16", "bf16", "int8")),
+                "batch": Rule(int, lo=1), "threads": Rule(int, lo=1, optional=True),
+                "lut": Rule(str, optional=True), "max_seconds": Rule(float, **POSITIVE),
+                "cv_target": Rule(float, **POSITIVE),
+                "calib_method": Rule(str, choices=("max", "percentile", "entropy")),
+                "calib_images": Rule(int, lo=1), "int8_layout": Rule(str, choices=("auto", "trt", "ort")),
+                "context": Rule(str, choices=("alone", "model")), "context_rounds": Rule(int, lo=1),
+                "compile": Rule(bool)},
+    "search": {"budget": Rule(str, check=_budget_text), "metric": Rule(str, choices=_metrics),
+               "solver": Rule(str, choices=("cbc", "highs")), "time_limit": Rule(float, **POSITIVE),
+               "sweep": Rule(int, lo=0), "devices": Rule("strs", optional=True),
+               "max_params": _count_rule(), "max_macs": _count_rule(),
+               "latency_model": Rule(str, choices=("scale", "offset")), "calibrate_rounds": Rule(int, lo=0),
+               "refine_sweeps": Rule(int, lo=0), "interactions": Rule(str, choices=("none", "skip")),
+               "skip_weight": Rule(float, **POSITIVE)},
+    "build": {"finetune_steps": Rule(int, lo=0), "finetune_lr": Rule(float, **POSITIVE),
+              "batch_size": Rule(int, lo=1), "feature_weight": Rule(float, lo=0),
+              "bn": Rule(str, choices=("frozen", "train")),
+              "bn_recalibrate": Rule(str, choices=("none", "replaced", "all")), "bn_images": Rule(int, lo=1),
+              "mixup": Rule(float, lo=0), "train": Rule(str, choices=("replaced", "all")),
+              "ce_weight": Rule(float, lo=0), "keep_best": Rule(bool), "engine_name": Rule(str, optional=True)},
+}
+
+
+def rule_of(section: str, key: str) -> Rule:
+    return RULES[section][key]
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every value against RULES; the first bad one is a UserError naming key, value and what
+    is allowed, so a typo fails at load rather than after the stages before the one reading it."""
+    for section, rules in RULES.items():
+        obj = getattr(cfg, section) if section else cfg
+        for key, rule in rules.items():
+            value = getattr(obj, key)
+            why = rule.problem(value)
+            if why:
+                name = f"{section}.{key}" if section else key
+                raise UserError(f"config: {name} = {json.dumps(value, default=str)}: {why}")
+    return cfg
+
+
+# -- reading -----------------------------------------------------------------------------------
 def _fill(cls: type, data: dict, where: str) -> Any:
     if not isinstance(data, dict):
-        raise UserError(f"config: [{where}] must be a table")
+        raise UserError(f"config: [{where}] must be a table, not {json.dumps(data, default=str)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
@@ -156,11 +328,13 @@ def _fill(cls: type, data: dict, where: str) -> Any:
     return cls(**kwargs)
 
 
-def from_dict(data: dict) -> RunConfig:
-    return _fill(RunConfig, data, "top level")
+def from_dict(data: dict, check: bool = True) -> RunConfig:
+    """check=False leaves validate() to the caller, after its overrides (which may fix a value)."""
+    cfg = _fill(RunConfig, data, "top level")
+    return validate(cfg) if check else cfg
 
 
-def load(path: str | Path) -> RunConfig:
+def load(path: str | Path, check: bool = True) -> RunConfig:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file {p} not found")
@@ -171,7 +345,9 @@ def load(path: str | Path) -> RunConfig:
             data = tomllib.loads(p.read_text())
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {p} is not valid {'JSON' if p.suffix == '.json' else 'TOML'}: {exc}") from None
-    return from_dict(data)
+    except OSError as exc:
+        raise UserError(f"config file {p} is unreadable ({exc.strerror})") from None
+    return from_dict(data, check)
 
 
 def int8_layout_of(profile: "ProfileCfg") -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from torch.utils.data import Dataset
 from .errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
+SKIP_SHOWN = 3                # unreadable files named on stderr
+MAX_UNREADABLE = 0.25         # a larger fraction of unreadable files is refused: the wrong folder, or a bad copy
 # skimage.data colour photos that ship inside the package (no download)
 EMBEDDED_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
                    "immunohistochemistry", "retina", "colorwheel")
@@ -65,20 +68,66 @@ def train_transform(data_config: dict, resolution: int | None = None, scale=(0.2
     ])
 
 
+_NOTED: set[str] = set()
+_DECODED: dict[tuple, bool] = {}    # (path, size, mtime) → decodes: stages scan the same folder again
+
+
 def _readable(path: Path) -> bool:
+    """Whether the image decodes to the end: `verify()` and a draft (reduced-scale) decode both pass
+    a truncated JPEG, which would then fail mid-training."""
     try:
-        with Image.open(path) as im:
-            im.verify()
-        return True
-    except Exception:
+        st = path.stat()
+    except OSError:
         return False
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DECODED:
+        try:
+            with Image.open(path) as im:
+                im.load()
+            _DECODED[key] = True
+        except Exception:  # PIL raises OSError, SyntaxError, ValueError... for a bad file
+            _DECODED[key] = False
+    return _DECODED[key]
 
 
-def scan_folder(root: str | Path) -> tuple[list[Item], int, list[str]]:
+def _label(row: dict, tsv: Path, line: int, num_classes: int | None) -> int:
+    text = (row.get("class_index") or "").strip()
+    if not text:
+        return -1
+    try:
+        label = int(text)
+    except ValueError:
+        raise UserError(f"{tsv}:{line}: class_index {text!r} is not an integer") from None
+    if label < 0 or (num_classes and label >= num_classes):
+        allowed = f"0..{num_classes - 1}" if num_classes else ">= 0"
+        raise UserError(f"{tsv}:{line}: class_index {label} is out of range ({allowed}; leave it empty for unlabelled)")
+    return label
+
+
+def _read_tsv(tsv: Path, root: Path, num_classes: int | None) -> list[Item]:
+    try:
+        with open(tsv, newline="") as fh:
+            reader = csv.DictReader(fh, delimiter="\t")
+            if not reader.fieldnames or "file" not in reader.fieldnames:
+                raise UserError(f"{tsv} needs a header with a 'file' column (and 'class_index')")
+            items = []
+            for row in reader:
+                if None in row or None in row.values() or not (row.get("file") or "").strip():
+                    raise UserError(f"{tsv}:{reader.line_num}: expected {len(reader.fieldnames)} tab-separated "
+                                    f"columns ({', '.join(reader.fieldnames)}) with a file name")
+                items.append(Item(str(root / row["file"].strip()), _label(row, tsv, reader.line_num, num_classes)))
+            return items
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{tsv} is unreadable ({exc})") from None
+
+
+def scan_folder(root: str | Path, num_classes: int | None = None) -> tuple[list[Item], int, list[str]]:
     """(items, skipped_unreadable, class_names) of an image folder.
 
     Layouts: a flat folder with `labels.tsv` (file, class_index, ...), class subfolders (labels by
-    sorted folder name), or a flat folder of images (unlabelled).
+    sorted folder name), or a flat folder of images (unlabelled). num_classes: the teacher's, to
+    refuse labels it cannot predict. Unreadable files are skipped and named on stderr; more than
+    MAX_UNREADABLE of them is refused.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -87,17 +136,14 @@ def scan_folder(root: str | Path) -> tuple[list[Item], int, list[str]]:
     classes: list[str] = []
     tsv = root / "labels.tsv"
     if tsv.is_file():
-        with open(tsv, newline="") as fh:
-            reader = csv.DictReader(fh, delimiter="\t")
-            if not reader.fieldnames or "file" not in reader.fieldnames:
-                raise UserError(f"{tsv} needs a header with a 'file' column (and 'class_index')")
-            for row in reader:
-                label = int(row["class_index"]) if row.get("class_index", "").strip() else -1
-                candidates.append(Item(str(root / row["file"]), label))
+        candidates = _read_tsv(tsv, root, num_classes)
     else:
         subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
         if subdirs:
             classes = [d.name for d in subdirs]
+            if num_classes and len(classes) > num_classes:
+                raise UserError(f"data folder {root} has {len(classes)} class folders, the teacher predicts "
+                                f"{num_classes} classes")
             for idx, d in enumerate(subdirs):
                 for f in sorted(d.rglob("*")):
                     if f.suffix.lower() in IMAGE_SUFFIXES:
@@ -105,12 +151,22 @@ def scan_folder(root: str | Path) -> tuple[list[Item], int, list[str]]:
         for f in sorted(root.iterdir()):
             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
                 candidates.append(Item(str(f), -1))
-    items = [it for it in candidates if _readable(Path(it.path))]
-    skipped = len(candidates) - len(items)
+    items, bad = [], []
+    for it in candidates:
+        (items if _readable(Path(it.path)) else bad).append(it)
     if not items:
         raise UserError(f"data folder {root} has no readable image"
-                        + (f" ({skipped} unreadable files skipped)" if skipped else ""))
-    return items, skipped, classes
+                        + (f" ({len(bad)} unreadable files skipped)" if bad else ""))
+    if bad:
+        names = ", ".join(Path(it.path).name for it in bad[:SKIP_SHOWN]) + (", ..." if len(bad) > SKIP_SHOWN else "")
+        if len(bad) > MAX_UNREADABLE * len(candidates):
+            raise UserError(f"data folder {root}: {len(bad)} of {len(candidates)} images are unreadable or "
+                            f"missing (first: {names})")
+        note = f"hant-trt: skipped {len(bad)} unreadable image(s) in {root}: {names}"
+        if note not in _NOTED:          # stages scan the same folder several times: say it once
+            _NOTED.add(note)
+            print(note, file=sys.stderr)
+    return items, len(bad), classes
 
 
 class FolderDataset(Dataset):
@@ -125,8 +181,11 @@ class FolderDataset(Dataset):
 
     def __getitem__(self, i: int):
         it = self.items[i]
-        with Image.open(it.path) as im:
-            img = im.convert("RGB")
+        try:
+            with Image.open(it.path) as im:
+                img = im.convert("RGB")
+        except OSError as exc:      # changed or removed since the folder was scanned
+            raise UserError(f"image {it.path} is unreadable ({exc})") from None
         return self.transform(img), it.label
 
     @property
@@ -227,14 +286,15 @@ def make_splits(train: str, eval: str | None, data_config: dict, *, resolution: 
         ev = EmbeddedDataset(data_config, max(32, embedded_length // 4), "eval", resolution, seed)
         return DataSplits(tr, ev, f"embedded photos ({len(tr.photos)} images, random crops)",
                           f"embedded-{embedded_length}-{seed}")
-    items, skipped, _ = scan_folder(train)
+    num_classes = data_config.get("num_classes")
+    items, skipped, _ = scan_folder(train, num_classes)
     if max_images:
         items = items[:max_images]
     if eval is None:
         tr_items, ev_items = split_items(items, eval_fraction, seed)
     else:
         tr_items = items
-        ev_items, _, _ = scan_folder(eval)
+        ev_items, _, _ = scan_folder(eval, num_classes)
         if max_images:
             ev_items = ev_items[:max_images]
     ttf = (train_transform(data_config, train_resolution or resolution) if train_augment

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from .config import RunConfig
+from .config import RunConfig, validate
 from .errors import UserError
 from .rundir import STAGES, RunDir
 
 
-def stage_functions():
+def stage_functions(engines_dir=None):
     from .build.stage import run_build
     from .distill.stage import run_distill, run_score
     from .latency.stage import run_profile
@@ -22,19 +22,29 @@ def stage_functions():
         "score": run_score,
         "profile": run_profile,
         "search": run_search,
-        "build": run_build,
+        "build": lambda run, cfg: run_build(run, cfg, engines_dir),
     }
 
 
-def run_pipeline(cfg: RunConfig, start: str | None = None, stop: str | None = None, log=print) -> RunDir:
-    """Run the stages from `start` (default: first unfinished) to `stop` (default: build)."""
-    if start is not None and start not in STAGES:
-        raise UserError(f"unknown stage '{start}' (stages: {', '.join(STAGES)})")
+def check_stages(start: str | None = None, stop: str | None = None) -> None:
+    for option, name in (("--from", start), ("--to", stop)):
+        if name is not None and name not in STAGES:
+            raise UserError(f"{option}: unknown stage '{name}' (stages: {', '.join(STAGES)})")
+    if start is not None and stop is not None and STAGES.index(stop) < STAGES.index(start):
+        raise UserError(f"--to {stop} comes before --from {start} (stages: {', '.join(STAGES)})")
+
+
+def run_pipeline(cfg: RunConfig, start: str | None = None, stop: str | None = None, log=print,
+                 engines_dir=None) -> RunDir:
+    """Run the stages from `start` (default: first unfinished) to `stop` (default: build).
+    engines_dir: where the build writes engines (default: build.deploy.default_engines_dir())."""
+    check_stages(start, stop)
+    validate(cfg)
     run = RunDir(cfg.run_dir)
     run.update(config=cfg.to_dict())
     if start is not None:
         run.invalidate_from(start)
-    fns = stage_functions()
+    fns = stage_functions(engines_dir)
     last = STAGES.index(stop) if stop else len(STAGES) - 1
     for name in STAGES[: last + 1]:
         t0 = time.time()

@@ -43,6 +43,27 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def _manifest_problem(m: Any) -> str | None:
+    """What makes a parsed run.json unusable, or None (checked on every read, so a hand-edited
+    manifest fails with its fault named rather than deep inside a stage)."""
+    if not isinstance(m, dict):
+        return f"it holds a {type(m).__name__}, not an object"
+    for key in ("config", "teacher", "stages"):
+        if key in m and not isinstance(m[key], dict):
+            return f"'{key}' is a {type(m[key]).__name__}, not an object"
+    known = set(StageStatus.__dataclass_fields__)
+    for name, st in m.get("stages", {}).items():
+        if not isinstance(st, dict):
+            return f"stage '{name}' is a {type(st).__name__}, not an object"
+        if set(st) - known:
+            return f"stage '{name}' has unknown field(s) {', '.join(sorted(set(st) - known))}"
+        if st.get("status", "pending") not in ("pending", "running", "done"):
+            return f"stage '{name}' has status {st.get('status')!r} (pending, running or done)"
+        if st.get("info") is not None and not isinstance(st["info"], dict):
+            return f"stage '{name}' info is a {type(st['info']).__name__}, not an object"
+    return None
+
+
 @dataclass
 class StageStatus:
     status: str = "pending"
@@ -60,13 +81,16 @@ class RunDir:
         if not self.root.exists():
             if not create:
                 raise UserError(f"run directory {self.root} does not exist")
-            self.root.mkdir(parents=True)
+            atomic.check_output_dir(self.root, "run directory")
+            with atomic.user_paths(self.root, "cannot create run directory"):
+                self.root.mkdir(parents=True)
         elif not self.root.is_dir():
             raise UserError(f"run directory {self.root} is not a directory")
         mpath = self.root / MANIFEST
         if not mpath.exists():
             if not create:
                 raise UserError(f"{self.root} is not a run directory (no {MANIFEST})")
+            atomic.check_output_dir(self.root, "run directory")
             with self._locked():
                 if not mpath.exists():
                     atomic.write_json(mpath, {
@@ -88,7 +112,9 @@ class RunDir:
     # -- manifest --------------------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self.root / ".lock", "a+") as fh:
+        with atomic.user_paths(self.root / ".lock", "cannot write to the run directory:"):
+            fh = open(self.root / ".lock", "a+")
+        with fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -96,10 +122,15 @@ class RunDir:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def manifest(self) -> dict:
+        path = self.root / MANIFEST
         try:
-            return json.loads((self.root / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"{self.root / MANIFEST} is unreadable or corrupt ({exc})") from None
+            m = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"{path} is unreadable or corrupt ({exc})") from None
+        problem = _manifest_problem(m)
+        if problem:
+            raise UserError(f"{path} is corrupt: {problem}; fix it or start a new run directory")
+        return m
 
     def update(self, **fields: Any) -> dict:
         """Merge top-level fields into the manifest under the lock."""

@@ -12,6 +12,30 @@ SHARED_DATA = (ROOT.parent / "shared" / "data" / "imagenet-sample").resolve()
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+# folders of the checkout that the package writes by default; tests give their own paths instead
+CHECKOUT_OUTPUTS = ("engines", "calib", "runs")
+
+
+def _checkout_outputs() -> set[str]:
+    # top level only: a developer's runs/ holds thousands of files, and every test would walk them
+    found = set()
+    for name in CHECKOUT_OUTPUTS:
+        folder = ROOT / name
+        if folder.is_dir():
+            found |= {f"{name}/{entry}" for entry in os.listdir(folder)}
+    return found
+
+
+@pytest.fixture(autouse=True)
+def writes_only_under_tmp():
+    """Fail a test that leaves new files in the checkout's engines/, calib/ or runs/ (a missing
+    engines_dir / cache_dir / run_dir argument); everything it writes belongs under tmp_path."""
+    before = _checkout_outputs()
+    yield
+    new = _checkout_outputs() - before
+    assert not new, f"the test wrote into the checkout: {sorted(new)[:5]}"
+
+
 def shared_data_or_skip() -> Path:
     if not (SHARED_DATA / "holdout" / "labels.tsv").is_file():
         pytest.skip(f"shared ImageNet sample not found at {SHARED_DATA}")

@@ -17,14 +17,9 @@ from hant_trt.latency.device import DeviceInfo
 def tiny_onnx(path, shape=(1, 3, 8, 8)):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(shape[1], 4, 3, padding=1), torch.nn.ReLU()).eval()
-    try:
-        from hant_trt.latency.export import export_onnx
+    from hant_trt.latency.export import export_onnx
 
-        return export_onnx(net, shape, path)
-    except ImportError:  # export.py not there yet
-        torch.onnx.export(net, torch.randn(*shape), str(path), input_names=["input"], output_names=["output"],
-                          opset_version=17, dynamo=False)
-        return path
+    return export_onnx(net, shape, path)
 
 
 # -- registry and bad input ----------------------------------------------------------------------------

@@ -110,14 +110,9 @@ def test_measure_stops_on_stable_median_and_respects_minimums():
 # -- run_bench / CLI -----------------------------------------------------------------------------------------
 def tiny_onnx(path):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()).eval()
-    try:
-        from hant_trt.latency.export import export_onnx
+    from hant_trt.latency.export import export_onnx
 
-        return export_onnx(net, (1, 3, 16, 16), path)
-    except ImportError:
-        torch.onnx.export(net, torch.randn(1, 3, 16, 16), str(path), input_names=["input"], opset_version=17,
-                          dynamo=False)
-        return path
+    return export_onnx(net, (1, 3, 16, 16), path)
 
 
 def test_run_bench_honours_iterations_duration_and_exports_times(tmp_path):

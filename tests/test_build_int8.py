@@ -87,7 +87,8 @@ def test_gpu_plan_fp16_elsewhere_int8_and_fp32_parts_kept(lite0, tmp_path):
     choices = [Choice(i, i, "keep", prec.get(i, "fp16")) for i in range(len(d.slots))]
     student = assemble(d, choices)
     gen = torch.Generator().manual_seed(0)
-    calib = calibrate_parts(student, [2, 5], [torch.randn(4, 3, RES, RES, generator=gen)], "max")
+    calib = calibrate_parts(student, [2, 5], [torch.randn(4, 3, RES, RES, generator=gen)], "max",
+                            cache_dir=tmp_path / "calib")
     path = export_with_plan(student, (1, 3, RES, RES), tmp_path / "s.onnx", calib, choices, "fp16")
     g = onnx.load(str(path)).graph
     inits = {i.name: i.data_type for i in g.initializer}

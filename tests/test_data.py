@@ -73,3 +73,63 @@ def test_make_splits_reduced_train_resolution(tmp_path):
         _img(tmp_path / f"{i}.jpg")
     s = make_splits(str(tmp_path), None, CFG, resolution=64, train_resolution=32, eval_fraction=0.2)
     assert s.train[0][0].shape == (3, 32, 32) and s.eval[0][0].shape == (3, 64, 64)
+
+
+def _truncated_jpeg(path):
+    import numpy as np
+
+    arr = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype("uint8")
+    Image.fromarray(arr).save(path, quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_jpeg_is_skipped_and_named(tmp_path, capsys):
+    for i in range(5):
+        _img(tmp_path / f"{i}.jpg")
+    _truncated_jpeg(tmp_path / "cut.jpg")
+    items, skipped, _ = scan_folder(tmp_path)
+    assert skipped == 1 and "cut.jpg" not in {p.path.rsplit("/", 1)[-1] for p in items}
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable image(s)" in err and "cut.jpg" in err
+
+
+def test_mostly_unreadable_folder_is_refused_naming_files(tmp_path):
+    _img(tmp_path / "ok.jpg")
+    for i in range(3):
+        _truncated_jpeg(tmp_path / f"cut{i}.jpg")
+    with pytest.raises(UserError, match=r"3 of 4 images are unreadable.*cut0.jpg"):
+        scan_folder(tmp_path)
+
+
+@pytest.mark.parametrize("rows,match", [
+    ("a.jpg\tcat\n", r"labels.tsv:2: class_index 'cat' is not an integer"),
+    ("a.jpg\t1\nb.jpg\t-3\n", r"labels.tsv:3: class_index -3 is out of range"),
+    ("a.jpg\n", r"labels.tsv:2: expected 2 tab-separated columns"),
+    ("a.jpg\t1\textra\n", r"labels.tsv:2: expected 2"),
+    ("\t4\n", r"labels.tsv:2: .*with a file name"),
+])
+def test_bad_labels_rows_name_the_line(tmp_path, rows, match):
+    _img(tmp_path / "a.jpg")
+    _img(tmp_path / "b.jpg")
+    (tmp_path / "labels.tsv").write_text("file\tclass_index\n" + rows)
+    with pytest.raises(UserError, match=match):
+        scan_folder(tmp_path)
+
+
+def test_labels_beyond_the_teachers_classes(tmp_path):
+    _img(tmp_path / "a.jpg")
+    (tmp_path / "labels.tsv").write_text("file\tclass_index\na.jpg\t1000\n")
+    with pytest.raises(UserError, match=r"class_index 1000 is out of range \(0..999"):
+        make_splits(str(tmp_path), None, {**CFG, "num_classes": 1000})
+    assert scan_folder(tmp_path)[0][0].label == 1000        # no teacher known: only >= 0 is checked
+
+
+def test_image_that_breaks_after_the_scan_is_a_user_error(tmp_path):
+    from hant_trt.data import eval_transform
+
+    _img(tmp_path / "a.jpg")
+    items, _, _ = scan_folder(tmp_path)
+    _truncated_jpeg(tmp_path / "a.jpg")
+    with pytest.raises(UserError, match="a.jpg is unreadable"):
+        FolderDataset(items, eval_transform(CFG))[0]

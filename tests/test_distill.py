@@ -42,10 +42,10 @@ def test_short_distillation_lowers_validation_mse_and_keep_scores_perfectly(tmp_
     run_distill(run, cfg)
     for name in ("slot1", "slot4"):
         meta = json.loads((tmp_path / "run" / "candidates" / f"{name}.json").read_text())
-        assert meta["candidates"], name
-        for c in meta["candidates"]:
-            if c["mse_init"] > 1e-4 and c["has_weights"]:
-                assert c["mse_final"] < c["mse_init"], (name, c)
+        trained = [c for c in meta["candidates"] if c["mse_init"] > 1e-4 and c["has_weights"]]
+        assert trained, (name, meta["candidates"])
+        for c in trained:
+            assert c["mse_final"] < c["mse_init"], (name, c)
     run_score(run, cfg)
     rows = read_scores(tmp_path / "run" / "scores.csv")
     keeps = [r for r in rows if r.op == "keep"]
@@ -53,7 +53,7 @@ def test_short_distillation_lowers_validation_mse_and_keep_scores_perfectly(tmp_
     assert all(r.agreement == 100.0 and r.kl == 0.0 for r in keeps)
     others = [r for r in rows if r.op != "keep"]
     assert others and all(r.first in (1, 4) for r in others)
-    assert len({r.signature for r in rows}) == len(rows) or True
+    assert len({(r.first, r.last, r.op, r.precision) for r in rows}) == len(rows)   # each scored once
     # re-running a finished stage does nothing
     st = run.stage("distill")
     run_distill(run, cfg)

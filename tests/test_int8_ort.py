@@ -198,7 +198,15 @@ def test_convs_sharing_one_bias_initializer_get_their_own_int32_bias(tmp_path):
     assert len(set(biases)) < len(biases)                      # the shared initializer this is about
     calib = calibrate(model, batches(SHAPE, 2))
     q = write_ort_qdq(p, tmp_path / "q.onnx", calib)
-    session(q, True).run(None, {"input": batches(SHAPE, 1)[0].numpy()})
+    m = onnx.load(str(q))
+    prod = {o: n for n in m.graph.node for o in n.output}
+    bias_sources = [prod[n.input[2]].input[0] for n in m.graph.node if n.op_type == "Conv" and len(n.input) > 2]
+    assert len(bias_sources) == len(biases) and len(set(bias_sources)) == len(bias_sources)
+    x = batches(SHAPE, 1, seed=5)[0]
+    got = session(q, True).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        sim = fake_quantize(model, calib, layout="ort", input_shape=SHAPE)(x).numpy()
+    assert got.shape == sim.shape and np.abs(sim - got).mean() <= 0.01 * max(np.abs(sim).max(), 1e-6)
 
 
 def test_junction_savings_are_measured_in_rounds_and_cached(lite0, tmp_path):

@@ -130,6 +130,13 @@ def test_unknown_and_missing_backends():
     except ImportError:
         with pytest.raises(UserError, match="pip install"):
             get_backend("tensorrt")
+        return
+    try:
+        backend = get_backend("tensorrt")
+    except UserError as exc:        # TensorRT without a GPU or cuda-python: the hint names what is missing
+        assert "pip install" in str(exc) and "GPU" in str(exc)
+    else:
+        assert backend.name == "tensorrt"
 
 
 def test_profile_measures_once_and_rerun_measures_nothing(tmp_path):

@@ -37,7 +37,7 @@ batch_size = 4
 engine_name = "e2e"
 ''')
     env = {"HANT_TRT_NO_PROGRESS": "1"}
-    r = run_cli("run", str(cfg), env=env)
+    r = run_cli("run", str(cfg), "--engines-dir", str(tmp_path / "engines"), env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "speedup" in r.stdout and "agreement" in r.stdout
     run = tmp_path / "run"
@@ -67,10 +67,11 @@ engine_name = "e2e"
     assert fused & {(r["first"], r["last"], r["op"]) for r in lat_rows}
     info = json.loads((run / "build.json").read_text())
     assert info["verify"]["passed"], info["verify"]
+    assert (tmp_path / "engines" / "e2e.ort.onnx").is_file() and (run / "calib").is_dir()
     assert info["teacher_latency_ms"] > 0
     stages = json.loads((run / "run.json").read_text())["stages"]
     assert all(stages[s]["status"] == "done" for s in ("teacher", "distill", "score", "profile", "search", "build"))
-    again = run_cli("run", str(cfg), env=env)
+    again = run_cli("run", str(cfg), "--engines-dir", str(tmp_path / "engines"), env=env)
     assert again.returncode == 0 and again.stdout.count("skipped") == 6, again.stdout
     # the saved spec rebuilds a model whose outputs equal the saved student's
     import torch
@@ -98,7 +99,7 @@ engine_name = "e2e"
     pick = next(c for c in sol["choices"] if c["first"] == c["last"] and c["op"] != "skip")
     pick["precision"] = "int8"
     (run / "solution.json").write_text(json.dumps(sol))
-    r = run_cli("run", str(cfg), "--from", "build", env=env)
+    r = run_cli("run", str(cfg), "--engines-dir", str(tmp_path / "engines"), "--from", "build", env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     info = json.loads((run / "build.json").read_text())
     assert info["verify"]["precision"] == "int8" and info["verify"]["passed"], info["verify"]
@@ -112,7 +113,7 @@ engine_name = "e2e"
     # final ONNX in fp16 outside the int8/fp32 parts, verified; ORT CPU runs it (slowly)
     # budget: the teacher's own latency, always reachable (fp16 and TensorRT-layout int8 are both slow
     # on ORT CPU: how far below it a plan reaches depends on the host's timings)
-    r = run_cli("run", str(cfg), "--from", "profile", "--set", 'profile.precisions=["fp16", "int8"]',
+    r = run_cli("run", str(cfg), "--engines-dir", str(tmp_path / "engines"), "--from", "profile", "--set", 'profile.precisions=["fp16", "int8"]',
                 "--set", 'search.budget="1x"', env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     fixed = json.loads((run / "latency_fixed.json").read_text())["device"]

@@ -166,6 +166,13 @@ def test_infeasible_budget_is_user_error_and_stage_not_done(tmp_path):
     assert run.stage("search").status != "done" and not (run.root / "solution.json").exists()
 
 
+def test_absolute_budget_slower_than_the_teacher_is_refused(tmp_path):
+    run = make_run(tmp_path)
+    with pytest.raises(UserError, match=r"budget '7ms' is 7\.000 ms, slower than the teacher's 6\.000 ms"):
+        run_search(run, cfg_with(budget="7ms"))
+    assert run.stage("search").status != "done" and not (run.root / "solution.json").exists()
+
+
 def test_two_devices_one_constraint_each(tmp_path):
     run = make_run(tmp_path, devices=(CPU, GPU))
     # CPU: 0.6 × 6 ms; GPU rows are 2× slower in fp32 but fp16 is as fast as the CPU's fp32

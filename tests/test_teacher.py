@@ -108,3 +108,23 @@ def test_offline_lite0_top1_on_holdout(lite0):
             correct += (lite0.model(x).argmax(1) == y).sum().item()
     top1 = 100.0 * correct / len(ds)
     assert top1 >= 65.0, top1
+
+
+def test_hub_weights_without_a_route_fail_fast_in_one_line(monkeypatch, capfd):
+    """No retries against an unreachable hub: the cache is asked, then one UserError."""
+    import time
+
+    from huggingface_hub import constants
+
+    from hant_trt.teacher.load import create_model
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")     # discard port: refused at once
+    t0 = time.time()
+    try:
+        create_model("resnet10t", pretrained=True)
+    except UserError as exc:
+        assert "could not fetch pretrained weights for 'resnet10t'" in str(exc)
+    else:
+        pytest.skip("resnet10t's weights are in the local hub cache")
+    assert time.time() - t0 < 20 and "Retry" not in capfd.readouterr().err
+    assert constants.HF_HUB_OFFLINE is False

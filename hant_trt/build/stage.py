@@ -69,10 +69,11 @@ def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set
                     device=device)
 
 
-def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig, fixed: dict | None = None):
+def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig, fixed: dict | None = None,
+              cache_dir: Path | None = None):
     """(CalibResult, simulated student, notes) for the parts chosen at int8 — slots, and the stem /
     head when `fixed` ({"stem": precision, ...}, solution.json's fixed_parts) says int8;
-    (None, student, {}) when there are none."""
+    (None, student, {}) when there are none. cache_dir: the calibration cache folder."""
     from .finetune import eval_batches
     from .quantize import calibrate_parts, fixed_int8, int8_parts, simulate_int8
 
@@ -82,7 +83,7 @@ def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig, fixed: 
         return None, student, {}
     batches = eval_batches(calib_set, cfg.profile.calib_images, cfg.build.batch_size)
     calib = calibrate_parts(student, parts, batches, cfg.profile.calib_method, layout=int8_layout_of(cfg.profile),
-                            fixed=fixed)
+                            fixed=fixed, cache_dir=cache_dir)
     return calib, simulate_int8(student, parts, calib), {"int8_parts": parts, "int8_fixed": list(fixed),
                                                          "calib_method": calib.method,
                                                          "int8_layout": calib.extra["layout"],
@@ -128,7 +129,7 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
         student.load_state_dict(assembled)
         after = dict(before)
         ft["kept"] = "assembled"
-    calib, deployed, notes = int8_plan(student, choices, deploy_train, cfg, fixed)
+    calib, deployed, notes = int8_plan(student, choices, deploy_train, cfg, fixed, cache_dir=run.root / "calib")
     if calib is not None:
         notes["agreement_fp32"] = after
         after = agreement(deployed, teacher.model, eval_loader)    # what is deployed: int8 parts simulated

@@ -68,6 +68,8 @@ def run_bench(model_path: str | Path, backend: str | None = None, warmup_ms: flo
         raise UserError("the torch backend times PyTorch modules, not files: use --backend ort or tensorrt")
     if iterations < 1 or duration_s < 0 or warmup_ms < 0:
         raise UserError("bench needs --iterations ≥ 1, --duration ≥ 0 and --warmup ≥ 0")
+    if batch is not None and batch < 1:
+        raise UserError(f"--batch must be an integer >= 1, got {batch}")
     opts: dict = {"batch": batch}
     if backend == "ort":
         opts["threads"] = threads

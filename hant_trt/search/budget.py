@@ -15,6 +15,24 @@ _COUNT = re.compile(rf"^\s*(?:(?P<x>{_NUM})\s*x|(?P<n>{_NUM})\s*(?P<unit>[kmg]?)
 _UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
 
 
+def relative_budget(text: str) -> float | None:
+    """The budget as a fraction of the teacher's latency ("0.7x" → 0.7, "speedup=2" → 0.5), or None
+    for an absolute one; a UserError when it cannot be read. Needs no measurement, so a config can
+    be checked before any stage runs."""
+    m = _BUDGET.match(str(text))
+    if not m:
+        raise UserError(f"cannot read budget '{text}' (use 0.7x, 2ms, 500us, 0.002s or speedup=1.5)")
+    if m["sp"] is not None:
+        if float(m["sp"]) <= 0:
+            raise UserError(f"budget '{text}': the speedup must be positive")
+        return 1.0 / float(m["sp"])
+    if m["x"] is not None:
+        if not float(m["x"]) > 0:
+            raise UserError(f"budget '{text}' must be a positive, finite latency")
+        return float(m["x"])
+    return None
+
+
 def parse_budget(text: str, teacher_s: float) -> float:
     """Latency budget in seconds for one device.
 

@@ -56,6 +56,11 @@ def run_search(run: RunDir, cfg) -> Solution:
     devices = select_devices(tables.fixed, getattr(c, "devices", None))
     problem = build_problem(tables, n_slots, c.budget, devices, getattr(c, "max_params", None),
                             getattr(c, "max_macs", None), getattr(c, "latency_model", "scale"))
+    for d in devices:
+        teacher_s = tables.fixed[d].teacher_s
+        if teacher_s and problem.budget_s[d] > teacher_s:
+            raise UserError(f"budget '{c.budget}' is {problem.budget_s[d] * 1e3:.3f} ms, slower than the teacher's "
+                            f"{teacher_s * 1e3:.3f} ms on {d}: the teacher itself meets it; ask for less")
     interactions = getattr(c, "interactions", "none")
     if interactions not in ("none", "skip"):
         raise UserError(f"search.interactions must be none or skip, not '{interactions}'")

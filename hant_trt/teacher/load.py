@@ -11,6 +11,8 @@ Weight sources, in `TeacherCfg.weights`:
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,14 +44,45 @@ def create_model(name: str, pretrained: bool = False) -> nn.Module:
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise UserError(f"unknown timm model '{name}'{hint}")
     try:
-        return timm.create_model(name, pretrained=pretrained)
+        if pretrained:
+            with _hub_offline_unless_reachable():
+                return timm.create_model(name, pretrained=True)
+        return timm.create_model(name, pretrained=False)
     except UserError:
         raise
     except Exception as exc:  # hub unreachable, missing weights...
         if pretrained:
-            raise UserError(f"could not fetch pretrained weights for '{name}' from timm's hub "
-                            f"({type(exc).__name__}); pass --weights PATH to a local checkpoint") from None
+            raise UserError(f"could not fetch pretrained weights for '{name}' from timm's hub (unreachable or "
+                            f"not cached: {type(exc).__name__}); pass --weights PATH to a local checkpoint") from None
         raise
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable(timeout_s: float = 3.0):
+    """Without a route to the hub, fetch from the local cache only: huggingface_hub would otherwise
+    retry for about a minute and print a line per retry before failing."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        yield
+        return
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout_s).close()
+        reachable = True
+    except OSError:
+        reachable = False
+    if reachable:
+        yield
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
 
 
 def _lite0_file() -> Path:
@@ -150,4 +183,6 @@ def load_teacher(name: str = "efficientnet_lite0", weights: str = "default",
             raise UserError(f"resolution {resolution} is not a positive multiple of 32 (the model's stride)")
         cfg["input_size"] = (3, resolution, resolution)
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+    if isinstance(getattr(model, "num_classes", None), int) and model.num_classes > 0:
+        cfg["num_classes"] = model.num_classes      # the data's labels are checked against it
     return Teacher(name=name, model=model, weights=source, data_config=cfg)
