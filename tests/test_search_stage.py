@@ -215,9 +215,13 @@ def test_profile_needs_a_float_base_precision(tmp_path):
 
     cfg = RunConfig()
     cfg.profile.precisions = ["int8"]
-    with pytest.raises(UserError, match="needs fp32 or fp16"):
+    with pytest.raises(UserError, match="needs fp32, fp16 or bf16"):
         run_profile(RunDir(tmp_path / "run"), cfg)
     assert base_precision(["fp32", "int8"]) == "fp32" and base_precision(["fp16", "int8"]) == "fp16"
+    assert base_precision(["bf16"]) == "bf16"
+    cfg.profile.precisions = ["bf16"]
+    with pytest.raises(UserError, match="torch backend only"):
+        run_profile(RunDir(tmp_path / "run2"), cfg)
 
 
 def test_skip_weight_scales_skips_only(tmp_path):
