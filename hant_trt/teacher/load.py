@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,10 +134,15 @@ def load_state_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str
     model.load_state_dict(sd, strict=True)
 
 
-def map_by_position(model: nn.Module, sd: dict[str, torch.Tensor], source: str, name: str) -> dict:
-    """Rename a foreign state dict onto the model's keys, in order, checking every shape."""
-    own = list(model.state_dict().items())
-    theirs = list(sd.items())
+def map_by_position(model: nn.Module, sd: dict[str, torch.Tensor], source: str, name: str,
+                    skip_counters: bool = False) -> dict:
+    """Rename a foreign state dict onto the model's keys, in order, checking every shape.
+    skip_counters: BatchNorm step counters (`num_batches_tracked`) are left out on both sides and
+    the model keeps its own — codebases differ in whether they save them."""
+    counter = (lambda k: k.endswith("num_batches_tracked")) if skip_counters else (lambda k: False)
+    own_sd = model.state_dict()
+    own = [(k, v) for k, v in own_sd.items() if not counter(k)]
+    theirs = [(k, v) for k, v in sd.items() if not counter(k)]
     if len(own) != len(theirs):
         raise UserError(f"weights {source} do not fit '{name}': {len(theirs)} tensors, model has {len(own)}")
     out = {}
@@ -145,7 +151,8 @@ def map_by_position(model: nn.Module, sd: dict[str, torch.Tensor], source: str, 
             raise UserError(f"weights {source} do not fit '{name}': {tk} {tuple(tv.shape)} "
                             f"lands on {k} {tuple(v.shape)}")
         out[k] = tv
-    return out
+    out.update({k: v for k, v in own_sd.items() if counter(k)})
+    return {k: out[k] for k in own_sd}
 
 
 def load_teacher(name: str = "efficientnet_lite0", weights: str = "default",
@@ -174,8 +181,17 @@ def load_teacher(name: str = "efficientnet_lite0", weights: str = "default",
             source = OFFLINE_LITE0
         else:
             path = Path(weights).expanduser()
-            load_state_strict(model, _read_checkpoint(path), str(path), name)
-            source = str(path)
+            sd = _read_checkpoint(path)
+            if sd and not set(sd) & set(model.state_dict()):
+                # another codebase's names (e.g. `_conv_stem.weight`): the tensors themselves may still
+                # be this architecture's, in the same order — taken only when every shape matches
+                sd = map_by_position(model, sd, str(path), name, skip_counters=True)
+                print(f"hant-trt: {path.name} names its tensors another way; loaded by position "
+                      f"({len(sd)} tensors, every shape matched in order)", file=sys.stderr)
+                source = f"{path} (by position)"
+            else:
+                source = str(path)
+            load_state_strict(model, sd, str(path), name)
     model.eval()
     cfg = dict(timm.data.resolve_data_config({}, model=model))
     if resolution is not None:
