@@ -112,3 +112,13 @@ def test_report_teacher_latency_at_the_profiles_base_precision(tmp_path):
         "stem_s": 0.0003, "head_s": 0.0004, "teacher_s": 0.002, "correction_s": 0.0, "precision": "fp16"}}}))
     d = report_data_from_run(tmp_path, 0.002, 0.001, {})
     assert d.choices[0].teacher_s == pytest.approx(0.0007)
+
+
+def test_measured_points_share_the_search_scale():
+    from hant_trt.build.report import ReportData
+
+    d = ReportData(teacher_name="m", teacher_latency_s=0.004, student_latency_s=0.002, accuracy={},
+                   solution={"teacher_s": 0.008, "predicted_s": 0.004, "choices": []})
+    assert d.measured_scale == 2.0        # profile saw the teacher at 8 ms, the build at 4 ms
+    assert ReportData(teacher_name="m", teacher_latency_s=0.004, student_latency_s=0.002,
+                      accuracy={}).measured_scale == 1.0

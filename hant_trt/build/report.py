@@ -79,6 +79,17 @@ class ReportData:
     accuracy_rows: list[tuple] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def measured_scale(self) -> float:
+        """Measured figures × this puts them on the search's scale: the profile's teacher over the
+        build's teacher. A profile taken while the machine was busy (or quiet) times everything
+        slower (or faster) than the build does minutes later; the ratio to the teacher is what
+        both agree on."""
+        t_search = (self.solution or {}).get("teacher_s")
+        if t_search and self.teacher_latency_s:
+            return float(t_search) / float(self.teacher_latency_s)
+        return 1.0
+
     def __post_init__(self) -> None:
         sol = self.solution or {}
         self.pareto = sorted(_point(p) for p in self.pareto)
@@ -162,8 +173,8 @@ def plot_pareto(d: ReportData, path: Path) -> None:
     if d.chosen:
         ax.plot([d.chosen[0] * 1e3], [d.chosen[1]], "*", color="tab:red", ms=15, label="chosen (predicted)")
         if d.student_latency_s:
-            ax.plot([d.student_latency_s * 1e3], [d.chosen[1]], "D", color="tab:orange", ms=7,
-                    label="chosen (measured)")
+            ax.plot([d.student_latency_s * d.measured_scale * 1e3], [d.chosen[1]], "D", color="tab:orange", ms=7,
+                    label="chosen (measured, on the search's scale)")
     if d.teacher_point:
         ax.plot([d.teacher_point[0] * 1e3], [d.teacher_point[1]], "s", color="black", ms=8, label="teacher")
     ax.set_xlabel("latency (ms)")
@@ -205,8 +216,9 @@ def plot_parts(d: ReportData, path: Path) -> None:
     nan = float("nan")
     ax.bar([x - 0.2 for x in xs], [p.predicted_s * 1e3 if p.predicted_s is not None else nan for p in d.parts],
            0.4, color="tab:blue", label="predicted")
-    ax.bar([x + 0.2 for x in xs], [p.measured_s * 1e3 if p.measured_s is not None else nan for p in d.parts],
-           0.4, color="tab:orange", label="measured")
+    k = d.measured_scale
+    ax.bar([x + 0.2 for x in xs], [p.measured_s * k * 1e3 if p.measured_s is not None else nan for p in d.parts],
+           0.4, color="tab:orange", label="measured" if k == 1.0 else f"measured × {k:.2f} (search's scale)")
     ax.set_xticks(xs)
     ax.set_xticklabels([p.part for p in d.parts])
     ax.set_ylabel("latency (ms)")
@@ -243,6 +255,10 @@ def write_report(out_dir: str | Path, data: ReportData) -> Path:
     d = data
     e = html.escape
     notes = list(d.notes)
+    if abs(d.measured_scale - 1.0) > 0.05:
+        notes.append(f"The profile timed the teacher at {1e3 * d.teacher_latency_s * d.measured_scale:.3f} ms, the "
+                     f"build at {1e3 * d.teacher_latency_s:.3f} ms: charts show measured latencies × "
+                     f"{d.measured_scale:.2f}, so predictions and measurements share one scale.")
     figs = []
     if d.pareto:
         plot_pareto(d, out / PARETO_PNG)

@@ -69,19 +69,22 @@ def paired_saving(backend, left, right, both, rounds: int, max_seconds: float, c
 
 
 def measure_junctions(parts: list[Part], backend, table, workdir, int8_layout: str, max_seconds: float = 2.0,
-                      cv_target: float = 0.02, rounds: int = 3, progress: bool = True) -> dict:
+                      cv_target: float = 0.02, rounds: int = 3, progress: bool = True, references: dict | None = None,
+                      reference_precision: str = "fp32") -> dict:
     """{"stem_int8_s", "head_int8_s", "junction_saving_s": [len(parts) − 1], "failed": [...]}, at
     int8 in `int8_layout`. The stem and head are timed like any part (`profile_items`); each
     junction's saving is measured in `rounds` interleaved rounds (`paired_saving`) and stored in
     `table` as its own row (median_s = the saving, possibly negative), so a second profile reads
-    it. A junction that cannot be measured is recorded with its error and gets None."""
+    it. A junction that cannot be measured is recorded with its error and gets None. references:
+    the stem's and head's `profile.Reference` (timed beside their float selves), as candidates."""
     from tqdm import tqdm
 
     from .lut import LatencyRow
     from .profile import prepare_item, profile_items, table_key
 
     fixed = profile_items([_item(parts[0]), _item(parts[-1])], backend, table, ["int8"], workdir, progress=False,
-                          max_seconds=max_seconds, cv_target=cv_target, int8_layout=int8_layout)
+                          max_seconds=max_seconds, cv_target=cv_target, int8_layout=int8_layout,
+                          references=references, reference_precision=reference_precision)
     ok = {r.signature: r.median_s for r in fixed if not r.error}
     failed = sorted(r.signature for r in fixed if r.error)
     device = backend.device().fingerprint

@@ -41,10 +41,27 @@ class ProfileResult:
     cached: bool = False
 
 
-def table_key(item: ProfileItem, precision: str, backend: Backend, device: str, int8_layout: str = "trt") -> tuple:
+@dataclass
+class Reference:
+    """What a candidate is timed beside: a teacher part (`item`, at the profile's base precision)
+    whose latency `seconds` was measured together with the whole teacher, stem and head. The
+    candidate's row is then (its time / the reference's time, medians over alternating rounds) ×
+    `seconds`: a load that comes and goes on a shared machine slows both alike, so every row
+    stays on the scale the budget and the `scale` model are computed on."""
+
+    item: ProfileItem
+    seconds: float
+
+
+PAIRED = "+paired"      # rows measured beside a reference never mix with rows timed alone
+
+
+def table_key(item: ProfileItem, precision: str, backend: Backend, device: str, int8_layout: str = "trt",
+              paired: bool = False) -> tuple:
     # the ORT layout is another graph than TensorRT's: its rows never mix with theirs
     key_prec = "int8:ort" if precision == "int8" and int8_layout == "ort" else precision
-    return make_key(item.signature, item.input_shape, key_prec, backend.name, backend.version(), device)
+    return make_key(item.signature, item.input_shape, key_prec, backend.name,
+                    backend.version() + (PAIRED if paired else ""), device)
 
 
 def _make_onnx(item: ProfileItem, precision: str, workdir: Path, int8_layout: str = "trt") -> Path:
@@ -82,9 +99,29 @@ def _time_item(item, precision, backend, workdir, timing_kw, int8_layout="trt"):
     return backend.time(prepare_item(item, precision, backend, workdir, int8_layout), **timing_kw)
 
 
+def _time_paired(item, precision, backend, workdir, timing_kw, int8_layout, ref: Reference, ref_prepared,
+                 rounds: int) -> tuple[float, float, float, int]:
+    """(median, p90, stdev, count) of `item` from `rounds` alternating (reference, item) timings,
+    each round's ratio × the reference's seconds."""
+    import statistics
+
+    prepared = prepare_item(item, precision, backend, workdir, int8_layout)
+    kw = dict(timing_kw, max_seconds=max(0.05, timing_kw.get("max_seconds", 2.0) / rounds))
+    ratios, spread, count = [], [], 0
+    for _ in range(rounds):
+        r = backend.time(ref_prepared, **kw).median_s
+        t = backend.time(prepared, **kw)
+        ratios.append(t.median_s / r)
+        spread.append(t.p90_s / t.median_s if t.median_s > 0 else 1.0)
+        count += t.count
+    med = statistics.median(ratios) * ref.seconds
+    return med, med * statistics.median(spread), statistics.pstdev(ratios) * ref.seconds, count
+
+
 def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTable, precisions: list[str],
                   workdir: Path, progress: bool = True, max_seconds: float = 2.0, cv_target: float = 0.02,
-                  warmup_ms: float = 100.0, int8_layout: str = "trt") -> list[ProfileResult]:
+                  warmup_ms: float = 100.0, int8_layout: str = "trt", references: dict | None = None,
+                  reference_precision: str = "fp32", rounds: int = 3) -> list[ProfileResult]:
     """Measure every (item, precision) not yet in `table`; returns one result per unique pair.
 
     items: what to time (deduplicated by (signature, precision)).
@@ -96,6 +133,9 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
     max_seconds / cv_target / warmup_ms: measurement settings (see timing.measure; defaults 2.0,
         0.02, 100).
     int8_layout: Q/DQ layout of int8 exports, "trt" (default) or "ort" (`int8_ort`; own table rows).
+    references: signature → Reference: those items are timed beside it in `rounds` alternating
+        rounds (`Reference`; rows keyed apart from rows timed alone); None: every item alone.
+    reference_precision: the precision references are timed at (the profile's base precision).
     """
     from tqdm import tqdm
 
@@ -108,7 +148,7 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
             if (it.signature, p) in seen:
                 continue
             seen.add((it.signature, p))
-            row = table.get(table_key(it, p, backend, device, int8_layout))
+            row = table.get(table_key(it, p, backend, device, int8_layout, _paired(references, it)))
             if row is not None:
                 results.append(ProfileResult(it.signature, p, row.median_s, row.p90_s, row.stdev_s, row.count,
                                              row.error, cached=True))
@@ -117,11 +157,21 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
     bar = tqdm(todo, desc=f"profile on {backend.name}", unit="op", dynamic_ncols=True,
                disable=not progress or os.environ.get("HANT_TRT_NO_PROGRESS") == "1")
     kw = dict(warmup_ms=warmup_ms, max_seconds=max_seconds, cv_target=cv_target)
+    ref_prepared: dict[str, object] = {}
     for it, p in bar:
-        key = table_key(it, p, backend, device, int8_layout)
+        ref = (references or {}).get(it.signature)
+        key = table_key(it, p, backend, device, int8_layout, ref is not None)
         try:
-            t = _time_item(it, p, backend, workdir, kw, int8_layout)
-            row = LatencyRow(*key, median_s=t.median_s, p90_s=t.p90_s, stdev_s=t.stdev_s, count=t.count)
+            if ref is None:
+                t = _time_item(it, p, backend, workdir, kw, int8_layout)
+                row = LatencyRow(*key, median_s=t.median_s, p90_s=t.p90_s, stdev_s=t.stdev_s, count=t.count)
+            else:
+                if ref.item.signature not in ref_prepared:
+                    ref_prepared[ref.item.signature] = prepare_item(ref.item, reference_precision, backend,
+                                                                    workdir, int8_layout)
+                med, p90, sd, n = _time_paired(it, p, backend, workdir, kw, int8_layout, ref,
+                                               ref_prepared[ref.item.signature], rounds)
+                row = LatencyRow(*key, median_s=med, p90_s=p90, stdev_s=sd, count=n)
         except Exception as exc:  # recorded and skipped, never fatal to the run
             msg = f"{type(exc).__name__}: {exc}"
             if os.environ.get("HANT_TRT_DEBUG"):
@@ -130,6 +180,44 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
         table.put(row)
         results.append(ProfileResult(it.signature, p, row.median_s, row.p90_s, row.stdev_s, row.count, row.error))
     return results
+
+
+def _paired(references: dict | None, item: ProfileItem) -> bool:
+    return bool(references) and item.signature in references
+
+
+def measure_together(items: list[ProfileItem], backend: Backend, table: LatencyTable, workdir: Path,
+                     precision: str = "fp32", rounds: int = 3, max_seconds: float = 1.0, cv_target: float = 0.02,
+                     paired: set[str] = frozenset()) -> dict[str, float]:
+    """Seconds per signature of `items` timed in `rounds` alternating rounds (each the median of
+    its rounds): the whole teacher and its parts under the same machine state, so the budget
+    (a fraction of the teacher) and the additivity correction do not mix a slow spell with a fast
+    one. Read from `table` when every one is there already (they were measured together then);
+    else all measured again and stored — `paired` signatures under the paired key (they are the
+    references candidates are timed beside: ratio 1). RuntimeError when one cannot be measured."""
+    import statistics
+
+    device = backend.device().fingerprint
+    keys = {it.signature: table_key(it, precision, backend, device, paired=it.signature in paired) for it in items}
+    got = {sig: table.get(k) for sig, k in keys.items()}
+    if all(r is not None and r.error is None and r.median_s for r in got.values()):
+        return {sig: r.median_s for sig, r in got.items()}
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    try:
+        prepared = {it.signature: prepare_item(it, precision, backend, Path(workdir)) for it in items}
+        runs: dict[str, list] = {sig: [] for sig in prepared}
+        for _ in range(rounds):
+            for sig, prep in prepared.items():
+                runs[sig].append(backend.time(prep, warmup_ms=50.0, max_seconds=max_seconds, cv_target=cv_target))
+    except Exception as exc:
+        raise RuntimeError(f"could not measure the teacher's parts: {type(exc).__name__}: {exc}") from None
+    out = {}
+    for sig, ts in runs.items():
+        mid = sorted(ts, key=lambda t: t.median_s)[len(ts) // 2]
+        table.put(LatencyRow(*keys[sig], median_s=mid.median_s, p90_s=mid.p90_s,
+                             stdev_s=statistics.pstdev(t.median_s for t in ts), count=sum(t.count for t in ts)))
+        out[sig] = mid.median_s
+    return out
 
 
 def measure_module(module, input_shape, backend: Backend, table: LatencyTable, workdir: Path, signature: str,

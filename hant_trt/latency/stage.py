@@ -32,6 +32,7 @@ def profile_fingerprint(run: RunDir, cfg: RunConfig) -> str:
         prof["int8_model"] = "junctions-whole"  # stem/head at int8, junction savings fitted to the whole
     else:
         prof.pop("int8_layout", None)
+    prof["timing"] = "beside-teacher-parts"     # host-timed rows are ratios to teacher parts × those parts
     return fingerprint({"score": run.stage("score").fingerprint, "profile": prof, "teacher": cfg.teacher})
 
 
@@ -95,30 +96,41 @@ def _in_context(out_rows: list[dict], fixed: dict, d, teacher, maker, backend, t
             "rounds": cfg.profile.context_rounds, "seconds": round(time.time() - t0, 1)}
 
 
-def _int8_junctions(d, teacher, out_rows, backend, table, workdir, cfg) -> dict:
+def _int8_junctions(d, teacher, out_rows, backend, table, workdir, cfg, references: dict | None = None,
+                    base: str = "fp32") -> dict:
     """The int8 side of the latency model (`latency.junction`): the stem and head at int8, what
     each junction saves between int8 neighbours, and the whole teacher at int8 beside the sum the
-    model predicts for it (reported, so a user sees how far the model is from the engine)."""
+    model predicts for it (reported, so a user sees how far the model is from the engine).
+    references: the stem's, head's and whole teacher's `Reference`s (timed beside their float
+    selves, as candidates are; None: alone)."""
     from .junction import measure_junctions, teacher_parts
-    from .profile import measure_module
+    from .profile import ProfileItem, measure_module, profile_items
 
     layout = int8_layout_of(cfg.profile)
     keep = {int(r["first"]): r for r in out_rows if r["op"] == "keep" and r["first"] == r["last"]}
     parts = teacher_parts(d, teacher.name, teacher.resolution, cfg.profile.batch,
                           {i: keep[i]["signature"] for i in keep})
     got = measure_junctions(parts, backend, table, workdir, layout, max_seconds=cfg.profile.max_seconds,
-                            cv_target=cfg.profile.cv_target)
+                            cv_target=cfg.profile.cv_target, references=references, reference_precision=base)
     out = {k: got[k] for k in ("stem_int8_s", "head_int8_s", "junction_saving_s")}
     keep8 = [r["median_s"] for r in out_rows if r["op"] == "keep" and r["first"] == r["last"]
              and r["precision"] == "int8"]
     if None not in (out["stem_int8_s"], out["head_int8_s"]) and len(keep8) == len(d.slots):
-        try:
-            whole = measure_module(teacher.model, (cfg.profile.batch, 3, teacher.resolution, teacher.resolution),
-                                   backend, table, workdir, signature=f"{teacher.name}:teacher|{teacher.resolution}",
-                                   precision="int8", max_seconds=max(cfg.profile.max_seconds, 1.0),
-                                   cv_target=cfg.profile.cv_target, int8_layout=layout).median_s
-        except RuntimeError:
-            whole = None
+        shape = (cfg.profile.batch, 3, teacher.resolution, teacher.resolution)
+        sig = f"{teacher.name}:teacher|{teacher.resolution}"
+        if references and sig in references:
+            r = profile_items([ProfileItem(sig, shape, lambda: teacher.model)], backend, table, ["int8"], workdir,
+                              progress=False, max_seconds=max(cfg.profile.max_seconds, 1.0),
+                              cv_target=cfg.profile.cv_target, int8_layout=layout, references=references,
+                              reference_precision=base)[0]
+            whole = None if r.error else r.median_s
+        else:
+            try:
+                whole = measure_module(teacher.model, shape, backend, table, workdir, signature=sig,
+                                       precision="int8", max_seconds=max(cfg.profile.max_seconds, 1.0),
+                                       cv_target=cfg.profile.cv_target, int8_layout=layout).median_s
+            except RuntimeError:
+                whole = None
         out["teacher_int8_s"] = whole
         raw = [max(0.0, s) if s is not None else 0.0 for s in out["junction_saving_s"]]
         alone = out["stem_int8_s"] + out["head_int8_s"] + sum(keep8)
@@ -134,6 +146,31 @@ def _int8_junctions(d, teacher, out_rows, backend, table, workdir, cfg) -> dict:
     return out
 
 
+DRIFT_WARN = 0.25
+
+
+def _teacher_drift(item, teacher_s: float, backend, base: str, workdir, cfg: RunConfig) -> dict:
+    """The teacher timed again after everything else: how far the machine's speed moved during the
+    profile (`teacher_end_s`, `teacher_drift`). Rows are timed beside teacher parts, so a drift does
+    not bias them; a large one is said on stderr, since absolute figures of this profile then
+    describe a machine in another state than a later build may find."""
+    import sys
+
+    from .profile import prepare_item
+
+    try:
+        t = backend.time(prepare_item(item, base, backend, workdir), warmup_ms=50.0,
+                         max_seconds=max(cfg.profile.max_seconds, 0.5), cv_target=cfg.profile.cv_target).median_s
+    except Exception:           # the start figure stands; the check is a report, not a measurement
+        return {}
+    drift = t / teacher_s - 1.0
+    if abs(drift) > DRIFT_WARN:
+        print(f"hant-trt: profile: the teacher ran {teacher_s * 1e3:.3f} ms beside its parts and "
+              f"{t * 1e3:.3f} ms at the end ({100 * drift:+.0f} %): the machine is busy or its speed changes; "
+              "candidates were timed beside teacher parts, so their ratios hold", file=sys.stderr)
+    return {"teacher_end_s": t, "teacher_drift": drift}
+
+
 def run_profile(run: RunDir, cfg: RunConfig) -> dict:
     from ..teacher.decompose import module_slot_of, span_teacher
     from ..ops import build
@@ -142,7 +179,7 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
     from .lut import LatencyTable, default_lut_path
     from ..errors import UserError
     from .precision import base_precision
-    from .profile import ProfileItem, measure_module, profile_items
+    from .profile import ProfileItem, Reference, measure_together, profile_items
 
     if not {"fp32", "fp16", "bf16"} & set(cfg.profile.precisions):
         raise UserError(f"profile.precisions {cfg.profile.precisions} needs fp32, fp16 or bf16: the teacher, "
@@ -179,9 +216,30 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
             by_sig[sig] = ProfileItem(signature=sig, input_shape=(batch, *slot.in_shape),
                                       make_module=maker(first, last, op), calib=None)
             items.append(by_sig[sig])
+    res_shape = (batch, 3, teacher.resolution, teacher.resolution)
+    base = base_precision(cfg.profile.precisions)   # the teacher and fixed parts as they deploy
+    keep_sig = {first: sig for first, last, op, sig in rows if op == "keep" and first == last}
+    anchors = {name: ProfileItem(f"{teacher.name}:{name}|{teacher.resolution}", shape, lambda m=module: m)
+               for name, module, shape in (("teacher", teacher.model, res_shape), ("stem", d.stem, res_shape),
+                                           ("head", d.head, (batch, *d.fixed["head"]["in_shape"])))}
+    # host-timed backends share the machine with whatever else runs: every candidate is timed beside
+    # a teacher part; device-timed ones (CUDA events) are not slowed by it and are timed alone
+    paired = backend.device().kind == "cpu" and len(keep_sig) == len(d.slots)
+    keeps = [by_sig[keep_sig[i]] for i in sorted(keep_sig)]
+    try:
+        together = measure_together(list(anchors.values()) + keeps, backend, table, workdir, base,
+                                    max_seconds=max(cfg.profile.max_seconds, 0.5), cv_target=cfg.profile.cv_target,
+                                    paired={k.signature for k in keeps} if paired else set())
+    except RuntimeError as exc:
+        raise UserError(f"profile: {exc}") from None
+    references = None
+    if paired:
+        references = {sig: Reference(by_sig[keep_sig[first]], together[keep_sig[first]])
+                      for first, last, op, sig in rows}
     results = profile_items(items, backend, table, cfg.profile.precisions, workdir,
                             max_seconds=cfg.profile.max_seconds, cv_target=cfg.profile.cv_target,
-                            int8_layout=int8_layout_of(cfg.profile))
+                            int8_layout=int8_layout_of(cfg.profile), references=references,
+                            reference_precision=base)
     res = {(r.signature, r.precision): r for r in results}
     device = backend.device().fingerprint
     out_rows, failed = [], 0
@@ -194,23 +252,17 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
             out_rows.append({"first": first, "last": last, "op": op, "precision": prec, "signature": sig,
                              "median_s": r.median_s, "p90_s": r.p90_s, "stdev_s": r.stdev_s,
                              "count": r.count, "backend": backend.name, "device": device})
-    res_shape = (batch, 3, teacher.resolution, teacher.resolution)
-    base = base_precision(cfg.profile.precisions)   # the teacher and fixed parts as they deploy
-    fixed = {}
-    for name, module, shape in (("stem", d.stem, res_shape),
-                                ("head", d.head, (batch, *d.fixed["head"]["in_shape"])),
-                                ("teacher", teacher.model, res_shape)):
-        fixed[f"{name}_s"] = measure_module(module, shape, backend, table, workdir,
-                                            signature=f"{teacher.name}:{name}|{teacher.resolution}",
-                                            precision=base, max_seconds=max(cfg.profile.max_seconds, 1.0),
-                                            cv_target=cfg.profile.cv_target).median_s
+    fixed = {f"{name}_s": together[item.signature] for name, item in anchors.items()}
     keep = {r["first"]: r["median_s"] for r in out_rows
             if r["op"] == "keep" and r["precision"] == base and r["first"] == r["last"]}
     fixed["teacher_sum_s"] = fixed["stem_s"] + fixed["head_s"] + sum(keep.values())
     fixed["correction_s"] = fixed["teacher_s"] - fixed["teacher_sum_s"]
     fixed["additivity_error"] = (fixed["teacher_sum_s"] - fixed["teacher_s"]) / fixed["teacher_s"]
     if "int8" in cfg.profile.precisions:
-        fixed.update(_int8_junctions(d, teacher, out_rows, backend, table, workdir, cfg))
+        anchor_refs = ({a.signature: Reference(a, together[a.signature]) for a in anchors.values()}
+                       if paired else None)
+        fixed.update(_int8_junctions(d, teacher, out_rows, backend, table, workdir, cfg, anchor_refs, base))
+    fixed.update(_teacher_drift(anchors["teacher"], fixed["teacher_s"], backend, base, workdir, cfg))
     fixed_doc = {"device": {device: {**fixed, "precision": base, "backend": backend.name,
                                      "version": backend.version(), "context": cfg.profile.context}}}
     columns = LATENCY_COLUMNS
@@ -227,6 +279,8 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
     info = {"unique_signatures": len(items), "rows": len(out_rows), "failed": failed,
             "teacher_ms": round(fixed["teacher_s"] * 1e3, 4),
             "additivity_error_pct": round(100 * fixed["additivity_error"], 2),
+            "timing": "beside teacher parts" if paired else "alone",
+            "teacher_drift_pct": round(100 * fixed["teacher_drift"], 1) if "teacher_drift" in fixed else None,
             "backend": backend.name, "device": device, "seconds": round(time.time() - t0, 1)}
     if ctx_info is not None:
         info["context"] = ctx_info
