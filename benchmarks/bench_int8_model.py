@@ -60,7 +60,8 @@ def plans(run: Path, cfg, speedups: list[float]) -> list[tuple[str, float, objec
 
 
 def main() -> None:
-    from hant_trt.config import from_dict, int8_layout_of
+    from hant_trt.config import from_dict
+    from hant_trt.quant.layouts import layout_for
     from hant_trt.latency.backends import get_backend
     from hant_trt.latency.export import export_onnx
     from hant_trt.search.calibrate import plan_onnx
@@ -81,7 +82,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t_prep = backend.prepare(export_onnx(teacher.model.eval(), shape, tmp / "teacher.onnx"))
-        preps = [backend.prepare(plan_onnx(d, sol, shape, int8_layout_of(cfg.profile), tmp / f"s{i}.onnx"))
+        preps = [backend.prepare(plan_onnx(d, sol, shape, layout_for(cfg.profile), tmp / f"s{i}.onnx"))
                  for i, (_, _, sol) in enumerate(todo)]
         ratios = [[] for _ in todo]
         for r in range(a.rounds):

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hant_trt.build.finetune import agreement
-from hant_trt.build.quantize import load_deployed
+from hant_trt.build.assemble import load_deployed
 from hant_trt.data import FolderDataset, eval_transform, scan_folder
 from hant_trt.teacher.load import load_teacher
 

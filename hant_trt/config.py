@@ -348,15 +348,3 @@ def load(path: str | Path, check: bool = True) -> RunConfig:
     except OSError as exc:
         raise UserError(f"config file {p} is unreadable ({exc.strerror})") from None
     return from_dict(data, check)
-
-
-def int8_layout_of(profile: "ProfileCfg") -> str:
-    """The Q/DQ layout int8 parts use: `profile.int8_layout`, "auto" meaning "ort" for the ONNX
-    Runtime backend on a CPU-style plan (its CPU kernels fuse only that layout) and "trt" otherwise
-    (TensorRT; a plan with fp16 is a GPU target, whose ONNX must build on TensorRT)."""
-    layout = profile.int8_layout
-    if layout == "auto":
-        return "ort" if profile.backend == "ort" and "fp16" not in profile.precisions else "trt"
-    if layout not in ("trt", "ort"):
-        raise UserError(f"profile.int8_layout must be auto, trt or ort, not '{layout}'")
-    return layout

@@ -76,7 +76,7 @@ engine_name = "e2e"
     # the saved spec rebuilds a model whose outputs equal the saved student's
     import torch
 
-    from hant_trt.build.quantize import load_deployed
+    from hant_trt.build.assemble import load_deployed
     from hant_trt.build.verify import TOLERANCES
     from hant_trt.latency.export import export_onnx
 

@@ -205,7 +205,7 @@ def build_and_evaluate(cfg, holdout: Path, device: str) -> dict:
     from torch.utils.data import DataLoader
 
     from hant_trt.build.finetune import agreement
-    from hant_trt.build.quantize import load_deployed
+    from hant_trt.build.assemble import load_deployed
     from hant_trt.build.stage import run_build
     from hant_trt.data import FolderDataset, eval_transform, scan_folder
     from hant_trt.rundir import RunDir
@@ -244,7 +244,7 @@ def compiled_side_by_side(cfg, rounds: int) -> dict:
     """Teacher and built student both through torch.compile (Inductor) and CUDA graphs, side by side."""
     import statistics
 
-    from hant_trt.build.quantize import load_deployed
+    from hant_trt.build.assemble import load_deployed
     from hant_trt.latency.backends import get_backend
     from hant_trt.latency.precision import base_precision
     from hant_trt.teacher.stage import load_from_config

@@ -45,7 +45,8 @@ def main() -> int:
     from hant_trt.latency.bench import BenchResult, format_summary
     from hant_trt.latency.timing import median
     from hant_trt.latency.export import export_onnx
-    from hant_trt.latency.precision import quantize_int8, to_fp16
+    from hant_trt.latency.precision import to_fp16
+    from hant_trt.quant.layouts import quantize_int8
     from hant_trt.teacher.decompose import decompose
     from hant_trt.teacher.load import load_teacher
 

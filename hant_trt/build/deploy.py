@@ -74,7 +74,8 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
     from ..latency.stage import profile_backend
     from ..latency.precision import base_precision, to_fp16
     from .metadata import EngineMetadata, io_from_onnx, optimize_for_ort, write_metadata
-    from .quantize import export_with_plan
+    from ..quant.layouts import layout_of_calib
+    from ..quant.plan import export_with_plan
     from .report import report_data_from_run, write_report
     from .triton import DEFAULT_MAX_BATCH, export_triton
     from .verify import verify_onnx
@@ -94,7 +95,7 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
     onnx_base = "fp16" if base == "fp16" else "fp32"
     ver = verify_onnx(reference if reference is not None else student, s_onnx, _sample_inputs(eval_loader, batch),
                       "int8" if calib is not None else onnx_base, base=onnx_base,
-                      int8_layout=calib.extra.get("layout", "trt") if calib is not None else "trt")
+                      layout=layout_of_calib(calib))
     if backend.name == "torch":                          # the modules themselves, as the profile timed parts
         t_s, s_s = measure_prepared(backend, backend.prepare_module(teacher.model, shape, base),
                                     backend.prepare_module(student, shape, base),

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .. import atomic
-from ..config import RunConfig, int8_layout_of
+from ..config import RunConfig
 from ..rundir import RunDir, fingerprint
 from ..runfiles import BUILD, CANDIDATES, INT8_CALIB, SOLUTION, STUDENT
 from .assemble import Choice, StudentSpec, assemble, replaced_parts, save_student
@@ -75,14 +75,16 @@ def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig, fixed: 
     head when `fixed` ({"stem": precision, ...}, solution.json's fixed_parts) says int8;
     (None, student, {}) when there are none. cache_dir: the calibration cache folder."""
     from .finetune import eval_batches
-    from .quantize import calibrate_parts, fixed_int8, int8_parts, simulate_int8
+    from ..quant.layouts import layout_for
+    from ..quant.parts import int8_fixed, int8_parts
+    from ..quant.plan import calibrate_parts, simulate_int8
 
     parts = int8_parts(choices)
-    fixed = fixed_int8(fixed or {})
+    fixed = int8_fixed(fixed or {})
     if not parts and not fixed:
         return None, student, {}
     batches = eval_batches(calib_set, cfg.profile.calib_images, cfg.build.batch_size)
-    calib = calibrate_parts(student, parts, batches, cfg.profile.calib_method, layout=int8_layout_of(cfg.profile),
+    calib = calibrate_parts(student, parts, batches, cfg.profile.calib_method, layout=layout_for(cfg.profile),
                             fixed=fixed, cache_dir=cache_dir)
     return calib, simulate_int8(student, parts, calib), {"int8_parts": parts, "int8_fixed": list(fixed),
                                                          "calib_method": calib.method,

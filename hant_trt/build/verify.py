@@ -47,7 +47,7 @@ class VerifyResult:
 
 def verify_onnx(module: torch.nn.Module, onnx_path: Path, inputs: list[np.ndarray], precision: str = "fp32",
                 input_name: str = "input", output_name: str = "output", base: str = "fp32",
-                int8_layout: str = "trt") -> VerifyResult:
+                layout=None) -> VerifyResult:
     """Run `inputs` through PyTorch and ONNX Runtime (both as Polygraphy runners) and compare.
     base: the precision of everything that is not int8 (fp16 on GPU targets): an int8 ONNX on an
     fp16 base is held to the fp16 tolerance plus the int8 one."""
@@ -66,7 +66,7 @@ def verify_onnx(module: torch.nn.Module, onnx_path: Path, inputs: list[np.ndarra
     feed = [{input_name: x.astype(np.float32)} for x in inputs]
     with torch.no_grad():
         results = Comparator.run([torch_runner, ort_runner], data_loader=feed)
-    atol, rtol = TOLERANCES["int8-ort" if int8 and int8_layout == "ort" else precision]
+    atol, rtol = TOLERANCES[layout.verify_key if int8 and layout is not None else precision]
     if int8 and base == "fp16":
         atol, rtol = atol + TOLERANCES["fp16"][0], rtol + TOLERANCES["fp16"][1]
     passed = bool(Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol)))

@@ -7,8 +7,9 @@ import os
 import time
 
 from .. import atomic
-from ..config import RunConfig, int8_layout_of
+from ..config import RunConfig
 from ..data import make_splits
+from ..quant.layouts import layout_for
 from ..rundir import RunDir, fingerprint
 from ..runfiles import CANDIDATES, FIXED_SCORES, SCORES
 from ..teacher.stage import load_from_config, run_teacher, teacher_fingerprint
@@ -115,8 +116,8 @@ def _merge_ranks(run: RunDir, world: int, rank: int, fp: str, timeout_s: float =
 
 def score_fingerprint(cfg: RunConfig) -> str:
     int8 = [cfg.profile.calib_method, cfg.profile.calib_images] if "int8" in cfg.profile.precisions else False
-    if int8 and int8_layout_of(cfg.profile) != "trt":     # runs from before layouts keep their fingerprints
-        int8.append(int8_layout_of(cfg.profile))
+    if int8 and layout_for(cfg.profile).in_fingerprint:     # runs from before layouts keep their fingerprints
+        int8.append(layout_for(cfg.profile).name)
     return fingerprint({"distill": distill_fingerprint(cfg), "score": cfg.score, "int8": int8})
 
 
@@ -142,7 +143,7 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
     if "int8" in cfg.profile.precisions:
         entries += int8_entries(d, entries, data_splits(cfg, teacher.data_config, train_augment=False).train,
                                 cfg.score.batch_size, cfg.profile.calib_images, cfg.profile.calib_method,
-                                int8_layout_of(cfg.profile))
+                                layout_for(cfg.profile))
     dev = score_device(cfg)
     for m in (d.stem, d.head, *d.blocks, *(e[4] for e in entries)):
         m.to(dev)
@@ -195,19 +196,19 @@ def _write_fixed_scores(run: RunDir, cfg: RunConfig, teacher, d, loader, labelle
 
     calib = eval_batches(data_splits(cfg, teacher.data_config, train_augment=False).train,
                          cfg.profile.calib_images, cfg.score.batch_size)
-    got = score_fixed_int8(d, loader, calib, labelled, cfg.profile.calib_method, int8_layout_of(cfg.profile))
+    got = score_fixed_int8(d, loader, calib, labelled, cfg.profile.calib_method, layout_for(cfg.profile))
     atomic.write_json(run.path(FIXED_SCORES), got)
 
 
 def int8_entries(d, entries, calib_set, batch_size: int, images: int = 32, method: str = "max",
-                 layout: str = "trt") -> list[tuple]:
-    """Each (fp32) entry again with simulated int8: ranges from `latency.calibrate` (`method`) on the
+                 layout=None) -> list[tuple]:
+    """Each (fp32) entry again with simulated int8: ranges from `quant.calibrate` (`method`) on the
     slot's real inputs from `images` un-augmented training images, simulated by
-    `latency.fakequant` — the code and arithmetic of the Q/DQ ONNX the build writes for int8 parts."""
+    the layout's simulation (`quant.layouts`) — the code and arithmetic of the Q/DQ ONNX the build writes for int8 parts."""
     import torch
 
-    from ..latency.calibrate import QUANT_LAYERS, calibrate
-    from ..latency.fakequant import fake_quantize
+    from ..quant.calibrate import QUANT_LAYERS, calibrate
+    from ..quant.layouts import DEFAULT
     from .capture import capture
     from .train import eval_batches
 
@@ -218,7 +219,7 @@ def int8_entries(d, entries, calib_set, batch_size: int, images: int = 32, metho
             if not any(isinstance(m, QUANT_LAYERS) for m in module.modules()):
                 continue        # nothing to quantize (skip): int8 would be the fp32 entry again
             xs = [a[first] for a in acts]
-            q = fake_quantize(module, calibrate(module, xs, method=method), layout=layout,
-                              input_shape=(1, *xs[0].shape[1:]))
+            q = (layout or DEFAULT).simulate(module, calibrate(module, xs, method=method),
+                                             input_shape=(1, *xs[0].shape[1:]))
             out.append((key + ":int8", first, last, op, q, "int8"))
     return out

@@ -68,10 +68,10 @@ def paired_saving(backend, left, right, both, rounds: int, max_seconds: float, c
     return st.median, st.p90, st.stdev
 
 
-def measure_junctions(parts: list[Part], backend, table, workdir, int8_layout: str, max_seconds: float = 2.0,
+def measure_junctions(parts: list[Part], backend, table, workdir, layout, max_seconds: float = 2.0,
                       cv_target: float = 0.02, rounds: int = 3, progress: bool = True) -> dict:
     """{"stem_int8_s", "head_int8_s", "junction_saving_s": [len(parts) − 1], "failed": [...]}, at
-    int8 in `int8_layout`. The stem and head are timed like any part (`profile_items`); each
+    int8 in `layout` (a `quant.layouts.QdqLayout`). The stem and head are timed like any part (`profile_items`); each
     junction's saving is measured in `rounds` interleaved rounds (`paired_saving`) and stored in
     `table` as its own row (median_s = the saving, possibly negative), so a second profile reads
     it. A junction that cannot be measured is recorded with its error and gets None."""
@@ -81,7 +81,7 @@ def measure_junctions(parts: list[Part], backend, table, workdir, int8_layout: s
     from .profile import prepare_item, profile_items, table_key
 
     fixed = profile_items([_item(parts[0]), _item(parts[-1])], backend, table, ["int8"], workdir, progress=False,
-                          max_seconds=max_seconds, cv_target=cv_target, int8_layout=int8_layout)
+                          max_seconds=max_seconds, cv_target=cv_target, layout=layout)
     ok = {r.signature: r.median_s for r in fixed if not r.error}
     failed = sorted(r.signature for r in fixed if r.error)
     device = backend.device().fingerprint
@@ -89,7 +89,7 @@ def measure_junctions(parts: list[Part], backend, table, workdir, int8_layout: s
 
     def prep(item):
         if item.signature not in prepared:
-            prepared[item.signature] = prepare_item(item, "int8", backend, workdir, int8_layout)
+            prepared[item.signature] = prepare_item(item, "int8", backend, workdir, layout)
         return prepared[item.signature]
 
     pairs = list(zip(parts, parts[1:]))
@@ -97,7 +97,7 @@ def measure_junctions(parts: list[Part], backend, table, workdir, int8_layout: s
                disable=not progress or os.environ.get("HANT_TRT_NO_PROGRESS") == "1")
     for a, b in bar:
         item = _pair_item(a, b)
-        key = table_key(item, "int8", backend, device, int8_layout)
+        key = table_key(item, "int8", backend, device, layout)
         row = table.get(key)
         if row is None:
             try:

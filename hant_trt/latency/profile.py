@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..quant.layouts import DEFAULT, QdqLayout, quantize_int8
 from .backends.base import Backend
 from .lut import LatencyRow, LatencyTable, make_key
 
@@ -41,13 +42,13 @@ class ProfileResult:
     cached: bool = False
 
 
-def table_key(item: ProfileItem, precision: str, backend: Backend, device: str, int8_layout: str = "trt") -> tuple:
-    # the ORT layout is another graph than TensorRT's: its rows never mix with theirs
-    key_prec = "int8:ort" if precision == "int8" and int8_layout == "ort" else precision
-    return make_key(item.signature, item.input_shape, key_prec, backend.name, backend.version(), device)
+def table_key(item: ProfileItem, precision: str, backend: Backend, device: str, layout: QdqLayout = DEFAULT) -> tuple:
+    # each int8 layout is another graph: its rows never mix with another layout's
+    return make_key(item.signature, item.input_shape, layout.table_precision(precision), backend.name,
+                    backend.version(), device)
 
 
-def _make_onnx(item: ProfileItem, precision: str, workdir: Path, int8_layout: str = "trt") -> Path:
+def _make_onnx(item: ProfileItem, precision: str, workdir: Path, layout: QdqLayout = DEFAULT) -> Path:
     from .export import export_onnx
 
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.signature)[:150]
@@ -58,33 +59,33 @@ def _make_onnx(item: ProfileItem, precision: str, workdir: Path, int8_layout: st
         return base
     from . import precision as prec
 
-    tag = "int8-ort" if precision == "int8" and int8_layout == "ort" else precision
+    tag = layout.file_precision(precision)
     out = workdir / f"{safe}.{tag}.onnx"
     if not out.exists():
         if precision == "fp16":
             prec.to_fp16(base, out)
         elif precision == "int8":
-            prec.quantize_int8(item.make_module(), item.input_shape, out, item.calib, layout=int8_layout)
+            quantize_int8(item.make_module(), item.input_shape, out, item.calib, layout=layout)
         else:
             raise ValueError(f"unknown precision {precision}")
     return out
 
 
-def prepare_item(item: ProfileItem, precision: str, backend: Backend, workdir: Path, int8_layout: str = "trt"):
+def prepare_item(item: ProfileItem, precision: str, backend: Backend, workdir: Path, layout: QdqLayout = DEFAULT):
     """The item ready to time on `backend` (an ONNX export at `precision` for engines, the module
     itself for torch)."""
     if backend.name == "torch":
         return backend.prepare_module(item.make_module(), item.input_shape, precision)
-    return backend.prepare(_make_onnx(item, precision, Path(workdir), int8_layout), precision)
+    return backend.prepare(_make_onnx(item, precision, Path(workdir), layout), precision)
 
 
-def _time_item(item, precision, backend, workdir, timing_kw, int8_layout="trt"):
-    return backend.time(prepare_item(item, precision, backend, workdir, int8_layout), **timing_kw)
+def _time_item(item, precision, backend, workdir, timing_kw, layout=DEFAULT):
+    return backend.time(prepare_item(item, precision, backend, workdir, layout), **timing_kw)
 
 
 def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTable, precisions: list[str],
                   workdir: Path, progress: bool = True, max_seconds: float = 2.0, cv_target: float = 0.02,
-                  warmup_ms: float = 100.0, int8_layout: str = "trt") -> list[ProfileResult]:
+                  warmup_ms: float = 100.0, layout: QdqLayout = DEFAULT) -> list[ProfileResult]:
     """Measure every (item, precision) not yet in `table`; returns one result per unique pair.
 
     items: what to time (deduplicated by (signature, precision)).
@@ -95,7 +96,7 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
     progress: tqdm bar with ETA on stderr (default True; HANT_TRT_NO_PROGRESS=1 hides it).
     max_seconds / cv_target / warmup_ms: measurement settings (see timing.measure; defaults 2.0,
         0.02, 100).
-    int8_layout: Q/DQ layout of int8 exports, "trt" (default) or "ort" (`int8_ort`; own table rows).
+    layout: the Q/DQ layout of int8 exports (`quant.layouts`; its own table rows).
     """
     from tqdm import tqdm
 
@@ -108,7 +109,7 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
             if (it.signature, p) in seen:
                 continue
             seen.add((it.signature, p))
-            row = table.get(table_key(it, p, backend, device, int8_layout))
+            row = table.get(table_key(it, p, backend, device, layout))
             if row is not None:
                 results.append(ProfileResult(it.signature, p, row.median_s, row.p90_s, row.stdev_s, row.count,
                                              row.error, cached=True))
@@ -118,9 +119,9 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
                disable=not progress or os.environ.get("HANT_TRT_NO_PROGRESS") == "1")
     kw = dict(warmup_ms=warmup_ms, max_seconds=max_seconds, cv_target=cv_target)
     for it, p in bar:
-        key = table_key(it, p, backend, device, int8_layout)
+        key = table_key(it, p, backend, device, layout)
         try:
-            t = _time_item(it, p, backend, workdir, kw, int8_layout)
+            t = _time_item(it, p, backend, workdir, kw, layout)
             row = LatencyRow(*key, median_s=t.median_s, p90_s=t.p90_s, stdev_s=t.stdev_s, count=t.count)
         except Exception as exc:  # recorded and skipped, never fatal to the run
             msg = f"{type(exc).__name__}: {exc}"
@@ -134,7 +135,7 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
 
 def measure_module(module, input_shape, backend: Backend, table: LatencyTable, workdir: Path, signature: str,
                    precision: str = "fp32", max_seconds: float = 2.0, cv_target: float = 0.02,
-                   int8_layout: str = "trt", rounds: int = 3) -> ProfileResult:
+                   layout: QdqLayout = DEFAULT, rounds: int = 3) -> ProfileResult:
     """One module (the whole teacher, a fixed part) through the same path as candidates, cached in
     the table under `signature`; RuntimeError when it cannot be measured (the run needs it).
 
@@ -144,11 +145,11 @@ def measure_module(module, input_shape, backend: Backend, table: LatencyTable, w
 
     item = ProfileItem(signature, tuple(input_shape), lambda: module)
     device = backend.device().fingerprint
-    key = table_key(item, precision, backend, device, int8_layout)
+    key = table_key(item, precision, backend, device, layout)
     if rounds > 1 and table.get(key) is None:
         try:
             Path(workdir).mkdir(parents=True, exist_ok=True)
-            prepared = prepare_item(item, precision, backend, Path(workdir), int8_layout)
+            prepared = prepare_item(item, precision, backend, Path(workdir), layout)
             runs = sorted((backend.time(prepared, warmup_ms=100.0, max_seconds=max_seconds, cv_target=cv_target)
                            for _ in range(rounds)), key=lambda t: t.median_s)
             mid = runs[len(runs) // 2]
@@ -157,7 +158,7 @@ def measure_module(module, input_shape, backend: Backend, table: LatencyTable, w
         except Exception as exc:
             raise RuntimeError(f"could not measure {signature}: {type(exc).__name__}: {exc}") from None
     res = profile_items([item], backend, table, [precision], workdir, progress=False, max_seconds=max_seconds,
-                        cv_target=cv_target, int8_layout=int8_layout)[0]
+                        cv_target=cv_target, layout=layout)[0]
     if res.error:
         raise RuntimeError(f"could not measure {signature}: {res.error}")
     return res

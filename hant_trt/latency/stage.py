@@ -15,7 +15,8 @@ import time
 import torch
 
 from .. import atomic
-from ..config import RunConfig, int8_layout_of
+from ..config import RunConfig
+from ..quant.layouts import layout_for
 from ..rundir import RunDir, fingerprint
 from ..runfiles import LATENCY_COLUMNS
 
@@ -28,7 +29,7 @@ def profile_fingerprint(run: RunDir, cfg: RunConfig) -> str:
     if not prof.get("compile"):
         prof.pop("compile", None)
     if "int8" in prof.get("precisions", []):
-        prof["int8_layout"] = int8_layout_of(cfg.profile)
+        prof["int8_layout"] = layout_for(cfg.profile).name
         prof["int8_model"] = "junctions-whole"  # stem/head at int8, junction savings fitted to the whole
     else:
         prof.pop("int8_layout", None)
@@ -102,7 +103,7 @@ def _int8_junctions(d, teacher, out_rows, backend, table, workdir, cfg) -> dict:
     from .junction import measure_junctions, teacher_parts
     from .profile import measure_module
 
-    layout = int8_layout_of(cfg.profile)
+    layout = layout_for(cfg.profile)
     keep = {int(r["first"]): r for r in out_rows if r["op"] == "keep" and r["first"] == r["last"]}
     parts = teacher_parts(d, teacher.name, teacher.resolution, cfg.profile.batch,
                           {i: keep[i]["signature"] for i in keep})
@@ -116,7 +117,7 @@ def _int8_junctions(d, teacher, out_rows, backend, table, workdir, cfg) -> dict:
             whole = measure_module(teacher.model, (cfg.profile.batch, 3, teacher.resolution, teacher.resolution),
                                    backend, table, workdir, signature=f"{teacher.name}:teacher|{teacher.resolution}",
                                    precision="int8", max_seconds=max(cfg.profile.max_seconds, 1.0),
-                                   cv_target=cfg.profile.cv_target, int8_layout=layout).median_s
+                                   cv_target=cfg.profile.cv_target, layout=layout).median_s
         except RuntimeError:
             whole = None
         out["teacher_int8_s"] = whole
@@ -181,7 +182,7 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
             items.append(by_sig[sig])
     results = profile_items(items, backend, table, cfg.profile.precisions, workdir,
                             max_seconds=cfg.profile.max_seconds, cv_target=cfg.profile.cv_target,
-                            int8_layout=int8_layout_of(cfg.profile))
+                            layout=layout_for(cfg.profile))
     res = {(r.signature, r.precision): r for r in results}
     device = backend.device().fingerprint
     out_rows, failed = [], 0
