@@ -44,13 +44,14 @@ from torch.utils.data import DataLoader
 
 from hant_trt import atomic
 from hant_trt.build.assemble import Choice, StudentSpec, assemble, load_student, replaced_parts, save_student
-from hant_trt.build.finetune import agreement, eval_batches, eval_objective, recalibrate_bn
+from hant_trt.build.finetune import agreement, eval_objective, recalibrate_bn
+from hant_trt.training import eval_batches
 from hant_trt.build.stage import finetune_student
 from hant_trt.config import from_dict
 from hant_trt.data import FolderDataset, eval_transform, scan_folder
 from hant_trt.distill.pool import load_trained
 from hant_trt.distill.score import read_scores
-from hant_trt.distill.stage import data_splits
+from hant_trt.data import data_splits
 from hant_trt.latency.backends import get_backend
 from hant_trt.latency.export import export_onnx
 from hant_trt.search.calibrate import calibrated_solve, engine_measure

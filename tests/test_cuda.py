@@ -75,7 +75,8 @@ def test_torch_backend_times_a_copy_and_leaves_the_module_alone():
 
 
 def test_step_batches_equal_batch_for_step():
-    from hant_trt.distill.train import batch_for_step, step_batches
+    from hant_trt.distill.train import step_batches
+    from hant_trt.training import batch_for_step
 
     class Numbers(torch.utils.data.Dataset):
         def __len__(self):

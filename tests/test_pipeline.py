@@ -135,7 +135,7 @@ engine_name = "e2e"
     from hant_trt.build.finetune import agreement
     from hant_trt.config import from_dict
     from hant_trt.distill.pool import load_trained
-    from hant_trt.distill.stage import data_splits
+    from hant_trt.data import data_splits
     from hant_trt.search.ilp import Solution
     from hant_trt.search.refine import composed_kl
     from hant_trt.teacher.stage import load_from_config

@@ -24,8 +24,8 @@ from torch import nn
 
 from .. import atomic
 from ..distill.capture import capture, normalised_mse
-from ..distill.train import (_progress, adamw, autocast_of, batch_for_step, estimate_bn, eval_batches, lr_at,
-                             set_train_mode)
+from ..progress import progress
+from ..training import adamw, autocast_of, batch_for_step, estimate_bn, eval_batches, lr_at, set_train_mode
 
 
 def _labelled_batch(dataset, step: int, batch_size: int, seed: int):
@@ -125,7 +125,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
                     scaler.load_state_dict(blob["scaler"])
                 start = st["step"]
         t0 = time.time()
-        bar = _progress(steps, start, "fine-tune")
+        bar = progress(steps, start, "fine-tune")
         losses = []
         set_train_mode(student, bn)
         for step in range(start, steps):

@@ -74,7 +74,7 @@ def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig, fixed: 
     """(CalibResult, simulated student, notes) for the parts chosen at int8 — slots, and the stem /
     head when `fixed` ({"stem": precision, ...}, solution.json's fixed_parts) says int8;
     (None, student, {}) when there are none. cache_dir: the calibration cache folder."""
-    from .finetune import eval_batches
+    from ..training import eval_batches
     from ..quant.layouts import layout_for
     from ..quant.parts import int8_fixed, int8_parts
     from ..quant.plan import calibrate_parts, simulate_int8
@@ -95,11 +95,12 @@ def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig, fixed: 
 def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> dict:
     from torch.utils.data import DataLoader
 
-    from ..distill.stage import data_splits
-    from ..distill.train import resolve_device
+    from ..data import data_splits
+    from ..training import resolve_device
     from ..teacher.stage import load_from_config
     from .deploy import deploy
-    from .finetune import agreement, eval_batches, eval_objective
+    from ..training import eval_batches
+    from .finetune import agreement, eval_objective
 
     fp = build_fingerprint(run, cfg)
     if run.is_done("build", fp):

@@ -8,19 +8,12 @@ import time
 
 from .. import atomic
 from ..config import RunConfig
-from ..data import make_splits
+from ..data import data_splits
 from ..quant.layouts import layout_for
 from ..rundir import RunDir, fingerprint
 from ..runfiles import CANDIDATES, FIXED_SCORES, SCORES
 from ..teacher.stage import load_from_config, run_teacher, teacher_fingerprint
 from .train import distill, prune_stale_slot_files
-
-
-def data_splits(cfg: RunConfig, data_config: dict, train_resolution=None, train_augment=True,
-                resolution=None):
-    return make_splits(cfg.data.train, cfg.data.eval, data_config, resolution=resolution,
-                       train_resolution=train_resolution, eval_fraction=cfg.data.eval_fraction,
-                       max_images=cfg.data.max_images, seed=cfg.distill.seed, train_augment=train_augment)
 
 
 def distill_fingerprint(cfg: RunConfig) -> str:
@@ -126,7 +119,7 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
     from ..teacher.slot import Slot
     from .pool import load_trained, keep_entries, signature_of, cost_of
     from .score import ScoreRow, score_candidates, write_scores
-    from .train import _progress
+    from ..progress import progress
 
     fp = score_fingerprint(cfg)
     if run.is_done("score", fp):
@@ -147,7 +140,7 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
     dev = score_device(cfg)
     for m in (d.stem, d.head, *d.blocks, *(e[4] for e in entries)):
         m.to(dev)
-    bar = _progress(len(loader), 0, f"score {len(entries)} candidates")
+    bar = progress(len(loader), 0, f"score {len(entries)} candidates")
     metrics = score_candidates(d, [(k, f, l, m) for k, f, l, _, m, _ in entries], loader, labelled, bar, dev)
     bar.close()
     for m in (d.stem, d.head, *d.blocks, *(e[4] for e in entries)):
@@ -172,7 +165,7 @@ def score_device(cfg: RunConfig):
     int8 simulation keeps its scales there)."""
     import torch
 
-    from .train import resolve_device
+    from ..training import resolve_device
 
     dev = resolve_device(cfg.distill.device)
     return torch.device("cpu") if "int8" in cfg.profile.precisions else dev
@@ -192,7 +185,7 @@ def _score_loader(cfg: RunConfig, teacher):
 def _write_fixed_scores(run: RunDir, cfg: RunConfig, teacher, d, loader, labelled: bool) -> None:
     """scores_fixed.json: the stem and head at int8, scored on the eval split like the slots."""
     from .score import score_fixed_int8
-    from .train import eval_batches
+    from ..training import eval_batches
 
     calib = eval_batches(data_splits(cfg, teacher.data_config, train_augment=False).train,
                          cfg.profile.calib_images, cfg.score.batch_size)
@@ -210,7 +203,7 @@ def int8_entries(d, entries, calib_set, batch_size: int, images: int = 32, metho
     from ..quant.calibrate import QUANT_LAYERS, calibrate
     from ..quant.layouts import DEFAULT
     from .capture import capture
-    from .train import eval_batches
+    from ..training import eval_batches
 
     acts = [capture(d, x)[0] for x in eval_batches(calib_set, images, batch_size)]
     out = []

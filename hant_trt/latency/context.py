@@ -78,8 +78,7 @@ def measure_in_context(d, model_name: str, resolution: int, swaps: list[Swap], m
 
     make_module(first, last, op) -> the candidate's nn.Module (eval mode, any weights).
     """
-    from tqdm import tqdm
-
+    from ..progress import progress as bar_of
     from .export import export_onnx
 
     workdir = Path(workdir)
@@ -105,8 +104,7 @@ def measure_in_context(d, model_name: str, resolution: int, swaps: list[Swap], m
     if not todo:
         return out
     teacher_prep = backend.prepare(export_onnx(swapped_model(d, 0, 0, None), shape, workdir / "ctx_teacher.onnx"))
-    bar = tqdm(todo, desc=f"in-context latency on {backend.name}", unit="swap", dynamic_ncols=True,
-               disable=not progress or os.environ.get("HANT_TRT_NO_PROGRESS") == "1")
+    bar = bar_of(len(todo), desc=f"in-context latency on {backend.name}", unit="swap", items=todo, show=progress)
     for s in bar:
         k = key(s)
         try:

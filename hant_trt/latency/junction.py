@@ -75,8 +75,7 @@ def measure_junctions(parts: list[Part], backend, table, workdir, layout, max_se
     junction's saving is measured in `rounds` interleaved rounds (`paired_saving`) and stored in
     `table` as its own row (median_s = the saving, possibly negative), so a second profile reads
     it. A junction that cannot be measured is recorded with its error and gets None."""
-    from tqdm import tqdm
-
+    from ..progress import progress as bar_of
     from .lut import LatencyRow
     from .profile import prepare_item, profile_items, table_key
 
@@ -93,8 +92,7 @@ def measure_junctions(parts: list[Part], backend, table, workdir, layout, max_se
         return prepared[item.signature]
 
     pairs = list(zip(parts, parts[1:]))
-    bar = tqdm(pairs, desc=f"int8 junctions on {backend.name}", unit="junction", dynamic_ncols=True,
-               disable=not progress or os.environ.get("HANT_TRT_NO_PROGRESS") == "1")
+    bar = bar_of(len(pairs), desc=f"int8 junctions on {backend.name}", unit="junction", items=pairs, show=progress)
     for a, b in bar:
         item = _pair_item(a, b)
         key = table_key(item, "int8", backend, device, layout)

@@ -98,7 +98,7 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
         0.02, 100).
     layout: the Q/DQ layout of int8 exports (`quant.layouts`; its own table rows).
     """
-    from tqdm import tqdm
+    from ..progress import progress as bar_of
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -115,8 +115,7 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
                                              row.error, cached=True))
             else:
                 todo.append((it, p))
-    bar = tqdm(todo, desc=f"profile on {backend.name}", unit="op", dynamic_ncols=True,
-               disable=not progress or os.environ.get("HANT_TRT_NO_PROGRESS") == "1")
+    bar = bar_of(len(todo), desc=f"profile on {backend.name}", unit="op", items=todo, show=progress)
     kw = dict(warmup_ms=warmup_ms, max_seconds=max_seconds, cv_target=cv_target)
     for it, p in bar:
         key = table_key(it, p, backend, device, layout)
