@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from hant_trt import atomic
-from hant_trt.build.assemble import Choice, assemble
+from hant_trt.student.assemble import Choice, assemble
 from hant_trt.config import from_dict
 from hant_trt.latency.backends import get_backend
 from hant_trt.latency.export import export_onnx

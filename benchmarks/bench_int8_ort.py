@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hant_trt.build.deploy import measure_side_by_side
+from hant_trt.deploy.deploy import measure_side_by_side
 from hant_trt.data import FolderDataset, eval_transform, scan_folder, split_items
 from hant_trt.latency.backends.ort import OrtBackend
 from hant_trt.quant.calibrate import calibrate

@@ -43,10 +43,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from hant_trt import atomic
-from hant_trt.build.assemble import Choice, StudentSpec, assemble, load_student, replaced_parts, save_student
-from hant_trt.build.finetune import agreement, eval_objective, recalibrate_bn
+from hant_trt.student.assemble import Choice, StudentSpec, assemble, load_student, replaced_parts, save_student
+from hant_trt.student.finetune import agreement, eval_objective, recalibrate_bn
 from hant_trt.training import eval_batches
-from hant_trt.build.stage import finetune_student
+from hant_trt.student.stage import finetune_student
 from hant_trt.config import from_dict
 from hant_trt.data import FolderDataset, eval_transform, scan_folder
 from hant_trt.distill.pool import load_trained

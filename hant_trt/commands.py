@@ -88,7 +88,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from .build.stage import run_build
+    from .deploy.stage import run_build
 
     _check_engines_dir(args)
     run, cfg = _open(args)

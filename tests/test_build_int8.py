@@ -7,11 +7,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from hant_trt.build.assemble import Choice, assemble
+from hant_trt.student.assemble import Choice, assemble
 from hant_trt.quant.layouts import LAYOUTS
 from hant_trt.quant.parts import int8_parts
 from hant_trt.quant.plan import calibrate_parts, export_with_plan, simulate_int8
-from hant_trt.build.verify import verify_onnx
+from hant_trt.deploy.verify import verify_onnx
 from hant_trt.latency.export import node_scope
 
 RES = 96

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from hant_trt.build.report import (CHOICES_PNG, LATENCY_PNG, PARETO_PNG, PartLatency, ReportData, SlotChoice,
+from hant_trt.deploy.report import (CHOICES_PNG, LATENCY_PNG, PARETO_PNG, PartLatency, ReportData, SlotChoice,
                                    report_data_from_run, write_report)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

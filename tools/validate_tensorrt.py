@@ -77,7 +77,7 @@ def main() -> int:
     if fp32 is not None:
         def plan_roundtrip():
             # a plan with metadata is accepted on this GPU; outputs are finite; copies timed (bench mode)
-            from hant_trt.build.metadata import EngineMetadata, write_metadata
+            from hant_trt.deploy.metadata import EngineMetadata, write_metadata
 
             plan = work / "b.fp32.plan"
             dev = be.device()

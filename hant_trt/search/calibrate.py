@@ -99,7 +99,7 @@ def plan_onnx(d, sol, shape: tuple, layout, path: Path) -> Path:
     latency, so this times what the build will deploy."""
     import torch
 
-    from ..build.assemble import Choice, assemble       # the search times whole students
+    from ..student.assemble import Choice, assemble       # the search times whole students
     from ..quant.parts import int8_fixed, int8_parts
     from ..quant.plan import calibrate_parts, export_with_plan
 

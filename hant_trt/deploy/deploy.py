@@ -12,15 +12,7 @@ import torch
 from .. import atomic
 from ..config import RunConfig
 from ..rundir import RunDir
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def default_engines_dir() -> Path:
-    """`engines/` of the source checkout when running from one, else ./engines."""
-    cand = REPO_ROOT / "engines"
-    return cand if (REPO_ROOT / "pyproject.toml").exists() else Path("engines").resolve()
-
+from ..runfiles import default_engines_dir
 
 def _sample_inputs(loader, batch: int = 1, n: int = 2) -> list[np.ndarray]:
     """`n` arrays of `batch` real images each (images reused in turn when the loader has fewer)."""
