@@ -30,10 +30,9 @@ def measure_side_by_side(backend, onnx_a: Path, onnx_b: Path, rounds: int = 3, m
 
 def measure_prepared(backend, pa, pb, rounds: int = 3, max_seconds: float = 1.0):
     """`measure_side_by_side` for two things already prepared on `backend` (files or modules)."""
-    a, b = [], []
-    for _ in range(rounds):
-        a.append(backend.time(pa, max_seconds=max_seconds).median_s)
-        b.append(backend.time(pb, max_seconds=max_seconds).median_s)
+    from ..latency.paired import time_in_rounds
+
+    a, b = time_in_rounds(backend, [pa, pb], rounds, max_seconds=max_seconds)
     return float(np.median(a)), float(np.median(b))
 
 

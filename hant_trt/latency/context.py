@@ -58,11 +58,11 @@ def swapped_model(d, first: int, last: int, module: nn.Module | None) -> nn.Modu
 def paired_saving(backend: Backend, teacher_prep, swapped_prep, rounds: int, max_seconds: float,
                   cv_target: float = 0.02) -> tuple[float, float, float]:
     """(median saving s, p90 of the savings, stdev) over `rounds` pairs (teacher, swapped)."""
-    savings = []
-    for _ in range(max(1, rounds)):
-        t = backend.time(teacher_prep, warmup_ms=20, max_seconds=max_seconds, cv_target=cv_target).median_s
-        s = backend.time(swapped_prep, warmup_ms=20, max_seconds=max_seconds, cv_target=cv_target).median_s
-        savings.append((1.0 - s / t) * t)
+    from .paired import time_beside
+
+    pairs = time_beside(backend, teacher_prep, [swapped_prep], rounds, warmup_ms=20, max_seconds=max_seconds,
+                        cv_target=cv_target)[0]
+    savings = [(1.0 - s / t) * t for t, s in pairs]
     savings.sort()
     p90 = savings[min(len(savings) - 1, int(round(0.9 * (len(savings) - 1))))]
     return statistics.median(savings), p90, statistics.pstdev(savings)

@@ -60,11 +60,12 @@ def paired_saving(backend, left, right, both, rounds: int, max_seconds: float, c
     """(median, p90, stdev) over `rounds` of t(left) + t(right) − t(both), the three timed back to
     back in each round: a difference of three timings, so one slow timing must not make it (the
     machine drifts between rounds; within one it mostly does not)."""
+    from .paired import time_in_rounds
     from .timing import Stats
 
-    kw = dict(warmup_ms=20, max_seconds=max_seconds, cv_target=cv_target)
-    st = Stats.of([backend.time(left, **kw).median_s + backend.time(right, **kw).median_s
-                   - backend.time(both, **kw).median_s for _ in range(max(1, rounds))])
+    ts = time_in_rounds(backend, [left, right, both], rounds, warmup_ms=20, max_seconds=max_seconds,
+                        cv_target=cv_target)
+    st = Stats.of([a + b - ab for a, b, ab in zip(*ts)])
     return st.median, st.p90, st.stdev
 
 

@@ -67,6 +67,7 @@ def engine_measure(cfg, teacher_table_s: float, rounds: int = 3) -> Callable:
     `rounds` alternating rounds on `cfg.profile.backend`; the median ratio × the table's teacher."""
     from ..latency.backends import get_backend
     from ..latency.export import export_onnx
+    from ..latency.paired import time_beside
     from ..quant.layouts import layout_for
     from ..teacher.stage import load_from_config
 
@@ -83,12 +84,8 @@ def engine_measure(cfg, teacher_table_s: float, rounds: int = 3) -> Callable:
             raise UserError("search.calibrate_rounds times fp32 and int8 students only for now "
                             "(profile.precisions without fp16)")
         s_prep = backend.prepare(plan_onnx(d, sol, shape, layout, tmp / "student.onnx"))
-        ratios = []
-        for _ in range(rounds):
-            t = backend.time(t_prep, max_seconds=cfg.profile.max_seconds).median_s
-            s = backend.time(s_prep, max_seconds=cfg.profile.max_seconds).median_s
-            ratios.append(s / t)
-        return statistics.median(ratios) * teacher_table_s
+        pairs = time_beside(backend, t_prep, [s_prep], rounds, max_seconds=cfg.profile.max_seconds)[0]
+        return statistics.median([s / t for t, s in pairs]) * teacher_table_s
 
     return measure
 
