@@ -160,7 +160,7 @@ def students_vs_prediction(cfg, speedups: list[float], rounds: int) -> list[dict
     from hant_trt.runfiles import CANDIDATES
     from hant_trt.student.stage import trained_modules
     from hant_trt.latency.precision import base_precision
-    from hant_trt.latency.stage import profile_backend
+    from hant_trt.latency.backends import profile_backend
     from hant_trt.rundir import RunDir
     from hant_trt.search.ilp import solve
     from hant_trt.search.tables import build_problem, load_tables, read_n_slots, select_devices
@@ -172,7 +172,7 @@ def students_vs_prediction(cfg, speedups: list[float], rounds: int) -> list[dict
     n = read_n_slots(root / "teacher.json")
     dev = select_devices(tables.fixed, None)[0]
     teacher, d = load_from_config(cfg)
-    backend = profile_backend(cfg)
+    backend = profile_backend(cfg.profile)
     base = base_precision(cfg.profile.precisions)
     shape = (cfg.profile.batch, 3, teacher.resolution, teacher.resolution)
     t_prep = backend.prepare_module(teacher.model, shape, base)

@@ -19,6 +19,7 @@ from ..config import RunConfig
 from ..quant.layouts import layout_for
 from ..rundir import RunDir, fingerprint
 from ..runfiles import LATENCY_COLUMNS
+from .backends import profile_backend
 
 
 def profile_fingerprint(run: RunDir, cfg: RunConfig) -> str:
@@ -34,13 +35,6 @@ def profile_fingerprint(run: RunDir, cfg: RunConfig) -> str:
     else:
         prof.pop("int8_layout", None)
     return fingerprint({"score": run.stage("score").fingerprint, "profile": prof, "teacher": cfg.teacher})
-
-
-def profile_backend(cfg: RunConfig):
-    """The backend the profile (and the build's side-by-side timing) measures on."""
-    from .backends import get_backend
-
-    return get_backend(cfg.profile.backend, threads=cfg.profile.threads, compile=cfg.profile.compile or None)
 
 
 def _candidate_rows(run: RunDir) -> list[tuple[int, int, str, str]]:
@@ -164,7 +158,7 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
     t0 = time.time()
     teacher, d = load_from_config(cfg)
     batch = cfg.profile.batch
-    backend = profile_backend(cfg)
+    backend = profile_backend(cfg.profile)
     table = LatencyTable(cfg.profile.lut or default_lut_path())
     workdir = run.root / "profile"
 
