@@ -238,6 +238,12 @@ def _presets() -> tuple:
     return tuple(PRESETS)
 
 
+def _int8_layouts() -> tuple:
+    from .quant.layouts import LAYOUTS
+
+    return ("auto", *LAYOUTS)
+
+
 def _metrics() -> tuple:
     from .search.tables import _ALIASES, METRICS
 
@@ -274,7 +280,7 @@ RULES: dict[str, dict[str, Rule]] = {
                 "lut": Rule(str, optional=True), "max_seconds": Rule(float, **POSITIVE),
                 "cv_target": Rule(float, **POSITIVE),
                 "calib_method": Rule(str, choices=("max", "percentile", "entropy")),
-                "calib_images": Rule(int, lo=1), "int8_layout": Rule(str, choices=("auto", "trt", "ort")),
+                "calib_images": Rule(int, lo=1), "int8_layout": Rule(str, choices=_int8_layouts),
                 "context": Rule(str, choices=("alone", "model")), "context_rounds": Rule(int, lo=1),
                 "compile": Rule(bool)},
     "search": {"budget": Rule(str, check=_budget_text), "metric": Rule(str, choices=_metrics),

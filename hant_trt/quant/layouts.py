@@ -27,6 +27,7 @@ class QdqLayout:
     table_tag: str        # the latency table's precision key of its int8 rows
     file_tag: str         # the precision part of its ONNX file names
     verify_key: str       # its entry in `deploy.verify.TOLERANCES`
+    verify_tolerance: tuple[float, float]   # (atol, rtol) on logits: its Q/DQ graph, unoptimised, vs its simulation
     in_fingerprint: bool  # named in the score fingerprint (the first layout's runs kept theirs)
 
     def write_onnx(self, src: str | Path, dst: str | Path, calib: CalibResult, per_channel: bool = True,
@@ -57,6 +58,9 @@ class TrtLayout(QdqLayout):
     """TensorRT's explicit quantization: symmetric int8, Q/DQ on layer inputs only (`qdq_trt`)."""
 
     name, table_tag, file_tag, verify_key, in_fingerprint = "trt", "int8", "int8", "int8", False
+    # equal within 1e-5 except where a value sits on a rounding boundary and the two convolution
+    # algorithms round it to neighbouring int8 steps
+    verify_tolerance = (0.05, 5e-2)
 
     def write_onnx(self, src, dst, calib, per_channel=True, only_calibrated=False) -> Path:
         from .qdq_trt import quantize_qdq
@@ -83,6 +87,10 @@ class OrtLayout(QdqLayout):
     too, int32 biases (`qdq_ort`)."""
 
     name, table_tag, file_tag, verify_key, in_fingerprint = "ort", "int8:ort", "int8-ort", "int8-ort", True
+    # every int8 layer's output is quantized too: a boundary flip there is a whole uint8 step (up to
+    # ~0.3 on wide feature maps) that travels on; whole Lite0 in int8 on 100 dev photos: max 0.41,
+    # mean 0.036 on logits, top-1 98 % equal (benchmarks/bench_int8_ort.py)
+    verify_tolerance = (0.75, 0.1)
 
     def write_onnx(self, src, dst, calib, per_channel=True, only_calibrated=False) -> Path:
         from .qdq_ort import write_ort_qdq
