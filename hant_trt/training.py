@@ -49,16 +49,28 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-def batch_for_step(dataset, step: int, batch_size: int, seed: int) -> torch.Tensor:
-    """The step's batch: indices and augmentation seeded by (seed, step) only."""
+def step_items(dataset, step: int, batch_size: int, seed: int) -> list:
+    """The step's (image, label) items: indices and augmentation seeded by (seed, step) only, so a
+    resumed run sees exactly the data an uninterrupted one would."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     idx = torch.randint(0, len(dataset), (batch_size,), generator=g).tolist()
     state = torch.get_rng_state()
     torch.manual_seed(seed * 7_919 + step)
     try:
-        return torch.stack([dataset[i][0] for i in idx])
+        return [dataset[i] for i in idx]
     finally:
         torch.set_rng_state(state)
+
+
+def batch_for_step(dataset, step: int, batch_size: int, seed: int) -> torch.Tensor:
+    """The step's images (`step_items`)."""
+    return torch.stack([x for x, _ in step_items(dataset, step, batch_size, seed)])
+
+
+def labelled_batch_for_step(dataset, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's images and labels (`step_items`)."""
+    items = step_items(dataset, step, batch_size, seed)
+    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
 
 
 def autocast_of(dev: torch.device) -> tuple[bool, torch.dtype]:

@@ -64,9 +64,9 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
     from ..latency.export import export_onnx
     from ..latency.backends import profile_backend
     from ..latency.precision import base_precision, to_fp16
-    from .metadata import EngineMetadata, io_from_onnx, optimize_for_ort, write_metadata
     from ..quant.layouts import layout_of_calib
     from ..quant.plan import export_with_plan
+    from .metadata import EngineMetadata, io_from_onnx, optimize_for_ort, write_metadata
     from .report import report_data_from_run, write_report
     from .triton import DEFAULT_MAX_BATCH, export_triton
     from .verify import verify_onnx

@@ -30,11 +30,10 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
     from torch.utils.data import DataLoader
 
     from ..data import data_splits
-    from ..training import resolve_device
-    from ..teacher.stage import load_from_config
-    from .deploy import deploy
     from ..student.finetune import agreement, eval_objective
-    from ..training import eval_batches
+    from ..teacher.stage import load_from_config
+    from ..training import eval_batches, resolve_device
+    from .deploy import deploy
 
     fp = build_fingerprint(run, cfg)
     if run.is_done("build", fp):

@@ -59,10 +59,10 @@ def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig, fixed: 
     """(CalibResult, simulated student, notes) for the parts chosen at int8 — slots, and the stem /
     head when `fixed` ({"stem": precision, ...}, solution.json's fixed_parts) says int8;
     (None, student, {}) when there are none. cache_dir: the calibration cache folder."""
-    from ..training import eval_batches
     from ..quant.layouts import layout_for
     from ..quant.parts import int8_fixed, int8_parts
     from ..quant.plan import calibrate_parts, simulate_int8
+    from ..training import eval_batches
 
     parts = int8_parts(choices)
     fixed = int8_fixed(fixed or {})
