@@ -311,7 +311,7 @@ def _check_ort_loads(path) -> None:
 
 def cmd_export_triton(args) -> int:
     from .atomic import check_output_dir
-    from .build.triton import export_triton
+    from .deploy.triton import export_triton
 
     max_batch = _int_option("--max-batch-size", args.max_batch_size)
     count = _int_option("--instance-count", args.instance_count, 1, minimum=1)
