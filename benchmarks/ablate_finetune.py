@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality_lite0 import Bench  # noqa: E402
 
-from hant_trt.build.assemble import Choice  # noqa: E402
-from hant_trt.build.finetune import agreement, eval_objective, finetune  # noqa: E402
-from hant_trt.build.stage import recalibrate, trainable_parts  # noqa: E402
-from hant_trt.distill.stage import data_splits  # noqa: E402
+from hant_trt.student.assemble import Choice  # noqa: E402
+from hant_trt.student.finetune import agreement, eval_objective, finetune  # noqa: E402
+from hant_trt.student.stage import recalibrate, trainable_parts  # noqa: E402
+from hant_trt.data import data_splits  # noqa: E402
 from hant_trt.search.ilp import solve  # noqa: E402
 from hant_trt.search.tables import build_problem, load_tables  # noqa: E402
 

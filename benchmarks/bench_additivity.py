@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hant_trt.build.assemble import Choice, assemble
+from hant_trt.student.assemble import Choice, assemble
 from hant_trt.latency.backends import get_backend
 from hant_trt.latency.export import export_onnx
 from hant_trt.ops import build, candidates

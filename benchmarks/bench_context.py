@@ -20,10 +20,11 @@ import tempfile
 from pathlib import Path
 
 from hant_trt import atomic
-from hant_trt.build.assemble import Choice, assemble
+from hant_trt.student.assemble import Choice, assemble
 from hant_trt.config import from_dict
 from hant_trt.latency.backends import get_backend
 from hant_trt.latency.export import export_onnx
+from hant_trt.latency.paired import time_beside
 from hant_trt.search.ilp import solve
 from hant_trt.search.tables import build_problem, load_tables, select_devices
 from hant_trt.teacher.stage import load_from_config
@@ -62,14 +63,10 @@ def main() -> None:
                          "replaced": [f"{o.first}{'-' + str(o.last) if o.last != o.first else ''}:{o.op}"
                                       for o in sol.choices if o.op != "keep"]})
     t_prep = be.prepare(export_onnx(teacher.model.eval(), shape, tmp / "teacher.onnx"))
-    ratios = {k: [] for k in students}
-    teacher_ms = []
-    for r in range(a.rounds):
-        for k, p in students.items():
-            t = be.time(t_prep, max_seconds=a.seconds).median_s
-            teacher_ms.append(t * 1e3)
-            ratios[k].append(t / be.time(p, max_seconds=a.seconds).median_s)
-        print(f"round {r + 1}/{a.rounds} done", flush=True)
+    pairs = dict(zip(students, time_beside(be, t_prep, list(students.values()), a.rounds, max_seconds=a.seconds,
+                                           on_round=lambda r: print(f"round {r + 1}/{a.rounds} done", flush=True))))
+    ratios = {k: [t / s for t, s in p] for k, p in pairs.items()}
+    teacher_ms = [t * 1e3 for p in pairs.values() for t, _ in p]
     print(f"\nteacher {statistics.median(teacher_ms):.3f} ms (median of {len(teacher_ms)} timings), "
           f"{a.rounds} paired rounds\n")
     print(f"{'latencies':<9} {'asked':>6} {'predicted':>9} {'measured':>9} {'error':>7}  replaced")

@@ -60,9 +60,11 @@ def plans(run: Path, cfg, speedups: list[float]) -> list[tuple[str, float, objec
 
 
 def main() -> None:
-    from hant_trt.config import from_dict, int8_layout_of
+    from hant_trt.config import from_dict
+    from hant_trt.quant.layouts import layout_for
     from hant_trt.latency.backends import get_backend
     from hant_trt.latency.export import export_onnx
+    from hant_trt.latency.paired import time_beside
     from hant_trt.search.calibrate import plan_onnx
     from hant_trt.teacher.stage import load_from_config
 
@@ -81,15 +83,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t_prep = backend.prepare(export_onnx(teacher.model.eval(), shape, tmp / "teacher.onnx"))
-        preps = [backend.prepare(plan_onnx(d, sol, shape, int8_layout_of(cfg.profile), tmp / f"s{i}.onnx"))
+        preps = [backend.prepare(plan_onnx(d, sol, shape, layout_for(cfg.profile), tmp / f"s{i}.onnx"))
                  for i, (_, _, sol) in enumerate(todo)]
-        ratios = [[] for _ in todo]
-        for r in range(a.rounds):
-            for i, prep in enumerate(preps):
-                tt = backend.time(t_prep, max_seconds=a.seconds).median_s
-                ts = backend.time(prep, max_seconds=a.seconds).median_s
-                ratios[i].append(tt / ts)
-            print(f"round {r + 1}/{a.rounds} done", flush=True)
+        pairs = time_beside(backend, t_prep, preps, a.rounds, max_seconds=a.seconds,
+                            on_round=lambda r: print(f"round {r + 1}/{a.rounds} done", flush=True))
+        ratios = [[tt / ts for tt, ts in p] for p in pairs]
     print(f"{'asked':>6}  {'model':<11} {'predicted':>9} {'measured':>9} {'error':>7}  int8 parts / stem, head")
     for (name, s, sol), rs in zip(todo, ratios):
         dev = sol.primary

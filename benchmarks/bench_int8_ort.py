@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hant_trt.build.deploy import measure_side_by_side
+from hant_trt.deploy.deploy import measure_side_by_side
 from hant_trt.data import FolderDataset, eval_transform, scan_folder, split_items
 from hant_trt.latency.backends.ort import OrtBackend
-from hant_trt.latency.calibrate import calibrate
+from hant_trt.quant.calibrate import calibrate
 from hant_trt.latency.export import export_onnx
-from hant_trt.latency.fakequant import fake_quantize
-from hant_trt.latency.precision import quantize_int8
+from hant_trt.quant.layouts import LAYOUTS, quantize_int8
 from hant_trt.teacher.load import load_teacher
 
 
@@ -62,10 +61,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(m, shape, Path(tmp) / "fp32.onnx")
         print(f"{len(ev)} eval images, teacher top-1 {100 * (ref.argmax(1).numpy() == labels).mean():.1f} %")
-        for layout in ("trt", "ort"):
-            q = quantize_int8(m, shape, Path(tmp) / f"{layout}.onnx", calib, layout=layout)
+        for layout in LAYOUTS.values():
+            q = quantize_int8(m, shape, Path(tmp) / f"{layout.name}.onnx", calib, layout=layout)
             with torch.no_grad():
-                sim = fake_quantize(m, calib, layout=layout, input_shape=shape)(xe)
+                sim = layout.simulate(m, calib, input_shape=shape)(xe)
             sess = backend.session(q)
             eng = torch.from_numpy(np.concatenate([sess.run(None, {"input": xe[i:i + 1].numpy()})[0]
                                                    for i in range(len(xe))]))
@@ -73,14 +72,14 @@ def main() -> None:
             written = torch.from_numpy(np.concatenate([raw.run(None, {"input": xe[i:i + 1].numpy()})[0]
                                                        for i in range(len(xe))]))
             d = (written - sim).abs()
-            print(f"int8 {layout} layout, Q/DQ as written vs simulated: max {float(d.max()):.3f}, mean "
+            print(f"int8 {layout.name} layout, Q/DQ as written vs simulated: max {float(d.max()):.3f}, mean "
                   f"{float(d.mean()):.4f}, top-1 equal {100 * (written.argmax(1) == sim.argmax(1)).float().mean():.0f} %")
             a_ms, b_ms = measure_side_by_side(backend, fp32, q, rounds=a.rounds)
             for name, out in (("simulated", sim), ("ORT engine", eng)):
                 agree = 100 * (out.argmax(1) == ref.argmax(1)).float().mean()
                 top1 = 100 * (out.argmax(1).numpy() == labels).mean()
-                print(f"int8 {layout} layout, {name:10s}: agreement {agree:5.1f} %, KL {kl(ref, out):.4f}, top-1 {top1:.1f} %")
-            print(f"int8 {layout} layout: fp32 {a_ms * 1e3:.3f} ms, int8 {b_ms * 1e3:.3f} ms → {a_ms / b_ms:.2f}x")
+                print(f"int8 {layout.name} layout, {name:10s}: agreement {agree:5.1f} %, KL {kl(ref, out):.4f}, top-1 {top1:.1f} %")
+            print(f"int8 {layout.name} layout: fp32 {a_ms * 1e3:.3f} ms, int8 {b_ms * 1e3:.3f} ms → {a_ms / b_ms:.2f}x")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import torch
 
 from hant_trt.config import DistillCfg
 from hant_trt.distill.capture import capture, normalised_mse, teacher_modules_eval
-from hant_trt.distill.train import adamw, make_groups, plan_jobs
+from hant_trt.distill.train import make_groups, plan_jobs
+from hant_trt.training import adamw
 from hant_trt.teacher.decompose import decompose
 from hant_trt.teacher.load import load_teacher
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from hant_trt.build.finetune import agreement
-from hant_trt.build.quantize import load_deployed
+from hant_trt.student.finetune import agreement
+from hant_trt.student.assemble import load_deployed
 from hant_trt.data import FolderDataset, eval_transform, scan_folder
 from hant_trt.teacher.load import load_teacher
 

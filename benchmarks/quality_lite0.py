@@ -43,16 +43,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from hant_trt import atomic
-from hant_trt.build.assemble import Choice, StudentSpec, assemble, load_student, replaced_parts, save_student
-from hant_trt.build.finetune import agreement, eval_batches, eval_objective, recalibrate_bn
-from hant_trt.build.stage import finetune_student
+from hant_trt.student.assemble import Choice, StudentSpec, assemble, load_student, replaced_parts, save_student
+from hant_trt.student.finetune import agreement, eval_objective, recalibrate_bn
+from hant_trt.training import eval_batches
+from hant_trt.student.stage import finetune_student
 from hant_trt.config import from_dict
 from hant_trt.data import FolderDataset, eval_transform, scan_folder
 from hant_trt.distill.pool import load_trained
 from hant_trt.distill.score import read_scores
-from hant_trt.distill.stage import data_splits
+from hant_trt.data import data_splits
 from hant_trt.latency.backends import get_backend
 from hant_trt.latency.export import export_onnx
+from hant_trt.latency.paired import time_beside, time_in_rounds
 from hant_trt.search.calibrate import calibrated_solve, engine_measure
 from hant_trt.search.ilp import solve
 from hant_trt.search.refine import composed_kl, refine
@@ -195,14 +197,14 @@ class Bench:
         preps = {}
         for name, m in models.items():
             preps[name] = self.backend.prepare(export_onnx(m.eval(), self.shape, self.tmp / f"{name}.onnx"))
-        teacher, ratios = [], {k: [] for k in preps}
-        for _ in range(rounds):
-            if not preps:
-                teacher.append(self.backend.time(t_prep, max_seconds=seconds).median_s * 1e3)
-            for k, p in preps.items():
-                t = self.backend.time(t_prep, max_seconds=seconds).median_s * 1e3
-                teacher.append(t)
-                ratios[k].append(self.backend.time(p, max_seconds=seconds).median_s * 1e3 / t)
+        if preps:
+            pairs = dict(zip(preps, time_beside(self.backend, t_prep, list(preps.values()), rounds,
+                                                max_seconds=seconds)))
+            teacher = [t * 1e3 for p in pairs.values() for t, _ in p]
+            ratios = {k: [s / t for t, s in p] for k, p in pairs.items()}
+        else:
+            teacher = [t * 1e3 for t in time_in_rounds(self.backend, [t_prep], rounds, max_seconds=seconds)[0]]
+            ratios = {}
         t_ms = sorted(teacher)[len(teacher) // 2]
         return {"teacher": t_ms, **{k: sorted(v)[len(v) // 2] * t_ms for k, v in ratios.items()}}
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from hant_trt.latency.backends.ort import OrtBackend
 from hant_trt.latency.export import export_onnx
+from hant_trt.latency.paired import time_beside
 from hant_trt.teacher.load import load_teacher
 
 
@@ -34,14 +35,10 @@ def main() -> None:
         shape = (1, 3, t.resolution, t.resolution)
         teacher = backend.prepare(export_onnx(t.model.eval(), shape, Path(tmp) / "teacher.onnx"))
         students = {r: backend.prepare(str(Path(r) / "student" / "student.onnx")) for r in a.runs}
-        ratios = {r: [] for r in a.runs}
-        t_ms = []
-        for _ in range(a.rounds):
-            for r, prep in students.items():
-                tt = backend.time(teacher, max_seconds=a.seconds).median_s
-                ts = backend.time(prep, max_seconds=a.seconds).median_s
-                t_ms.append(tt * 1e3)
-                ratios[r].append(tt / ts)
+        pairs = dict(zip(students, time_beside(backend, teacher, list(students.values()), a.rounds,
+                                               max_seconds=a.seconds)))
+        ratios = {r: [tt / ts for tt, ts in p] for r, p in pairs.items()}
+        t_ms = [tt * 1e3 for p in pairs.values() for tt, _ in p]
     print(f"teacher {np.median(t_ms):.3f} ms (median of {len(t_ms)} timings), {a.rounds} paired rounds")
     for r, v in ratios.items():
         print(f"{r}: speedup {np.median(v):.2f}x (rounds {min(v):.2f}–{max(v):.2f}x)")

@@ -10,95 +10,10 @@ import argparse
 import json
 import sys
 import traceback
-from pathlib import Path
 
 from . import __version__
+from .commands import STAGE_HELP, register
 from .errors import UserError
-
-STAGE_HELP = {
-    "teacher": "load a timm teacher and print its slot table",
-    "distill": "phase 1: distil every candidate op of every slot (layer-wise, shared teacher)",
-    "score": "swap-one scoring of every distilled candidate",
-    "profile": "measure every unique candidate's latency on the target backend (latency table)",
-    "search": "pick one candidate per slot under a latency budget (integer program)",
-    "build": "assemble, fine-tune, export, verify and benchmark the student; Triton repo; report",
-    "run": "every stage in order from a config file (resumable)",
-    "demo": "the whole pipeline on the embedded default (offline Lite0, bundled photos, tiny, ORT CPU)",
-    "bench": "trtexec-like benchmark of an .onnx or .plan",
-    "lut": "list, export or clear the latency table",
-    "export-triton": "write a Triton model repository for an .onnx or .plan",
-}
-
-
-# -- config plumbing ------------------------------------------------------------------------------
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def apply_overrides(cfg, pairs: list[str], check: bool = True):
-    """`section.key=value` overrides, then (check) every value checked. A value is read as JSON when
-    it parses, else as a string; string-valued keys keep the text as given (engine_name=123)."""
-    import dataclasses
-
-    from .config import RULES, validate
-
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise UserError(f"--set expects section.key=value, got '{pair}'")
-        key, value = pair.split("=", 1)
-        target, section = cfg, ""
-        parts = key.split(".")
-        for p in parts[:-1]:
-            if not hasattr(target, p) or not dataclasses.is_dataclass(getattr(target, p)):
-                raise UserError(f"--set: unknown config section '{p}' in '{key}' "
-                                f"(sections: {', '.join(s for s in RULES if s)})")
-            target, section = getattr(target, p), p
-        name = parts[-1]
-        if not hasattr(target, name) or name not in RULES.get(section, {}):
-            if dataclasses.is_dataclass(getattr(target, name, None)):
-                raise UserError(f"--set {pair}: '{name}' is a section; set one of its keys ({key}.KEY=VALUE)")
-            raise UserError(f"--set: unknown config key '{key}'")
-        parsed = _parse_value(value)
-        if RULES[section][name].kind is str and parsed is not None and not isinstance(parsed, str):
-            parsed = value
-        setattr(target, name, parsed)
-    return validate(cfg) if check else cfg
-
-
-def saved_config(root: Path):
-    """The RunConfig saved in run directory `root`, or None when there is none (nothing written)."""
-    from . import config as config_mod
-    from .rundir import MANIFEST, RunDir
-
-    if not (root / MANIFEST).is_file():
-        return None
-    saved = RunDir(root, create=False).manifest().get("config") or {}
-    return config_mod.from_dict(saved, check=False) if saved else None
-
-
-def open_run(args, flags=None, create: bool = True):
-    """RunDir + RunConfig for a stage subcommand: config from --config, else the run's own, then
-    --set and the subcommand's own options (`flags(cfg)`). Every value is checked before the run
-    directory is created or its run.json written, so a refused value is never saved."""
-    from . import config as config_mod
-    from .rundir import RunDir
-
-    root = Path(args.run_dir)
-    if getattr(args, "config", None):
-        cfg = config_mod.load(args.config, check=False)
-    else:
-        cfg = saved_config(root) or config_mod.RunConfig()
-    cfg.run_dir = str(root)
-    apply_overrides(cfg, getattr(args, "set", None), check=False)
-    if flags:
-        flags(cfg)
-    config_mod.validate(cfg)
-    run = RunDir(root, create=create)
-    run.update(config=cfg.to_dict())
-    return run, cfg
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -160,9 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print the slot table as JSON")
     t.set_defaults(func=cmd_teacher)
 
-    from . import commands
-
-    commands.register(sub, _stage_parser)
+    register(sub, _stage_parser)
     return p
 
 

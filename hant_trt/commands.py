@@ -1,23 +1,108 @@
 """Subcommands over a run directory and tools (bench, lut, export-triton).
 
-Each handler only maps arguments onto the package API; cli.py registers them.
+Each handler only maps arguments onto the package API; cli.py registers them (`register`) and
+owns nothing else: the config plumbing every handler shares (`open_run`, `apply_overrides`) is here.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+
+from .errors import UserError
+
+STAGE_HELP = {
+    "teacher": "load a timm teacher and print its slot table",
+    "distill": "phase 1: distil every candidate op of every slot (layer-wise, shared teacher)",
+    "score": "swap-one scoring of every distilled candidate",
+    "profile": "measure every unique candidate's latency on the target backend (latency table)",
+    "search": "pick one candidate per slot under a latency budget (integer program)",
+    "build": "assemble, fine-tune, export, verify and benchmark the student; Triton repo; report",
+    "run": "every stage in order from a config file (resumable)",
+    "demo": "the whole pipeline on the embedded default (offline Lite0, bundled photos, tiny, ORT CPU)",
+    "bench": "trtexec-like benchmark of an .onnx or .plan",
+    "lut": "list, export or clear the latency table",
+    "export-triton": "write a Triton model repository for an .onnx or .plan",
+}
+
+
+# -- config plumbing ------------------------------------------------------------------------------
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(cfg, pairs: list[str], check: bool = True):
+    """`section.key=value` overrides, then (check) every value checked. A value is read as JSON when
+    it parses, else as a string; string-valued keys keep the text as given (engine_name=123)."""
+    import dataclasses
+
+    from .config import RULES, validate
+
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise UserError(f"--set expects section.key=value, got '{pair}'")
+        key, value = pair.split("=", 1)
+        target, section = cfg, ""
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if not hasattr(target, p) or not dataclasses.is_dataclass(getattr(target, p)):
+                raise UserError(f"--set: unknown config section '{p}' in '{key}' "
+                                f"(sections: {', '.join(s for s in RULES if s)})")
+            target, section = getattr(target, p), p
+        name = parts[-1]
+        if not hasattr(target, name) or name not in RULES.get(section, {}):
+            if dataclasses.is_dataclass(getattr(target, name, None)):
+                raise UserError(f"--set {pair}: '{name}' is a section; set one of its keys ({key}.KEY=VALUE)")
+            raise UserError(f"--set: unknown config key '{key}'")
+        parsed = _parse_value(value)
+        if RULES[section][name].kind is str and parsed is not None and not isinstance(parsed, str):
+            parsed = value
+        setattr(target, name, parsed)
+    return validate(cfg) if check else cfg
+
+
+def saved_config(root: Path):
+    """The RunConfig saved in run directory `root`, or None when there is none (nothing written)."""
+    from . import config as config_mod
+    from .rundir import MANIFEST, RunDir
+
+    if not (root / MANIFEST).is_file():
+        return None
+    saved = RunDir(root, create=False).manifest().get("config") or {}
+    return config_mod.from_dict(saved, check=False) if saved else None
+
+
+def open_run(args, flags=None, create: bool = True):
+    """RunDir + RunConfig for a stage subcommand: config from --config, else the run's own, then
+    --set and the subcommand's own options (`flags(cfg)`). Every value is checked before the run
+    directory is created or its run.json written, so a refused value is never saved."""
+    from . import config as config_mod
+    from .rundir import RunDir
+
+    root = Path(args.run_dir)
+    if getattr(args, "config", None):
+        cfg = config_mod.load(args.config, check=False)
+    else:
+        cfg = saved_config(root) or config_mod.RunConfig()
+    cfg.run_dir = str(root)
+    apply_overrides(cfg, getattr(args, "set", None), check=False)
+    if flags:
+        flags(cfg)
+    config_mod.validate(cfg)
+    run = RunDir(root, create=create)
+    run.update(config=cfg.to_dict())
+    return run, cfg
 
 
 def _open(args, flags=None):
-    from .cli import open_run
-
     return open_run(args, flags)
 
 
 def _slot_list(text: str) -> list[int]:
-    from .errors import UserError
-
     try:
         return [int(s) for s in text.split(",")]
     except ValueError:
@@ -88,7 +173,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from .build.stage import run_build
+    from .deploy.stage import run_build
 
     _check_engines_dir(args)
     run, cfg = _open(args)
@@ -128,7 +213,6 @@ def summary_lines(info: dict) -> str:
 
 def cmd_run(args) -> int:
     from . import config as config_mod
-    from .cli import apply_overrides
     from .pipeline import check_stages, run_pipeline
 
     check_stages(args.start, args.stop)
@@ -145,7 +229,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .cli import apply_overrides
     from .pipeline import check_stages, demo_config, run_pipeline
 
     check_stages(args.start)
@@ -174,7 +257,6 @@ def cmd_bench(args) -> int:
 
 def cmd_lut(args) -> int:
     from .atomic import check_output_file
-    from .errors import UserError
     from .latency.lut import LatencyTable, default_lut_path
 
     if args.action == "export":
@@ -198,8 +280,6 @@ def cmd_lut(args) -> int:
 
 def _int_option(option: str, text: str | None, default=None, minimum: int = 0):
     """An integer option read here rather than by argparse, so a bad value is a UserError."""
-    from .errors import UserError
-
     if text is None:
         return default
     try:
@@ -214,8 +294,6 @@ def _int_option(option: str, text: str | None, default=None, minimum: int = 0):
 def _check_ort_loads(path) -> None:
     """An .onnx that ONNX Runtime cannot load would make a repository Triton cannot serve."""
     from pathlib import Path
-
-    from .errors import UserError
 
     p = Path(path)
     if p.suffix != ".onnx" or not p.is_file():
@@ -233,7 +311,7 @@ def _check_ort_loads(path) -> None:
 
 def cmd_export_triton(args) -> int:
     from .atomic import check_output_dir
-    from .build.triton import export_triton
+    from .deploy.triton import export_triton
 
     max_batch = _int_option("--max-batch-size", args.max_batch_size)
     count = _int_option("--instance-count", args.instance_count, 1, minimum=1)
@@ -270,8 +348,6 @@ def register(sub, stage_parser) -> None:
 
     stage_parser(sub, "search", search_args).set_defaults(func=cmd_search)
     stage_parser(sub, "build", _engines_arg).set_defaults(func=cmd_build)
-
-    from .cli import STAGE_HELP
 
     r = sub.add_parser("run", help=STAGE_HELP["run"], description=STAGE_HELP["run"])
     r.add_argument("config", help="TOML/JSON run config")

@@ -238,6 +238,12 @@ def _presets() -> tuple:
     return tuple(PRESETS)
 
 
+def _int8_layouts() -> tuple:
+    from .quant.layouts import LAYOUTS
+
+    return ("auto", *LAYOUTS)
+
+
 def _metrics() -> tuple:
     from .search.tables import _ALIASES, METRICS
 
@@ -274,7 +280,7 @@ RULES: dict[str, dict[str, Rule]] = {
                 "lut": Rule(str, optional=True), "max_seconds": Rule(float, **POSITIVE),
                 "cv_target": Rule(float, **POSITIVE),
                 "calib_method": Rule(str, choices=("max", "percentile", "entropy")),
-                "calib_images": Rule(int, lo=1), "int8_layout": Rule(str, choices=("auto", "trt", "ort")),
+                "calib_images": Rule(int, lo=1), "int8_layout": Rule(str, choices=_int8_layouts),
                 "context": Rule(str, choices=("alone", "model")), "context_rounds": Rule(int, lo=1),
                 "compile": Rule(bool)},
     "search": {"budget": Rule(str, check=_budget_text), "metric": Rule(str, choices=_metrics),
@@ -348,15 +354,3 @@ def load(path: str | Path, check: bool = True) -> RunConfig:
     except OSError as exc:
         raise UserError(f"config file {p} is unreadable ({exc.strerror})") from None
     return from_dict(data, check)
-
-
-def int8_layout_of(profile: "ProfileCfg") -> str:
-    """The Q/DQ layout int8 parts use: `profile.int8_layout`, "auto" meaning "ort" for the ONNX
-    Runtime backend on a CPU-style plan (its CPU kernels fuse only that layout) and "trt" otherwise
-    (TensorRT; a plan with fp16 is a GPU target, whose ONNX must build on TensorRT)."""
-    layout = profile.int8_layout
-    if layout == "auto":
-        return "ort" if profile.backend == "ort" and "fp16" not in profile.precisions else "trt"
-    if layout not in ("trt", "ort"):
-        raise UserError(f"profile.int8_layout must be auto, trt or ort, not '{layout}'")
-    return layout

@@ -304,3 +304,12 @@ def make_splits(train: str, eval: str | None, data_config: dict, *, resolution: 
         desc += f" ({skipped} unreadable skipped)"
     return DataSplits(FolderDataset(tr_items, ttf), FolderDataset(ev_items, eval_transform(data_config, resolution)),
                       desc, fingerprint_items(tr_items) + fingerprint_items(ev_items))
+
+
+def data_splits(cfg, data_config: dict, train_resolution=None, train_augment=True,
+                resolution=None):
+    """The run's splits as its configuration (`cfg.data`, `cfg.distill.seed`) defines them: every
+    stage that reads images gets the same ones."""
+    return make_splits(cfg.data.train, cfg.data.eval, data_config, resolution=resolution,
+                       train_resolution=train_resolution, eval_fraction=cfg.data.eval_fraction,
+                       max_images=cfg.data.max_images, seed=cfg.distill.seed, train_augment=train_augment)

@@ -10,7 +10,7 @@ from .rundir import STAGES, RunDir
 
 
 def stage_functions(engines_dir=None):
-    from .build.stage import run_build
+    from .deploy.stage import run_build
     from .distill.stage import run_distill, run_score
     from .latency.stage import run_profile
     from .search.stage import run_search
@@ -37,7 +37,7 @@ def check_stages(start: str | None = None, stop: str | None = None) -> None:
 def run_pipeline(cfg: RunConfig, start: str | None = None, stop: str | None = None, log=print,
                  engines_dir=None) -> RunDir:
     """Run the stages from `start` (default: first unfinished) to `stop` (default: build).
-    engines_dir: where the build writes engines (default: build.deploy.default_engines_dir())."""
+    engines_dir: where the build writes engines (default: runfiles.default_engines_dir())."""
     check_stages(start, stop)
     validate(cfg)
     run = RunDir(cfg.run_dir)

@@ -6,6 +6,8 @@ Saved runs are read by these names: changing one orphans every earlier run.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 MANIFEST = "run.json"                    # configuration, versions, each stage's status and fingerprint
 TEACHER = "teacher.json"                 # teacher: the slots
 CANDIDATES = "candidates"                # distill: one folder of trained candidates
@@ -28,3 +30,13 @@ LATENCY_COLUMNS = ["first", "last", "op", "precision", "signature", "median_s", 
                    "count", "backend", "device"]
 # what the search needs of latency.csv: tables without the spread columns still load
 LATENCY_NEEDED = ["first", "last", "op", "precision", "signature", "median_s", "device"]
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_engines_dir() -> Path:
+    """Shared outside any run directory: final engines + metadata JSON, the TensorRT timing cache —
+    `engines/` of the source checkout when running from one, else ./engines."""
+    cand = REPO_ROOT / "engines"
+    return cand if (REPO_ROOT / "pyproject.toml").exists() else Path("engines").resolve()

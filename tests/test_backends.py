@@ -215,7 +215,7 @@ def test_device_fingerprint_from_cuda_runtime(fake, tmp_path):
 
 
 def test_plan_for_another_gpu_or_version_is_refused(fake, tmp_path):
-    from hant_trt.build.metadata import EngineMetadata, write_metadata
+    from hant_trt.deploy.metadata import EngineMetadata, write_metadata
     from hant_trt.latency.backends.tensorrt import TensorRTBackend
 
     plan = tmp_path / "m.plan"

@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
-from hant_trt.build.assemble import Choice, StudentSpec, assemble, load_student, save_student
-from hant_trt.build.finetune import agreement, finetune, kd_loss, recalibrate_bn
-from hant_trt.build.verify import verify_onnx
+from hant_trt.student.assemble import Choice, StudentSpec, assemble, load_student, save_student
+from hant_trt.student.finetune import agreement, finetune, kd_loss, recalibrate_bn
+from hant_trt.deploy.verify import verify_onnx
 from hant_trt.errors import UserError
 
 import pytest
@@ -94,7 +94,7 @@ def _chain():
     """A tiny teacher decomposition (stem, two blocks, head) and a student with block 1 replaced."""
     from types import SimpleNamespace
 
-    from hant_trt.build.assemble import Student
+    from hant_trt.student.assemble import Student
 
     torch.manual_seed(0)
     stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
@@ -113,7 +113,7 @@ def _chain():
 
 
 def test_feature_finetune_with_frozen_bn_and_mixup(tmp_path):
-    from hant_trt.build.finetune import student_features
+    from hant_trt.student.finetune import student_features
     from hant_trt.distill.capture import capture, normalised_mse
 
     d, teacher, student = _chain()
@@ -191,7 +191,7 @@ def test_eval_objective_weighs_labels_when_there_are_some():
     lower label loss is kept; without labels KL alone decides."""
     from torch.utils.data import TensorDataset, DataLoader as DL
 
-    from hant_trt.build.finetune import agreement, eval_objective
+    from hant_trt.student.finetune import agreement, eval_objective
 
     torch.manual_seed(0)
     x, y = torch.randn(12, 5), torch.randint(0, 3, (12,))

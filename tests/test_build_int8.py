@@ -7,10 +7,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from hant_trt.build.assemble import Choice, assemble
-from hant_trt.build.quantize import calibrate_parts, export_with_plan, int8_parts, simulate_int8
-from hant_trt.build.verify import verify_onnx
-from hant_trt.latency.precision import node_scope
+from hant_trt.student.assemble import Choice, assemble
+from hant_trt.quant.layouts import LAYOUTS
+from hant_trt.quant.parts import int8_parts
+from hant_trt.quant.plan import calibrate_parts, export_with_plan, simulate_int8
+from hant_trt.deploy.verify import verify_onnx
+from hant_trt.latency.export import node_scope
 
 RES = 96
 
@@ -79,7 +81,7 @@ def test_gpu_plan_fp16_elsewhere_int8_and_fp32_parts_kept(lite0, tmp_path):
     parts chosen at int8 keep their Q/DQ in fp32, a part chosen at fp32 stays fp32 throughout."""
     from onnx import TensorProto
 
-    from hant_trt.build.quantize import part_of_node
+    from hant_trt.quant.plan import part_of_node
     from hant_trt.teacher.decompose import decompose
 
     d = decompose(lite0.model, RES)
@@ -125,7 +127,7 @@ def test_stem_and_head_chosen_int8_are_calibrated_simulated_and_exported(lite0, 
     gen = torch.Generator().manual_seed(1)
     batches = [torch.rand(4, 3, RES, RES, generator=gen) for _ in range(2)]
     calib = calibrate_parts(student, int8_parts(choices), batches, "max", cache_dir=tmp_path / "calib",
-                            layout=layout, fixed=("stem", "head"))
+                            layout=LAYOUTS[layout], fixed=("stem", "head"))
     prefixes = {k.split(".")[0] for k in calib.amax}
     assert prefixes == {"stem", "head", "parts"} and all(k.startswith(("stem.", "head.", "parts.0."))
                                                          for k in calib.amax)
@@ -140,7 +142,7 @@ def test_stem_and_head_chosen_int8_are_calibrated_simulated_and_exported(lite0, 
     ver = verify_onnx(sim, path, [x.numpy()], "int8-ort" if layout == "ort" else "int8")
     assert np.abs(ref_fp32 - ref_sim).max() > 0.01 and ver.passed, ver
     no_head = calibrate_parts(student, int8_parts(choices), batches, "max", cache_dir=tmp_path / "calib",
-                              layout=layout, fixed=("stem",))
+                              layout=LAYOUTS[layout], fixed=("stem",))
     assert not any(k.startswith("head.") for k in no_head.amax)
 
 
@@ -156,7 +158,7 @@ def test_plan_onnx_times_the_int8_plan_the_build_deploys(lite0, tmp_path):
     choices = [Option(i, i, "keep", "int8" if i == 1 else "fp32", 0.0, {"cpu": 1.0}) for i in range(n)]
     fixed = [Option(-1, -1, "stem", "int8", 0.0, {"cpu": 1.0}), Option(n, n, "head", "fp32", 0.0, {"cpu": 1.0})]
     sol = Solution("optimal", choices, {"cpu": 1.0}, 0.0, {"cpu": 1.0}, "cbc", 0.0, fixed_choices=fixed)
-    path = plan_onnx(d, sol, (1, 3, RES, RES), "ort", tmp_path / "s.onnx")
+    path = plan_onnx(d, sol, (1, 3, RES, RES), LAYOUTS["ort"], tmp_path / "s.onnx")
     g = onnx.load(str(path)).graph
     scopes = [node_scope(n.name) for n in g.node if n.op_type == "QuantizeLinear"]
     assert any("stem" in s for s in scopes) and any("parts.1" in s for s in scopes)

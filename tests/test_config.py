@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from hant_trt import atomic, config
-from hant_trt.cli import apply_overrides
+from hant_trt.commands import apply_overrides
 from hant_trt.errors import UserError
 from hant_trt.pipeline import demo_config
 

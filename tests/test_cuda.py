@@ -19,10 +19,10 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 # modules whose tensors live where the training or scoring runs; every tensor factory there names a
 # device, except the listed CPU-side ones (seeded batches and labels made before `.to(device)`)
 DEVICE_PATHS = ["hant_trt/ops/refit.py", "hant_trt/distill/train.py", "hant_trt/distill/capture.py",
-                "hant_trt/distill/score.py", "hant_trt/build/finetune.py"]
+                "hant_trt/distill/score.py", "hant_trt/student/finetune.py", "hant_trt/training.py"]
 FACTORIES = {"eye", "zeros", "ones", "full", "empty", "arange", "randn", "rand", "randint", "tensor", "linspace"}
-CPU_SIDE = {("hant_trt/distill/train.py", "batch_for_step"), ("hant_trt/build/finetune.py", "_labelled_batch"),
-            ("hant_trt/build/finetune.py", "mix_batch")}
+CPU_SIDE = {("hant_trt/training.py", "step_items"), ("hant_trt/training.py", "labelled_batch_for_step"),
+            ("hant_trt/student/finetune.py", "mix_batch")}
 
 
 def _factory_calls_without_device(path: Path):
@@ -75,7 +75,8 @@ def test_torch_backend_times_a_copy_and_leaves_the_module_alone():
 
 
 def test_step_batches_equal_batch_for_step():
-    from hant_trt.distill.train import batch_for_step, step_batches
+    from hant_trt.distill.train import step_batches
+    from hant_trt.training import batch_for_step
 
     class Numbers(torch.utils.data.Dataset):
         def __len__(self):

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from hant_trt.build.metadata import EngineMetadata, check_compatible, io_from_onnx, read_metadata, write_metadata
-from hant_trt.build.report import ReportData, write_report
-from hant_trt.build.triton import export_triton, parse_pbtxt
+from hant_trt.deploy.metadata import EngineMetadata, check_compatible, io_from_onnx, read_metadata, write_metadata
+from hant_trt.deploy.report import ReportData, write_report
+from hant_trt.deploy.triton import export_triton, parse_pbtxt
 from hant_trt.errors import UserError
 from hant_trt.latency.export import export_onnx
 
@@ -68,7 +68,7 @@ def test_report_writes_html_and_pngs(tmp_path):
 
 
 def test_engine_metadata_machine_fields():
-    from hant_trt.build.deploy import target_fields
+    from hant_trt.deploy.deploy import target_fields
     from hant_trt.latency.backends import get_backend
     from hant_trt.latency.device import DeviceInfo
 

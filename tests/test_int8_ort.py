@@ -17,13 +17,14 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from hant_trt.config import ProfileCfg, int8_layout_of
+from hant_trt.config import ProfileCfg
 from hant_trt.errors import UserError
-from hant_trt.latency.calibrate import calibrate
 from hant_trt.latency.export import export_onnx, fold_batchnorm
-from hant_trt.latency.fakequant import fake_quantize
-from hant_trt.latency.int8_ort import plan_sites, u8_params, write_ort_qdq
-from hant_trt.latency.precision import quantize_int8
+from hant_trt.quant.calibrate import calibrate
+from hant_trt.quant.layouts import LAYOUTS, layout_for, quantize_int8
+from hant_trt.quant.qdq_ort import fake_quantize_ort, plan_sites, u8_params, write_ort_qdq
+
+ORT, TRT = LAYOUTS["ort"], LAYOUTS["trt"]
 
 from test_export import mbconv, randomize_bn  # noqa: E402  (tests/ is on sys.path)
 
@@ -90,7 +91,7 @@ def test_calibration_records_output_ranges_after_the_bn_fold():
 def test_ort_layout_fuses_into_integer_kernels_and_matches_the_simulation(tmp_path):
     model = mbconv(nn.ReLU6)
     calib = calibrate(model, batches(SHAPE, 4))
-    q = quantize_int8(model, SHAPE, tmp_path / "q.onnx", calib, layout="ort")
+    q = quantize_int8(model, SHAPE, tmp_path / "q.onnx", calib, layout=ORT)
     m = onnx.load(str(q))
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     prod = {o: n for n in m.graph.node for o in n.output}
@@ -114,7 +115,7 @@ def test_ort_layout_fuses_into_integer_kernels_and_matches_the_simulation(tmp_pa
     raw = session(q, False).run(None, {"input": x.numpy()})[0]
     fused = session(q, True).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
-        sim = fake_quantize(model, calib, layout="ort", input_shape=SHAPE)(x).numpy()
+        sim = fake_quantize_ort(model, calib, input_shape=SHAPE)(x).numpy()
     step = u8_params(*plan_sites(m_fp := onnx.load(str(tmp_path / "f.onnx")), calib)[-1].out_range)[0]
     assert m_fp is not None
     for got in (raw, fused):
@@ -156,7 +157,7 @@ def test_per_layer_plan_quantizes_only_the_calibrated_block(tmp_path):
     x = batches(SHAPE, 1, seed=4)[0]
     raw = session(q, False).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
-        sim = fake_quantize(model, part, layout="ort", input_shape=SHAPE, only_calibrated=True)(x).numpy()
+        sim = fake_quantize_ort(model, part, input_shape=SHAPE, only_calibrated=True)(x).numpy()
         ref = model(x).numpy()
     assert np.abs(sim - raw).mean() <= 0.01 * np.abs(ref).max()
     with pytest.raises(UserError, match="no calibrated range"):
@@ -164,12 +165,12 @@ def test_per_layer_plan_quantizes_only_the_calibrated_block(tmp_path):
 
 
 def test_int8_layout_follows_the_backend_unless_set():
-    assert int8_layout_of(ProfileCfg(backend="ort")) == "ort"
-    assert int8_layout_of(ProfileCfg(backend="tensorrt")) == "trt"
-    assert int8_layout_of(ProfileCfg(backend="ort", precisions=["fp16", "int8"])) == "trt"    # a GPU plan
-    assert int8_layout_of(ProfileCfg(backend="ort", int8_layout="trt")) == "trt"
+    assert layout_for(ProfileCfg(backend="ort")) is LAYOUTS["ort"]
+    assert layout_for(ProfileCfg(backend="tensorrt")) is LAYOUTS["trt"]
+    assert layout_for(ProfileCfg(backend="ort", precisions=["fp16", "int8"])) is LAYOUTS["trt"]    # a GPU plan
+    assert layout_for(ProfileCfg(backend="ort", int8_layout="trt")) is LAYOUTS["trt"]
     with pytest.raises(UserError, match="int8_layout"):
-        int8_layout_of(ProfileCfg(int8_layout="s8"))
+        layout_for(ProfileCfg(int8_layout="s8"))
 
 
 def test_profile_keeps_ort_layout_rows_apart_from_tensorrt_layout_rows():
@@ -182,8 +183,9 @@ def test_profile_keeps_ort_layout_rows_apart_from_tensorrt_layout_rows():
             return "1"
 
     it = ProfileItem("sig", (1, 16, 8, 8), lambda: None)
-    assert _key(it, "int8", B(), "dev", "ort") != _key(it, "int8", B(), "dev", "trt")
-    assert _key(it, "fp32", B(), "dev", "ort") == _key(it, "fp32", B(), "dev", "trt")
+    assert _key(it, "int8", B(), "dev", ORT) != _key(it, "int8", B(), "dev", TRT)
+    assert _key(it, "int8", B(), "dev", ORT)[3] == "int8:ort" and _key(it, "int8", B(), "dev", TRT)[3] == "int8"
+    assert _key(it, "fp32", B(), "dev", ORT) == _key(it, "fp32", B(), "dev", TRT)
 
 
 def test_convs_sharing_one_bias_initializer_get_their_own_int32_bias(tmp_path):
@@ -205,7 +207,7 @@ def test_convs_sharing_one_bias_initializer_get_their_own_int32_bias(tmp_path):
     x = batches(SHAPE, 1, seed=5)[0]
     got = session(q, True).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
-        sim = fake_quantize(model, calib, layout="ort", input_shape=SHAPE)(x).numpy()
+        sim = fake_quantize_ort(model, calib, input_shape=SHAPE)(x).numpy()
     assert got.shape == sim.shape and np.abs(sim - got).mean() <= 0.01 * max(np.abs(sim).max(), 1e-6)
 
 
@@ -224,10 +226,10 @@ def test_junction_savings_are_measured_in_rounds_and_cached(lite0, tmp_path):
     parts[-1] = parts[-1].__class__("head", parts[-1].signature, nn.Sequential(d.blocks[2], *d.blocks[3:], d.head),
                                     parts[-1].input_shape[:1] + d.slots[2].in_shape)
     table = LatencyTable(tmp_path / "lut.sqlite")
-    got = measure_junctions(parts, backend, table, tmp_path / "w", "ort", max_seconds=0.05, rounds=2, progress=False)
+    got = measure_junctions(parts, backend, table, tmp_path / "w", ORT, max_seconds=0.05, rounds=2, progress=False)
     assert got["stem_int8_s"] > 0 and got["head_int8_s"] > 0 and not got["failed"], got
     assert len(got["junction_saving_s"]) == 3 and all(isinstance(s, float) for s in got["junction_saving_s"])
-    again = measure_junctions(parts, backend, table, tmp_path / "w2", "ort", max_seconds=0.05, rounds=2,
+    again = measure_junctions(parts, backend, table, tmp_path / "w2", ORT, max_seconds=0.05, rounds=2,
                               progress=False)
     assert again["junction_saving_s"] == got["junction_saving_s"]       # read from the table, not re-timed
     assert not (tmp_path / "w2").exists() or not any((tmp_path / "w2").glob("*.int8-ort.onnx"))

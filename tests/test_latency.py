@@ -13,7 +13,8 @@ from hant_trt.latency.backends import get_backend
 from hant_trt.latency.bench import BenchResult, format_summary
 from hant_trt.latency.export import export_onnx
 from hant_trt.latency.lut import LatencyRow, LatencyTable
-from hant_trt.latency.precision import quantize_int8, to_fp16
+from hant_trt.latency.precision import to_fp16
+from hant_trt.quant.layouts import quantize_int8
 from hant_trt.latency.profile import ProfileItem, profile_items
 from hant_trt.latency.timing import Stats, Timing, median, percentile
 

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from hant_trt.build.metadata import (EngineMetadata, check_compatible, io_from_onnx, metadata_path,
+from hant_trt.deploy.metadata import (EngineMetadata, check_compatible, io_from_onnx, metadata_path,
                                      optimize_for_ort, read_metadata, write_metadata)
 from hant_trt.errors import UserError
 

@@ -5,8 +5,8 @@ from torch import nn
 
 from hant_trt.errors import UserError
 from hant_trt.ops import (PRESETS, REGISTRY, Candidate, build, build_with_info, candidates, decode, encode,
-                          inherits, register_family, register_preset, teacher_op_string)
-from hant_trt.teacher.decompose import decompose
+                          inherits, register_family, register_preset)
+from hant_trt.teacher.decompose import decompose, teacher_op_string
 from hant_trt.teacher.slot import Slot, merge
 
 # one model per supported family / block type; at 32 px every op still meets every stride

@@ -76,8 +76,8 @@ engine_name = "e2e"
     # the saved spec rebuilds a model whose outputs equal the saved student's
     import torch
 
-    from hant_trt.build.quantize import load_deployed
-    from hant_trt.build.verify import TOLERANCES
+    from hant_trt.student.assemble import load_deployed
+    from hant_trt.deploy.verify import TOLERANCES
     from hant_trt.latency.export import export_onnx
 
     # as deployed: int8 parts simulated (on ORT CPU int8 parts are fast, so the search may pick them)
@@ -131,11 +131,11 @@ engine_name = "e2e"
     # the same with and without its prefix cache; the refined student meets the budget
     from torch.utils.data import DataLoader
 
-    from hant_trt.build.assemble import Choice, assemble
-    from hant_trt.build.finetune import agreement
+    from hant_trt.student.assemble import Choice, assemble
+    from hant_trt.student.finetune import agreement
     from hant_trt.config import from_dict
     from hant_trt.distill.pool import load_trained
-    from hant_trt.distill.stage import data_splits
+    from hant_trt.data import data_splits
     from hant_trt.search.ilp import Solution
     from hant_trt.search.refine import composed_kl
     from hant_trt.teacher.stage import load_from_config

@@ -19,11 +19,13 @@ from onnx import TensorProto, numpy_helper
 from torch import nn
 
 from hant_trt.errors import UserError
-from hant_trt.latency.calibrate import (CalibResult, _Histogram, calibrate, calibrate_cached, entropy_amax,
+from hant_trt.quant.calibrate import (CalibResult, _Histogram, calibrate, calibrate_cached, entropy_amax,
                                         percentile_amax)
 from hant_trt.latency.export import export_onnx
-from hant_trt.latency.fakequant import fake_quantize
-from hant_trt.latency.precision import quantize_int8, quantize_qdq, to_fp16
+from hant_trt.latency.precision import to_fp16
+from hant_trt.quant.fakequant import fake_quantize
+from hant_trt.quant.layouts import quantize_int8
+from hant_trt.quant.qdq_trt import quantize_qdq
 
 from test_export import mbconv, randomize_bn, tiny_net  # noqa: E402  (tests/ is on sys.path)
 

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from hant_trt.build.report import (CHOICES_PNG, LATENCY_PNG, PARETO_PNG, PartLatency, ReportData, SlotChoice,
+from hant_trt.deploy.report import (CHOICES_PNG, LATENCY_PNG, PARETO_PNG, PartLatency, ReportData, SlotChoice,
                                    report_data_from_run, write_report)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -115,7 +115,7 @@ def test_report_teacher_latency_at_the_profiles_base_precision(tmp_path):
 
 
 def test_measured_points_share_the_search_scale():
-    from hant_trt.build.report import ReportData
+    from hant_trt.deploy.report import ReportData
 
     d = ReportData(teacher_name="m", teacher_latency_s=0.004, student_latency_s=0.002, accuracy={},
                    solution={"teacher_s": 0.008, "predicted_s": 0.004, "choices": []})

@@ -5,8 +5,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from hant_trt.build.metadata import EngineMetadata, io_from_onnx, write_metadata
-from hant_trt.build.triton import Enum, PbtxtError, as_list, export_triton, format_pbtxt, parse_pbtxt
+from hant_trt.deploy.metadata import EngineMetadata, io_from_onnx, write_metadata
+from hant_trt.deploy.triton import Enum, PbtxtError, as_list, export_triton, format_pbtxt, parse_pbtxt
 from hant_trt.errors import UserError
 
 

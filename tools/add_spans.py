@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 
 from hant_trt.config import from_dict
-from hant_trt.distill.stage import data_splits, distill_fingerprint
+from hant_trt.data import data_splits
+from hant_trt.distill.stage import distill_fingerprint
 from hant_trt.distill.train import distill
 from hant_trt.rundir import RunDir
 from hant_trt.runfiles import CANDIDATES, MANIFEST, TEACHER

@@ -156,10 +156,11 @@ def students_vs_prediction(cfg, speedups: list[float], rounds: int) -> list[dict
     timed beside the teacher on the profile's backend, `rounds` alternating pairs."""
     import statistics
 
-    from hant_trt.build.assemble import Choice, assemble
-    from hant_trt.build.stage import _trained_modules
+    from hant_trt.student.assemble import Choice, assemble
+    from hant_trt.runfiles import CANDIDATES
+    from hant_trt.student.stage import trained_modules
     from hant_trt.latency.precision import base_precision
-    from hant_trt.latency.stage import profile_backend
+    from hant_trt.latency.backends import profile_backend
     from hant_trt.rundir import RunDir
     from hant_trt.search.ilp import solve
     from hant_trt.search.tables import build_problem, load_tables, read_n_slots, select_devices
@@ -171,7 +172,7 @@ def students_vs_prediction(cfg, speedups: list[float], rounds: int) -> list[dict
     n = read_n_slots(root / "teacher.json")
     dev = select_devices(tables.fixed, None)[0]
     teacher, d = load_from_config(cfg)
-    backend = profile_backend(cfg)
+    backend = profile_backend(cfg.profile)
     base = base_precision(cfg.profile.precisions)
     shape = (cfg.profile.batch, 3, teacher.resolution, teacher.resolution)
     t_prep = backend.prepare_module(teacher.model, shape, base)
@@ -183,7 +184,7 @@ def students_vs_prediction(cfg, speedups: list[float], rounds: int) -> list[dict
             out.append({"asked": s, "error": str(exc).splitlines()[0][:200]})
             continue
         choices = [Choice(o.first, o.last, o.op, o.precision) for o in sol.choices]
-        student = assemble(d, choices, _trained_modules(run, d, choices))
+        student = assemble(d, choices, trained_modules(run.root / CANDIDATES, d, choices))
         s_prep = backend.prepare_module(student, shape, base)
         tt, ts = [], []
         for _ in range(rounds):
@@ -204,9 +205,9 @@ def build_and_evaluate(cfg, holdout: Path, device: str) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from hant_trt.build.finetune import agreement
-    from hant_trt.build.quantize import load_deployed
-    from hant_trt.build.stage import run_build
+    from hant_trt.student.finetune import agreement
+    from hant_trt.student.assemble import load_deployed
+    from hant_trt.deploy.stage import run_build
     from hant_trt.data import FolderDataset, eval_transform, scan_folder
     from hant_trt.rundir import RunDir
     from hant_trt.search.stage import run_search
@@ -244,7 +245,7 @@ def compiled_side_by_side(cfg, rounds: int) -> dict:
     """Teacher and built student both through torch.compile (Inductor) and CUDA graphs, side by side."""
     import statistics
 
-    from hant_trt.build.quantize import load_deployed
+    from hant_trt.student.assemble import load_deployed
     from hant_trt.latency.backends import get_backend
     from hant_trt.latency.precision import base_precision
     from hant_trt.teacher.stage import load_from_config

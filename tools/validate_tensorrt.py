@@ -45,7 +45,8 @@ def main() -> int:
     from hant_trt.latency.bench import BenchResult, format_summary
     from hant_trt.latency.timing import median
     from hant_trt.latency.export import export_onnx
-    from hant_trt.latency.precision import quantize_int8, to_fp16
+    from hant_trt.latency.precision import to_fp16
+    from hant_trt.quant.layouts import quantize_int8
     from hant_trt.teacher.decompose import decompose
     from hant_trt.teacher.load import load_teacher
 
@@ -76,7 +77,7 @@ def main() -> int:
     if fp32 is not None:
         def plan_roundtrip():
             # a plan with metadata is accepted on this GPU; outputs are finite; copies timed (bench mode)
-            from hant_trt.build.metadata import EngineMetadata, write_metadata
+            from hant_trt.deploy.metadata import EngineMetadata, write_metadata
 
             plan = work / "b.fp32.plan"
             dev = be.device()

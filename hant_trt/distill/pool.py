@@ -74,7 +74,7 @@ def cost_of(d: Decomposition, first: int, last: int, op: str, module: nn.Module)
     """(params, MACs) of a candidate module at its slot's input shape."""
     import torch
 
-    from ..teacher.decompose import count_macs
+    from ..ops.cost import count_macs
 
     slot = module_slot_of(d.slots, first, last)
     params = sum(p.numel() for p in module.parameters())

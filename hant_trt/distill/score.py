@@ -116,17 +116,18 @@ def read_scores(path: Path) -> list[ScoreRow]:
 
 @torch.no_grad()
 def score_fixed_int8(d: Decomposition, eval_loader, calib_batches: list[torch.Tensor], labelled: bool,
-                     method: str = "max", layout: str = "trt") -> dict:
+                     method: str = "max", layout=None) -> dict:
     """{"stem": {"int8": metrics}, "head": {"int8": metrics}}: the teacher with its stem (or head)
     alone in simulated int8 — calibrated on `calib_batches` (images) as `int8_entries` calibrates a
     slot — scored like any candidate (agreement, KL, top-1; local_mse 0: not a slot output)."""
-    from ..latency.calibrate import calibrate
-    from ..latency.fakequant import fake_quantize
+    from ..quant.calibrate import calibrate
+    from ..quant.layouts import DEFAULT
 
     head_in = [capture(d, x)[0][-1] for x in calib_batches]
-    q_stem = fake_quantize(d.stem, calibrate(d.stem, calib_batches, method=method), layout=layout,
+    layout = layout or DEFAULT
+    q_stem = layout.simulate(d.stem, calibrate(d.stem, calib_batches, method=method),
                            input_shape=(1, *calib_batches[0].shape[1:]))
-    q_head = fake_quantize(d.head, calibrate(d.head, head_in, method=method), layout=layout,
+    q_head = layout.simulate(d.head, calibrate(d.head, head_in, method=method),
                            input_shape=(1, *head_in[0].shape[1:]))
     accs = {"stem": _Acc(), "head": _Acc()}
     for x, y in eval_loader:

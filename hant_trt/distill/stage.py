@@ -7,19 +7,13 @@ import os
 import time
 
 from .. import atomic
-from ..config import RunConfig, int8_layout_of
-from ..data import make_splits
+from ..config import RunConfig
+from ..data import data_splits
+from ..quant.layouts import layout_for
 from ..rundir import RunDir, fingerprint
 from ..runfiles import CANDIDATES, FIXED_SCORES, SCORES
 from ..teacher.stage import load_from_config, run_teacher, teacher_fingerprint
 from .train import distill, prune_stale_slot_files
-
-
-def data_splits(cfg: RunConfig, data_config: dict, train_resolution=None, train_augment=True,
-                resolution=None):
-    return make_splits(cfg.data.train, cfg.data.eval, data_config, resolution=resolution,
-                       train_resolution=train_resolution, eval_fraction=cfg.data.eval_fraction,
-                       max_images=cfg.data.max_images, seed=cfg.distill.seed, train_augment=train_augment)
 
 
 def distill_fingerprint(cfg: RunConfig) -> str:
@@ -115,8 +109,8 @@ def _merge_ranks(run: RunDir, world: int, rank: int, fp: str, timeout_s: float =
 
 def score_fingerprint(cfg: RunConfig) -> str:
     int8 = [cfg.profile.calib_method, cfg.profile.calib_images] if "int8" in cfg.profile.precisions else False
-    if int8 and int8_layout_of(cfg.profile) != "trt":     # runs from before layouts keep their fingerprints
-        int8.append(int8_layout_of(cfg.profile))
+    if int8 and layout_for(cfg.profile).in_fingerprint:     # runs from before layouts keep their fingerprints
+        int8.append(layout_for(cfg.profile).name)
     return fingerprint({"distill": distill_fingerprint(cfg), "score": cfg.score, "int8": int8})
 
 
@@ -125,7 +119,7 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
     from ..teacher.slot import Slot
     from .pool import load_trained, keep_entries, signature_of, cost_of
     from .score import ScoreRow, score_candidates, write_scores
-    from .train import _progress
+    from ..progress import progress
 
     fp = score_fingerprint(cfg)
     if run.is_done("score", fp):
@@ -142,11 +136,11 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
     if "int8" in cfg.profile.precisions:
         entries += int8_entries(d, entries, data_splits(cfg, teacher.data_config, train_augment=False).train,
                                 cfg.score.batch_size, cfg.profile.calib_images, cfg.profile.calib_method,
-                                int8_layout_of(cfg.profile))
+                                layout_for(cfg.profile))
     dev = score_device(cfg)
     for m in (d.stem, d.head, *d.blocks, *(e[4] for e in entries)):
         m.to(dev)
-    bar = _progress(len(loader), 0, f"score {len(entries)} candidates")
+    bar = progress(len(loader), 0, f"score {len(entries)} candidates")
     metrics = score_candidates(d, [(k, f, l, m) for k, f, l, _, m, _ in entries], loader, labelled, bar, dev)
     bar.close()
     for m in (d.stem, d.head, *d.blocks, *(e[4] for e in entries)):
@@ -171,7 +165,7 @@ def score_device(cfg: RunConfig):
     int8 simulation keeps its scales there)."""
     import torch
 
-    from .train import resolve_device
+    from ..training import resolve_device
 
     dev = resolve_device(cfg.distill.device)
     return torch.device("cpu") if "int8" in cfg.profile.precisions else dev
@@ -191,25 +185,25 @@ def _score_loader(cfg: RunConfig, teacher):
 def _write_fixed_scores(run: RunDir, cfg: RunConfig, teacher, d, loader, labelled: bool) -> None:
     """scores_fixed.json: the stem and head at int8, scored on the eval split like the slots."""
     from .score import score_fixed_int8
-    from .train import eval_batches
+    from ..training import eval_batches
 
     calib = eval_batches(data_splits(cfg, teacher.data_config, train_augment=False).train,
                          cfg.profile.calib_images, cfg.score.batch_size)
-    got = score_fixed_int8(d, loader, calib, labelled, cfg.profile.calib_method, int8_layout_of(cfg.profile))
+    got = score_fixed_int8(d, loader, calib, labelled, cfg.profile.calib_method, layout_for(cfg.profile))
     atomic.write_json(run.path(FIXED_SCORES), got)
 
 
 def int8_entries(d, entries, calib_set, batch_size: int, images: int = 32, method: str = "max",
-                 layout: str = "trt") -> list[tuple]:
-    """Each (fp32) entry again with simulated int8: ranges from `latency.calibrate` (`method`) on the
+                 layout=None) -> list[tuple]:
+    """Each (fp32) entry again with simulated int8: ranges from `quant.calibrate` (`method`) on the
     slot's real inputs from `images` un-augmented training images, simulated by
-    `latency.fakequant` — the code and arithmetic of the Q/DQ ONNX the build writes for int8 parts."""
+    the layout's simulation (`quant.layouts`) — the code and arithmetic of the Q/DQ ONNX the build writes for int8 parts."""
     import torch
 
-    from ..latency.calibrate import QUANT_LAYERS, calibrate
-    from ..latency.fakequant import fake_quantize
+    from ..quant.calibrate import QUANT_LAYERS, calibrate
+    from ..quant.layouts import DEFAULT
     from .capture import capture
-    from .train import eval_batches
+    from ..training import eval_batches
 
     acts = [capture(d, x)[0] for x in eval_batches(calib_set, images, batch_size)]
     out = []
@@ -218,7 +212,7 @@ def int8_entries(d, entries, calib_set, batch_size: int, images: int = 32, metho
             if not any(isinstance(m, QUANT_LAYERS) for m in module.modules()):
                 continue        # nothing to quantize (skip): int8 would be the fp32 entry again
             xs = [a[first] for a in acts]
-            q = fake_quantize(module, calibrate(module, xs, method=method), layout=layout,
-                              input_shape=(1, *xs[0].shape[1:]))
+            q = (layout or DEFAULT).simulate(module, calibrate(module, xs, method=method),
+                                             input_shape=(1, *xs[0].shape[1:]))
             out.append((key + ":int8", first, last, op, q, "int8"))
     return out

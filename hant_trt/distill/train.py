@@ -10,7 +10,6 @@ uninterrupted one would, and its final weights are equal.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,8 +21,11 @@ from torch import nn
 from .. import atomic
 from ..config import DistillCfg
 from ..errors import UserError
+from ..progress import progress
 from ..teacher.decompose import Decomposition
 from ..teacher.slot import Slot
+from ..training import (adamw, autocast_of, batch_for_step, estimate_bn, eval_batches, lr_at, resolve_device,
+                        set_train_mode)
 from .capture import (capture, capture_fisher, fisher_mse, kl_to_teacher, module_slot_of, normalised_mse,
                       span_teacher, suffix_logits, teacher_modules_eval)
 from .pool import build_candidate, candidate_ops
@@ -90,36 +92,6 @@ def plan_jobs(d: Decomposition, cfg: DistillCfg, rank: int = 0, world: int = 1,
     return [j for k, j in enumerate(jobs) if k % world == rank]
 
 
-def adamw(params, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
-    """AdamW with the fused kernel: on CPU the default per-tensor loop costs ~4x more per step over
-    the thousands of small tensors of a candidate pool (small preset on Lite0: 204 vs 56 ms)."""
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("distill.device is 'cuda' but no CUDA device is visible")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"distill.device must be auto, cpu or cuda, not '{name}'")
-    return torch.device(name)
-
-
-def set_train_mode(module: nn.Module, bn: str = "frozen") -> None:
-    """Train mode, with BatchNorm layers kept in eval mode when `bn == "frozen"`: with a few hundred
-    images, batch statistics of small batches are noisier than the teacher's (or the least-squares
-    refit's) running statistics, and frozen statistics make the result independent of the
-    distillation resolution."""
-    module.train()
-    if bn == "frozen":
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-    elif bn != "train":
-        raise UserError(f"distill.bn must be 'frozen' or 'train', not '{bn}'")
-
-
 def _trainable(job: Job) -> bool:
     return any(p.requires_grad for p in job.module.parameters())
 
@@ -142,26 +114,6 @@ def make_groups(jobs: list[Job], batch: int, budget_mb: int) -> list[Group]:
     if cur:
         groups.append(Group(cur))
     return groups
-
-
-def lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    """Linear warm-up then cosine decay to 1% of base."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-
-
-def batch_for_step(dataset, step: int, batch_size: int, seed: int) -> torch.Tensor:
-    """The step's batch: indices and augmentation seeded by (seed, step) only."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    idx = torch.randint(0, len(dataset), (batch_size,), generator=g).tolist()
-    state = torch.get_rng_state()
-    torch.manual_seed(seed * 7_919 + step)
-    try:
-        return torch.stack([dataset[i][0] for i in idx])
-    finally:
-        torch.set_rng_state(state)
 
 
 class _StepBatches(torch.utils.data.Dataset):
@@ -199,20 +151,6 @@ def step_batches(train_set, full_set, full_from: int, first: int, last: int, bat
         return (ds[k] for k in range(len(ds)))
     return iter(torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
                                             pin_memory=True, prefetch_factor=4, persistent_workers=False))
-
-
-def autocast_of(dev: torch.device) -> tuple[bool, torch.dtype]:
-    """(mixed precision on, its dtype): bf16 on GPUs that have it (no loss scaling needed), fp16
-    with gradient scaling on older ones, off on the CPU."""
-    if dev.type != "cuda":
-        return False, torch.float32
-    return True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def eval_batches(dataset, n_images: int, batch_size: int) -> list[torch.Tensor]:
-    n = min(n_images, len(dataset))
-    xs = [dataset[i][0] for i in range(n)]
-    return [torch.stack(xs[i:i + batch_size]) for i in range(0, n, batch_size)]
 
 
 def job_loss(d: Decomposition, j: Job, out: torch.Tensor, acts: list[torch.Tensor], logits: torch.Tensor,
@@ -256,25 +194,6 @@ def validation_mse(d: Decomposition, jobs: list[Job], batches: list[torch.Tensor
             sums[j.key] += float(job_loss(d, j, j.module(acts[j.first]), acts, logits, cfg, fisher))
             j.module.train(was)
     return {k: v / max(1, len(batches)) for k, v in sums.items()}
-
-
-@torch.no_grad()
-def estimate_bn(modules: list[nn.Module], forward) -> None:
-    """Re-estimate the statistics of every BatchNorm inside `modules` as a cumulative average over
-    what `forward()` feeds them. Only those BatchNorms are in train mode meanwhile; they are left in
-    eval mode."""
-    bns = [m for mod in modules for m in mod.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    moms = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    forward()
-    for m, mom in zip(bns, moms):
-        m.momentum = mom
-        m.eval()
 
 
 @torch.no_grad()
@@ -374,13 +293,6 @@ class Checkpointer:
         return step
 
 
-def _progress(total: int, initial: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-                disable=os.environ.get("HANT_TRT_NO_PROGRESS") == "1")
-
-
 def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Path, fingerprint: str,
             resume: bool = False, restart: bool = False, rank: int = 0, world: int = 1,
             eval_images: int = 64, bn_set=None, bn_batches: int = 4, full_set=None,
@@ -434,7 +346,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
             ckpt.dir.mkdir(parents=True, exist_ok=True)
             atomic.write_with(ckpt.dir / "start.pt", lambda tmp: torch.save(_snapshot(jobs), tmp))
     t0 = time.time()
-    bar = _progress(cfg.steps, start, f"distill {len(trainable)} candidates")
+    bar = progress(cfg.steps, start, f"distill {len(trainable)} candidates")
     for j in trainable:
         set_train_mode(j.module, cfg.bn)
     full_from = cfg.steps - cfg.full_res_steps if full_set is not None and cfg.full_res_steps > 0 else cfg.steps

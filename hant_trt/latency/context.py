@@ -58,11 +58,11 @@ def swapped_model(d, first: int, last: int, module: nn.Module | None) -> nn.Modu
 def paired_saving(backend: Backend, teacher_prep, swapped_prep, rounds: int, max_seconds: float,
                   cv_target: float = 0.02) -> tuple[float, float, float]:
     """(median saving s, p90 of the savings, stdev) over `rounds` pairs (teacher, swapped)."""
-    savings = []
-    for _ in range(max(1, rounds)):
-        t = backend.time(teacher_prep, warmup_ms=20, max_seconds=max_seconds, cv_target=cv_target).median_s
-        s = backend.time(swapped_prep, warmup_ms=20, max_seconds=max_seconds, cv_target=cv_target).median_s
-        savings.append((1.0 - s / t) * t)
+    from .paired import time_beside
+
+    pairs = time_beside(backend, teacher_prep, [swapped_prep], rounds, warmup_ms=20, max_seconds=max_seconds,
+                        cv_target=cv_target)[0]
+    savings = [(1.0 - s / t) * t for t, s in pairs]
     savings.sort()
     p90 = savings[min(len(savings) - 1, int(round(0.9 * (len(savings) - 1))))]
     return statistics.median(savings), p90, statistics.pstdev(savings)
@@ -78,8 +78,7 @@ def measure_in_context(d, model_name: str, resolution: int, swaps: list[Swap], m
 
     make_module(first, last, op) -> the candidate's nn.Module (eval mode, any weights).
     """
-    from tqdm import tqdm
-
+    from ..progress import progress as bar_of
     from .export import export_onnx
 
     workdir = Path(workdir)
@@ -105,8 +104,7 @@ def measure_in_context(d, model_name: str, resolution: int, swaps: list[Swap], m
     if not todo:
         return out
     teacher_prep = backend.prepare(export_onnx(swapped_model(d, 0, 0, None), shape, workdir / "ctx_teacher.onnx"))
-    bar = tqdm(todo, desc=f"in-context latency on {backend.name}", unit="swap", dynamic_ncols=True,
-               disable=not progress or os.environ.get("HANT_TRT_NO_PROGRESS") == "1")
+    bar = bar_of(len(todo), desc=f"in-context latency on {backend.name}", unit="swap", items=todo, show=progress)
     for s in bar:
         k = key(s)
         try:

@@ -329,3 +329,17 @@ def onnx_scope_of(module_path: str) -> str:
 def node_scope(node_name: str) -> str:
     """The module scope part of an exported node name: "/a/b/Conv_2" → "/a/b"."""
     return node_name.rpartition("/")[0]
+
+
+def check_and_save(model, dst, what: str) -> Path:
+    """Shapes re-inferred from scratch, full onnx check, atomic write: a rewritten graph that does not
+    check is an internal error, never a file."""
+    import onnx
+
+    del model.graph.value_info[:]
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise RuntimeError(f"{what} produced an invalid graph: {exc}") from exc
+    return atomic.write_with(Path(dst), lambda tmp: onnx.save(model, tmp))

@@ -60,30 +60,30 @@ def paired_saving(backend, left, right, both, rounds: int, max_seconds: float, c
     """(median, p90, stdev) over `rounds` of t(left) + t(right) − t(both), the three timed back to
     back in each round: a difference of three timings, so one slow timing must not make it (the
     machine drifts between rounds; within one it mostly does not)."""
+    from .paired import time_in_rounds
     from .timing import Stats
 
-    kw = dict(warmup_ms=20, max_seconds=max_seconds, cv_target=cv_target)
-    st = Stats.of([backend.time(left, **kw).median_s + backend.time(right, **kw).median_s
-                   - backend.time(both, **kw).median_s for _ in range(max(1, rounds))])
+    ts = time_in_rounds(backend, [left, right, both], rounds, warmup_ms=20, max_seconds=max_seconds,
+                        cv_target=cv_target)
+    st = Stats.of([a + b - ab for a, b, ab in zip(*ts)])
     return st.median, st.p90, st.stdev
 
 
-def measure_junctions(parts: list[Part], backend, table, workdir, int8_layout: str, max_seconds: float = 2.0,
+def measure_junctions(parts: list[Part], backend, table, workdir, layout, max_seconds: float = 2.0,
                       cv_target: float = 0.02, rounds: int = 3, progress: bool = True, references: dict | None = None,
                       reference_precision: str = "fp32") -> dict:
     """{"stem_int8_s", "head_int8_s", "junction_saving_s": [len(parts) − 1], "failed": [...]}, at
-    int8 in `int8_layout`. The stem and head are timed like any part (`profile_items`); each
+    int8 in `layout` (a `quant.layouts.QdqLayout`). The stem and head are timed like any part (`profile_items`); each
     junction's saving is measured in `rounds` interleaved rounds (`paired_saving`) and stored in
     `table` as its own row (median_s = the saving, possibly negative), so a second profile reads
     it. A junction that cannot be measured is recorded with its error and gets None. references:
     the stem's and head's `profile.Reference` (timed beside their float selves), as candidates."""
-    from tqdm import tqdm
-
+    from ..progress import progress as bar_of
     from .lut import LatencyRow
     from .profile import prepare_item, profile_items, table_key
 
     fixed = profile_items([_item(parts[0]), _item(parts[-1])], backend, table, ["int8"], workdir, progress=False,
-                          max_seconds=max_seconds, cv_target=cv_target, int8_layout=int8_layout,
+                          max_seconds=max_seconds, cv_target=cv_target, layout=layout,
                           references=references, reference_precision=reference_precision)
     ok = {r.signature: r.median_s for r in fixed if not r.error}
     failed = sorted(r.signature for r in fixed if r.error)
@@ -92,15 +92,14 @@ def measure_junctions(parts: list[Part], backend, table, workdir, int8_layout: s
 
     def prep(item):
         if item.signature not in prepared:
-            prepared[item.signature] = prepare_item(item, "int8", backend, workdir, int8_layout)
+            prepared[item.signature] = prepare_item(item, "int8", backend, workdir, layout)
         return prepared[item.signature]
 
     pairs = list(zip(parts, parts[1:]))
-    bar = tqdm(pairs, desc=f"int8 junctions on {backend.name}", unit="junction", dynamic_ncols=True,
-               disable=not progress or os.environ.get("HANT_TRT_NO_PROGRESS") == "1")
+    bar = bar_of(len(pairs), desc=f"int8 junctions on {backend.name}", unit="junction", items=pairs, show=progress)
     for a, b in bar:
         item = _pair_item(a, b)
-        key = table_key(item, "int8", backend, device, int8_layout)
+        key = table_key(item, "int8", backend, device, layout)
         row = table.get(key)
         if row is None:
             try:

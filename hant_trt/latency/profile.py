@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..quant.layouts import DEFAULT, QdqLayout, quantize_int8
 from .backends.base import Backend
 from .lut import LatencyRow, LatencyTable, make_key
 
@@ -56,15 +57,14 @@ class Reference:
 PAIRED = "+paired"      # rows measured beside a reference never mix with rows timed alone
 
 
-def table_key(item: ProfileItem, precision: str, backend: Backend, device: str, int8_layout: str = "trt",
+def table_key(item: ProfileItem, precision: str, backend: Backend, device: str, layout: QdqLayout = DEFAULT,
               paired: bool = False) -> tuple:
-    # the ORT layout is another graph than TensorRT's: its rows never mix with theirs
-    key_prec = "int8:ort" if precision == "int8" and int8_layout == "ort" else precision
-    return make_key(item.signature, item.input_shape, key_prec, backend.name,
+    # each int8 layout is another graph: its rows never mix with another layout's
+    return make_key(item.signature, item.input_shape, layout.table_precision(precision), backend.name,
                     backend.version() + (PAIRED if paired else ""), device)
 
 
-def _make_onnx(item: ProfileItem, precision: str, workdir: Path, int8_layout: str = "trt") -> Path:
+def _make_onnx(item: ProfileItem, precision: str, workdir: Path, layout: QdqLayout = DEFAULT) -> Path:
     from .export import export_onnx
 
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.signature)[:150]
@@ -75,52 +75,47 @@ def _make_onnx(item: ProfileItem, precision: str, workdir: Path, int8_layout: st
         return base
     from . import precision as prec
 
-    tag = "int8-ort" if precision == "int8" and int8_layout == "ort" else precision
+    tag = layout.file_precision(precision)
     out = workdir / f"{safe}.{tag}.onnx"
     if not out.exists():
         if precision == "fp16":
             prec.to_fp16(base, out)
         elif precision == "int8":
-            prec.quantize_int8(item.make_module(), item.input_shape, out, item.calib, layout=int8_layout)
+            quantize_int8(item.make_module(), item.input_shape, out, item.calib, layout=layout)
         else:
             raise ValueError(f"unknown precision {precision}")
     return out
 
 
-def prepare_item(item: ProfileItem, precision: str, backend: Backend, workdir: Path, int8_layout: str = "trt"):
+def prepare_item(item: ProfileItem, precision: str, backend: Backend, workdir: Path, layout: QdqLayout = DEFAULT):
     """The item ready to time on `backend` (an ONNX export at `precision` for engines, the module
     itself for torch)."""
     if backend.name == "torch":
         return backend.prepare_module(item.make_module(), item.input_shape, precision)
-    return backend.prepare(_make_onnx(item, precision, Path(workdir), int8_layout), precision)
+    return backend.prepare(_make_onnx(item, precision, Path(workdir), layout), precision)
 
 
-def _time_item(item, precision, backend, workdir, timing_kw, int8_layout="trt"):
-    return backend.time(prepare_item(item, precision, backend, workdir, int8_layout), **timing_kw)
+def _time_item(item, precision, backend, workdir, timing_kw, layout=DEFAULT):
+    return backend.time(prepare_item(item, precision, backend, workdir, layout), **timing_kw)
 
 
-def _time_paired(item, precision, backend, workdir, timing_kw, int8_layout, ref: Reference, ref_prepared,
+def _time_paired(item, precision, backend, workdir, timing_kw, layout, ref: Reference, ref_prepared,
                  rounds: int) -> tuple[float, float, float, int]:
-    """(median, p90, stdev, count) of `item` from `rounds` alternating (reference, item) timings,
+    """(median, p90, stdev, rounds) of `item` from `rounds` alternating (reference, item) timings,
     each round's ratio × the reference's seconds."""
-    import statistics
+    from .paired import time_beside
+    from .timing import Stats
 
-    prepared = prepare_item(item, precision, backend, workdir, int8_layout)
+    prepared = prepare_item(item, precision, backend, workdir, layout)
     kw = dict(timing_kw, max_seconds=max(0.05, timing_kw.get("max_seconds", 2.0) / rounds))
-    ratios, spread, count = [], [], 0
-    for _ in range(rounds):
-        r = backend.time(ref_prepared, **kw).median_s
-        t = backend.time(prepared, **kw)
-        ratios.append(t.median_s / r)
-        spread.append(t.p90_s / t.median_s if t.median_s > 0 else 1.0)
-        count += t.count
-    med = statistics.median(ratios) * ref.seconds
-    return med, med * statistics.median(spread), statistics.pstdev(ratios) * ref.seconds, count
+    pairs = time_beside(backend, ref_prepared, [prepared], rounds, **kw)[0]
+    st = Stats.of([t / r * ref.seconds for r, t in pairs])
+    return st.median, st.p90, st.stdev, len(pairs)
 
 
 def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTable, precisions: list[str],
                   workdir: Path, progress: bool = True, max_seconds: float = 2.0, cv_target: float = 0.02,
-                  warmup_ms: float = 100.0, int8_layout: str = "trt", references: dict | None = None,
+                  warmup_ms: float = 100.0, layout: QdqLayout = DEFAULT, references: dict | None = None,
                   reference_precision: str = "fp32", rounds: int = 3) -> list[ProfileResult]:
     """Measure every (item, precision) not yet in `table`; returns one result per unique pair.
 
@@ -132,12 +127,12 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
     progress: tqdm bar with ETA on stderr (default True; HANT_TRT_NO_PROGRESS=1 hides it).
     max_seconds / cv_target / warmup_ms: measurement settings (see timing.measure; defaults 2.0,
         0.02, 100).
-    int8_layout: Q/DQ layout of int8 exports, "trt" (default) or "ort" (`int8_ort`; own table rows).
+    layout: the Q/DQ layout of int8 exports (`quant.layouts`; its own table rows).
     references: signature → Reference: those items are timed beside it in `rounds` alternating
         rounds (`Reference`; rows keyed apart from rows timed alone); None: every item alone.
     reference_precision: the precision references are timed at (the profile's base precision).
     """
-    from tqdm import tqdm
+    from ..progress import progress as bar_of
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -148,28 +143,27 @@ def profile_items(items: list[ProfileItem], backend: Backend, table: LatencyTabl
             if (it.signature, p) in seen:
                 continue
             seen.add((it.signature, p))
-            row = table.get(table_key(it, p, backend, device, int8_layout, _paired(references, it)))
+            row = table.get(table_key(it, p, backend, device, layout, _paired(references, it)))
             if row is not None:
                 results.append(ProfileResult(it.signature, p, row.median_s, row.p90_s, row.stdev_s, row.count,
                                              row.error, cached=True))
             else:
                 todo.append((it, p))
-    bar = tqdm(todo, desc=f"profile on {backend.name}", unit="op", dynamic_ncols=True,
-               disable=not progress or os.environ.get("HANT_TRT_NO_PROGRESS") == "1")
+    bar = bar_of(len(todo), desc=f"profile on {backend.name}", unit="op", items=todo, show=progress)
     kw = dict(warmup_ms=warmup_ms, max_seconds=max_seconds, cv_target=cv_target)
     ref_prepared: dict[str, object] = {}
     for it, p in bar:
         ref = (references or {}).get(it.signature)
-        key = table_key(it, p, backend, device, int8_layout, ref is not None)
+        key = table_key(it, p, backend, device, layout, ref is not None)
         try:
             if ref is None:
-                t = _time_item(it, p, backend, workdir, kw, int8_layout)
+                t = _time_item(it, p, backend, workdir, kw, layout)
                 row = LatencyRow(*key, median_s=t.median_s, p90_s=t.p90_s, stdev_s=t.stdev_s, count=t.count)
             else:
                 if ref.item.signature not in ref_prepared:
                     ref_prepared[ref.item.signature] = prepare_item(ref.item, reference_precision, backend,
-                                                                    workdir, int8_layout)
-                med, p90, sd, n = _time_paired(it, p, backend, workdir, kw, int8_layout, ref,
+                                                                    workdir, layout)
+                med, p90, sd, n = _time_paired(it, p, backend, workdir, kw, layout, ref,
                                                ref_prepared[ref.item.signature], rounds)
                 row = LatencyRow(*key, median_s=med, p90_s=p90, stdev_s=sd, count=n)
         except Exception as exc:  # recorded and skipped, never fatal to the run
@@ -195,7 +189,8 @@ def measure_together(items: list[ProfileItem], backend: Backend, table: LatencyT
     one. Read from `table` when every one is there already (they were measured together then);
     else all measured again and stored — `paired` signatures under the paired key (they are the
     references candidates are timed beside: ratio 1). RuntimeError when one cannot be measured."""
-    import statistics
+    from .paired import time_in_rounds
+    from .timing import Stats
 
     device = backend.device().fingerprint
     keys = {it.signature: table_key(it, precision, backend, device, paired=it.signature in paired) for it in items}
@@ -204,25 +199,22 @@ def measure_together(items: list[ProfileItem], backend: Backend, table: LatencyT
         return {sig: r.median_s for sig, r in got.items()}
     Path(workdir).mkdir(parents=True, exist_ok=True)
     try:
-        prepared = {it.signature: prepare_item(it, precision, backend, Path(workdir)) for it in items}
-        runs: dict[str, list] = {sig: [] for sig in prepared}
-        for _ in range(rounds):
-            for sig, prep in prepared.items():
-                runs[sig].append(backend.time(prep, warmup_ms=50.0, max_seconds=max_seconds, cv_target=cv_target))
+        prepared = [prepare_item(it, precision, backend, Path(workdir)) for it in items]
+        times = time_in_rounds(backend, prepared, rounds, warmup_ms=50.0, max_seconds=max_seconds,
+                               cv_target=cv_target)
     except Exception as exc:
         raise RuntimeError(f"could not measure the teacher's parts: {type(exc).__name__}: {exc}") from None
     out = {}
-    for sig, ts in runs.items():
-        mid = sorted(ts, key=lambda t: t.median_s)[len(ts) // 2]
-        table.put(LatencyRow(*keys[sig], median_s=mid.median_s, p90_s=mid.p90_s,
-                             stdev_s=statistics.pstdev(t.median_s for t in ts), count=sum(t.count for t in ts)))
-        out[sig] = mid.median_s
+    for it, ts in zip(items, times):
+        st = Stats.of(ts)
+        table.put(LatencyRow(*keys[it.signature], median_s=st.median, p90_s=st.p90, stdev_s=st.stdev, count=len(ts)))
+        out[it.signature] = st.median
     return out
 
 
 def measure_module(module, input_shape, backend: Backend, table: LatencyTable, workdir: Path, signature: str,
                    precision: str = "fp32", max_seconds: float = 2.0, cv_target: float = 0.02,
-                   int8_layout: str = "trt", rounds: int = 3) -> ProfileResult:
+                   layout: QdqLayout = DEFAULT, rounds: int = 3) -> ProfileResult:
     """One module (the whole teacher, a fixed part) through the same path as candidates, cached in
     the table under `signature`; RuntimeError when it cannot be measured (the run needs it).
 
@@ -232,11 +224,11 @@ def measure_module(module, input_shape, backend: Backend, table: LatencyTable, w
 
     item = ProfileItem(signature, tuple(input_shape), lambda: module)
     device = backend.device().fingerprint
-    key = table_key(item, precision, backend, device, int8_layout)
+    key = table_key(item, precision, backend, device, layout)
     if rounds > 1 and table.get(key) is None:
         try:
             Path(workdir).mkdir(parents=True, exist_ok=True)
-            prepared = prepare_item(item, precision, backend, Path(workdir), int8_layout)
+            prepared = prepare_item(item, precision, backend, Path(workdir), layout)
             runs = sorted((backend.time(prepared, warmup_ms=100.0, max_seconds=max_seconds, cv_target=cv_target)
                            for _ in range(rounds)), key=lambda t: t.median_s)
             mid = runs[len(runs) // 2]
@@ -245,7 +237,7 @@ def measure_module(module, input_shape, backend: Backend, table: LatencyTable, w
         except Exception as exc:
             raise RuntimeError(f"could not measure {signature}: {type(exc).__name__}: {exc}") from None
     res = profile_items([item], backend, table, [precision], workdir, progress=False, max_seconds=max_seconds,
-                        cv_target=cv_target, int8_layout=int8_layout)[0]
+                        cv_target=cv_target, layout=layout)[0]
     if res.error:
         raise RuntimeError(f"could not measure {signature}: {res.error}")
     return res

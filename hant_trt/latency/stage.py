@@ -15,9 +15,11 @@ import time
 import torch
 
 from .. import atomic
-from ..config import RunConfig, int8_layout_of
+from ..config import RunConfig
+from ..quant.layouts import layout_for
 from ..rundir import RunDir, fingerprint
 from ..runfiles import LATENCY_COLUMNS
+from .backends import profile_backend
 
 
 def profile_fingerprint(run: RunDir, cfg: RunConfig) -> str:
@@ -28,19 +30,12 @@ def profile_fingerprint(run: RunDir, cfg: RunConfig) -> str:
     if not prof.get("compile"):
         prof.pop("compile", None)
     if "int8" in prof.get("precisions", []):
-        prof["int8_layout"] = int8_layout_of(cfg.profile)
+        prof["int8_layout"] = layout_for(cfg.profile).name
         prof["int8_model"] = "junctions-whole"  # stem/head at int8, junction savings fitted to the whole
     else:
         prof.pop("int8_layout", None)
     prof["timing"] = "beside-teacher-parts"     # host-timed rows are ratios to teacher parts × those parts
     return fingerprint({"score": run.stage("score").fingerprint, "profile": prof, "teacher": cfg.teacher})
-
-
-def profile_backend(cfg: RunConfig):
-    """The backend the profile (and the build's side-by-side timing) measures on."""
-    from .backends import get_backend
-
-    return get_backend(cfg.profile.backend, threads=cfg.profile.threads, compile=cfg.profile.compile or None)
 
 
 def _candidate_rows(run: RunDir) -> list[tuple[int, int, str, str]]:
@@ -106,7 +101,7 @@ def _int8_junctions(d, teacher, out_rows, backend, table, workdir, cfg, referenc
     from .junction import measure_junctions, teacher_parts
     from .profile import ProfileItem, measure_module, profile_items
 
-    layout = int8_layout_of(cfg.profile)
+    layout = layout_for(cfg.profile)
     keep = {int(r["first"]): r for r in out_rows if r["op"] == "keep" and r["first"] == r["last"]}
     parts = teacher_parts(d, teacher.name, teacher.resolution, cfg.profile.batch,
                           {i: keep[i]["signature"] for i in keep})
@@ -121,14 +116,14 @@ def _int8_junctions(d, teacher, out_rows, backend, table, workdir, cfg, referenc
         if references and sig in references:
             r = profile_items([ProfileItem(sig, shape, lambda: teacher.model)], backend, table, ["int8"], workdir,
                               progress=False, max_seconds=max(cfg.profile.max_seconds, 1.0),
-                              cv_target=cfg.profile.cv_target, int8_layout=layout, references=references,
+                              cv_target=cfg.profile.cv_target, layout=layout, references=references,
                               reference_precision=base)[0]
             whole = None if r.error else r.median_s
         else:
             try:
                 whole = measure_module(teacher.model, shape, backend, table, workdir, signature=sig,
                                        precision="int8", max_seconds=max(cfg.profile.max_seconds, 1.0),
-                                       cv_target=cfg.profile.cv_target, int8_layout=layout).median_s
+                                       cv_target=cfg.profile.cv_target, layout=layout).median_s
             except RuntimeError:
                 whole = None
         out["teacher_int8_s"] = whole
@@ -200,7 +195,7 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
     t0 = time.time()
     teacher, d = load_from_config(cfg)
     batch = cfg.profile.batch
-    backend = profile_backend(cfg)
+    backend = profile_backend(cfg.profile)
     table = LatencyTable(cfg.profile.lut or default_lut_path())
     workdir = run.root / "profile"
 
@@ -238,8 +233,7 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
                       for first, last, op, sig in rows}
     results = profile_items(items, backend, table, cfg.profile.precisions, workdir,
                             max_seconds=cfg.profile.max_seconds, cv_target=cfg.profile.cv_target,
-                            int8_layout=int8_layout_of(cfg.profile), references=references,
-                            reference_precision=base)
+                            layout=layout_for(cfg.profile), references=references, reference_precision=base)
     res = {(r.signature, r.precision): r for r in results}
     device = backend.device().fingerprint
     out_rows, failed = [], 0

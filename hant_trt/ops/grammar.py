@@ -115,9 +115,8 @@ _TOKENS = [
 
 
 def decode(text: str) -> OpSpec:
-    """Parse an op string; unknown families or tokens are user errors naming what is known."""
-    from . import families  # noqa: F401  (registers the built-in families)
-
+    """Parse an op string; unknown families or tokens are user errors naming what is known (the
+    built-in families are registered by `hant_trt.ops`, which Python imports before this module)."""
     if not isinstance(text, str) or not text:
         raise UserError("empty op string: give e.g. 'ir_k3_e3_relu' or 'keep'")
     code, *tokens = text.split("_")

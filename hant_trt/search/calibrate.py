@@ -65,9 +65,10 @@ def engine_measure(cfg, teacher_table_s: float, rounds: int = 3) -> Callable:
     """measure(solution) for `calibrated_solve`: the student assembled from the solution's op
     strings (untrained: weights do not change latency) and the teacher, exported and timed in
     `rounds` alternating rounds on `cfg.profile.backend`; the median ratio × the table's teacher."""
-    from ..config import int8_layout_of
     from ..latency.backends import get_backend
     from ..latency.export import export_onnx
+    from ..latency.paired import time_beside
+    from ..quant.layouts import layout_for
     from ..teacher.stage import load_from_config
 
     teacher, d = load_from_config(cfg)
@@ -76,35 +77,32 @@ def engine_measure(cfg, teacher_table_s: float, rounds: int = 3) -> Callable:
     tmp = Path(tempfile.mkdtemp(prefix="hant_calibrate_"))
     t_prep = backend.prepare(export_onnx(teacher.model.eval(), shape, tmp / "teacher.onnx"))
 
-    layout = int8_layout_of(cfg.profile)
+    layout = layout_for(cfg.profile)
 
     def measure(sol) -> float:
         if any(o.precision == "fp16" for o in sol.choices + list(sol.fixed_choices)):
             raise UserError("search.calibrate_rounds times fp32 and int8 students only for now "
                             "(profile.precisions without fp16)")
         s_prep = backend.prepare(plan_onnx(d, sol, shape, layout, tmp / "student.onnx"))
-        ratios = []
-        for _ in range(rounds):
-            t = backend.time(t_prep, max_seconds=cfg.profile.max_seconds).median_s
-            s = backend.time(s_prep, max_seconds=cfg.profile.max_seconds).median_s
-            ratios.append(s / t)
-        return statistics.median(ratios) * teacher_table_s
+        pairs = time_beside(backend, t_prep, [s_prep], rounds, max_seconds=cfg.profile.max_seconds)[0]
+        return statistics.median([s / t for t, s in pairs]) * teacher_table_s
 
     return measure
 
 
-def plan_onnx(d, sol, shape: tuple, layout: str, path: Path) -> Path:
+def plan_onnx(d, sol, shape: tuple, layout, path: Path) -> Path:
     """The student of a solution as ONNX with its int8 plan (parts, stem, head), built untrained
     from its op strings and calibrated on seeded random images: neither weights nor ranges change
     latency, so this times what the build will deploy."""
     import torch
 
-    from ..build.assemble import Choice, assemble       # the search times whole students
-    from ..build.quantize import calibrate_parts, export_with_plan, fixed_int8, int8_parts
+    from ..student.assemble import Choice, assemble       # the search times whole students
+    from ..quant.parts import int8_fixed, int8_parts
+    from ..quant.plan import calibrate_parts, export_with_plan
 
     choices = [Choice(o.first, o.last, o.op, o.precision) for o in sol.choices]
     student = assemble(d, choices).eval()
-    fixed = fixed_int8({o.op: o.precision for o in sol.fixed_choices})
+    fixed = int8_fixed({o.op: o.precision for o in sol.fixed_choices})
     parts = int8_parts(choices)
     calib = None
     if parts or fixed:

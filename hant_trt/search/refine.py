@@ -145,7 +145,7 @@ def composed_kl(run_root, cfg, max_images: int | None = None, cache_bytes: float
     from torch.utils.data import DataLoader, Subset
 
     from ..distill.pool import keep_entries, load_trained   # the search reads phase 1's weights
-    from ..distill.stage import data_splits
+    from ..data import data_splits
     from ..teacher.decompose import span_teacher
     from ..teacher.stage import load_from_config
 

@@ -13,6 +13,9 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..ops.cost import count_macs
+from ..ops.grammar import ACTIVATIONS, canonical
+from ..ops.layers import make_divisible
 from .slot import Slot
 
 
@@ -128,36 +131,66 @@ def block_facts(path: str, block: nn.Module) -> dict:
     raise UserError(f"cannot cut this model into slots: first unsupported module is '{path}' ({cls})")
 
 
-def count_macs(module: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-accumulates of Conv2d/Linear layers for one sample of `x`'s shape."""
-    total = 0
-
-    def hook(m, inp, out):
-        nonlocal total
-        if isinstance(m, nn.Conv2d):
-            k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
-            total += int(out[0].numel() * k)
-        elif isinstance(m, nn.Linear):
-            total += int(out[0].numel() * m.in_features)
-
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            module(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return total
-
-
 def _params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(round(float(x), 4))
+
+
+def _se_tokens(block: nn.Module, in_chs: int) -> list[str]:
+    """`se<pct>` (+ `hse` for a hard-sigmoid gate) that rebuilds the block's SE width exactly."""
+    se = getattr(block, "se", None)
+    red = getattr(se, "conv_reduce", None)
+    if not isinstance(red, nn.Conv2d):
+        return []
+    gate = getattr(se, "gate", None)
+    hard = isinstance(gate, nn.Hardsigmoid) or "hard" in type(gate).__name__.lower()
+    se_in, rd = red.in_channels, red.out_channels
+    base = se_in if hard else in_chs
+    width = (lambda p: make_divisible(se_in * p / 100)) if hard else (lambda p: max(1, int(round(in_chs * p / 100))))
+    guess = max(1, round(100 * rd / base))
+    # prefer timm's usual 25 %, then the nearest percentage that gives exactly `rd` channels
+    for p in [25] + sorted(range(1, 10 * guess + 2), key=lambda p: abs(p - guess)):
+        if width(p) == rd:
+            return [f"se{p}"] + (["hse"] if hard else [])
+    return [f"se{guess}"] + (["hse"] if hard else [])
+
+
+def teacher_op_string(block: nn.Module) -> str:
+    """The timm block described in the op grammar, e.g. Lite0's InvertedResidual → "ir_k3_e6_relu6",
+    a MobileNetV3 block → "ir_k5_e6_se25_hse_hswish", ResNet BasicBlock → "basic_k3_relu". Building
+    that string with the block as teacher reproduces the block exactly; "keep" if unsupported."""
+    try:
+        f = block_facts("", block)
+    except Exception:  # not a block the grammar describes: it keeps a signature of its own
+        return "keep"
+    act = f["act"] if f["act"] in ACTIVATIONS else None
+    k, kind, groups = f["kernel"], f["kind"], f.get("groups", 1)
+    g = [f"g{groups}"] if groups != 1 else []
+    if kind in ("ir", "er"):
+        parts = [kind, f"k{k}", f"e{_num(f['expansion'])}", *_se_tokens(block, f["in_chs"])]
+    elif kind == "ds":
+        parts = ["ds", f"k{k}", *_se_tokens(block, f["in_chs"])]
+    elif kind == "cn":
+        parts = ["conv", f"k{k}", *g]
+    elif kind == "basic":
+        parts = ["basic", f"k{k}"]
+    elif kind == "bottleneck":
+        parts = ["bot", f"k{k}", f"e{_num(f['expansion'])}", *g]
+    else:
+        return "keep"
+    same = f["in_chs"] == f["out_chs"] and f["stride"] == 1
+    if kind in ("ir", "er", "ds", "cn") and same and not f.get("has_skip", False):
+        parts.append("noskip")
+    if act:
+        parts.append(act)
+    return canonical("_".join(parts))
+
+
 def decompose(model: nn.Module, resolution: int = 224) -> Decomposition:
     """Slots of a supported timm model at `resolution` (square input)."""
-    from ..ops.candidate import teacher_op_string
-
     cls = type(model).__name__
     if cls not in ADAPTERS:
         first = next((f"{n} ({type(m).__name__})" for n, m in model.named_children()), cls)

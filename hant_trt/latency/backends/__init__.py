@@ -58,4 +58,10 @@ def get_backend(name: str, **opts) -> Backend:
     return cls(**kw)
 
 
-__all__ = ["Backend", "BACKENDS", "get_backend", "register_backend"]
+def profile_backend(profile) -> Backend:
+    """The backend `profile` (a run's `profile` section) measures on: the profile's, and the
+    build's side-by-side timing."""
+    return get_backend(profile.backend, threads=profile.threads, compile=profile.compile or None)
+
+
+__all__ = ["Backend", "BACKENDS", "get_backend", "profile_backend", "register_backend"]

@@ -221,7 +221,7 @@ def cuda_runtime():
 
 
 def default_timing_cache() -> Path:
-    from ...build.deploy import default_engines_dir
+    from ...runfiles import default_engines_dir
 
     return default_engines_dir() / "timing.cache"
 
@@ -346,7 +346,7 @@ class TensorRTBackend(Backend):
     # -- run ---------------------------------------------------------------------------------------
     def check_plan(self, plan_path: Path) -> None:
         """Refuse a plan whose metadata JSON names another GPU or TensorRT version (UserError)."""
-        from ...build.metadata import check_compatible, metadata_path, read_metadata
+        from ...deploy.metadata import check_compatible, metadata_path, read_metadata
 
         if not metadata_path(plan_path).is_file():
             print(f"warning: {plan_path.name} has no hant-trt metadata beside it; "

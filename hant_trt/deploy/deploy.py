@@ -12,15 +12,7 @@ import torch
 from .. import atomic
 from ..config import RunConfig
 from ..rundir import RunDir
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def default_engines_dir() -> Path:
-    """`engines/` of the source checkout when running from one, else ./engines."""
-    cand = REPO_ROOT / "engines"
-    return cand if (REPO_ROOT / "pyproject.toml").exists() else Path("engines").resolve()
-
+from ..runfiles import default_engines_dir
 
 def _sample_inputs(loader, batch: int = 1, n: int = 2) -> list[np.ndarray]:
     """`n` arrays of `batch` real images each (images reused in turn when the loader has fewer)."""
@@ -38,10 +30,9 @@ def measure_side_by_side(backend, onnx_a: Path, onnx_b: Path, rounds: int = 3, m
 
 def measure_prepared(backend, pa, pb, rounds: int = 3, max_seconds: float = 1.0):
     """`measure_side_by_side` for two things already prepared on `backend` (files or modules)."""
-    a, b = [], []
-    for _ in range(rounds):
-        a.append(backend.time(pa, max_seconds=max_seconds).median_s)
-        b.append(backend.time(pb, max_seconds=max_seconds).median_s)
+    from ..latency.paired import time_in_rounds
+
+    a, b = time_in_rounds(backend, [pa, pb], rounds, max_seconds=max_seconds)
     return float(np.median(a)), float(np.median(b))
 
 
@@ -71,10 +62,11 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
     """calib: the int8 parts' ranges (None: all fp32); reference: the model the ONNX must match
     (the student with its int8 parts simulated; default the student)."""
     from ..latency.export import export_onnx
-    from ..latency.stage import profile_backend
+    from ..latency.backends import profile_backend
     from ..latency.precision import base_precision, to_fp16
+    from ..quant.layouts import layout_of_calib
+    from ..quant.plan import export_with_plan
     from .metadata import EngineMetadata, io_from_onnx, optimize_for_ort, write_metadata
-    from .quantize import export_with_plan
     from .report import report_data_from_run, write_report
     from .triton import DEFAULT_MAX_BATCH, export_triton
     from .verify import verify_onnx
@@ -84,7 +76,7 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
     shape = (batch, 3, res, res)
     sdir = run.root / "student"
     base = base_precision(cfg.profile.precisions)       # fp16/bf16 on GPU targets: everything not int8
-    backend = profile_backend(cfg)
+    backend = profile_backend(cfg.profile)
     gpu = backend.device().kind == "cuda"
     # a GPU target is served by batching requests (Triton, TensorRT profiles): a symbolic batch there
     s_onnx = export_with_plan(student, shape, sdir / "student.onnx", calib, spec.choices, base, dynamic_batch=gpu)
@@ -94,7 +86,7 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
     onnx_base = "fp16" if base == "fp16" else "fp32"
     ver = verify_onnx(reference if reference is not None else student, s_onnx, _sample_inputs(eval_loader, batch),
                       "int8" if calib is not None else onnx_base, base=onnx_base,
-                      int8_layout=calib.extra.get("layout", "trt") if calib is not None else "trt")
+                      layout=layout_of_calib(calib))
     if backend.name == "torch":                          # the modules themselves, as the profile timed parts
         t_s, s_s = measure_prepared(backend, backend.prepare_module(teacher.model, shape, base),
                                     backend.prepare_module(student, shape, base),

@@ -140,3 +140,19 @@ def load_student(folder: Path) -> tuple[Student, StudentSpec]:
     except RuntimeError as exc:
         raise UserError(f"{wp} does not fit {sp}: {str(exc).splitlines()[0]}") from None
     return student.eval(), spec
+
+
+def load_deployed(folder: Path):
+    """(model, spec) of a saved student as deployed: its int8 parts simulated from the ranges the
+    build saved (`INT8_CALIB`), the plain student when it has none."""
+    from ..quant.calibrate import CalibResult
+    from ..quant.parts import int8_parts
+    from ..quant.plan import simulate_int8
+    from ..runfiles import INT8_CALIB
+
+    student, spec = load_student(folder)
+    path = Path(folder) / INT8_CALIB
+    if path.exists():
+        calib = CalibResult.from_json(json.loads(path.read_text()))
+        student = simulate_int8(student, int8_parts(spec.choices), calib)
+    return student, spec

@@ -1,6 +1,6 @@
 """The "ort" int8 layout: Q/DQ that ONNX Runtime's CPU provider fuses into integer kernels.
 
-TensorRT's layout (`precision.quantize_qdq`: symmetric int8, Q/DQ on layer inputs only) runs on
+TensorRT's layout (`qdq_trt.quantize_qdq`: symmetric int8, Q/DQ on layer inputs only) runs on
 ORT CPU as DequantizeLinear → float Conv: measured 3.6x *slower* than fp32 on Lite0. ORT fuses
 DQ(x), DQ(w), DQ(bias) → Conv → Q(y) into QLinearConv only when the output is quantized too, the
 bias is int32 and, on x86, activations are uint8 (its S8S8 path measured no faster than fp32).
@@ -17,7 +17,7 @@ So this layout, per quantized Conv/Gemm ("site"):
 - a site whose input is another site's quantized output reuses that Q/DQ (no second rounding);
 - the residual Add reads the dequantized conv output and the float skip (stays a float Add).
 
-The PyTorch simulation (`fakequant.fake_quantize(layout="ort")`) applies the same roundings through
+The PyTorch simulation (`fake_quantize_ort`) applies the same roundings through
 the `Site` list below, built from the exported graph, so both follow one plan. Quantizing a conv's
 output *before* a Relu/Clip(0, hi) with a range [0, h ≤ hi] equals quantizing after it, which is
 why the simulation can put the output quantizer on the conv itself.
@@ -29,9 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from ..errors import UserError
+from ..latency.export import check_and_save, export_onnx, fold_batchnorm
 from .calibrate import AMAX_FLOOR, CalibResult
+from .fakequant import quantize_weight, weight_scale
+from .qdq_trt import QDQ_MIN_OPSET, match_layers, quant_weight, replace_nodes, weight_axis
 
 U8_MAX = 255
 
@@ -89,8 +94,6 @@ def plan_sites(model, calib: CalibResult, only_calibrated: bool = False) -> list
     only_calibrated: quantize just the layers `calib` has ranges for (a per-layer plan); otherwise
         every Conv/Gemm must have one.
     """
-    from .precision import match_layers
-
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     constants = {n.output[0]: next(a.t for a in n.attribute if a.name == "value")
@@ -139,8 +142,6 @@ def write_ort_qdq(src_onnx: str | Path, dst_onnx: str | Path, calib: CalibResult
     import onnx
     from onnx import helper, numpy_helper
 
-    from .precision import QDQ_MIN_OPSET, _check_and_save, _quant_weight, _weight_axis, replace_nodes
-
     model = onnx.load(str(src_onnx))
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx") and o.version < QDQ_MIN_OPSET:
@@ -187,8 +188,8 @@ def write_ort_qdq(src_onnx: str | Path, dst_onnx: str | Path, calib: CalibResult
                             "needs one weight per layer")
         used_weights.add(wname)
         w = numpy_helper.to_array(inits[wname])
-        axis = _weight_axis(n)
-        q, w_scale = _quant_weight(w, per_channel, axis)
+        axis = weight_axis(n)
+        q, w_scale = quant_weight(w, per_channel, axis)
         wb = f"{wname}__int8"
         attrs = {"axis": axis} if per_channel else {}
         pre.append(helper.make_node("DequantizeLinear", [const(wb, q), const(wb + "_scale", w_scale),
@@ -224,7 +225,7 @@ def write_ort_qdq(src_onnx: str | Path, dst_onnx: str | Path, calib: CalibResult
         nodes.append(n)
         nodes.extend(after.get(n.name, []))
     replace_nodes(g, nodes, new_inits)
-    return _check_and_save(model, dst_onnx, f"ORT-layout Q/DQ insertion into {src_onnx}")
+    return check_and_save(model, dst_onnx, f"ORT-layout Q/DQ insertion into {src_onnx}")
 
 
 def sites_of_module(module, input_shape: tuple[int, ...], calib: CalibResult,
@@ -234,8 +235,56 @@ def sites_of_module(module, input_shape: tuple[int, ...], calib: CalibResult,
 
     import onnx
 
-    from .export import export_onnx
-
     with tempfile.TemporaryDirectory() as tmp:
         p = export_onnx(module, tuple(input_shape), Path(tmp) / "m.onnx")
         return plan_sites(onnx.load(str(p)), calib, only_calibrated)
+
+
+class AffineQuantizer:
+    """Asymmetric uint8 fake quantization (ONNX Q then DQ with a zero point), as a forward pre-hook
+    on a layer's input (`output=False`) or a forward hook on its output (picklable)."""
+
+    def __init__(self, lo: float, hi: float, output: bool):
+        self.range = (float(lo), float(hi))
+        s, z = u8_params(lo, hi)
+        self.scale, self.zp, self.output = torch.tensor(s, dtype=torch.float32), float(z), output
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.scale.to(x.dtype)
+        return (torch.clamp(torch.round(x / s) + self.zp, 0, 255) - self.zp) * s
+
+    def __call__(self, _layer: nn.Module, inputs: tuple, out=None):
+        if self.output:
+            return self.apply(out)
+        return (self.apply(inputs[0]), *inputs[1:])
+
+    def __repr__(self) -> str:
+        return f"AffineQuantizer({'output' if self.output else 'input'}, range={self.range})"
+
+
+@torch.no_grad()
+def fake_quantize_ort(module: nn.Module, calib: CalibResult, per_channel: bool = True, input_shape=None,
+                      only_calibrated: bool = False) -> nn.Module:
+    """A BN-folded eval copy of `module` running the "ort" layout's roundings on its sites, which
+    are read off the module's own export (`input_shape`: N, C, H, W), so simulation and ONNX follow
+    one plan. only_calibrated: quantize only the layers `calib` has ranges for (a per-layer plan)."""
+    if not isinstance(calib, CalibResult):
+        raise TypeError("fake_quantize_ort needs a CalibResult (see hant_trt.quant.calibrate.calibrate)")
+    if input_shape is None:
+        raise ValueError("the ort int8 layout needs the module's input shape")
+    sites = sites_of_module(module, input_shape, calib, only_calibrated)
+    m = fold_batchnorm(module)
+    for site in sites:
+        layer = m.get_submodule(site.path)
+        w_scale = weight_scale(layer.weight.data, per_channel).double()
+        layer.weight.data = quantize_weight(layer.weight.data, per_channel)
+        if layer.bias is not None:
+            # int32 bias at s_x · s_w, the scale rounded to float32 as in the ONNX
+            s_x, _ = u8_params(*site.in_range)
+            b_scale = (np.float64(s_x) * w_scale).float().double().reshape(-1)
+            bq = torch.clamp(torch.round(layer.bias.data.double() / b_scale), -2**31, 2**31 - 1)
+            layer.bias.data = (bq * b_scale).to(layer.bias.dtype)
+        if site.input_site is None:
+            layer.register_forward_pre_hook(AffineQuantizer(*site.in_range, output=False))
+        layer.register_forward_hook(AffineQuantizer(*site.out_range, output=True))
+    return m

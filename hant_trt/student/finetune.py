@@ -24,20 +24,8 @@ from torch import nn
 
 from .. import atomic
 from ..distill.capture import capture, normalised_mse
-from ..distill.train import (_progress, adamw, autocast_of, batch_for_step, estimate_bn, eval_batches, lr_at,
-                             set_train_mode)
-
-
-def _labelled_batch(dataset, step: int, batch_size: int, seed: int):
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    idx = torch.randint(0, len(dataset), (batch_size,), generator=g).tolist()
-    state = torch.get_rng_state()
-    torch.manual_seed(seed * 7_919 + step)
-    try:
-        items = [dataset[i] for i in idx]
-    finally:
-        torch.set_rng_state(state)
-    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+from ..progress import progress
+from ..training import adamw, autocast_of, estimate_bn, labelled_batch_for_step, lr_at, set_train_mode
 
 
 def kd_loss(student_logits, teacher_logits, labels=None, temperature: float = 1.0, ce_weight: float = 0.5):
@@ -125,11 +113,11 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
                     scaler.load_state_dict(blob["scaler"])
                 start = st["step"]
         t0 = time.time()
-        bar = _progress(steps, start, "fine-tune")
+        bar = progress(steps, start, "fine-tune")
         losses = []
         set_train_mode(student, bn)
         for step in range(start, steps):
-            x, y = _labelled_batch(train_set, step, batch_size, seed)
+            x, y = labelled_batch_for_step(train_set, step, batch_size, seed)
             if mixup > 0:
                 x, y = mix_batch(x, mixup, seed * 1_000_003 + step), None
             x = x.to(dev, non_blocking=True)
@@ -220,4 +208,4 @@ def eval_objective(res: dict, ce_weight: float) -> float:
     return res["kl"] + (ce_weight * res["ce"] if "ce" in res else 0.0)
 
 
-__all__ = ["finetune", "student_features", "recalibrate_bn", "agreement", "eval_objective", "kd_loss", "eval_batches", "batch_for_step"]
+__all__ = ["finetune", "student_features", "recalibrate_bn", "agreement", "eval_objective", "kd_loss"]

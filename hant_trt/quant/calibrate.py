@@ -1,8 +1,8 @@
 """INT8 calibration on real activations, in PyTorch: one per-tensor range (amax) for the input of
-every Conv2d/Linear, keyed by its module path — the ranges `precision.quantize_qdq` writes into the
+every Conv2d/Linear, keyed by its module path — the ranges `qdq_trt.quantize_qdq` writes into the
 Q/DQ ONNX and `fakequant.fake_quantize` simulates. Signed bounds of each layer's input and output
 are recorded too (`lo`/`hi`, `out_lo`/`out_hi`): the "ort" layout quantizes activations
-asymmetrically to uint8 and also quantizes layer outputs (see `int8_ort`).
+asymmetrically to uint8 and also quantizes layer outputs (see `qdq_ort`).
 
 Methods (as in TensorRT's and pytorch-quantization's calibrators):
 - "max": the largest |x| seen;
@@ -210,7 +210,7 @@ def calibrate(module: nn.Module, batches: Iterable[torch.Tensor], method: str = 
     Returns a CalibResult keyed by module path within `module`.
     """
     _check_method(method, percentile, num_bins)
-    from .export import fold_batchnorm
+    from ..latency.export import fold_batchnorm
 
     # outputs as exported: a conv's output range is the one after its BatchNorm is folded in
     module = fold_batchnorm(module)

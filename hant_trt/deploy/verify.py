@@ -20,16 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TOLERANCES = {  # (atol, rtol) on logits
+from ..quant.layouts import LAYOUTS
+
+TOLERANCES = {  # (atol, rtol) on logits; int8 per Q/DQ layout (`QdqLayout.verify_tolerance`)
     "fp32": (1e-3, 1e-3),
     "fp16": (0.25, 5e-2),   # a whole Lite0 in fp16 on real photos: up to 0.14 on logits of magnitude ~10
-    # the Q/DQ graph, unoptimised, vs the simulation: equal within 1e-5 except where a value sits on a
-    # rounding boundary and the two convolution algorithms round it to neighbouring int8 steps
-    "int8": (0.05, 5e-2),
-    # the ORT layout also quantizes every int8 layer's output: a boundary flip there is a whole uint8
-    # step (up to ~0.3 on wide feature maps) that travels on; whole Lite0 in int8 on 100 dev photos:
-    # max 0.41, mean 0.036 on logits, top-1 98 % equal (benchmarks/bench_int8_ort.py)
-    "int8-ort": (0.75, 0.1),
+    **{layout.verify_key: layout.verify_tolerance for layout in LAYOUTS.values()},
 }
 
 
@@ -47,7 +43,7 @@ class VerifyResult:
 
 def verify_onnx(module: torch.nn.Module, onnx_path: Path, inputs: list[np.ndarray], precision: str = "fp32",
                 input_name: str = "input", output_name: str = "output", base: str = "fp32",
-                int8_layout: str = "trt") -> VerifyResult:
+                layout=None) -> VerifyResult:
     """Run `inputs` through PyTorch and ONNX Runtime (both as Polygraphy runners) and compare.
     base: the precision of everything that is not int8 (fp16 on GPU targets): an int8 ONNX on an
     fp16 base is held to the fp16 tolerance plus the int8 one."""
@@ -66,7 +62,7 @@ def verify_onnx(module: torch.nn.Module, onnx_path: Path, inputs: list[np.ndarra
     feed = [{input_name: x.astype(np.float32)} for x in inputs]
     with torch.no_grad():
         results = Comparator.run([torch_runner, ort_runner], data_loader=feed)
-    atol, rtol = TOLERANCES["int8-ort" if int8 and int8_layout == "ort" else precision]
+    atol, rtol = TOLERANCES[layout.verify_key if int8 and layout is not None else precision]
     if int8 and base == "fp16":
         atol, rtol = atol + TOLERANCES["fp16"][0], rtol + TOLERANCES["fp16"][1]
     passed = bool(Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol)))

@@ -1,0 +1,77 @@
+"""The build stage's student side: the chosen candidates loaded, BatchNorm re-estimation, the
+end-to-end fine-tune as `cfg.build` sets it, and the int8 plan of the parts chosen at int8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import RunConfig
+from .assemble import Choice, replaced_parts
+
+
+def trained_modules(candidates: Path, d, choices: list[Choice]) -> dict:
+    """{(first, last, op): module} of the chosen candidates, as phase 1 distilled them."""
+    from ..distill.pool import load_trained
+
+    wanted = {(c.first, c.last, c.op) for c in choices if c.op != "keep"}
+    return {(f, l, op): m for _, f, l, op, m in load_trained(candidates, d) if (f, l, op) in wanted}
+
+
+def recalibrate(student, ordered: list[Choice], batches, which: str) -> None:
+    """BN re-estimation of the student's replaced parts, of everything, or of nothing."""
+    from ..errors import UserError
+    from .finetune import recalibrate_bn
+
+    if which == "none":
+        return
+    if which not in ("replaced", "all"):
+        raise UserError(f"build.bn_recalibrate must be none, replaced or all, not '{which}'")
+    recalibrate_bn(student, batches, None if which == "all" else replaced_parts(student, ordered))
+
+
+def trainable_parts(student, ordered: list[Choice], which: str):
+    """What the fine-tune trains: None (the whole student) or the replaced parts only."""
+    from ..errors import UserError
+
+    if which == "all":
+        return None
+    if which != "replaced":
+        raise UserError(f"build.train must be replaced or all, not '{which}'")
+    return replaced_parts(student, ordered)
+
+
+def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set, cfg: RunConfig, ckpt_dir: Path,
+                     fingerprint: str, steps: int | None = None, lr: float | None = None, device="cpu") -> dict:
+    """The build's end-to-end fine-tune of an assembled student, every setting from `cfg.build`
+    (steps and lr overridable: benchmarks sweep them)."""
+    from .finetune import finetune
+
+    b = cfg.build
+    return finetune(student, teacher_model, train_set, b.finetune_steps if steps is None else steps, b.batch_size,
+                    b.finetune_lr if lr is None else lr, ckpt_dir, seed=cfg.distill.seed, fingerprint=fingerprint,
+                    decomposition=d, boundaries=[c.last + 1 for c in ordered], feature_weight=b.feature_weight,
+                    bn=b.bn, mixup=b.mixup, ce_weight=b.ce_weight, trainable=trainable_parts(student, ordered, b.train),
+                    device=device)
+
+
+def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig, fixed: dict | None = None,
+              cache_dir: Path | None = None):
+    """(CalibResult, simulated student, notes) for the parts chosen at int8 — slots, and the stem /
+    head when `fixed` ({"stem": precision, ...}, solution.json's fixed_parts) says int8;
+    (None, student, {}) when there are none. cache_dir: the calibration cache folder."""
+    from ..quant.layouts import layout_for
+    from ..quant.parts import int8_fixed, int8_parts
+    from ..quant.plan import calibrate_parts, simulate_int8
+    from ..training import eval_batches
+
+    parts = int8_parts(choices)
+    fixed = int8_fixed(fixed or {})
+    if not parts and not fixed:
+        return None, student, {}
+    batches = eval_batches(calib_set, cfg.profile.calib_images, cfg.build.batch_size)
+    calib = calibrate_parts(student, parts, batches, cfg.profile.calib_method, layout=layout_for(cfg.profile),
+                            fixed=fixed, cache_dir=cache_dir)
+    return calib, simulate_int8(student, parts, calib), {"int8_parts": parts, "int8_fixed": list(fixed),
+                                                         "calib_method": calib.method,
+                                                         "int8_layout": calib.extra["layout"],
+                                                         "calib_images": cfg.profile.calib_images}
