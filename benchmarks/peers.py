@@ -267,7 +267,7 @@ def report(rows: list[dict], out: Path, cpu: str, n_images: int) -> None:
     print(f"\nCPU: {cpu}; holdout {n_images} images; teacher top-1 {h['teacher_top1']:.1f}")
     if h["factor"]:
         print(f"headline: hant-trt {h['hant_trt_best_within_1pt']:.2f}x vs no-training {h['no_training_best_within_1pt']:.2f}x "
-              f"within 1 point of the teacher: {h["factor"]:.2f}x beyond what needs no training")
+              f"within 1 point of the teacher: {h['factor']:.2f}x beyond what needs no training")
     else:
         print(f"headline: not defined (hant-trt within 1 point: {h['hant_trt_best_within_1pt']}, "
               f"no-training within 1 point: {h['no_training_best_within_1pt']})")
