@@ -189,3 +189,11 @@ def test_measure_module_stores_the_median_of_rounds_and_reuses_it(tmp_path):
     assert first.median_s > 0 and first.cached and first.stdev_s is not None
     again = measure_module(net, (1, 3, 32, 32), backend, table, tmp_path / "w", "tiny", max_seconds=0.05, rounds=3)
     assert again.cached and again.median_s == first.median_s
+
+
+def test_busy_machine_is_said_when_the_whole_outruns_its_parts():
+    from hant_trt.latency.stage import busy_warning
+
+    assert busy_warning(2.63e-3, 2.45e-3) is None                 # a quiet profile (RESULTS)
+    line = busy_warning(8.08e-3, 4.26e-3)                          # one busy process beside it
+    assert line and "1.9x" in line and "\n" not in line

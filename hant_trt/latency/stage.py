@@ -142,6 +142,20 @@ def _int8_junctions(d, teacher, out_rows, backend, table, workdir, cfg, referenc
 
 
 DRIFT_WARN = 0.25
+BUSY_RATIO = 1.3
+
+
+def busy_warning(teacher_s: float, parts_s: float) -> str | None:
+    """A line saying the CPU looks shared, or None. On a quiet machine the whole teacher runs within
+    ~10 % of its parts' sum; with one busy process beside a 2-thread ONNX Runtime it ran 1.9x its
+    parts (docs/RESULTS.md, "Latencies on a busy machine"): every operator's parallel section then
+    waits for a descheduled thread, a per-operator cost that parts timed apart do not add up to, and
+    students measured 26 % slower than asked."""
+    if parts_s <= 0 or teacher_s / parts_s < BUSY_RATIO:
+        return None
+    return (f"the whole teacher ran {teacher_s / parts_s:.1f}x the sum of its parts ({teacher_s * 1e3:.3f} vs "
+            f"{parts_s * 1e3:.3f} ms): other processes seem to share these cores, and the student may miss its "
+            "budget; profile on a quiet machine or with profile.threads below the free cores")
 
 
 def _teacher_drift(item, teacher_s: float, backend, base: str, workdir, cfg: RunConfig) -> dict:
@@ -252,6 +266,11 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
     fixed["teacher_sum_s"] = fixed["stem_s"] + fixed["head_s"] + sum(keep.values())
     fixed["correction_s"] = fixed["teacher_s"] - fixed["teacher_sum_s"]
     fixed["additivity_error"] = (fixed["teacher_sum_s"] - fixed["teacher_s"]) / fixed["teacher_s"]
+    busy = busy_warning(fixed["teacher_s"], fixed["teacher_sum_s"]) if backend.device().kind == "cpu" else None
+    if busy:
+        import sys
+
+        print(f"hant-trt: profile: {busy}", file=sys.stderr)
     if "int8" in cfg.profile.precisions:
         anchor_refs = ({a.signature: Reference(a, together[a.signature]) for a in anchors.values()}
                        if paired else None)
@@ -273,7 +292,7 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
     info = {"unique_signatures": len(items), "rows": len(out_rows), "failed": failed,
             "teacher_ms": round(fixed["teacher_s"] * 1e3, 4),
             "additivity_error_pct": round(100 * fixed["additivity_error"], 2),
-            "timing": "beside teacher parts" if paired else "alone",
+            "timing": "beside teacher parts" if paired else "alone", "busy": bool(busy),
             "teacher_drift_pct": round(100 * fixed["teacher_drift"], 1) if "teacher_drift" in fixed else None,
             "backend": backend.name, "device": device, "seconds": round(time.time() - t0, 1)}
     if ctx_info is not None:
