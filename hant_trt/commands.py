@@ -200,6 +200,10 @@ def summary_lines(info: dict) -> str:
     if t and s:
         lines.append(f"latency ({info.get('backend', '?')}, batch {info.get('batch', 1)}): "
                      f"teacher {t:.3f} ms, student {s:.3f} ms, speedup {t / s:.2f}x")
+        q = info.get("plain_int8_speedup")
+        if q:
+            lines.append(f"plain int8 of the whole teacher on this machine (profile): {q:.2f}x — this student is "
+                         f"{t / s / q:.2f}x that")
     if "agreement" in info:
         lines.append(f"top-1 agreement with the teacher: {info['agreement']:.1f}% "
                      f"(assembled, before fine-tune: {info.get('agreement_assembled', float('nan')):.1f}%)")

@@ -94,3 +94,17 @@ def test_engine_metadata_machine_fields():
     assert target_fields(FakeTensorRTBackend()) == {"gpu_name": "NVIDIA A10", "compute_capability": "8.6",
                                                     "tensorrt_version": "10.9.0", "cuda_version": "12060",
                                                         "driver_version": "12040"}
+
+
+def test_plain_int8_speedup_is_read_from_the_profile_and_shown(tmp_path):
+    import json
+
+    from hant_trt.commands import summary_lines as build_summary
+    from hant_trt.deploy.deploy import plain_int8_speedup
+
+    (tmp_path / "latency_fixed.json").write_text(json.dumps(
+        {"device": {"cpu:x": {"teacher_s": 0.004, "teacher_int8_s": 0.002}, "cpu:y": {"teacher_s": 0.004}}}))
+    assert plain_int8_speedup(tmp_path, "cpu:x") == 2.0
+    assert plain_int8_speedup(tmp_path, "cpu:y") is None and plain_int8_speedup(tmp_path / "no", "cpu:x") is None
+    text = build_summary({"teacher_latency_ms": 3.0, "student_latency_ms": 1.0, "plain_int8_speedup": 2.0})
+    assert "plain int8 of the whole teacher on this machine (profile): 2.00x" in text and "1.50x that" in text

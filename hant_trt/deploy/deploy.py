@@ -131,4 +131,21 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
                        "atol": ver.atol, "engine_max_abs_diff": ver.engine_max_abs_diff,
                        "engine_top1_agreement": ver.engine_top1_agreement},
             "onnx": str(s_onnx), "engine": str(engine), "triton": str(triton), "report": str(report),
-            "student_top1": acc.get("student_top1"), "teacher_top1": acc.get("teacher_top1")}
+            "student_top1": acc.get("student_top1"), "teacher_top1": acc.get("teacher_top1"),
+            "plain_int8_speedup": plain_int8_speedup(run.root, solution.get("device"))}
+
+
+def plain_int8_speedup(run_root: Path, device: str | None) -> float | None:
+    """The whole teacher at int8 against the teacher, as the profile timed them on this machine
+    (int8 profiles; None otherwise): what quantizing alone gives here, the figure a student's
+    speedup is worth comparing with."""
+    import json
+
+    from ..runfiles import LATENCY_FIXED
+
+    p = Path(run_root) / LATENCY_FIXED
+    if not p.is_file():
+        return None
+    f = json.loads(p.read_text()).get("device", {}).get(device or "", {})
+    t, t8 = f.get("teacher_s"), f.get("teacher_int8_s")
+    return t / t8 if t and t8 else None
