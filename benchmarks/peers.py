@@ -113,7 +113,10 @@ def build_student(run: Path, cfg, speedup: float, work: Path, finetune_steps: in
     if not (dst / "student" / "student.onnx").is_file():
         if dst.exists():
             shutil.rmtree(dst)
-        shutil.copytree(run, dst, ignore=shutil.ignore_patterns("student", "triton", "report*", "*.png", "build.json"))
+        inside = {p.name for p in [work.resolve()] + list(work.resolve().parents) if p.parent == run.resolve()}
+        # the output folder may sit inside the run: never copy it into itself
+        shutil.copytree(run, dst, ignore=shutil.ignore_patterns("student", "triton", "report*", "*.png", "build.json",
+                                                                *inside))
         c = copy.deepcopy(cfg)
         c.run_dir, c.search.budget, c.search.sweep = str(dst), f"speedup={speedup}", 0
         if finetune_steps is not None:
