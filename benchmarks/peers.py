@@ -1,6 +1,7 @@
 """hant-trt beside what needs no training, on this machine, in one run: speed and holdout top-1.
 
-    .venv/bin/python benchmarks/peers.py RUN_DIR [--speedups 1.6,2.0,2.4] [--holdout DIR] [--out DIR]
+    .venv/bin/python benchmarks/peers.py RUN_DIR [RUN_DIR ...] [--speedups 1.6,2.0,2.4] [--holdout DIR]
+        [--set search.KEY=VALUE ...] [--out DIR]
 
 RUN_DIR is a finished phase 1 (distill, score, profile with fp32 + int8 on the ort backend, e.g.
 `examples/lite0_dev_tiny.toml`). Side by side, every model as the ONNX it deploys as, on ONNX
@@ -12,7 +13,10 @@ Runtime CPU:
   training images);
 - OpenVINO's default precision and NNCF int8, when `openvino` / `nncf` import (skipped otherwise);
 - the search's students at each asked speedup, each searched on a copy of the run and built with
-  the run's build settings (fine-tune included; `--finetune-steps` overrides).
+  the run's build settings (fine-tune included; `--finetune-steps` overrides; `--set` changes
+  the copies' config, e.g. `--set search.max_skips_per_stage=1`). With several RUN_DIRs (the
+  same teacher, e.g. a run and its copy with fused spans), every run's students are built and all
+  are timed in the same rounds; the teacher and its plain int8 come from the first.
 
 Each model's top-1 on the holdout folder and agreement with the teacher, its latency timed beside
 the teacher in `--rounds` alternating rounds (speedup = teacher / model per round, median). Prints
@@ -101,10 +105,12 @@ def our_int8_teacher(run: Path, cfg, teacher, d, dst: Path) -> Path:
     return export_with_plan(student, shape, dst, calib, choices, "fp32")
 
 
-def build_student(run: Path, cfg, speedup: float, work: Path, finetune_steps: int | None) -> Path:
+def build_student(run: Path, cfg, speedup: float, work: Path, finetune_steps: int | None,
+                  overrides: list[str] = ()) -> Path:
     """A copy of the run searched at `speedup` and built; returns its student ONNX."""
     import copy
 
+    from hant_trt.commands import apply_overrides
     from hant_trt.deploy.stage import run_build
     from hant_trt.rundir import RunDir
     from hant_trt.search.stage import run_search
@@ -121,11 +127,26 @@ def build_student(run: Path, cfg, speedup: float, work: Path, finetune_steps: in
         c.run_dir, c.search.budget, c.search.sweep = str(dst), f"speedup={speedup}", 0
         if finetune_steps is not None:
             c.build.finetune_steps = finetune_steps
+        apply_overrides(c, list(overrides))
         r = RunDir(dst)
         r.update(config=c.to_dict())
         run_search(r, c)
         run_build(r, c, engines_dir=dst / "engines")
     return dst / "student" / "student.onnx"
+
+
+def student_details(copy_dir: Path) -> dict:
+    """What the search chose for a built copy: predicted speedup and Σ swap-one KL, the replaced
+    parts (skips, fused spans) — to read each student's accuracy against what it changed."""
+    sol = json.loads((copy_dir / "solution.json").read_text())
+    ch = [c for c in sol["choices"] if c["op"] != "keep"]
+    parts = [f"{c['first']}{'-' + str(c['last']) if c['last'] > c['first'] else ''}:{c['op']}" for c in ch]
+    build = json.loads((copy_dir / "build.json").read_text()) if (copy_dir / "build.json").is_file() else {}
+    return {"predicted_speedup": round(sol.get("predicted_speedup") or 0.0, 3),
+            "predicted_kl": round(-sol["score"], 4) if sol.get("metric") == "kl" else None,
+            "replaced": len(ch), "skips": sum(c["op"] == "skip" for c in ch),
+            "spans": sum(c["last"] > c["first"] for c in ch), "choices": " ".join(parts) or "(nothing replaced)",
+            "build_speedup": round(build["speedup"], 3) if build.get("speedup") else None}
 
 
 def openvino_models(teacher_onnx: Path, calib: list[np.ndarray], work: Path) -> dict:
@@ -163,7 +184,7 @@ def main() -> None:
     from hant_trt.teacher.stage import load_from_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run_dir")
+    ap.add_argument("run_dirs", nargs="+", metavar="run_dir")
     ap.add_argument("--speedups", default="1.6,2.0,2.4")
     ap.add_argument("--holdout", default=str(ROOT.parent / "shared/data/imagenet-sample/holdout"))
     ap.add_argument("--out", default=None, help="folder for peers.json / peers.png (default RUN_DIR/peers)")
@@ -171,8 +192,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--finetune-steps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="config override for the students' copies (repeatable)")
     a = ap.parse_args()
-    run = Path(a.run_dir)
+    runs = [Path(r) for r in a.run_dirs]
+    run = runs[0]
     cfg = from_dict(json.loads((run / "run.json").read_text())["config"])
     out = Path(a.out) if a.out else run / "peers"
     out.mkdir(parents=True, exist_ok=True)
@@ -190,11 +214,20 @@ def main() -> None:
     models: dict[str, Path] = {"teacher fp32": export_onnx(teacher.model, shape, out / "teacher.onnx")}
     models["int8 PTQ (hant-trt)"] = our_int8_teacher(run, cfg, teacher, d, out / "teacher.int8.onnx")
     models["int8 PTQ (ORT quantize_static)"] = ort_ptq(models["teacher fp32"], calib, out / "teacher.ort_ptq.onnx")
-    for s in [float(v) for v in a.speedups.split(",") if v]:
-        try:
-            models[f"hant-trt {s:.2f}x"] = build_student(run, cfg, s, out / "students", a.finetune_steps)
-        except Exception as exc:      # an unreachable ask is a finding, not a crash
-            print(f"hant-trt {s:.2f}x: {str(exc).splitlines()[0]}", flush=True)
+    details: dict[str, dict] = {}
+    for r in runs:
+        rcfg = from_dict(json.loads((r / "run.json").read_text())["config"])
+        tag = f"{r.name} " if len(runs) > 1 else ""
+        for s in [float(v) for v in a.speedups.split(",") if v]:
+            name = f"hant-trt {tag}{s:.2f}x"
+            try:
+                onnx = build_student(r, rcfg, s, out / "students" / r.name if tag else out / "students",
+                                     a.finetune_steps, a.set)
+            except Exception as exc:      # an unreachable ask is a finding, not a crash
+                print(f"{name}: {str(exc).splitlines()[0]}", flush=True)
+                continue
+            models[name] = onnx
+            details[name] = student_details(onnx.parent.parent)
     print(f"models ready in {time.time() - t0:.0f} s", flush=True)
 
     backend = get_backend("ort", threads=a.threads)
@@ -207,9 +240,10 @@ def main() -> None:
                                                                a.rounds, a.seconds)
         rows.append({"model": name, "speedup": round(speed, 3),
                      "top1": round(100 * float((logits.argmax(1) == labels).mean()), 2),
-                     "agreement": round(100 * float((logits.argmax(1) == t_logits.argmax(1)).mean()), 2)})
-        print(f"{name:<34} {speed:>6.2f}x  top-1 {rows[-1]['top1']:5.1f}  agreement {rows[-1]['agreement']:5.1f}",
-              flush=True)
+                     "agreement": round(100 * float((logits.argmax(1) == t_logits.argmax(1)).mean()), 2),
+                     **details.get(name, {})})
+        print(f"{name:<34} {speed:>6.2f}x  top-1 {rows[-1]['top1']:5.1f}  agreement {rows[-1]['agreement']:5.1f}"
+              + (f"  {details[name]['choices']}" if name in details else ""), flush=True)
     ov_models = openvino_models(models["teacher fp32"], calib, out)
     if ov_models:
         import openvino as ov  # noqa: F401  (timed through its own compiled models)

@@ -107,6 +107,8 @@ class SearchCfg:
                                     #   penalise pairs that lose more than their swap-one scores add up to
     skip_weight: float = 1.0        # a `skip`'s score × this: > 1 says the fine-tune recovers trainable
                                     #   parts' losses but has nothing to train in a dropped block
+    max_skips_per_stage: int | None = None  # N: at most N dropped blocks (`skip`) per stage of the
+                                    #   teacher; dropped blocks of one stage compound (None: no limit)
 
 
 @dataclass
@@ -289,7 +291,7 @@ RULES: dict[str, dict[str, Rule]] = {
                "max_params": _count_rule(), "max_macs": _count_rule(),
                "latency_model": Rule(str, choices=("scale", "offset")), "calibrate_rounds": Rule(int, lo=0),
                "refine_sweeps": Rule(int, lo=0), "interactions": Rule(str, choices=("none", "skip")),
-               "skip_weight": Rule(float, **POSITIVE)},
+               "skip_weight": Rule(float, **POSITIVE), "max_skips_per_stage": Rule(int, lo=0, optional=True)},
     "build": {"finetune_steps": Rule(int, lo=0), "finetune_lr": Rule(float, **POSITIVE),
               "batch_size": Rule(int, lo=1), "feature_weight": Rule(float, lo=0),
               "bn": Rule(str, choices=("frozen", "train")),

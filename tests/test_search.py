@@ -455,3 +455,61 @@ def test_stem_and_head_choices_leave_fixed_s_at_any_base_precision(base):
         teacher = [o for o in p.options if o.precision == base]
         as_base = [o for o in p.fixed_options if o.precision == base]
         assert predict(p, teacher, as_base, dev) == pytest.approx(6e-3)
+
+
+# -- at-most limits (search.max_skips_per_stage) -----------------------------------------------------
+
+def brute_force_limited(p: Problem):
+    keysets = [(set(g), n) for g, n in p.at_most]
+    best = None
+    for sel in coverings(p.n_slots, p.options):
+        if any(p.fixed_s.get(d, 0) + sum(o.latency_s[d] for o in sel) > b for d, b in p.budget_s.items()):
+            continue
+        if any(sum(o.key in g for o in sel) > n for g, n in keysets):
+            continue
+        score = sum(o.score for o in sel)
+        best = score if best is None or score > best else best
+    return best
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_ilp_with_at_most_limits_equals_brute_force(seed):
+    """Random at-most groups over single-slot options: the ILP (pruning included) finds the
+    brute-force optimum among the selections that respect every limit."""
+    p = random_problem(200 + seed, n_slots=5, two_devices=seed % 3 == 0)
+    rng = random.Random(seed)
+    singles = [o for o in p.options if o.first == o.last and o.op != "keep"]
+    for _ in range(2):
+        group = tuple(o.key for o in rng.sample(singles, 4))
+        p.at_most.append((group, rng.randint(0, 1)))
+    ref = brute_force_limited(p)
+    if ref is None:
+        with pytest.raises(UserError):
+            solve(p)
+        return
+    sol = solve(p)
+    check_valid(p, sol)
+    assert sol.score == pytest.approx(ref, abs=1e-6)
+    for group, n in p.at_most:
+        assert sum(o.key in set(group) for o in sol.choices) <= n
+
+
+def test_at_most_one_skip_per_stage_moves_the_second_skip():
+    """Dropped blocks of one stage compound: with max_skips_per_stage = 1 the second skip of a
+    stage goes to another stage, or becomes a slimmed block."""
+    from hant_trt.search.limits import skips_per_stage, stage_of
+
+    stages = [stage_of(p) for p in ("blocks.1.0", "blocks.1.1", "blocks.2.0", "blocks.2.1")]
+    assert stages == ["blocks.1", "blocks.1", "blocks.2", "blocks.2"]
+    opts = []
+    for s in range(4):
+        opts += [Option(s, s, "keep", "fp32", 0.0, {D1: 1.0}),
+                 Option(s, s, "skip", "fp32", -1.0 if s < 2 else -1.2, {D1: 0.1}),
+                 Option(s, s, "ir", "fp32", -1.5, {D1: 0.5})]
+    p = Problem(4, opts, {D1: 2.2}, {D1: 0.0})
+    assert [o.op for o in solve(p).choices] == ["skip", "skip", "keep", "keep"]
+    p.at_most = skips_per_stage(opts, stages, 1)
+    assert len(p.at_most) == 2 and all(n == 1 for _, n in p.at_most)
+    ops = [o.op for o in solve(p).choices]
+    assert ops.count("skip") == 2 and ops[:2].count("skip") == 1 and ops[2:].count("skip") == 1
+    assert skips_per_stage(opts, stages, 2) == []           # a limit no stage can exceed: no group

@@ -70,7 +70,10 @@ class Problem:
     junction_saving_s: j = 0..n_slots → device → seconds saved when the parts on both sides of
     junction j (the input of slot j; j = n_slots: the head's input) both run int8: timed alone,
     each int8 part pays a Q at its entry and a DQ at its exit, which vanish between int8
-    neighbours (`latency.junction`). Empty: no such saving."""
+    neighbours (`latency.junction`). Empty: no such saving.
+    at_most: (option keys, n): at most n of these options are chosen — e.g. at most one dropped
+    block per stage of the teacher, where dropped blocks compound (docs/RESULTS.md). Options named
+    here are exempt from dominance pruning (the one beating them may be the one a limit excludes)."""
 
     n_slots: int
     options: list[Option]
@@ -81,6 +84,13 @@ class Problem:
     pairs: list = field(default_factory=list)
     fixed_options: list = field(default_factory=list)
     junction_saving_s: list = field(default_factory=list)
+    at_most: list = field(default_factory=list)
+
+
+def within_limits(p: Problem, chosen: list[Option]) -> bool:
+    """Whether `chosen` respects every `at_most` limit of `p`."""
+    keys = {o.key for o in chosen}
+    return all(sum(k in keys for k in group) <= n for group, n in p.at_most)
 
 
 def is_int8(o: Option) -> bool:
@@ -416,7 +426,7 @@ def solve(p: Problem, solver: str = "cbc", time_limit: float = 60.0, prune: bool
                      fixed_options=[o for o in p.fixed_options if all(d in o.latency_s for d in devices)], pairs=[])
     # an option in an interaction term neither dominates (its partner may cost it more than its score
     # says) nor is dominated (the one beating it alone may be the one a partner penalises)
-    paired = {k for a, b, _ in p.pairs for k in (a, b)}
+    paired = {k for a, b, _ in p.pairs for k in (a, b)} | {k for group, _ in p.at_most for k in group}
     if prune:
         opts = prune_dominated([o for o in usable.options if o.key not in paired], devices,
                                p.max_params is not None, p.max_macs is not None, bool(p.junction_saving_s))
@@ -495,6 +505,10 @@ def solve(p: Problem, solver: str = "cbc", time_limit: float = 60.0, prune: bool
                                          + [(x, o.latency_s[dev] * 1e3) for o, x in zip(fixed, fxs)]
                                          + [(y, -max(0.0, sav.get(dev, 0.0)) * 1e3) for y, sav in ys])
         prob += lat_ms <= room_ms, f"latency{k}"
+    for n, (group, most) in enumerate(p.at_most):
+        members = [xs[index[k]] for k in group if k in index]
+        if len(members) > most:
+            prob += pulp.lpSum(members) <= most, f"at_most{n}"
     if p.max_params is not None:
         prob += pulp.LpAffineExpression([(x, o.params / 1e6) for o, x in zip(opts, xs)]) <= p.max_params / 1e6, "params"
     if p.max_macs is not None:
@@ -552,7 +566,10 @@ def _verify(p: Problem, chosen: list[Option], fixed_chosen: list[Option] = ()) -
     for limit, attr in ((p.max_params, "params"), (p.max_macs, "macs")):
         if limit is not None and sum(getattr(o, attr) for o in chosen) > limit * (1 + 1e-7):
             raise RuntimeError(f"solver answer exceeds the {attr} limit")
+    if not within_limits(p, chosen):
+        raise RuntimeError("solver answer breaks an at-most limit")
 
 
 __all__ = ["Option", "Problem", "Solution", "SOLVERS", "solve", "min_latency", "max_score", "prune_dominated",
-           "infeasibility_message", "pair_score", "predict", "junction_saving", "fixed_groups", "is_int8"]
+           "infeasibility_message", "pair_score", "predict", "junction_saving", "fixed_groups", "is_int8",
+           "within_limits"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..runfiles import CANDIDATES
-from .ilp import Option, Problem, Solution, pair_score, predict
+from .ilp import Option, Problem, Solution, pair_score, predict, within_limits
 
 
 @dataclass
@@ -48,7 +48,7 @@ def _fits(p: Problem, chosen: list[Option], fixed: list[Option] = ()) -> bool:
     for limit, attr in ((p.max_params, "params"), (p.max_macs, "macs")):
         if limit is not None and sum(getattr(o, attr) for o in chosen) > limit * (1 + 1e-9):
             return False
-    return True
+    return within_limits(p, chosen)
 
 
 

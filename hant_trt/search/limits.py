@@ -1,0 +1,40 @@
+"""Limits on how many blocks a selection may drop: dropped blocks of one stage compound.
+
+Two `skip`s in one stage of Lite0 cost ≈ 50 % more KL than their swap-one scores add up to, while
+skips in different stages add (docs/RESULTS.md, "Why a tight budget hurts"); the ILP's objective is
+additive, so at high speedups it stacks skips in one stage. `search.max_skips_per_stage = n`
+turns that into a constraint: at most n skips among the slots of each stage of the teacher."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .ilp import Option
+
+
+def stage_of(path: str) -> str:
+    """A slot's stage: its module path without the block index ("blocks.3.1" → "blocks.3",
+    "layer2.0" → "layer2")."""
+    return path.rsplit(".", 1)[0] if "." in path else path
+
+
+def read_stages(teacher_json: Path) -> list[str]:
+    """Stage of every slot of teacher.json, in slot order."""
+    return [stage_of(s.get("path", str(s.get("index", i)))) for i, s in
+            enumerate(json.loads(Path(teacher_json).read_text())["slots"])]
+
+
+def skips_per_stage(options: list[Option], stages: list[str], most: int) -> list[tuple[tuple, int]]:
+    """`Problem.at_most` groups: for each stage, its slots' `skip` options, at most `most` chosen
+    (stages whose skips cannot exceed `most` get no group)."""
+    groups: dict[str, list[tuple]] = {}
+    for o in options:
+        if o.op == "skip" and o.first == o.last and 0 <= o.first < len(stages):
+            groups.setdefault(stages[o.first], []).append(o.key)
+    out = []
+    for name in sorted(groups):
+        keys = tuple(sorted(groups[name]))
+        if len({k[0] for k in keys}) > most:
+            out.append((keys, most))
+    return out
