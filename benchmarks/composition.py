@@ -108,14 +108,25 @@ def main() -> None:
     from hant_trt.search.tables import build_problem, load_tables, read_n_slots, select_devices
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+")
+    ap.add_argument("runs", nargs="*")
     ap.add_argument("--speedups", default="1.8,2.2,2.6,3.0")
     ap.add_argument("--samples", type=int, default=12)
     ap.add_argument("--sigma", type=float, default=0.5)
     ap.add_argument("--variants", default="plain,stage1")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--analyse", metavar="JSON", default=None,
+                    help="re-read a composition.json (no evaluation): fit and plot only")
     a = ap.parse_args()
+    if a.analyse:
+        results = json.loads(Path(a.analyse).read_text())
+        out = Path(a.out) if a.out else Path(a.analyse).parent
+        out.mkdir(parents=True, exist_ok=True)
+        summarise(results)
+        plot(results, out / "composition.png")
+        return
+    if not a.runs:
+        ap.error("give at least one run directory (or --analyse JSON)")
     out = Path(a.out) if a.out else Path(a.runs[0]) / "composition"
     out.mkdir(parents=True, exist_ok=True)
     speedups = [float(s) for s in a.speedups.split(",") if s]
@@ -168,8 +179,46 @@ def main() -> None:
                       f"{time.time() - t0:.0f} s", flush=True)
                 print(f"{'':>17} ILP: {ilp['choices']}", flush=True)
     (out / "composition.json").write_text(json.dumps(results, indent=1))
+    summarise(results)
     plot(results, out / "composition.png")
     print(f"wrote {out / 'composition.json'} and {out / 'composition.png'}")
+
+
+def fit_compounding(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """(a, c) of measured ≈ a × predicted + c × predicted², least squares in relative error: the
+    extra KL that replacements cost together grows with how much is replaced."""
+    import numpy as np
+
+    p = np.array([x for x, _ in points])
+    m = np.array([y for _, y in points])
+    A = np.stack([p, p * p], 1) / m[:, None]
+    a, c = np.linalg.lstsq(A, np.ones_like(m), rcond=None)[0]
+    return float(a), float(c)
+
+
+def compounded(p: float, fit: tuple[float, float]) -> float:
+    return fit[0] * p + fit[1] * p * p
+
+
+def summarise(results: list[dict]) -> None:
+    """Per budget: relative error of the additive prediction and of the compounding fit, the fit
+    made without that budget's students (leave-one-budget-out)."""
+    budgets = sorted({r["speedup"] for r in results})
+    every = [(x["predicted_kl"], x["measured_kl"]) for r in results for x in r["rows"] if x["predicted_kl"] > 0]
+    a, c = fit_compounding(every)
+    print(f"\ncompounding fit over all {len(every)} students: measured ≈ {a:.2f} × predicted + {c:.2f} × predicted²")
+    for b in budgets:
+        here = [(x["predicted_kl"], x["measured_kl"]) for r in results if r["speedup"] == b for x in r["rows"]
+                if x["predicted_kl"] > 0]
+        rest = [(x["predicted_kl"], x["measured_kl"]) for r in results if r["speedup"] != b for x in r["rows"]
+                if x["predicted_kl"] > 0]
+        if not here:
+            continue
+        f = fit_compounding(rest)
+        add = sum(abs(p - m) / m for p, m in here) / len(here)
+        fit = sum(abs(compounded(p, f) - m) / m for p, m in here) / len(here)
+        print(f"  {b:4.2f}x: {len(here):2d} students, additive error {100 * add:5.1f} %, compounding fit "
+              f"({f[0]:.2f}·p + {f[1]:.2f}·p², fitted on the other budgets) {100 * fit:5.1f} %")
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -186,7 +235,7 @@ def plot(results: list[dict], path: Path) -> None:
         for r in rs:
             pr = [x["predicted_kl"] for x in r["rows"]]
             me = [x["measured_kl"] for x in r["rows"]]
-            ax.scatter(pr, me, s=12, marker=markers[i % len(markers)], alpha=0.6,
+            ax.scatter(pr, me, s=14, marker=markers[i % len(markers)], alpha=0.6, color=f"C{i}",
                        label=f"{key[0]} {key[1]}" if r is rs[0] else None)
     lim = max([x["measured_kl"] for r in results for x in r["rows"]] + [1e-3])
     ax.plot([0, lim], [0, lim], color="gray", lw=0.8, ls="--")
