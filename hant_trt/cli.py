@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("teacher", help=STAGE_HELP["teacher"], description=STAGE_HELP["teacher"])
     t.add_argument("model", help="timm model name, e.g. efficientnet_lite0")
     t.add_argument("--weights", default="default",
-                   help="default | offline-lite0 | hub | random | PATH (.safetensors, .pth)")
+                   help="default | offline-lite0 | offline-lite1 | hub | random | PATH (.safetensors, .pth)")
     t.add_argument("--resolution", type=int, default=None, help="input side (multiple of 32)")
     t.add_argument("--json", action="store_true", help="print the slot table as JSON")
     t.set_defaults(func=cmd_teacher)

