@@ -184,7 +184,7 @@ def main() -> None:
     from hant_trt.teacher.stage import load_from_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run_dirs", nargs="+", metavar="run_dir")
+    ap.add_argument("run_dirs", nargs="*", metavar="run_dir")
     ap.add_argument("--speedups", default="1.6,2.0,2.4")
     ap.add_argument("--holdout", default=str(ROOT.parent / "shared/data/imagenet-sample/holdout"))
     ap.add_argument("--out", default=None, help="folder for peers.json / peers.png (default RUN_DIR/peers)")
@@ -194,7 +194,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="config override for the students' copies (repeatable)")
+    ap.add_argument("--report-only", metavar="PEERS_JSON", default=None,
+                    help="redo the headline, table and plot of an earlier peers.json (nothing measured)")
     a = ap.parse_args()
+    if a.report_only:
+        doc = json.loads(Path(a.report_only).read_text())
+        report(doc["rows"], Path(a.out) if a.out else Path(a.report_only).parent, doc["cpu"], doc["holdout_images"])
+        return
+    if not a.run_dirs:
+        ap.error("give at least one run directory (or --report-only PEERS_JSON)")
     runs = [Path(r) for r in a.run_dirs]
     run = runs[0]
     cfg = from_dict(json.loads((run / "run.json").read_text())["config"])
@@ -268,15 +276,18 @@ def main() -> None:
 
 
 def headline(rows: list[dict]) -> dict:
-    """hant-trt's fastest model within 1 point of the teacher over the fastest model there that needs
-    no training."""
+    """The issue's figure: hant-trt's fastest model within 1 point of the teacher over the fastest
+    plain int8 of the whole teacher (whatever its accuracy); and, stricter, over the fastest model
+    within 1 point that needs no training (the fp32 teacher itself when every quantized teacher
+    lands more than a point below it)."""
     t = next(r for r in rows if r["model"] == "teacher fp32")["top1"]
     near = [r for r in rows if r["top1"] >= t - 1.0]
     ours = max((r["speedup"] for r in near if r["model"].startswith("hant-trt ")), default=None)
-    # what needs no training: plain int8, OpenVINO — and the fp32 teacher itself (1.0x), which is the
-    # answer when every quantized teacher lands more than a point below it
+    int8 = max((r["speedup"] for r in rows if r["model"].startswith("int8 PTQ")), default=None)
     ptq = max((r["speedup"] for r in near if not r["model"].startswith("hant-trt ")), default=None)
-    return {"teacher_top1": t, "hant_trt_best_within_1pt": ours, "no_training_best_within_1pt": ptq,
+    return {"teacher_top1": t, "hant_trt_best_within_1pt": ours, "plain_int8_best": int8,
+            "factor_vs_plain_int8": round(ours / int8, 3) if ours and int8 else None,
+            "no_training_best_within_1pt": ptq,
             "factor": round(ours / ptq, 3) if ours and ptq else None}
 
 
@@ -302,9 +313,12 @@ def report(rows: list[dict], out: Path, cpu: str, n_images: int) -> None:
     fig.tight_layout()
     fig.savefig(out / "peers.png", dpi=110)
     print(f"\nCPU: {cpu}; holdout {n_images} images; teacher top-1 {h['teacher_top1']:.1f}")
+    if h["factor_vs_plain_int8"]:
+        print(f"headline: hant-trt's fastest within 1 point of the teacher {h['hant_trt_best_within_1pt']:.2f}x = "
+              f"{h['factor_vs_plain_int8']:.2f}x plain int8's speed ({h['plain_int8_best']:.2f}x, any accuracy)")
     if h["factor"]:
-        print(f"headline: hant-trt {h['hant_trt_best_within_1pt']:.2f}x vs no-training {h['no_training_best_within_1pt']:.2f}x "
-              f"within 1 point of the teacher: {h['factor']:.2f}x beyond what needs no training")
+        print(f"          over the fastest no-training model within 1 point ({h['no_training_best_within_1pt']:.2f}x): "
+              f"{h['factor']:.2f}x")
     else:
         print(f"headline: not defined (hant-trt within 1 point: {h['hant_trt_best_within_1pt']}, "
               f"no-training within 1 point: {h['no_training_best_within_1pt']})")
