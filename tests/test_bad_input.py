@@ -239,15 +239,21 @@ def test_run_directory_onto_a_regular_file(tmp_path, capsys):
     assert (tmp_path / "file").read_text() == "x"
 
 
-@pytest.mark.skipif(ROOT_USER, reason="root writes anywhere")
 def test_run_directory_unwritable(tmp_path, capsys):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        refused(["score", locked / "run"], "not writable", capsys)
-    finally:
-        locked.chmod(0o700)
+    if not ROOT_USER:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        try:
+            refused(["score", locked / "run"], "not writable", capsys)
+        finally:
+            locked.chmod(0o700)
+        return
+    # root writes past permission bits: use file systems that refuse everyone (Linux)
+    if not (os.path.isdir("/sys") and os.path.isdir("/proc/1")):
+        pytest.skip("no /sys or /proc to be refused by")
+    refused(["score", "/sys/hant-trt-test/run"], "Operation not permitted", capsys)
+    refused(["score", "/proc/1/hant-trt-test/run"], "is not writable", capsys)
 
 
 # -- tools -------------------------------------------------------------------------------------
