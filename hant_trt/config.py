@@ -59,6 +59,8 @@ class DistillCfg:
     fisher: float = 0.0             # α: loss = (1 − α) normalised MSE + α Fisher-weighted MSE (the feature
                                     #   error weighted by the teacher's squared output gradients; one
                                     #   teacher backward per step)
+    cuda_graph: bool = False        # on CUDA, replay each step as a CUDA graph (launch-bound with many
+                                    #   small candidates); opt-in: not yet run on a GPU
 
 
 @dataclass
@@ -274,7 +276,7 @@ RULES: dict[str, dict[str, Rule]] = {
                 "bn_recalibrate": Rule(bool), "device": Rule(str, choices=("auto", "cpu", "cuda")),
                 "checkpoint_every": Rule(int, lo=1), "seed": Rule(int, lo=0), "full_res_steps": Rule(int, lo=0),
                 "keep_best": Rule(bool), "suffix_kl": Rule(float, lo=0), "suffix_kl_slots": Rule(int, lo=0),
-                "fisher": Rule(float, **FRACTION)},
+                "fisher": Rule(float, **FRACTION), "cuda_graph": Rule(bool)},
     "score": {"batch_size": Rule(int, lo=1), "max_images": Rule(int, lo=1, optional=True)},
     "profile": {"backend": Rule(str, choices=("ort", "torch", "tensorrt")),
                 "precisions": Rule("strs", choices=("fp32", "fp16", "bf16", "int8")),

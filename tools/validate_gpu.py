@@ -105,7 +105,7 @@ def base_config(a, run_dir: Path, batch: int):
         cfg.data.max_images = 96
     d = cfg.distill
     d.preset, d.steps, d.batch_size, d.device = "tiny", a.steps, a.distill_batch, a.device
-    d.spans = a.spans
+    d.spans, d.cuda_graph = a.spans, a.cuda_graph
     d.resolution, d.full_res_steps, d.checkpoint_every = 160, a.steps // 4, max(25, a.steps // 4)
     cfg.score.batch_size = 50
     p = cfg.profile
@@ -287,6 +287,9 @@ def main() -> int:
     ap.add_argument("--spans", type=int, default=0,
                     help="distill.spans: fused ops over 2..N blocks (on ORT CPU at int8 they kept 2.8x at the "
                          "teacher's accuracy where dropped blocks lost 3 points; +40 %% phase-1 time)")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="distill.cuda_graph: phase-1 steps replayed as CUDA graphs (tests/test_cuda.py checks "
+                         "they train as the eager loop)")
     ap.add_argument("--finetune-steps", type=int, default=1200)
     ap.add_argument("--speedups", default="1.2,1.35,1.5,1.7,2.0")
     ap.add_argument("--budget", default="speedup=1.5", help="the built student's budget")

@@ -19,6 +19,7 @@ from .train import distill, prune_stale_slot_files
 def distill_fingerprint(cfg: RunConfig) -> str:
     d = dict(vars(cfg.distill))
     d.pop("checkpoint_every", None)
+    d.pop("cuda_graph", None)       # how steps are launched, not what they compute
     if not d.get("suffix_kl"):      # left out when off: saved runs' fingerprints stay valid
         d.pop("suffix_kl", None), d.pop("suffix_kl_slots", None)
     if not d.get("fisher"):

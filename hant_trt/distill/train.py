@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +152,42 @@ def step_batches(train_set, full_set, full_from: int, first: int, last: int, bat
         return (ds[k] for k in range(len(ds)))
     return iter(torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
                                             pin_memory=True, prefetch_factor=4, persistent_workers=False))
+
+
+def train_step(d: Decomposition, groups: list[Group], x: torch.Tensor, cfg: DistillCfg, step: int, amp: bool,
+               amp_dtype, scaler, zero_grad: bool = True) -> torch.Tensor:
+    """One distillation step on batch `x` at the learning rate already in the optimizers: the
+    teacher once, then every candidate of every group forward, backward, and each group's optimizer
+    step. Returns the summed loss on the device (one host sync a step, when it is read, not one a
+    candidate). zero_grad=False for a CUDA-graph capture (gradients are rewritten on each replay);
+    autocast's cache is off there, as capture requires."""
+    cast = dict(device_type="cuda", dtype=amp_dtype, enabled=amp, cache_enabled=zero_grad)
+    with torch.autocast(**cast):
+        acts, logits, fisher = teacher_pass(d, x, cfg, step)
+    loss_sum = torch.zeros((), device=x.device)
+    for g in groups:
+        for j in g.jobs:
+            with torch.autocast(**cast):
+                out = j.module(acts[j.first])
+            loss = job_loss(d, j, out, acts, logits, cfg, fisher)
+            scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        scaler.step(g.opt)
+        if zero_grad:
+            g.opt.zero_grad(set_to_none=True)
+    scaler.update()
+    return loss_sum
+
+
+def graph_refusal(dev: torch.device, scaler, cfg: DistillCfg) -> str | None:
+    """Why the step cannot be replayed as a CUDA graph here (None: it can)."""
+    if dev.type != "cuda":
+        return "training runs on the CPU"
+    if scaler.is_enabled():
+        return "fp16 loss scaling (this GPU has no bf16) checks for overflow on the host each step"
+    if cfg.fisher:
+        return "distill.fisher samples labels on the host each step"
+    return None
 
 
 def job_loss(d: Decomposition, j: Job, out: torch.Tensor, acts: list[torch.Tensor], logits: torch.Tensor,
@@ -351,24 +388,32 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
         set_train_mode(j.module, cfg.bn)
     full_from = cfg.steps - cfg.full_res_steps if full_set is not None and cfg.full_res_steps > 0 else cfg.steps
     batches = step_batches(train_set, full_set, full_from, start, cfg.steps, cfg.batch_size, cfg.seed, dev)
+    step_fn = lambda x, step, zero=True: train_step(d, groups, x, cfg, step, amp, amp_dtype, scaler,  # noqa: E731
+                                                   zero_grad=zero)
+    graphed, lrs = None, []
+    if cfg.cuda_graph:
+        why = graph_refusal(dev, scaler, cfg)
+        if why:
+            print(f"hant-trt: distill.cuda_graph ignored: {why}", file=sys.stderr, flush=True)
+        else:
+            from .graphed import GraphedStep, make_capturable
+
+            lrs = make_capturable([g.opt for g in groups], dev)
+            # the step index only seeds Fisher labels, which graphs refuse: any value replays the same
+            graphed = GraphedStep(lambda x: step_fn(x, 0, zero=False), [j.module for j in trainable],
+                                  [g.opt for g in groups])
     for step, x in zip(range(start, cfg.steps), batches):
         x = x.to(dev, non_blocking=True).contiguous(memory_format=fmt)
-        with torch.autocast("cuda", dtype=amp_dtype, enabled=amp):
-            acts, logits, fisher = teacher_pass(d, x, cfg, step)
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
-        loss_sum = torch.zeros((), device=dev)    # summed on the device: one host sync a step, not one a candidate
-        for g in groups:
-            for pg in g.opt.param_groups:
-                pg["lr"] = lr
-            for j in g.jobs:
-                with torch.autocast("cuda", dtype=amp_dtype, enabled=amp):
-                    out = j.module(acts[j.first])
-                loss = job_loss(d, j, out, acts, logits, cfg, fisher)
-                scaler.scale(loss).backward()
-                loss_sum += loss.detach()
-            scaler.step(g.opt)
-            g.opt.zero_grad(set_to_none=True)
-        scaler.update()
+        if graphed is not None:
+            for t in lrs:
+                t.fill_(lr)
+            loss_sum = graphed(x)
+        else:
+            for g in groups:
+                for pg in g.opt.param_groups:
+                    pg["lr"] = lr
+            loss_sum = step_fn(x, step)
         bar.update(1)
         bar.set_postfix(loss=f"{float(loss_sum) / max(1, len(trainable)):.4f}")
         done = step + 1
