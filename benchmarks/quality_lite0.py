@@ -105,7 +105,7 @@ class Bench:
                                              batch_size=50)
         deploy = data_splits(self.cfg, self.teacher.data_config, train_augment=False).train
         self.bn_batches = eval_batches(deploy, 256, 32)
-        self.trained = {(f, l, op): m for _, f, l, op, m in load_trained(run / "candidates", self.d)}
+        self.trained = {p.where: p.module for p in load_trained(run / "candidates", self.d)}
         self.scores = {(r.first, r.last, r.op): r for r in read_scores(run / "scores.csv") if r.precision == "fp32"}
         self.skip_weight = self.cfg.search.skip_weight if skip_weight is None else skip_weight
         self.tables = load_tables(run, metric, self.skip_weight)

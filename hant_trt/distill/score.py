@@ -19,6 +19,7 @@ from .. import atomic
 from ..runfiles import SCORE_COLUMNS
 from ..teacher.decompose import Decomposition
 from .capture import capture, normalised_mse, suffix
+from .pool import TrainedPart
 
 
 @dataclass
@@ -62,22 +63,23 @@ class _Acc:
 
 
 @torch.no_grad()
-def score_candidates(d: Decomposition, entries, eval_loader, labelled: bool, progress=None, device=None) -> dict:
-    """entries: list of (key, first, last, module). Returns key -> metrics dict. device: where the
-    batches go (the caller puts the teacher and the modules there; None: where they come from)."""
-    accs = {key: _Acc() for key, *_ in entries}
+def score_candidates(d: Decomposition, entries: list[TrainedPart], eval_loader, labelled: bool, progress=None,
+                     device=None) -> dict:
+    """Each entry's key -> metrics dict. device: where the batches go (the caller puts the teacher
+    and the modules there; None: where they come from)."""
+    accs = {e.key: _Acc() for e in entries}
     for x, y in eval_loader:
         if device is not None:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         acts, t_logits = capture(d, x)
         t_logp = F.log_softmax(t_logits, 1)
         t_top = t_logits.argmax(1)
-        for key, first, last, module in entries:
-            module.eval()
-            out = module(acts[first])
-            a = accs[key]
-            a.add(suffix(d, out, last + 1), t_top, t_logp, y, labelled)
-            a.mse += float(normalised_mse(out, acts[last + 1]))
+        for e in entries:
+            e.module.eval()
+            out = e.module(acts[e.first])
+            a = accs[e.key]
+            a.add(suffix(d, out, e.last + 1), t_top, t_logp, y, labelled)
+            a.mse += float(normalised_mse(out, acts[e.last + 1]))
             a.batches += 1
         if progress is not None:
             progress.update(1)
