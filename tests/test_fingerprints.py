@@ -58,3 +58,13 @@ def test_fingerprints_of_saved_runs_stay_the_same(tmp_path, case):
     run.set_stage("search", "done", got["search"])
     got["build"] = build_fingerprint(run, cfg)
     assert got == PINNED[case]
+
+
+def test_stage_fingerprint_is_one_flat_object(tmp_path):
+    from hant_trt.rundir import fingerprint, stage_fingerprint
+
+    (tmp_path / "a.csv").write_text("x\n")
+    assert stage_fingerprint({"s": 1}, upstream={"up": "f"}, files={"a.csv": tmp_path / "a.csv", "b": tmp_path / "b"}) \
+        == fingerprint({"s": 1, "up": "f", "inputs": {"a.csv": "73cb3858a687a849", "b": ""}})
+    with pytest.raises(ValueError, match="both"):
+        stage_fingerprint({"teacher": 1}, upstream={"teacher": "f"})

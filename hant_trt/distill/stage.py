@@ -11,7 +11,7 @@ from .. import atomic
 from ..config import RunConfig
 from ..data import data_splits
 from ..quant.layouts import layout_for
-from ..rundir import RunDir, fingerprint
+from ..rundir import RunDir, stage_fingerprint
 from ..runfiles import CANDIDATES, FIXED_SCORES, SCORES
 from ..teacher.stage import load_from_config, run_teacher, teacher_fingerprint
 from .pool import TrainedPart
@@ -25,7 +25,7 @@ def distill_fingerprint(cfg: RunConfig) -> str:
         d.pop("suffix_kl", None), d.pop("suffix_kl_slots", None)
     if not d.get("fisher"):
         d.pop("fisher", None)
-    return fingerprint({"teacher": teacher_fingerprint(cfg), "data": cfg.data, "distill": d})
+    return stage_fingerprint({"data": cfg.data, "distill": d}, upstream={"teacher": teacher_fingerprint(cfg)})
 
 
 def run_distill(run: RunDir, cfg: RunConfig, resume: bool = False, restart: bool = False) -> dict:
@@ -113,7 +113,7 @@ def score_fingerprint(cfg: RunConfig) -> str:
     int8 = [cfg.profile.calib_method, cfg.profile.calib_images] if "int8" in cfg.profile.precisions else False
     if int8 and layout_for(cfg.profile).in_fingerprint:     # runs from before layouts keep their fingerprints
         int8.append(layout_for(cfg.profile).name)
-    return fingerprint({"distill": distill_fingerprint(cfg), "score": cfg.score, "int8": int8})
+    return stage_fingerprint({"score": cfg.score, "int8": int8}, upstream={"distill": distill_fingerprint(cfg)})
 
 
 def run_score(run: RunDir, cfg: RunConfig) -> dict:

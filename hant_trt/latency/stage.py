@@ -17,7 +17,7 @@ import torch
 from .. import atomic
 from ..config import RunConfig
 from ..quant.layouts import layout_for
-from ..rundir import RunDir, fingerprint
+from ..rundir import RunDir, stage_fingerprint
 from ..runfiles import LATENCY_COLUMNS
 from .backends import profile_backend
 
@@ -35,7 +35,7 @@ def profile_fingerprint(run: RunDir, cfg: RunConfig) -> str:
     else:
         prof.pop("int8_layout", None)
     prof["timing"] = "beside-teacher-parts"     # host-timed rows are ratios to teacher parts × those parts
-    return fingerprint({"score": run.stage("score").fingerprint, "profile": prof, "teacher": cfg.teacher})
+    return stage_fingerprint({"profile": prof, "teacher": cfg.teacher}, upstream={"score": run.stage("score").fingerprint})
 
 
 def _candidate_rows(run: RunDir) -> list[tuple[int, int, str, str]]:
