@@ -50,7 +50,7 @@ from hant_trt.student.stage import finetune_student
 from hant_trt.config import from_dict
 from hant_trt.data import FolderDataset, eval_transform, scan_folder
 from hant_trt.distill.pool import load_trained
-from hant_trt.distill.score import read_scores
+from hant_trt.scores import read_scores
 from hant_trt.data import data_splits
 from hant_trt.latency.backends import get_backend
 from hant_trt.latency.export import export_onnx

@@ -11,9 +11,8 @@ from pathlib import Path
 
 from torch import nn
 
-from ..teacher.decompose import Decomposition
+from ..teacher.decompose import Decomposition, module_slot_of, span_teacher
 from ..teacher.slot import Slot
-from .capture import module_slot_of, span_teacher
 
 
 def candidate_ops(slot: Slot, preset: str, fused: bool = False) -> list[str]:

@@ -120,7 +120,8 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
     """Swap-one scores of every candidate (keep included) → scores.csv."""
     from ..teacher.slot import Slot
     from .pool import load_trained, keep_entries, signature_of, cost_of
-    from .score import ScoreRow, score_candidates, write_scores
+    from ..scores import ScoreRow, write_scores
+    from .score import score_candidates
     from ..progress import progress
 
     fp = score_fingerprint(cfg)
@@ -204,7 +205,7 @@ def int8_entries(d, entries: list[TrainedPart], calib_set, batch_size: int, imag
 
     from ..quant.calibrate import QUANT_LAYERS, calibrate
     from ..quant.layouts import DEFAULT
-    from .capture import capture
+    from ..teacher.capture import capture
     from ..training import eval_batches
 
     acts = [capture(d, x)[0] for x in eval_batches(calib_set, images, batch_size)]
