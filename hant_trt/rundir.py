@@ -39,8 +39,8 @@ def stage_fingerprint(settings: dict[str, Any], upstream: dict[str, str] | None 
                       files: dict[str, Path] | None = None) -> str:
     """What a stage's `done` is valid for: its settings (config sections or values, by name), the
     fingerprints of the stages it reads (by stage name) and the bytes of the files it reads (under
-    "inputs", by file name). All share one flat JSON object, the shape saved runs were
-    fingerprinted with, so each stage keeps its historical keys."""
+    "inputs", by file name), in one flat JSON object: the object saved runs' fingerprints hash
+    (pinned in tests/test_fingerprints.py)."""
     obj = dict(settings)
     for name, fp in (upstream or {}).items():
         if name in obj:
