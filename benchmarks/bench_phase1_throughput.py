@@ -15,7 +15,7 @@ import time
 import torch
 
 from hant_trt.config import DistillCfg
-from hant_trt.distill.capture import capture, normalised_mse, teacher_modules_eval
+from hant_trt.teacher.capture import capture, normalised_mse, teacher_modules_eval
 from hant_trt.distill.train import make_groups, plan_jobs
 from hant_trt.training import adamw
 from hant_trt.teacher.decompose import decompose

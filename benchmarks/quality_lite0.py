@@ -50,7 +50,7 @@ from hant_trt.student.stage import finetune_student
 from hant_trt.config import from_dict
 from hant_trt.data import FolderDataset, eval_transform, scan_folder
 from hant_trt.distill.pool import load_trained
-from hant_trt.distill.score import read_scores
+from hant_trt.scores import read_scores
 from hant_trt.data import data_splits
 from hant_trt.latency.backends import get_backend
 from hant_trt.latency.export import export_onnx
@@ -105,7 +105,7 @@ class Bench:
                                              batch_size=50)
         deploy = data_splits(self.cfg, self.teacher.data_config, train_augment=False).train
         self.bn_batches = eval_batches(deploy, 256, 32)
-        self.trained = {(f, l, op): m for _, f, l, op, m in load_trained(run / "candidates", self.d)}
+        self.trained = {p.where: p.module for p in load_trained(run / "candidates", self.d)}
         self.scores = {(r.first, r.last, r.op): r for r in read_scores(run / "scores.csv") if r.precision == "fp32"}
         self.skip_weight = self.cfg.search.skip_weight if skip_weight is None else skip_weight
         self.tables = load_tables(run, metric, self.skip_weight)

@@ -30,6 +30,27 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def file_hash(path: Path) -> str:
+    """Short hash of a file's bytes; "" when there is no such file."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
+
+
+def stage_fingerprint(settings: dict[str, Any], upstream: dict[str, str] | None = None,
+                      files: dict[str, Path] | None = None) -> str:
+    """What a stage's `done` is valid for: its settings (config sections or values, by name), the
+    fingerprints of the stages it reads (by stage name) and the bytes of the files it reads (under
+    "inputs", by file name), in one flat JSON object: the object saved runs' fingerprints hash
+    (pinned in tests/test_fingerprints.py)."""
+    obj = dict(settings)
+    for name, fp in (upstream or {}).items():
+        if name in obj:
+            raise ValueError(f"'{name}' is both a setting and an upstream stage")
+        obj[name] = fp
+    if files is not None:
+        obj["inputs"] = {name: file_hash(p) for name, p in files.items()}
+    return fingerprint(obj)
+
+
 def package_versions() -> dict[str, str]:
     from importlib import metadata
 

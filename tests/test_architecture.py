@@ -6,8 +6,8 @@ Layers, top to bottom:
 - entry points: cli, commands, pipeline (may import anything);
 - stages: distill (distill + score), latency (profile), search, build (student, then deploy — deploy
   may import student, not the reverse); a stage imports core and itself;
-- core: everything else — the package root (its version), teacher, ops, data, quant, training,
-  progress, config, rundir, runfiles, errors, atomic — and latency's toolkit (ONNX export, fp16,
+- core: everything else — the package root (its version), teacher (its capture included), ops, data,
+  quant, training, progress, config, rundir, runfiles, scores, errors, atomic — and latency's toolkit (ONNX export, fp16,
   backends, timing, paired timing, device), which every stage uses to export and time the same
   way. Core imports no stage.
 """
@@ -30,12 +30,9 @@ ALLOWED = {
     ("hant_trt.config", "hant_trt.search.tables"): "metric names are checked at load against the search's",
     ("hant_trt.latency.backends.tensorrt", "hant_trt.deploy.metadata"):
         "a TensorRT plan is checked against the metadata the build wrote beside it",
-    ("hant_trt.latency.stage", "hant_trt.distill.score"): "profile reads scores.csv with score's own reader",
     ("hant_trt.search.refine", "hant_trt.distill.pool"): "refinement composes phase 1's distilled candidates",
     ("hant_trt.search.calibrate", "hant_trt.student.assemble"): "budget calibration times whole students",
     ("hant_trt.student.stage", "hant_trt.distill.pool"): "the student is assembled from phase 1's candidates",
-    ("hant_trt.student.finetune", "hant_trt.distill.capture"):
-        "the fine-tune's feature loss uses distillation's teacher capture and normalised MSE",
 }
 
 

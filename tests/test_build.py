@@ -114,7 +114,7 @@ def _chain():
 
 def test_feature_finetune_with_frozen_bn_and_mixup(tmp_path):
     from hant_trt.student.finetune import student_features
-    from hant_trt.distill.capture import capture, normalised_mse
+    from hant_trt.teacher.capture import capture, normalised_mse
 
     d, teacher, student = _chain()
     data = [(torch.randn(3, 12, 12), i % 5) for i in range(16)]

@@ -18,8 +18,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 # modules whose tensors live where the training or scoring runs; every tensor factory there names a
 # device, except the listed CPU-side ones (seeded batches and labels made before `.to(device)`)
-DEVICE_PATHS = ["hant_trt/ops/refit.py", "hant_trt/distill/train.py", "hant_trt/distill/graphed.py", "hant_trt/distill/capture.py",
-                "hant_trt/distill/score.py", "hant_trt/student/finetune.py", "hant_trt/training.py"]
+DEVICE_PATHS = ["hant_trt/ops/refit.py", "hant_trt/distill/train.py", "hant_trt/distill/graphed.py",
+                "hant_trt/teacher/capture.py", "hant_trt/distill/score.py", "hant_trt/student/finetune.py", "hant_trt/training.py"]
 FACTORIES = {"eye", "zeros", "ones", "full", "empty", "arange", "randn", "rand", "randint", "tensor", "linspace"}
 CPU_SIDE = {("hant_trt/training.py", "step_items"), ("hant_trt/training.py", "labelled_batch_for_step"),
             ("hant_trt/student/finetune.py", "mix_batch")}
@@ -129,7 +129,7 @@ def test_compiled_module_times_under_a_cuda_graph():
 
 @cuda
 def test_distill_and_score_on_cuda_match_the_cpu(tmp_path):
-    from hant_trt.distill.score import read_scores
+    from hant_trt.scores import read_scores
     from hant_trt.distill.stage import run_distill, run_score
     from hant_trt.rundir import RunDir
 

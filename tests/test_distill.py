@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from hant_trt.config import RunConfig
 from hant_trt.distill.stage import run_distill, run_score
-from hant_trt.distill.score import read_scores
+from hant_trt.scores import read_scores
 from hant_trt.errors import UserError
 from hant_trt.rundir import RunDir
 
@@ -119,7 +119,7 @@ def test_bad_slot_and_preset(tmp_path):
 def test_suffix_kl_term_for_late_slots_only(lite0, tmp_path):
     """`distill.suffix_kl`: late-slot candidates also learn the teacher's logits through the
     teacher's (frozen) rest; earlier ones keep the plain normalised MSE."""
-    from hant_trt.distill.capture import capture, normalised_mse
+    from hant_trt.teacher.capture import capture, normalised_mse
     from hant_trt.distill.stage import distill_fingerprint
     from hant_trt.distill.train import Job, job_loss
     from hant_trt.ops import build
@@ -127,7 +127,7 @@ def test_suffix_kl_term_for_late_slots_only(lite0, tmp_path):
 
     import copy
 
-    from hant_trt.distill.capture import teacher_modules_eval
+    from hant_trt.teacher.capture import teacher_modules_eval
 
     teacher = copy.deepcopy(lite0.model)
     d = decompose(teacher, 96)
@@ -179,7 +179,7 @@ def test_fisher_weights_estimate_the_kl_curvature(lite0, tmp_path):
     Σ_y p_y (∂ log p_y / ∂h)², and ½ F δ² predicts the KL a small error δ there causes."""
     import copy
 
-    from hant_trt.distill.capture import capture, capture_fisher, fisher_mse, normalised_mse, suffix, teacher_modules_eval
+    from hant_trt.teacher.capture import capture, capture_fisher, fisher_mse, normalised_mse, suffix, teacher_modules_eval
     from hant_trt.distill.stage import distill_fingerprint
     from hant_trt.distill.train import Job, job_loss
     from hant_trt.ops import build

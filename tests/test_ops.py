@@ -234,7 +234,7 @@ def test_wider_candidate_starts_at_the_teacher(decomps):
 
 def test_inherited_and_refit_candidate_starts_closer_than_random(lite0, lite0_decomposition):
     from hant_trt.data import EmbeddedDataset
-    from hant_trt.distill.capture import capture
+    from hant_trt.teacher.capture import capture
     from hant_trt.ops.refit import refit_readout
 
     d = lite0_decomposition

@@ -143,7 +143,7 @@ engine_name = "e2e"
     rcfg = from_dict(json.loads((run / "run.json").read_text())["config"])
     evaluate = composed_kl(run, rcfg)
     teacher, d = load_from_config(rcfg)
-    trained = {(f, l, op): m for _, f, l, op, m in load_trained(run / "candidates", d)}
+    trained = {p.where: p.module for p in load_trained(run / "candidates", d)}
     eval_loader = DataLoader(data_splits(rcfg, teacher.data_config).eval, batch_size=64)
     sol = Solution.from_dict(json.loads((run / "solution.json").read_text()))
     student = assemble(d, [Choice(o.first, o.last, o.op) for o in sol.choices], trained)   # weights in fp32

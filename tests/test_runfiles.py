@@ -6,7 +6,7 @@ from dataclasses import fields
 
 
 def test_score_rows_are_the_score_columns():
-    from hant_trt.distill.score import ScoreRow
+    from hant_trt.scores import ScoreRow
     from hant_trt.runfiles import SCORE_COLUMNS
 
     assert [f.name for f in fields(ScoreRow)] == SCORE_COLUMNS

@@ -9,16 +9,15 @@ from pathlib import Path
 
 from .. import atomic
 from ..config import RunConfig
-from ..rundir import RunDir, fingerprint
+from ..rundir import RunDir, stage_fingerprint
 from ..runfiles import BUILD, CANDIDATES, INT8_CALIB, SOLUTION, STUDENT
 from ..student.assemble import Choice, StudentSpec, assemble, save_student
 from ..student.stage import finetune_student, int8_plan, recalibrate, trained_modules
 
 
 def build_fingerprint(run: RunDir, cfg: RunConfig) -> str:
-    sol = run.stage("search").fingerprint
-    return fingerprint({"search": sol, "build": cfg.build, "backend": cfg.profile.backend,
-                        "batch": cfg.profile.batch})
+    return stage_fingerprint({"build": cfg.build, "backend": cfg.profile.backend, "batch": cfg.profile.batch},
+                             upstream={"search": run.stage("search").fingerprint})
 
 
 def read_solution(run: RunDir) -> dict:

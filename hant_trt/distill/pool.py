@@ -6,13 +6,13 @@ The only place phase 1 talks to `hant_trt.ops`.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
-from ..teacher.decompose import Decomposition
+from ..teacher.decompose import Decomposition, module_slot_of, span_teacher
 from ..teacher.slot import Slot
-from .capture import module_slot_of, span_teacher
 
 
 def candidate_ops(slot: Slot, preset: str, fused: bool = False) -> list[str]:
@@ -31,13 +31,31 @@ def build_candidate(op: str, slot: Slot, teacher: nn.Module) -> tuple[nn.Module,
     return build(op, slot, teacher), bool(inherits(op, slot, teacher))
 
 
-def keep_entries(d: Decomposition) -> list[tuple]:
-    """(key, first, last, op, module) of every slot's own teacher block."""
-    return [(f"{s.name}:keep", s.index, s.index, "keep", d.blocks[s.index]) for s in d.slots]
+@dataclass(frozen=True)
+class TrainedPart:
+    """A module standing in for the teacher's slots first..last: a distilled candidate, a slot's own
+    block (`keep`), or either simulated at int8. `key` names it in swap-one scoring."""
+
+    key: str
+    first: int
+    last: int
+    op: str
+    module: nn.Module
+    precision: str = "fp32"
+
+    @property
+    def where(self) -> tuple[int, int, str]:
+        """(first, last, op): what a solution's choice names."""
+        return self.first, self.last, self.op
 
 
-def load_trained(folder: Path, d: Decomposition) -> list[tuple]:
-    """(key, first, last, op, module) of every distilled candidate in `folder` (slot*.json)."""
+def keep_entries(d: Decomposition) -> list[TrainedPart]:
+    """Every slot's own teacher block."""
+    return [TrainedPart(f"{s.name}:keep", s.index, s.index, "keep", d.blocks[s.index]) for s in d.slots]
+
+
+def load_trained(folder: Path, d: Decomposition) -> list[TrainedPart]:
+    """Every distilled candidate in `folder` (slot*.json), at fp32."""
     from safetensors.torch import load_file
 
     out = []
@@ -55,7 +73,7 @@ def load_trained(folder: Path, d: Decomposition) -> list[tuple]:
             sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             module.load_state_dict(sd, strict=True)
             module.eval()
-            out.append((f"{slot.name}:{op}", first, last, op, module))
+            out.append(TrainedPart(f"{slot.name}:{op}", first, last, op, module))
     return out
 
 

@@ -7,35 +7,14 @@ input and the teacher's suffix produces logits.
 
 from __future__ import annotations
 
-import csv
-import io
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .. import atomic
-from ..runfiles import SCORE_COLUMNS
+from ..teacher.capture import capture, normalised_mse, suffix
 from ..teacher.decompose import Decomposition
-from .capture import capture, normalised_mse, suffix
-
-
-@dataclass
-class ScoreRow:
-    """A row of scores.csv: the fields are SCORE_COLUMNS, in order."""
-
-    first: int
-    last: int
-    op: str
-    precision: str
-    signature: str
-    agreement: float        # % of eval images whose top-1 equals the teacher's
-    kl: float               # mean KL(teacher || student) in nats
-    top1: float | None      # % correct, when labels exist
-    local_mse: float        # normalised MSE at the slot's output
-    params: int
-    macs: int
+from .pool import TrainedPart
 
 
 @dataclass
@@ -62,56 +41,27 @@ class _Acc:
 
 
 @torch.no_grad()
-def score_candidates(d: Decomposition, entries, eval_loader, labelled: bool, progress=None, device=None) -> dict:
-    """entries: list of (key, first, last, module). Returns key -> metrics dict. device: where the
-    batches go (the caller puts the teacher and the modules there; None: where they come from)."""
-    accs = {key: _Acc() for key, *_ in entries}
+def score_candidates(d: Decomposition, entries: list[TrainedPart], eval_loader, labelled: bool, progress=None,
+                     device=None) -> dict:
+    """Each entry's key -> metrics dict. device: where the batches go (the caller puts the teacher
+    and the modules there; None: where they come from)."""
+    accs = {e.key: _Acc() for e in entries}
     for x, y in eval_loader:
         if device is not None:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         acts, t_logits = capture(d, x)
         t_logp = F.log_softmax(t_logits, 1)
         t_top = t_logits.argmax(1)
-        for key, first, last, module in entries:
-            module.eval()
-            out = module(acts[first])
-            a = accs[key]
-            a.add(suffix(d, out, last + 1), t_top, t_logp, y, labelled)
-            a.mse += float(normalised_mse(out, acts[last + 1]))
+        for e in entries:
+            e.module.eval()
+            out = e.module(acts[e.first])
+            a = accs[e.key]
+            a.add(suffix(d, out, e.last + 1), t_top, t_logp, y, labelled)
+            a.mse += float(normalised_mse(out, acts[e.last + 1]))
             a.batches += 1
         if progress is not None:
             progress.update(1)
     return {key: a.metrics(labelled) for key, a in accs.items()}
-
-
-def rows_to_csv(rows: list[ScoreRow]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=SCORE_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        d = asdict(r)
-        for k in ("agreement", "kl", "local_mse", "top1"):
-            if d[k] is not None:
-                d[k] = f"{d[k]:.6g}"
-        w.writerow({k: ("" if v is None else v) for k, v in d.items()})
-    return buf.getvalue()
-
-
-def write_scores(path: Path, rows: list[ScoreRow]) -> Path:
-    return atomic.write_text(path, rows_to_csv(rows))
-
-
-def read_scores(path: Path) -> list[ScoreRow]:
-    rows = []
-    with open(path, newline="") as fh:
-        for r in csv.DictReader(fh):
-            rows.append(ScoreRow(first=int(r["first"]), last=int(r["last"]), op=r["op"],
-                                 precision=r["precision"], signature=r["signature"],
-                                 agreement=float(r["agreement"]), kl=float(r["kl"]),
-                                 top1=float(r["top1"]) if r["top1"] else None,
-                                 local_mse=float(r["local_mse"]), params=int(r["params"]),
-                                 macs=int(r["macs"])))
-    return rows
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -10,9 +11,10 @@ from .. import atomic
 from ..config import RunConfig
 from ..data import data_splits
 from ..quant.layouts import layout_for
-from ..rundir import RunDir, fingerprint
+from ..rundir import RunDir, stage_fingerprint
 from ..runfiles import CANDIDATES, FIXED_SCORES, SCORES
 from ..teacher.stage import load_from_config, run_teacher, teacher_fingerprint
+from .pool import TrainedPart
 from .train import distill, prune_stale_slot_files
 
 
@@ -24,7 +26,7 @@ def distill_fingerprint(cfg: RunConfig) -> str:
         d.pop("suffix_kl", None), d.pop("suffix_kl_slots", None)
     if not d.get("fisher"):
         d.pop("fisher", None)
-    return fingerprint({"teacher": teacher_fingerprint(cfg), "data": cfg.data, "distill": d})
+    return stage_fingerprint({"data": cfg.data, "distill": d}, upstream={"teacher": teacher_fingerprint(cfg)})
 
 
 def run_distill(run: RunDir, cfg: RunConfig, resume: bool = False, restart: bool = False) -> dict:
@@ -112,14 +114,15 @@ def score_fingerprint(cfg: RunConfig) -> str:
     int8 = [cfg.profile.calib_method, cfg.profile.calib_images] if "int8" in cfg.profile.precisions else False
     if int8 and layout_for(cfg.profile).in_fingerprint:     # runs from before layouts keep their fingerprints
         int8.append(layout_for(cfg.profile).name)
-    return fingerprint({"distill": distill_fingerprint(cfg), "score": cfg.score, "int8": int8})
+    return stage_fingerprint({"score": cfg.score, "int8": int8}, upstream={"distill": distill_fingerprint(cfg)})
 
 
 def run_score(run: RunDir, cfg: RunConfig) -> dict:
     """Swap-one scores of every candidate (keep included) → scores.csv."""
     from ..teacher.slot import Slot
     from .pool import load_trained, keep_entries, signature_of, cost_of
-    from .score import ScoreRow, score_candidates, write_scores
+    from ..scores import ScoreRow, write_scores
+    from .score import score_candidates
     from ..progress import progress
 
     fp = score_fingerprint(cfg)
@@ -133,25 +136,25 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
     t0 = time.time()
     teacher, d = load_from_config(cfg)
     loader, labelled = _score_loader(cfg, teacher)
-    entries = [(k, f, l, op, m, "fp32") for k, f, l, op, m in keep_entries(d) + load_trained(run.root / CANDIDATES, d)]
+    entries = keep_entries(d) + load_trained(run.root / CANDIDATES, d)
     if "int8" in cfg.profile.precisions:
         entries += int8_entries(d, entries, data_splits(cfg, teacher.data_config, train_augment=False).train,
                                 cfg.score.batch_size, cfg.profile.calib_images, cfg.profile.calib_method,
                                 layout_for(cfg.profile))
     dev = score_device(cfg)
-    for m in (d.stem, d.head, *d.blocks, *(e[4] for e in entries)):
+    for m in (d.stem, d.head, *d.blocks, *(e.module for e in entries)):
         m.to(dev)
     bar = progress(len(loader), 0, f"score {len(entries)} candidates")
-    metrics = score_candidates(d, [(k, f, l, m) for k, f, l, _, m, _ in entries], loader, labelled, bar, dev)
+    metrics = score_candidates(d, entries, loader, labelled, bar, dev)
     bar.close()
-    for m in (d.stem, d.head, *d.blocks, *(e[4] for e in entries)):
+    for m in (d.stem, d.head, *d.blocks, *(e.module for e in entries)):
         m.to("cpu")                     # parameter and MAC counts below run on CPU inputs
     rows = []
-    for key, first, last, op, module, prec in entries:
-        m = metrics[key]
-        params, macs = cost_of(d, first, last, op, module)
-        rows.append(ScoreRow(first=first, last=last, op=op, precision=prec,
-                             signature=signature_of(d, first, last, op), params=params, macs=macs, **m))
+    for e in entries:
+        params, macs = cost_of(d, e.first, e.last, e.op, e.module)
+        rows.append(ScoreRow(first=e.first, last=e.last, op=e.op, precision=e.precision,
+                             signature=signature_of(d, e.first, e.last, e.op), params=params, macs=macs,
+                             **metrics[e.key]))
     rows.sort(key=lambda r: (r.first, r.last, r.op != "keep", r.op, r.precision))
     write_scores(run.path(SCORES), rows)
     if "int8" in cfg.profile.precisions:
@@ -194,8 +197,8 @@ def _write_fixed_scores(run: RunDir, cfg: RunConfig, teacher, d, loader, labelle
     atomic.write_json(run.path(FIXED_SCORES), got)
 
 
-def int8_entries(d, entries, calib_set, batch_size: int, images: int = 32, method: str = "max",
-                 layout=None) -> list[tuple]:
+def int8_entries(d, entries: list[TrainedPart], calib_set, batch_size: int, images: int = 32,
+                 method: str = "max", layout=None) -> list[TrainedPart]:
     """Each (fp32) entry again with simulated int8: ranges from `quant.calibrate` (`method`) on the
     slot's real inputs from `images` un-augmented training images, simulated by
     the layout's simulation (`quant.layouts`) — the code and arithmetic of the Q/DQ ONNX the build writes for int8 parts."""
@@ -203,17 +206,17 @@ def int8_entries(d, entries, calib_set, batch_size: int, images: int = 32, metho
 
     from ..quant.calibrate import QUANT_LAYERS, calibrate
     from ..quant.layouts import DEFAULT
-    from .capture import capture
+    from ..teacher.capture import capture
     from ..training import eval_batches
 
     acts = [capture(d, x)[0] for x in eval_batches(calib_set, images, batch_size)]
     out = []
     with torch.no_grad():
-        for key, first, last, op, module, _ in entries:
-            if not any(isinstance(m, QUANT_LAYERS) for m in module.modules()):
+        for e in entries:
+            if not any(isinstance(m, QUANT_LAYERS) for m in e.module.modules()):
                 continue        # nothing to quantize (skip): int8 would be the fp32 entry again
-            xs = [a[first] for a in acts]
-            q = (layout or DEFAULT).simulate(module, calibrate(module, xs, method=method),
+            xs = [a[e.first] for a in acts]
+            q = (layout or DEFAULT).simulate(e.module, calibrate(e.module, xs, method=method),
                                              input_shape=(1, *xs[0].shape[1:]))
-            out.append((key + ":int8", first, last, op, q, "int8"))
+            out.append(dataclasses.replace(e, key=e.key + ":int8", module=q, precision="int8"))
     return out

@@ -23,12 +23,12 @@ from .. import atomic
 from ..config import DistillCfg
 from ..errors import UserError
 from ..progress import progress
-from ..teacher.decompose import Decomposition
+from ..teacher.capture import (capture, capture_fisher, fisher_mse, kl_to_teacher, normalised_mse, suffix_logits,
+                               teacher_modules_eval)
+from ..teacher.decompose import Decomposition, module_slot_of, span_teacher
 from ..teacher.slot import Slot
 from ..training import (adamw, autocast_of, batch_for_step, estimate_bn, eval_batches, lr_at, resolve_device,
                         set_train_mode)
-from .capture import (capture, capture_fisher, fisher_mse, kl_to_teacher, module_slot_of, normalised_mse,
-                      span_teacher, suffix_logits, teacher_modules_eval)
 from .pool import build_candidate, candidate_ops
 
 

@@ -17,8 +17,8 @@ import torch
 from .. import atomic
 from ..config import RunConfig
 from ..quant.layouts import layout_for
-from ..rundir import RunDir, fingerprint
-from ..runfiles import LATENCY_COLUMNS
+from ..rundir import RunDir, stage_fingerprint
+from ..runfiles import LATENCY_COLUMNS, SCORES
 from .backends import profile_backend
 
 
@@ -35,16 +35,16 @@ def profile_fingerprint(run: RunDir, cfg: RunConfig) -> str:
     else:
         prof.pop("int8_layout", None)
     prof["timing"] = "beside-teacher-parts"     # host-timed rows are ratios to teacher parts × those parts
-    return fingerprint({"score": run.stage("score").fingerprint, "profile": prof, "teacher": cfg.teacher})
+    return stage_fingerprint({"profile": prof, "teacher": cfg.teacher}, upstream={"score": run.stage("score").fingerprint})
 
 
 def _candidate_rows(run: RunDir) -> list[tuple[int, int, str, str]]:
     """(first, last, op, signature) of every scored candidate (keep included)."""
-    from ..distill.score import read_scores
+    from ..scores import read_scores
 
     run.require("score")
     seen, out = set(), []
-    for r in read_scores(run.path("scores.csv")):
+    for r in read_scores(run.path(SCORES)):
         key = (r.first, r.last, r.op)
         if key not in seen:
             seen.add(key)

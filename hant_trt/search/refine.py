@@ -150,7 +150,7 @@ def composed_kl(run_root, cfg, max_images: int | None = None, cache_bytes: float
     from ..teacher.stage import load_from_config
 
     teacher, d = load_from_config(cfg)
-    modules = {(f, l, op): m for _, f, l, op, m in keep_entries(d) + load_trained(run_root / CANDIDATES, d)}
+    modules = {p.where: p.module for p in keep_entries(d) + load_trained(run_root / CANDIDATES, d)}
     ev = data_splits(cfg, teacher.data_config).eval
     if max_images and len(ev) > max_images:
         ev = Subset(ev, range(max_images))

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 from .. import atomic
 from ..errors import UserError
-from ..rundir import RunDir, fingerprint
+from ..rundir import RunDir, file_hash, stage_fingerprint
 from ..runfiles import (FIXED_SCORES, INTERACTIONS, LATENCY, LATENCY_FIXED, PARETO_JSON, PARETO_PNG, SCORES,
                         SOLUTION, TEACHER)
 from .ilp import Solution, solve
@@ -21,20 +20,16 @@ _OMITTED_AT_DEFAULT = {"calibrate_rounds": 0, "refine_sweeps": 0, "skip_weight":
                        "max_skips_per_stage": None}
 
 
-def _file_hash(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
-
-
 def search_fingerprint(run: RunDir, cfg) -> str:
     """Hash of the search settings and of the bytes of every input table."""
     search = dict(vars(cfg.search))
     for opt, default in _OMITTED_AT_DEFAULT.items():    # left out at their defaults: saved runs'
         if search.get(opt, default) == default:         # fingerprints stay valid
             search.pop(opt, None)
-    inputs = {f: _file_hash(run.root / f) for f in INPUTS}
+    inputs = INPUTS
     if (run.root / FIXED_SCORES).is_file():            # runs without it keep their fingerprints
-        inputs[FIXED_SCORES] = _file_hash(run.root / FIXED_SCORES)
-    return fingerprint({"search": search, "inputs": inputs})
+        inputs += (FIXED_SCORES,)
+    return stage_fingerprint({"search": search}, files={f: run.root / f for f in inputs})
 
 
 def run_search(run: RunDir, cfg) -> Solution:
@@ -120,7 +115,7 @@ def skip_pair_terms(root, cfg, tables, n_slots: int) -> list:
     from .refine import composed_kl
 
     path = root / INTERACTIONS
-    key = {f: _file_hash(root / f) for f in INPUTS}
+    key = {f: file_hash(root / f) for f in INPUTS}
     if path.is_file():
         try:
             doc = json.loads(path.read_text())

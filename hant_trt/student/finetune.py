@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import atomic
-from ..distill.capture import capture, normalised_mse
 from ..progress import progress
+from ..teacher.capture import capture, normalised_mse
 from ..training import adamw, autocast_of, estimate_bn, labelled_batch_for_step, lr_at, set_train_mode
 
 

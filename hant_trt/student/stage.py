@@ -14,7 +14,7 @@ def trained_modules(candidates: Path, d, choices: list[Choice]) -> dict:
     from ..distill.pool import load_trained
 
     wanted = {(c.first, c.last, c.op) for c in choices if c.op != "keep"}
-    return {(f, l, op): m for _, f, l, op, m in load_trained(candidates, d) if (f, l, op) in wanted}
+    return {p.where: p.module for p in load_trained(candidates, d) if p.where in wanted}
 
 
 def recalibrate(student, ordered: list[Choice], batches, which: str) -> None:

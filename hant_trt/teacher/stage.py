@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import atomic
 from ..config import RunConfig
-from ..rundir import RunDir, fingerprint
+from ..rundir import RunDir, stage_fingerprint
 from ..runfiles import TEACHER
 from .decompose import Decomposition, decompose
 from .load import Teacher, load_teacher
@@ -12,7 +12,7 @@ from .slot import Slot
 
 
 def teacher_fingerprint(cfg: RunConfig) -> str:
-    return fingerprint({"teacher": cfg.teacher})
+    return stage_fingerprint({"teacher": cfg.teacher})
 
 
 def load_from_config(cfg: RunConfig) -> tuple[Teacher, Decomposition]:

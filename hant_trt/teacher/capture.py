@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..teacher.decompose import Decomposition
+from .decompose import Decomposition
 
 
 @torch.no_grad()
@@ -87,6 +87,3 @@ def normalised_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """MSE divided by the target's mean square: comparable across slots whose feature maps
     differ in scale by orders of magnitude (1.0 = predicting zeros)."""
     return ((out - target) ** 2).mean() / target.pow(2).mean().clamp_min(1e-8)
-
-
-from ..teacher.decompose import module_slot_of, span_teacher  # noqa: E402,F401  (re-exported)

@@ -1,0 +1,70 @@
+"""Every stage's fingerprint for fixed configurations and input files, pinned: a saved run stays
+done only while the fingerprints of an unchanged configuration and unchanged inputs stay these
+strings. A change here makes every saved run redo that stage and those after it."""
+
+from __future__ import annotations
+
+import pytest
+
+from hant_trt.config import RunConfig
+from hant_trt.deploy.stage import build_fingerprint
+from hant_trt.distill.stage import distill_fingerprint, score_fingerprint
+from hant_trt.latency.stage import profile_fingerprint
+from hant_trt.rundir import RunDir
+from hant_trt.search.stage import search_fingerprint
+from hant_trt.teacher.stage import teacher_fingerprint
+
+PINNED = {
+    "plain": {"teacher": "98f8e8e6e6ad1a3a", "distill": "f9da06a3975a7077", "score": "e3ca4f1572f6bb4a", "profile": "5b41a9f227c62fc6", "search": "d81afc4f58c01eb1", "build": "cd542bcb6d171082"},
+    "plain+fixed": {"teacher": "98f8e8e6e6ad1a3a", "distill": "f9da06a3975a7077", "score": "e3ca4f1572f6bb4a", "profile": "5b41a9f227c62fc6", "search": "d88a009009e52ccc", "build": "ad2035fca933234a"},
+    "tuned": {"teacher": "94088a8da8eaf9a0", "distill": "49d88356e89ba3b1", "score": "1ab078ba35a48af8", "profile": "f0fd23314c874cc1", "search": "78ab1496bd068071", "build": "337a170ee77c8937"},
+    "tuned+fixed": {"teacher": "94088a8da8eaf9a0", "distill": "49d88356e89ba3b1", "score": "1ab078ba35a48af8", "profile": "f0fd23314c874cc1", "search": "aa075391bc650b41", "build": "b3984ffbe5ba8404"},
+    "trt": {"teacher": "98f8e8e6e6ad1a3a", "distill": "f9da06a3975a7077", "score": "cd0f8add5f67ee83", "profile": "5140e01b14165ae1", "search": "d81afc4f58c01eb1", "build": "df6f4ee5a16fd8ae"},
+    "trt+fixed": {"teacher": "98f8e8e6e6ad1a3a", "distill": "f9da06a3975a7077", "score": "cd0f8add5f67ee83", "profile": "5140e01b14165ae1", "search": "d88a009009e52ccc", "build": "608d8909965219ee"},
+}
+
+
+def _config(name: str) -> RunConfig:
+    cfg = RunConfig()
+    if name == "tuned":       # a value off its default in every section, the opt-in features on
+        cfg.teacher.resolution = 192
+        cfg.data.max_images = 64
+        cfg.distill.steps, cfg.distill.suffix_kl, cfg.distill.fisher, cfg.distill.spans = 50, 0.5, 0.25, 2
+        cfg.score.max_images = 100
+        cfg.profile.precisions, cfg.profile.int8_layout = ["fp32", "int8"], "ort"
+        cfg.profile.context, cfg.profile.compile = "model", True
+        cfg.search.budget, cfg.search.refine_sweeps, cfg.search.skip_weight = "2ms", 2, 1.5
+        cfg.build.finetune_steps = 10
+    elif name == "trt":       # int8 in TensorRT's layout, which the score fingerprint does not name
+        cfg.profile.precisions = ["fp16", "int8"]
+        cfg.profile.backend = "tensorrt"
+    return cfg
+
+
+@pytest.mark.parametrize("case", sorted(PINNED))
+def test_fingerprints_of_saved_runs_stay_the_same(tmp_path, case):
+    name, _, fixed = case.partition("+")
+    cfg = _config(name)
+    run = RunDir(tmp_path / "run")
+    for file, text in (("scores.csv", "first,last,op\n0,0,keep\n"), ("latency.csv", "first,last,op\n0,0,keep\n"),
+                       ("latency_fixed.json", '{"device": {}}'), ("teacher.json", '{"slots": []}')):
+        (run.root / file).write_text(text)
+    if fixed:
+        (run.root / "scores_fixed.json").write_text('{"stem": {}}')
+    got = {"teacher": teacher_fingerprint(cfg), "distill": distill_fingerprint(cfg), "score": score_fingerprint(cfg)}
+    run.set_stage("score", "done", got["score"])
+    got["profile"] = profile_fingerprint(run, cfg)
+    got["search"] = search_fingerprint(run, cfg)
+    run.set_stage("search", "done", got["search"])
+    got["build"] = build_fingerprint(run, cfg)
+    assert got == PINNED[case]
+
+
+def test_stage_fingerprint_is_one_flat_object(tmp_path):
+    from hant_trt.rundir import fingerprint, stage_fingerprint
+
+    (tmp_path / "a.csv").write_text("x\n")
+    assert stage_fingerprint({"s": 1}, upstream={"up": "f"}, files={"a.csv": tmp_path / "a.csv", "b": tmp_path / "b"}) \
+        == fingerprint({"s": 1, "up": "f", "inputs": {"a.csv": "73cb3858a687a849", "b": ""}})
+    with pytest.raises(ValueError, match="both"):
+        stage_fingerprint({"teacher": 1}, upstream={"teacher": "f"})
