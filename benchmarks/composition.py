@@ -30,24 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def spearman(a: list[float], b: list[float]) -> float | None:
-    if len(a) < 3:
-        return None
-
-    def ranks(v):
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        for pos, i in enumerate(order):
-            r[i] = pos
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    va = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
-    return cov / va if va else None
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def variant_problem(problem, variant: str, stages: list[str]):
@@ -101,6 +84,8 @@ def draw(problem, n: int, sigma: float, seed: int):
 
 
 def main() -> None:
+    from quality_lite0 import spearman
+
     from hant_trt.config import from_dict
     from hant_trt.runfiles import TEACHER
     from hant_trt.search.limits import read_stages
@@ -163,8 +148,9 @@ def main() -> None:
                 me = [r["measured_kl"] for r in rows]
                 ilp = rows[0]
                 rank = sorted(me).index(ilp["measured_kl"]) + 1
+                rho = spearman(pr, me) if len(rows) >= 3 else float("nan")
                 res = {"run": root.name, "speedup": s, "variant": v, "n": len(rows),
-                       "spearman": spearman(pr, me),
+                       "spearman": None if math.isnan(rho) else rho,
                        "ratio_median": sorted(m / p_ for m, p_ in zip(me, pr) if p_ > 0)[len(rows) // 2]
                        if any(p_ > 0 for p_ in pr) else None,
                        "ilp_predicted": ilp["predicted_kl"], "ilp_measured": ilp["measured_kl"], "ilp_rank": rank,

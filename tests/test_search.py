@@ -60,6 +60,8 @@ def brute_force(p: Problem):
             continue
         if p.max_macs is not None and sum(o.macs for o in sel) > p.max_macs:
             continue
+        if any(sum(o.key in group for o in sel) > n for group, n in p.at_most):
+            continue
         score = sum(o.score for o in sel) + pair_score(p.pairs, sel)
         if best is None or score > best:
             best = score
@@ -459,19 +461,6 @@ def test_stem_and_head_choices_leave_fixed_s_at_any_base_precision(base):
 
 # -- at-most limits (search.max_skips_per_stage) -----------------------------------------------------
 
-def brute_force_limited(p: Problem):
-    keysets = [(set(g), n) for g, n in p.at_most]
-    best = None
-    for sel in coverings(p.n_slots, p.options):
-        if any(p.fixed_s.get(d, 0) + sum(o.latency_s[d] for o in sel) > b for d, b in p.budget_s.items()):
-            continue
-        if any(sum(o.key in g for o in sel) > n for g, n in keysets):
-            continue
-        score = sum(o.score for o in sel)
-        best = score if best is None or score > best else best
-    return best
-
-
 @pytest.mark.parametrize("seed", range(10))
 def test_ilp_with_at_most_limits_equals_brute_force(seed):
     """Random at-most groups over single-slot options: the ILP (pruning included) finds the
@@ -482,7 +471,7 @@ def test_ilp_with_at_most_limits_equals_brute_force(seed):
     for _ in range(2):
         group = tuple(o.key for o in rng.sample(singles, 4))
         p.at_most.append((group, rng.randint(0, 1)))
-    ref = brute_force_limited(p)
+    ref = brute_force(p)
     if ref is None:
         with pytest.raises(UserError):
             solve(p)
