@@ -200,6 +200,10 @@ def summarise(results: list[dict]) -> None:
                 if x["predicted_kl"] > 0]
         if not here:
             continue
+        if not rest:        # one budget: nothing to fit the compounding on
+            add = sum(abs(p - m) / m for p, m in here) / len(here)
+            print(f"  {b:4.2f}x: {len(here):2d} students, additive error {100 * add:5.1f} %")
+            continue
         f = fit_compounding(rest)
         add = sum(abs(p - m) / m for p, m in here) / len(here)
         fit = sum(abs(compounded(p, f) - m) / m for p, m in here) / len(here)
