@@ -104,7 +104,7 @@ class RunDir:
                 raise UserError(f"run directory {self.root} does not exist")
             atomic.check_output_dir(self.root, "run directory")
             with atomic.user_paths(self.root, "cannot create run directory"):
-                self.root.mkdir(parents=True)
+                self.root.mkdir(parents=True, exist_ok=True)   # ranks of one torchrun race here
         elif not self.root.is_dir():
             raise UserError(f"run directory {self.root} is not a directory")
         mpath = self.root / MANIFEST
