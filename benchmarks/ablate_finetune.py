@@ -22,8 +22,8 @@ from hant_trt.student.assemble import Choice  # noqa: E402
 from hant_trt.student.finetune import agreement, eval_objective, finetune  # noqa: E402
 from hant_trt.student.stage import recalibrate, trainable_parts  # noqa: E402
 from hant_trt.data import data_splits  # noqa: E402
-from hant_trt.search.ilp import solve  # noqa: E402
-from hant_trt.search.tables import build_problem, load_tables  # noqa: E402
+from hant_trt.rundir import RunDir  # noqa: E402
+from hant_trt.search.stage import pose, solve_posed  # noqa: E402
 
 BASE = dict(steps=100, lr=1e-4, feature_weight=1.0, bn="frozen", res="distill", recal="none", mixup=0.0,
             ce=0.5, train="all")
@@ -86,8 +86,9 @@ def main() -> None:
     a = ap.parse_args()
     run = Path(a.run_dir)
     b = Bench(run, run / "quality", 0, None, 2, holdout=a.holdout)
-    tables = load_tables(run, a.metric)
-    sol = solve(build_problem(tables, b.n, f"speedup={a.speedup}", [b.device]), "cbc", 60)
+    b.cfg.search.budget, b.cfg.search.metric, b.cfg.search.devices = f"speedup={a.speedup}", a.metric, [b.device]
+    rd = RunDir(run, create=False)
+    sol, _ = solve_posed(rd, b.cfg, pose(rd, b.cfg))        # as the search stage solves it
     choices = sorted((Choice(o.first, o.last, o.op) for o in sol.choices), key=lambda c: c.first)
     print("replaced:", ", ".join(f"{c.first}:{c.op}" for c in choices if c.op != "keep"))
     assembled = b.evaluate(b.student(choices))

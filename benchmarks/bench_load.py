@@ -59,7 +59,7 @@ def run_demo(work: Path, load: int, steps: int | None) -> dict:
     predicted = sol["predicted_s"][sol["device"]] if isinstance(sol.get("predicted_s"), dict) else sol.get("predicted_s")
     return {"load": load, "seconds": round(time.time() - t0, 1), "budget": cfg.search.budget,
             "asked": round(teacher_s / predicted, 3), "measured": round(build["speedup"], 3),
-            "profile_teacher_ms": prof.get("teacher_ms"), "teacher_drift_pct": prof.get("teacher_drift_pct"),
+            "profile_teacher_ms": prof.get("teacher_ms"), "threads": prof.get("threads"), "teacher_drift_pct": prof.get("teacher_drift_pct"),
             "build_teacher_ms": round(build["teacher_latency_ms"], 4),
             "build_student_ms": round(build["student_latency_ms"], 4), "agreement": build.get("agreement")}
 
@@ -69,17 +69,19 @@ def main() -> None:
     ap.add_argument("--load", type=int, default=1, help="busy processes beside the loaded run (default 1)")
     ap.add_argument("--workdir", default="/tmp/hant-trt-load")
     ap.add_argument("--steps", type=int, default=None, help="distillation steps (default: the demo's)")
+    ap.add_argument("--only", choices=("quiet", "loaded"), default=None, help="run one condition only")
     a = ap.parse_args()
     work = Path(a.workdir)
-    rows = [run_demo(work / "quiet", 0, a.steps), run_demo(work / "loaded", a.load, a.steps)]
+    rows = [run_demo(work / name, load, a.steps) for name, load in (("quiet", 0), ("loaded", a.load))
+            if a.only in (None, name)]
     print(f"\n{'condition':<10} {'asked':>6} {'measured':>9} {'meas/asked':>10} {'profile teacher':>16} "
-          f"{'build teacher':>14} {'drift':>6} {'agreement':>9} {'wall':>6}")
+          f"{'build teacher':>14} {'drift':>6} {'threads':>7} {'agreement':>9} {'wall':>6}")
     for r in rows:
         name = f"load {r['load']}" if r["load"] else "quiet"
         drift = f"{r['teacher_drift_pct']:+.0f}%" if r["teacher_drift_pct"] is not None else "—"
         print(f"{name:<10} {r['asked']:>5.2f}x {r['measured']:>8.2f}x {r['measured'] / r['asked']:>10.3f} "
               f"{r['profile_teacher_ms']:>13.3f} ms {r['build_teacher_ms']:>11.3f} ms {drift:>6} "
-              f"{r['agreement']:>8.1f}% {r['seconds']:>5.0f}s")
+              f"{r['threads'] or '—':>7} {r['agreement']:>8.1f}% {r['seconds']:>5.0f}s")
     print(json.dumps(rows))
 
 

@@ -32,6 +32,7 @@ with the teacher.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import random
@@ -55,11 +56,9 @@ from hant_trt.data import data_splits
 from hant_trt.latency.backends import get_backend
 from hant_trt.latency.export import export_onnx
 from hant_trt.latency.paired import time_beside, time_in_rounds
-from hant_trt.search.calibrate import calibrated_solve, engine_measure
-from hant_trt.search.ilp import solve
-from hant_trt.search.refine import composed_kl, refine
-from hant_trt.search.stage import skip_pair_terms
-from hant_trt.search.tables import build_problem, load_tables, select_devices
+from hant_trt.rundir import RunDir
+from hant_trt.search.stage import pose, solve_posed
+from hant_trt.search.tables import load_tables, select_devices
 from hant_trt.teacher.stage import load_from_config
 
 
@@ -337,30 +336,19 @@ class Bench:
     def search(self, speedups: list[float]) -> dict:
         out = {}
         models = {}
+        run = RunDir(self.run, create=False)
         for sp in speedups:
-            problem = build_problem(self.tables, self.n, f"speedup={sp}", [self.device])
-            if self.interactions == "skip":     # the search stage's `search.interactions`
-                problem.pairs = skip_pair_terms(self.run, self.cfg, self.tables, self.n)
-            rounds = None
-            if self.calibrate:      # the search stage's `search.calibrate_rounds`
-                measure = engine_measure(self.cfg, self.fixed.teacher_s)
-                sol, rounds = calibrated_solve(problem, self.device, lambda p: solve(p, "cbc", 60), measure,
-                                               self.calibrate)
-            else:
-                sol = solve(problem, "cbc", 60)
-            refined = None
-            if self.refine:         # the search stage's `search.refine_sweeps`
-                if not hasattr(self, "_composed"):
-                    self._composed = composed_kl(self.run, self.cfg)
-                sol, refined = refine(problem, sol, self._composed, self.refine, progress=print)
+            cfg = copy.deepcopy(self.cfg)       # the search stage itself, with this benchmark's settings
+            c = cfg.search
+            c.budget, c.metric, c.skip_weight, c.interactions = f"speedup={sp}", self.metric, self.skip_weight, \
+                self.interactions
+            c.calibrate_rounds, c.refine_sweeps, c.devices = self.calibrate, self.refine, [self.device]
+            sol, info = solve_posed(run, cfg, pose(run, cfg))
             choices = [Choice(o.first, o.last, o.op, o.precision) for o in sol.choices]
             m = self.student(choices)
             res = {"metric": self.metric, "choices": [f"{_where(c)}:{c.op}" for c in choices if c.op != "keep"],
                    "predicted_ms": sol.predicted_s[self.device] * 1e3, "assembled": self.evaluate(m)}
-            if rounds is not None:
-                res["calibration"] = [r.to_dict() for r in rounds]
-            if refined is not None:
-                res["refine"] = refined
+            res.update({k: info[k] for k in ("calibration", "refine") if k in info})
             res["finetune"] = self.tune(m, choices, f"search{sp}", res["assembled"])
             self.final(res, m, f"hant{sp}", choices)
             models[f"hant{sp}"] = m

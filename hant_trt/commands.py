@@ -102,6 +102,20 @@ def _open(args, flags=None):
     return open_run(args, flags)
 
 
+def _flags(args, mapping: dict):
+    """flags(cfg) for `open_run`: every option of `mapping` given on the command line (not None, not
+    empty) sets its "section.key", through a converter where the value is (key, converter)."""
+    def flags(cfg):
+        for opt, target in mapping.items():
+            key, convert = target if isinstance(target, tuple) else (target, None)
+            value = getattr(args, opt, None)
+            if value is None or value == "":
+                continue
+            section, field = key.split(".")
+            setattr(getattr(cfg, section), field, convert(value) if convert else value)
+    return flags
+
+
 def _slot_list(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",")]
@@ -113,15 +127,8 @@ def _slot_list(text: str) -> list[int]:
 def cmd_distill(args) -> int:
     from .distill.stage import run_distill
 
-    def flags(cfg):
-        if args.preset:
-            cfg.distill.preset = args.preset
-        if args.steps is not None:
-            cfg.distill.steps = args.steps
-        if args.slots:
-            cfg.distill.slots = _slot_list(args.slots)
-
-    run, cfg = _open(args, flags)
+    run, cfg = _open(args, _flags(args, {"preset": "distill.preset", "steps": "distill.steps",
+                                         "slots": ("distill.slots", _slot_list)}))
     if args.restart:
         run.invalidate_from("distill")
     info = run_distill(run, cfg, resume=args.resume, restart=args.restart)
@@ -141,15 +148,8 @@ def cmd_score(args) -> int:
 def cmd_profile(args) -> int:
     from .latency.stage import run_profile
 
-    def flags(cfg):
-        if args.backend:
-            cfg.profile.backend = args.backend
-        if args.precision:
-            cfg.profile.precisions = args.precision.split(",")
-        if args.lut:
-            cfg.profile.lut = args.lut
-
-    run, cfg = _open(args, flags)
+    run, cfg = _open(args, _flags(args, {"backend": "profile.backend", "lut": "profile.lut",
+                                         "precision": ("profile.precisions", lambda v: v.split(","))}))
     info = run_profile(run, cfg)
     print(json.dumps(info, indent=2))
     return 0
@@ -158,15 +158,8 @@ def cmd_profile(args) -> int:
 def cmd_search(args) -> int:
     from .search.stage import format_table, run_search
 
-    def flags(cfg):
-        if args.budget:
-            cfg.search.budget = args.budget
-        if args.sweep is not None:
-            cfg.search.sweep = args.sweep
-        if args.metric:
-            cfg.search.metric = args.metric
-
-    run, cfg = _open(args, flags)
+    run, cfg = _open(args, _flags(args, {"budget": "search.budget", "sweep": "search.sweep",
+                                         "metric": "search.metric"}))
     solution = run_search(run, cfg)
     print(format_table(solution))
     return 0

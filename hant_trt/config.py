@@ -74,7 +74,7 @@ class ProfileCfg:
     backend: str = "ort"
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     batch: int = 1
-    threads: int | None = None
+    threads: int | None = None      # CPU threads; None: the backend's default, lowered to the cores free at profile time
     lut: str | None = None          # None: ~/.cache/hant-trt/latency.sqlite
     max_seconds: float = 2.0        # per-measurement time cap
     cv_target: float = 0.02

@@ -197,3 +197,55 @@ def test_busy_machine_is_said_when_the_whole_outruns_its_parts():
     assert busy_warning(2.63e-3, 2.45e-3) is None                 # a quiet profile (RESULTS)
     line = busy_warning(8.08e-3, 4.26e-3)                          # one busy process beside it
     assert line and "1.9x" in line and "\n" not in line
+
+
+def _spin():
+    while True:
+        pass
+
+
+def test_free_cores_sees_a_busy_process_beside_it():
+    from hant_trt.latency.device import busy_cores, free_cores
+
+    if busy_cores(0.2) is None:
+        pytest.skip("no /proc/stat here")
+    quiet = busy_cores(0.5)
+    p = mp.get_context("fork").Process(target=_spin, daemon=True)
+    p.start()
+    try:
+        loaded, free = busy_cores(0.5), free_cores(0.5)
+    finally:
+        p.kill()
+    assert loaded - quiet > 0.6                 # the spinner holds about one core; our own use is not counted
+    assert free <= max(1, len(__import__("os").sched_getaffinity(0)) - 1)
+
+
+def test_profile_times_at_the_free_cores_and_the_build_follows(tmp_path, monkeypatch, capsys):
+    from hant_trt.config import RunConfig
+    from hant_trt.latency import device, stage
+    from hant_trt.latency.backends import profile_backend, profiled_threads
+    from hant_trt.rundir import RunDir
+
+    cfg = RunConfig()
+    cfg.profile.backend, cfg.profile.threads = "ort", None
+    default = profile_backend(cfg.profile).threads
+    if default < 2:
+        pytest.skip("one CPU: nothing to give up")
+    monkeypatch.setattr(device, "free_cores", lambda seconds=0.5: 1)
+    be, info = stage._backend_at_free_cores(cfg)
+    assert be.threads == 1 and info == {"threads": 1, "free_cores": 1}
+    assert "timing with 1 thread " in capsys.readouterr().err
+    monkeypatch.setattr(device, "free_cores", lambda seconds=0.5: default)
+    be, info = stage._backend_at_free_cores(cfg)
+    assert be.threads == default and info["threads"] == default and capsys.readouterr().err == ""
+    cfg.profile.threads = default                     # chosen by the user: kept, nothing measured
+    monkeypatch.setattr(device, "free_cores", lambda seconds=0.5: 1 / 0)
+    assert stage._backend_at_free_cores(cfg)[0].threads == default
+
+    run = RunDir(tmp_path / "run")
+    assert profiled_threads(run) is None
+    run.set_stage("profile", "done", "fp", {"threads": 1})
+    cfg.profile.threads = None
+    assert profile_backend(cfg.profile, profiled_threads(run)).threads == 1
+    cfg.profile.threads = 2
+    assert profile_backend(cfg.profile, profiled_threads(run)).threads == 2

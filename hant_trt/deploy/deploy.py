@@ -62,7 +62,7 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
     """calib: the int8 parts' ranges (None: all fp32); reference: the model the ONNX must match
     (the student with its int8 parts simulated; default the student)."""
     from ..latency.export import export_onnx
-    from ..latency.backends import profile_backend
+    from ..latency.backends import profile_backend, profiled_threads
     from ..latency.precision import base_precision, to_fp16
     from ..quant.layouts import layout_of_calib
     from ..quant.plan import export_with_plan
@@ -76,7 +76,7 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
     shape = (batch, 3, res, res)
     sdir = run.root / "student"
     base = base_precision(cfg.profile.precisions)       # fp16/bf16 on GPU targets: everything not int8
-    backend = profile_backend(cfg.profile)
+    backend = profile_backend(cfg.profile, profiled_threads(run))
     gpu = backend.device().kind == "cuda"
     # a GPU target is served by batching requests (Triton, TensorRT profiles): a symbolic batch there
     s_onnx = export_with_plan(student, shape, sdir / "student.onnx", calib, spec.choices, base, dynamic_batch=gpu)

@@ -41,6 +41,64 @@ def cpu_device(threads: int) -> DeviceInfo:
                                            "cores": os.cpu_count()})
 
 
+def _cpu_ticks(cpus: set[int]) -> tuple[int, int] | None:
+    """(busy, total) clock ticks of `cpus` since boot, from /proc/stat; None where unreadable."""
+    busy = total = 0
+    try:
+        with open("/proc/stat") as fh:
+            for line in fh:
+                name, *vals = line.split()
+                if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+                    continue
+                v = [int(x) for x in vals[:8]]          # user nice system idle iowait irq softirq steal
+                total += sum(v)
+                busy += sum(v) - v[3] - v[4]
+    except (OSError, ValueError, IndexError):
+        return None
+    return busy, total
+
+
+def _own_ticks() -> int:
+    with open("/proc/self/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])            # utime + stime of this process, in ticks
+
+
+def busy_cores(seconds: float = 0.5) -> float | None:
+    """How many of this process's CPUs other processes kept busy over the next `seconds` (this
+    process's own use subtracted); None where /proc cannot tell (not Linux)."""
+    import time
+
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:
+        return None
+    try:
+        a, own_a = _cpu_ticks(cpus), _own_ticks()
+        time.sleep(seconds)
+        b, own_b = _cpu_ticks(cpus), _own_ticks()
+    except (OSError, ValueError, IndexError):
+        return None
+    if a is None or b is None or b[1] <= a[1]:
+        return None
+    per_cpu = (b[1] - a[1]) / len(cpus)                 # ticks one CPU had in the interval
+    other = max(0, (b[0] - a[0]) - (own_b - own_a))
+    return other / per_cpu
+
+
+def free_cores(seconds: float = 0.5) -> int | None:
+    """CPUs of this process that nothing else is using now (at least 1), or None where unknown.
+    A core more than half busy counts as taken."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        return None
+    busy = busy_cores(seconds)
+    if busy is None:
+        return None
+    return max(1, n - int(busy + 0.5))
+
+
 def nvidia_driver() -> str | None:
     """The NVIDIA kernel driver's version (e.g. "580.159.04"), or None where it cannot be read."""
     try:

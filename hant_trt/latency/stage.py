@@ -155,7 +155,7 @@ def busy_warning(teacher_s: float, parts_s: float) -> str | None:
         return None
     return (f"the whole teacher ran {teacher_s / parts_s:.1f}x the sum of its parts ({teacher_s * 1e3:.3f} vs "
             f"{parts_s * 1e3:.3f} ms): other processes seem to share these cores, and the student may miss its "
-            "budget; profile on a quiet machine or with profile.threads below the free cores")
+            "budget; profile on a quiet machine or with profile.threads at the free cores")
 
 
 def _teacher_drift(item, teacher_s: float, backend, base: str, workdir, cfg: RunConfig) -> dict:
@@ -178,6 +178,31 @@ def _teacher_drift(item, teacher_s: float, backend, base: str, workdir, cfg: Run
               f"{t * 1e3:.3f} ms at the end ({100 * drift:+.0f} %): the machine is busy or its speed changes; "
               "candidates were timed beside teacher parts, so their ratios hold", file=sys.stderr)
     return {"teacher_end_s": t, "teacher_drift": drift}
+
+
+def _backend_at_free_cores(cfg: RunConfig):
+    """The profile's backend and what to record of its threads. On a CPU with `profile.threads`
+    unset, a thread count above the cores other processes leave free makes every operator's
+    parallel section wait for a descheduled thread: with one busy process beside a 2-thread ONNX
+    Runtime the whole teacher ran 1.9x its parts and students 26 % slower than asked
+    (docs/RESULTS.md, "Latencies on a busy machine"), while at the free core count whole and parts
+    time as on a quiet machine. So the profile times with the free cores, says so, and records the
+    count for the build and the search's engine calibration."""
+    import sys
+
+    from .device import free_cores
+
+    backend = profile_backend(cfg.profile)
+    default = getattr(backend, "threads", None)
+    if cfg.profile.threads is not None or default is None or backend.device().kind != "cpu":
+        return backend, ({"threads": default} if default and backend.device().kind == "cpu" else {})
+    free = free_cores()
+    if free is None or free >= default:
+        return backend, {"threads": default, "free_cores": free}
+    print(f"hant-trt: profile: other processes keep {default - free} of {default} cores busy; timing with "
+          f"{free} thread{'s' * (free > 1)} (the build times the same way; set profile.threads to choose)",
+          file=sys.stderr)
+    return profile_backend(cfg.profile, free), {"threads": free, "free_cores": free}
 
 
 def run_profile(run: RunDir, cfg: RunConfig) -> dict:
@@ -209,7 +234,7 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
     t0 = time.time()
     teacher, d = load_from_config(cfg)
     batch = cfg.profile.batch
-    backend = profile_backend(cfg.profile)
+    backend, threads_info = _backend_at_free_cores(cfg)
     table = LatencyTable(cfg.profile.lut or default_lut_path())
     workdir = run.root / "profile"
 
@@ -294,7 +319,7 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
             "additivity_error_pct": round(100 * fixed["additivity_error"], 2),
             "timing": "beside teacher parts" if paired else "alone", "busy": bool(busy),
             "teacher_drift_pct": round(100 * fixed["teacher_drift"], 1) if "teacher_drift" in fixed else None,
-            "backend": backend.name, "device": device, "seconds": round(time.time() - t0, 1)}
+            "backend": backend.name, "device": device, "seconds": round(time.time() - t0, 1), **threads_info}
     if ctx_info is not None:
         info["context"] = ctx_info
     if fixed.get("teacher_int8_s") and fixed.get("teacher_int8_sum_s"):

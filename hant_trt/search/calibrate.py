@@ -61,18 +61,19 @@ def calibrated_solve(problem, device: str, solve: Callable, measure: Callable, r
     return min(tried, key=lambda t: t[0])[1], history
 
 
-def engine_measure(cfg, teacher_table_s: float, rounds: int = 3) -> Callable:
+def engine_measure(cfg, teacher_table_s: float, rounds: int = 3, threads: int | None = None) -> Callable:
     """measure(solution) for `calibrated_solve`: the student assembled from the solution's op
     strings (untrained: weights do not change latency) and the teacher, exported and timed in
-    `rounds` alternating rounds on `cfg.profile.backend`; the median ratio × the table's teacher."""
-    from ..latency.backends import get_backend
+    `rounds` alternating rounds on `cfg.profile.backend` (with the profile's `threads`); the median
+    ratio × the table's teacher."""
+    from ..latency.backends import profile_backend
     from ..latency.export import export_onnx
     from ..latency.paired import time_beside
     from ..quant.layouts import layout_for
     from ..teacher.stage import load_from_config
 
     teacher, d = load_from_config(cfg)
-    backend = get_backend(cfg.profile.backend, threads=cfg.profile.threads)
+    backend = profile_backend(cfg.profile, threads)
     shape = (cfg.profile.batch, 3, teacher.resolution, teacher.resolution)
     tmp = Path(tempfile.mkdtemp(prefix="hant_calibrate_"))
     t_prep = backend.prepare(export_onnx(teacher.model.eval(), shape, tmp / "teacher.onnx"))

@@ -4,16 +4,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from .. import atomic
 from ..errors import UserError
 from ..rundir import RunDir, file_hash, stage_fingerprint
 from ..runfiles import (FIXED_SCORES, INTERACTIONS, LATENCY, LATENCY_FIXED, PARETO_JSON, PARETO_PNG, SCORES,
                         SOLUTION, TEACHER)
-from .ilp import Solution, solve
+from .ilp import Problem, Solution, solve
 from .limits import read_stages, skips_per_stage
 from .sweep import pareto_sweep, plot_pareto
-from .tables import build_problem, canonical_metric, load_tables, read_n_slots, select_devices
+from .tables import Tables, build_problem, canonical_metric, load_tables, read_n_slots, select_devices
 
 INPUTS = (SCORES, LATENCY, LATENCY_FIXED, TEACHER)
 _OMITTED_AT_DEFAULT = {"calibrate_rounds": 0, "refine_sweeps": 0, "skip_weight": 1.0, "interactions": "none",
@@ -44,10 +45,45 @@ def run_search(run: RunDir, cfg) -> Solution:
         return Solution.from_dict(json.loads(sol_path.read_text()))
     run.require("score")
     run.require("profile")
-    metric = canonical_metric(c.metric)
     sweep_n = int(c.sweep or 0)
     if sweep_n < 0:
         raise UserError(f"search sweep must be ≥ 0 budgets, got {sweep_n}")
+    posed = pose(run, cfg)
+    run.set_stage("search", "running", fp)
+    try:
+        sol, info = solve_posed(run, cfg, posed)
+        problem, metric = posed.problem, posed.metric
+        teacher = sol.teacher_s[sol.device]
+        if sweep_n > 0:
+            points, skipped = pareto_sweep(problem, sweep_n, sol.device, c.solver, c.time_limit)
+            atomic.write_json(run.root / PARETO_JSON, [p.to_dict() for p in points])
+            plot_pareto(points, run.root / PARETO_PNG, chosen=sol, teacher_s=teacher, metric=metric)
+            info.update(sweep_points=len(points), sweep_infeasible=skipped)
+        atomic.write_json(sol_path, sol.to_dict())
+    except BaseException:
+        # not done: the next call solves again (nothing else of the run is touched)
+        run.set_stage("search", "pending", fp)
+        raise
+    run.set_stage("search", "done", fp, info)
+    return sol
+
+
+@dataclass
+class Posed:
+    """A run's selection problem as `cfg.search` poses it, ready to solve."""
+
+    problem: Problem
+    tables: Tables
+    metric: str
+    devices: list
+
+
+def pose(run: RunDir, cfg) -> Posed:
+    """The ILP for `cfg.search` over the run's tables, with its interaction terms and limits; UserError
+    for a budget slower than the teacher or unknown settings. Nothing is written but
+    interactions.json (a cache)."""
+    c = cfg.search
+    metric = canonical_metric(c.metric)
     tables = load_tables(run.root, metric, getattr(c, "skip_weight", 1.0))
     n_slots = read_n_slots(run.root / TEACHER)
     devices = select_devices(tables.fixed, getattr(c, "devices", None))
@@ -67,43 +103,37 @@ def run_search(run: RunDir, cfg) -> Solution:
         problem.pairs = skip_pair_terms(run.root, cfg, tables, n_slots)
     if getattr(c, "max_skips_per_stage", None) is not None:
         problem.at_most = skips_per_stage(problem.options, read_stages(run.root / TEACHER), c.max_skips_per_stage)
+    return Posed(problem, tables, metric, devices)
 
-    run.set_stage("search", "running", fp)
-    try:
-        calibration, refinements = None, []
-        solve_fn = lambda p: solve(p, c.solver, c.time_limit)  # noqa: E731
-        if getattr(c, "refine_sweeps", 0) > 0:
-            solve_fn = _refining(solve_fn, run, cfg, refinements)
-        if getattr(c, "calibrate_rounds", 0) > 0:
-            from .calibrate import calibrated_solve, engine_measure
 
-            measure = engine_measure(cfg, tables.fixed[devices[0]].teacher_s)
-            sol, calibration = calibrated_solve(problem, devices[0], solve_fn, measure, c.calibrate_rounds)
-        else:
-            sol = solve_fn(problem)
-        sol.device, sol.metric, sol.budget = devices[0], metric, str(c.budget)
-        sol.teacher_s = {d: tables.fixed[d].teacher_s for d in devices}
-        info = {"predicted_ms": sol.predicted_s[sol.device] * 1e3, "score": sol.score, "status": sol.status,
-                "solver": sol.solver, "solve_seconds": round(sol.solve_seconds, 4), "n_variables": sol.n_variables,
-                "dropped_rows": tables.dropped}
-        if calibration is not None:
-            info["calibration"] = [r.to_dict() for r in calibration]
-        if refinements:
-            info["refine"] = refinements[-1] if len(refinements) == 1 else refinements
-        teacher = sol.teacher_s[sol.device]
-        info["predicted_speedup"] = teacher / sol.predicted_s[sol.device] if sol.predicted_s[sol.device] else None
-        if sweep_n > 0:
-            points, skipped = pareto_sweep(problem, sweep_n, sol.device, c.solver, c.time_limit)
-            atomic.write_json(run.root / PARETO_JSON, [p.to_dict() for p in points])
-            plot_pareto(points, run.root / PARETO_PNG, chosen=sol, teacher_s=teacher, metric=metric)
-            info.update(sweep_points=len(points), sweep_infeasible=skipped)
-        atomic.write_json(sol_path, sol.to_dict())
-    except BaseException:
-        # not done: the next call solves again (nothing else of the run is touched)
-        run.set_stage("search", "pending", fp)
-        raise
-    run.set_stage("search", "done", fp, info)
-    return sol
+def solve_posed(run: RunDir, cfg, posed: Posed) -> tuple[Solution, dict]:
+    """The solution of `posed` as the search stage finds it (the solver, then engine calibration
+    and composition refinement where `cfg.search` asks for them) and the stage's info about it."""
+    c, problem, tables, devices = cfg.search, posed.problem, posed.tables, posed.devices
+    calibration, refinements = None, []
+    solve_fn = lambda p: solve(p, c.solver, c.time_limit)  # noqa: E731
+    if getattr(c, "refine_sweeps", 0) > 0:
+        solve_fn = _refining(solve_fn, run, cfg, refinements)
+    if getattr(c, "calibrate_rounds", 0) > 0:
+        from ..latency.backends import profiled_threads
+        from .calibrate import calibrated_solve, engine_measure
+
+        measure = engine_measure(cfg, tables.fixed[devices[0]].teacher_s, threads=profiled_threads(run))
+        sol, calibration = calibrated_solve(problem, devices[0], solve_fn, measure, c.calibrate_rounds)
+    else:
+        sol = solve_fn(problem)
+    sol.device, sol.metric, sol.budget = devices[0], posed.metric, str(c.budget)
+    sol.teacher_s = {d: tables.fixed[d].teacher_s for d in devices}
+    info = {"predicted_ms": sol.predicted_s[sol.device] * 1e3, "score": sol.score, "status": sol.status,
+            "solver": sol.solver, "solve_seconds": round(sol.solve_seconds, 4), "n_variables": sol.n_variables,
+            "dropped_rows": tables.dropped}
+    if calibration is not None:
+        info["calibration"] = [r.to_dict() for r in calibration]
+    if refinements:
+        info["refine"] = refinements[-1] if len(refinements) == 1 else refinements
+    teacher = sol.teacher_s[sol.device]
+    info["predicted_speedup"] = teacher / sol.predicted_s[sol.device] if sol.predicted_s[sol.device] else None
+    return sol, info
 
 
 def skip_pair_terms(root, cfg, tables, n_slots: int) -> list:
@@ -176,4 +206,4 @@ def format_table(solution: Solution | dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["run_search", "format_table", "search_fingerprint", "SOLUTION", "PARETO_JSON", "PARETO_PNG", "INTERACTIONS"]
+__all__ = ["run_search", "pose", "solve_posed", "Posed", "format_table", "search_fingerprint", "SOLUTION", "PARETO_JSON", "PARETO_PNG", "INTERACTIONS"]

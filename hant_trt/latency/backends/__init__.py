@@ -58,10 +58,20 @@ def get_backend(name: str, **opts) -> Backend:
     return cls(**kw)
 
 
-def profile_backend(profile) -> Backend:
+def profile_backend(profile, threads: int | None = None) -> Backend:
     """The backend `profile` (a run's `profile` section) measures on: the profile's, and the
-    build's side-by-side timing."""
-    return get_backend(profile.backend, threads=profile.threads, compile=profile.compile or None)
+    build's side-by-side timing. threads: the thread count to use where `profile.threads` is unset
+    (the profile stage's choice, `profiled_threads`)."""
+    return get_backend(profile.backend, threads=profile.threads or threads, compile=profile.compile or None)
 
 
-__all__ = ["Backend", "BACKENDS", "get_backend", "profile_backend", "register_backend"]
+def profiled_threads(run) -> int | None:
+    """The CPU threads the run's profile timed with (it may have chosen fewer than the default when
+    other processes held cores), so later timings of the run are taken the same way."""
+    st = run.stage("profile") if run is not None else None
+    info = (st.info or {}) if st is not None else {}
+    t = info.get("threads")
+    return int(t) if isinstance(t, int) and t > 0 else None
+
+
+__all__ = ["Backend", "BACKENDS", "get_backend", "profile_backend", "profiled_threads", "register_backend"]
