@@ -168,13 +168,12 @@ def openvino_models(teacher_onnx: Path, calib: list[np.ndarray], work: Path) -> 
     return out
 
 
-def time_beside(teacher_prep, prep, backend, rounds: int, seconds: float) -> float:
-    ratios = []
-    for _ in range(rounds):
-        t = backend.time(teacher_prep, max_seconds=seconds).median_s
-        m = backend.time(prep, max_seconds=seconds).median_s
-        ratios.append(t / m)
-    return statistics.median(ratios)
+def speedup_beside(teacher_prep, prep, backend, rounds: int, seconds: float) -> float:
+    """Median over `rounds` of teacher / model, each round timing the two back to back."""
+    from hant_trt.latency.paired import time_beside
+
+    return statistics.median(t / m for t, m in time_beside(backend, teacher_prep, [prep], rounds,
+                                                           max_seconds=seconds)[0])
 
 
 def main() -> None:
@@ -244,7 +243,7 @@ def main() -> None:
     rows = []
     for name, path in models.items():
         logits = t_logits if name == "teacher fp32" else onnx_logits(path, batches)
-        speed = 1.0 if name == "teacher fp32" else time_beside(t_prep, backend.prepare(str(path)), backend,
+        speed = 1.0 if name == "teacher fp32" else speedup_beside(t_prep, backend.prepare(str(path)), backend,
                                                                a.rounds, a.seconds)
         rows.append({"model": name, "speedup": round(speed, 3),
                      "top1": round(100 * float((logits.argmax(1) == labels).mean()), 2),

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from hant_trt.student.assemble import Choice, StudentSpec, assemble, load_student, save_student
-from hant_trt.student.finetune import agreement, finetune, kd_loss, recalibrate_bn
+from hant_trt.student.finetune import finetune, kd_loss, recalibrate_bn
 from hant_trt.deploy.verify import verify_onnx
 from hant_trt.errors import UserError
 

@@ -97,8 +97,6 @@ def test_engine_metadata_machine_fields():
 
 
 def test_plain_int8_speedup_is_read_from_the_profile_and_shown(tmp_path):
-    import json
-
     from hant_trt.commands import summary_lines as build_summary
     from hant_trt.deploy.deploy import plain_int8_speedup
 

@@ -1,6 +1,5 @@
 import json
 import multiprocessing as mp
-import sqlite3
 
 import numpy as np
 import onnx
@@ -16,7 +15,7 @@ from hant_trt.latency.lut import LatencyRow, LatencyTable
 from hant_trt.latency.precision import to_fp16
 from hant_trt.quant.layouts import quantize_int8
 from hant_trt.latency.profile import ProfileItem, profile_items
-from hant_trt.latency.timing import Stats, Timing, median, percentile
+from hant_trt.latency.timing import Timing, median, percentile
 
 
 def small_net():
@@ -209,7 +208,10 @@ def test_free_cores_sees_a_busy_process_beside_it():
 
     if busy_cores(0.2) is None:
         pytest.skip("no /proc/stat here")
+    n = len(__import__("os").sched_getaffinity(0))
     quiet = busy_cores(0.5)
+    if quiet > n - 1.2:
+        pytest.skip(f"other work keeps {quiet:.1f} of {n} cores busy: no free core for the spinner to take")
     p = mp.get_context("fork").Process(target=_spin, daemon=True)
     p.start()
     try:
@@ -217,7 +219,7 @@ def test_free_cores_sees_a_busy_process_beside_it():
     finally:
         p.kill()
     assert loaded - quiet > 0.6                 # the spinner holds about one core; our own use is not counted
-    assert free <= max(1, len(__import__("os").sched_getaffinity(0)) - 1)
+    assert free <= max(1, n - 1)
 
 
 def test_profile_times_at_the_free_cores_and_the_build_follows(tmp_path, monkeypatch, capsys):

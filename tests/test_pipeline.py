@@ -78,7 +78,6 @@ engine_name = "e2e"
 
     from hant_trt.student.assemble import load_deployed
     from hant_trt.deploy.verify import TOLERANCES
-    from hant_trt.latency.export import export_onnx
 
     # as deployed: int8 parts simulated (on ORT CPU int8 parts are fast, so the search may pick them)
     student, spec = load_deployed(run / "student")

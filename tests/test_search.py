@@ -277,7 +277,7 @@ def test_latency_models_scale_and_offset():
     # whole teacher 8 ms, its parts 1 + 1 + 2 + 2 = 6 ms
     fixed = {dev: FixedParts(stem_s=1e-3, head_s=1e-3, teacher_s=8e-3, correction_s=2e-3, teacher_sum_s=6e-3)}
     t = Tables(opts, fixed)
-    one_cheap = [opts[0], opts[3]]  # slot 0 keep, slot 1 cheap: parts 1 + 1 + 2 + 1 = 5 ms
+    # slot 0 keep, slot 1 cheap: parts 1 + 1 + 2 + 1 = 5 ms
     for model, expected in (("scale", 5e-3 * 8 / 6), ("offset", 5e-3 + 2e-3)):
         p = build_problem(t, 2, "1.0x", [dev], latency_model=model)
         teacher = p.fixed_s[dev] + sum(o.latency_s[dev] for o in p.options if o.op == "keep")

@@ -162,15 +162,15 @@ def students_vs_prediction(cfg, speedups: list[float], rounds: int) -> list[dict
     from hant_trt.student.stage import trained_modules
     from hant_trt.latency.precision import base_precision
     from hant_trt.latency.backends import profile_backend
+    from hant_trt.latency.paired import time_beside
     from hant_trt.rundir import RunDir
-    from hant_trt.search.ilp import solve
-    from hant_trt.search.tables import build_problem, load_tables, read_n_slots, select_devices
+    from hant_trt.search.stage import pose, solve_posed
+    from hant_trt.search.tables import load_tables, select_devices
     from hant_trt.teacher.stage import load_from_config
 
     root = Path(cfg.run_dir)
     run = RunDir(root)
     tables = load_tables(root, cfg.search.metric)
-    n = read_n_slots(root / "teacher.json")
     dev = select_devices(tables.fixed, None)[0]
     teacher, d = load_from_config(cfg)
     backend = profile_backend(cfg.profile)
@@ -180,18 +180,17 @@ def students_vs_prediction(cfg, speedups: list[float], rounds: int) -> list[dict
     out = []
     for s in speedups:
         try:
-            sol = solve(build_problem(tables, n, f"speedup={s}", [dev], latency_model=cfg.search.latency_model))
+            c = copy.deepcopy(cfg)              # as the search stage solves it
+            c.search.budget, c.search.devices = f"speedup={s}", [dev]
+            sol, _ = solve_posed(run, c, pose(run, c))
         except Exception as exc:       # an unreachable ask is a finding
             out.append({"asked": s, "error": str(exc).splitlines()[0][:200]})
             continue
         choices = [Choice(o.first, o.last, o.op, o.precision) for o in sol.choices]
         student = assemble(d, choices, trained_modules(run.root / CANDIDATES, d, choices))
         s_prep = backend.prepare_module(student, shape, base)
-        tt, ts = [], []
-        for _ in range(rounds):
-            tt.append(backend.time(t_prep, max_seconds=0.3).median_s)
-            ts.append(backend.time(s_prep, max_seconds=0.3).median_s)
-        t_med, s_med = statistics.median(tt), statistics.median(ts)
+        pairs = time_beside(backend, t_prep, [s_prep], rounds, max_seconds=0.3)[0]
+        t_med, s_med = statistics.median(t for t, _ in pairs), statistics.median(s for _, s in pairs)
         pred = sol.predicted_s[dev]
         out.append({"asked": s, "predicted_ms": round(pred * 1e3, 4), "measured_ms": round(s_med * 1e3, 4),
                     "teacher_ms": round(t_med * 1e3, 4), "speedup": round(t_med / s_med, 3),
@@ -248,6 +247,7 @@ def compiled_side_by_side(cfg, rounds: int) -> dict:
 
     from hant_trt.student.assemble import load_deployed
     from hant_trt.latency.backends import get_backend
+    from hant_trt.latency.paired import time_beside
     from hant_trt.latency.precision import base_precision
     from hant_trt.teacher.stage import load_from_config
 
@@ -260,14 +260,11 @@ def compiled_side_by_side(cfg, rounds: int) -> dict:
         b = get_backend("torch", compile=compiled or None)
         t0 = time.time()
         tp, sp = b.prepare_module(teacher.model, shape, base), b.prepare_module(student, shape, base)
-        tt, ts = [], []
-        for _ in range(rounds):
-            tt.append(b.time(tp, max_seconds=0.3).median_s)
-            ts.append(b.time(sp, max_seconds=0.3).median_s)
+        pairs = time_beside(b, tp, [sp], rounds, max_seconds=0.3)[0]
+        t_med, s_med = statistics.median(t for t, _ in pairs), statistics.median(s for _, s in pairs)
         key = "compiled" if compiled else "graph"
-        out[key] = {"teacher_ms": round(statistics.median(tt) * 1e3, 4),
-                    "student_ms": round(statistics.median(ts) * 1e3, 4),
-                    "speedup": round(statistics.median(tt) / statistics.median(ts), 3),
+        out[key] = {"teacher_ms": round(t_med * 1e3, 4), "student_ms": round(s_med * 1e3, 4),
+                    "speedup": round(t_med / s_med, 3),
                     "prepare_s": round(time.time() - t0, 1)}
     out["student_compiled_vs_teacher_compiled"] = out["compiled"]["speedup"]
     out["compile_gain_teacher"] = round(out["graph"]["teacher_ms"] / out["compiled"]["teacher_ms"], 3)

@@ -119,7 +119,6 @@ def score_fingerprint(cfg: RunConfig) -> str:
 
 def run_score(run: RunDir, cfg: RunConfig) -> dict:
     """Swap-one scores of every candidate (keep included) → scores.csv."""
-    from ..teacher.slot import Slot
     from .pool import load_trained, keep_entries, signature_of, cost_of
     from ..scores import ScoreRow, write_scores
     from .score import score_candidates

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
-
-import torch
 
 from .. import atomic
 from ..config import RunConfig
@@ -209,7 +206,6 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
     from ..teacher.decompose import module_slot_of, span_teacher
     from ..ops import build
     from ..teacher.stage import load_from_config
-    from .backends import get_backend
     from .lut import LatencyTable, default_lut_path
     from ..errors import UserError
     from .precision import base_precision
