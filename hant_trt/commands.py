@@ -346,20 +346,20 @@ def register(sub, stage_parser) -> None:
     stage_parser(sub, "search", search_args).set_defaults(func=cmd_search)
     stage_parser(sub, "build", _engines_arg).set_defaults(func=cmd_build)
 
+    def pipeline_args(p, run_dir_help: str, run_dir_default=None):
+        p.add_argument("--run-dir", default=run_dir_default, help=run_dir_help)
+        p.add_argument("--from", dest="start", help="rerun from this stage on")
+        p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+        _engines_arg(p)
+
     r = sub.add_parser("run", help=STAGE_HELP["run"], description=STAGE_HELP["run"])
     r.add_argument("config", help="TOML/JSON run config")
-    r.add_argument("--run-dir", help="override the config's run_dir")
-    r.add_argument("--from", dest="start", help="rerun from this stage on")
+    pipeline_args(r, "override the config's run_dir")
     r.add_argument("--to", dest="stop", help="stop after this stage")
-    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
-    _engines_arg(r)
     r.set_defaults(func=cmd_run)
 
     dm = sub.add_parser("demo", help=STAGE_HELP["demo"], description=STAGE_HELP["demo"])
-    dm.add_argument("--run-dir", default="runs/demo")
-    dm.add_argument("--from", dest="start", help="rerun from this stage on")
-    dm.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
-    _engines_arg(dm)
+    pipeline_args(dm, "the demo's run directory (default runs/demo)", "runs/demo")
     dm.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help=STAGE_HELP["bench"], description=STAGE_HELP["bench"])

@@ -251,3 +251,17 @@ def test_profile_times_at_the_free_cores_and_the_build_follows(tmp_path, monkeyp
     assert profile_backend(cfg.profile, profiled_threads(run)).threads == 1
     cfg.profile.threads = 2
     assert profile_backend(cfg.profile, profiled_threads(run)).threads == 2
+
+
+def test_the_build_says_when_other_processes_took_its_timing_cores(monkeypatch, capsys):
+    from hant_trt.deploy.deploy import _say_if_cores_taken
+    from hant_trt.latency import device
+
+    be = get_backend("ort", threads=2)
+    monkeypatch.setattr(device, "free_cores", lambda seconds=0.5: 1)
+    _say_if_cores_taken(be)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 of the 2 cores" in err[0]
+    monkeypatch.setattr(device, "free_cores", lambda seconds=0.5: 2)
+    _say_if_cores_taken(be)
+    assert capsys.readouterr().err == ""

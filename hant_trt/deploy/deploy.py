@@ -57,6 +57,21 @@ def target_fields(backend) -> dict:
     return {"cpu": dev.name, "ort_version": backend.version() if backend.name == "ort" else None}
 
 
+def _say_if_cores_taken(backend) -> None:
+    """One stderr line when other processes now hold cores the side-by-side timing's threads need:
+    its speedup then reads low (docs/RESULTS.md, "Latencies on a busy machine")."""
+    import sys
+
+    from ..latency.device import free_cores
+
+    threads = getattr(backend, "threads", None)
+    free = free_cores() if threads else None
+    if free is not None and free < threads:
+        print(f"hant-trt: build: other processes keep {threads - free} of the {threads} cores this timing uses "
+              "busy; the measured speedup may read low (build again when the machine is quieter)",
+              file=sys.stderr)
+
+
 def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, acc: dict, eval_loader,
            engines_dir: Path | None = None, calib=None, reference=None) -> dict:
     """calib: the int8 parts' ranges (None: all fp32); reference: the model the ONNX must match
@@ -78,6 +93,8 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
     base = base_precision(cfg.profile.precisions)       # fp16/bf16 on GPU targets: everything not int8
     backend = profile_backend(cfg.profile, profiled_threads(run))
     gpu = backend.device().kind == "cuda"
+    if not gpu:
+        _say_if_cores_taken(backend)
     # a GPU target is served by batching requests (Triton, TensorRT profiles): a symbolic batch there
     s_onnx = export_with_plan(student, shape, sdir / "student.onnx", calib, spec.choices, base, dynamic_batch=gpu)
     t_onnx = export_onnx(teacher.model, shape, sdir / "teacher.onnx", dynamic_batch=gpu)
