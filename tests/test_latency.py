@@ -1,5 +1,6 @@
 import json
 import multiprocessing as mp
+import os
 
 import numpy as np
 import onnx
@@ -208,7 +209,7 @@ def test_free_cores_sees_a_busy_process_beside_it():
 
     if busy_cores(0.2) is None:
         pytest.skip("no /proc/stat here")
-    n = len(__import__("os").sched_getaffinity(0))
+    n = len(os.sched_getaffinity(0))
     quiet = busy_cores(0.5)
     if quiet > n - 1.2:
         pytest.skip(f"other work keeps {quiet:.1f} of {n} cores busy: no free core for the spinner to take")

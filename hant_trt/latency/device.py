@@ -89,14 +89,10 @@ def busy_cores(seconds: float = 0.5) -> float | None:
 def free_cores(seconds: float = 0.5) -> int | None:
     """CPUs of this process that nothing else is using now (at least 1), or None where unknown.
     A core more than half busy counts as taken."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:
-        return None
     busy = busy_cores(seconds)
-    if busy is None:
+    if busy is None:                                    # also where sched_getaffinity does not exist
         return None
-    return max(1, n - int(busy + 0.5))
+    return max(1, len(os.sched_getaffinity(0)) - int(busy + 0.5))
 
 
 def nvidia_driver() -> str | None:

@@ -191,8 +191,10 @@ def _backend_at_free_cores(cfg: RunConfig):
 
     backend = profile_backend(cfg.profile)
     default = getattr(backend, "threads", None)
-    if cfg.profile.threads is not None or default is None or backend.device().kind != "cpu":
-        return backend, ({"threads": default} if default and backend.device().kind == "cpu" else {})
+    if default is None or backend.device().kind != "cpu":
+        return backend, {}
+    if cfg.profile.threads is not None:
+        return backend, {"threads": default}
     free = free_cores()
     if free is None or free >= default:
         return backend, {"threads": default, "free_cores": free}

@@ -68,10 +68,8 @@ def profile_backend(profile, threads: int | None = None) -> Backend:
 def profiled_threads(run) -> int | None:
     """The CPU threads the run's profile timed with (it may have chosen fewer than the default when
     other processes held cores), so later timings of the run are taken the same way."""
-    st = run.stage("profile") if run is not None else None
-    info = (st.info or {}) if st is not None else {}
-    t = info.get("threads")
-    return int(t) if isinstance(t, int) and t > 0 else None
+    t = (run.stage("profile").info or {}).get("threads")
+    return t if isinstance(t, int) and t > 0 else None
 
 
 __all__ = ["Backend", "BACKENDS", "get_backend", "profile_backend", "profiled_threads", "register_backend"]
