@@ -81,7 +81,8 @@ class ProfileCfg:
     calib_method: str = "max"       # int8 ranges, for scoring and the final Q/DQ alike: max | percentile | entropy
     calib_images: int = 32          # un-augmented training images those ranges are calibrated on
     int8_layout: str = "auto"       # Q/DQ layout: trt (TensorRT: symmetric, inputs only) | ort (ONNX Runtime
-                                    #   CPU's integer kernels: uint8, outputs too) | auto (ort on the ort
+                                    #   CPU's integer kernels: uint8, outputs too) | ort-qadd (ort, with
+                                    #   integer residual Adds and pooling) | auto (ort-qadd on the ort
                                     #   backend without fp16, else trt)
     context: str = "alone"          # alone: each candidate timed by itself | model: also timed inside
                                     #   the teacher (swapped in, beside the teacher), fp32 only

@@ -115,7 +115,7 @@ def test_gpu_plan_fp16_elsewhere_int8_and_fp32_parts_kept(lite0, tmp_path):
     assert {i.data_type for i in __import__("onnx").load(str(bf)).graph.initializer} == {1}  # FLOAT
 
 
-@pytest.mark.parametrize("layout", ["trt", "ort"])
+@pytest.mark.parametrize("layout", ["trt", "ort", "ort-qadd"])
 def test_stem_and_head_chosen_int8_are_calibrated_simulated_and_exported(lite0, tmp_path, layout):
     """The search may choose the stem and head at int8 (solution.json's fixed_parts): their layers get
     Q/DQ in the ONNX and are simulated from the same ranges; the slots stay as chosen."""

@@ -24,7 +24,7 @@ from hant_trt.quant.calibrate import calibrate
 from hant_trt.quant.layouts import LAYOUTS, layout_for, quantize_int8
 from hant_trt.quant.qdq_ort import fake_quantize_ort, plan_sites, u8_params, write_ort_qdq
 
-ORT, TRT = LAYOUTS["ort"], LAYOUTS["trt"]
+ORT, TRT, QADD = LAYOUTS["ort"], LAYOUTS["trt"], LAYOUTS["ort-qadd"]
 
 from test_export import mbconv, randomize_bn  # noqa: E402  (tests/ is on sys.path)
 
@@ -164,8 +164,67 @@ def test_per_layer_plan_quantizes_only_the_calibrated_block(tmp_path):
         write_ort_qdq(p, tmp_path / "bad.onnx", part)                          # all layers, ranges for some
 
 
+class Head(nn.Module):
+    """TwoBlocks, then a Lite0-style head: 1x1 conv + ReLU6, global pooling, flatten, classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = TwoBlocks()
+        torch.manual_seed(5)
+        self.conv_head = nn.Sequential(nn.Conv2d(16, 32, 1), nn.ReLU6())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.conv_head(self.body(x))), 1))
+
+
+def _fused_ops(q, tmp_path):
+    session(q, True, tmp_path / "opt.onnx")
+    return Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+
+
+def test_qadd_layout_keeps_adds_and_pooling_integer_and_matches_its_simulation(tmp_path):
+    model = Head().eval()
+    calib = calibrate(model, batches(SHAPE, 3))
+    old = _fused_ops(quantize_int8(model, SHAPE, tmp_path / "ort.onnx", calib, layout=ORT), tmp_path)
+    assert old["Add"] == 2 and old["GlobalAveragePool"] == 1           # float: a DQ + Q around each
+    q = quantize_int8(model, SHAPE, tmp_path / "qadd.onnx", calib, layout=QADD)
+    ops = _fused_ops(q, tmp_path)
+    assert ops["QLinearAdd"] == 2 and ops["QLinearGlobalAveragePool"] == 1 and ops["Add"] == 0, ops
+    assert ops["QLinearConv"] == 7 and ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 1, ops
+    x = batches(SHAPE, 1, seed=9)[0]
+    with torch.no_grad():
+        sim = QADD.simulate(model, calib, input_shape=SHAPE)(x).numpy()
+        sim_old = ORT.simulate(model, calib, input_shape=SHAPE)(x).numpy()
+        ref = model(x).numpy()
+    for opt in (False, True):
+        got = session(q, opt).run(None, {"input": x.numpy()})[0]
+        assert np.abs(sim - got).mean() <= 0.01 * np.abs(ref).max()
+    raw = session(q, False).run(None, {"input": x.numpy()})[0]
+    # the skip's rounding is simulated: closer to the graph than the "ort" simulation is
+    assert np.abs(sim - raw).mean() < np.abs(sim_old - raw).mean()
+
+
+def test_qadd_plan_quantizes_a_skip_only_where_the_adding_block_reads_it(tmp_path):
+    from hant_trt.quant.qdq_ort import plan_integer_adds
+
+    model = TwoBlocks().eval()
+    calib = calibrate(model, batches(SHAPE, 2))
+    m = onnx.load(str(export_onnx(model, SHAPE, tmp_path / "f.onnx")))
+    adds, pools = plan_integer_adds(m, plan_sites(m, calib))
+    assert sorted(a.scope for a in adds) == ["a", "b"] and pools == []
+    by = {s.path: s for s in plan_sites(m, calib)}
+    assert {a.scope: a.range for a in adds} == {"a": by["a.conv_pw"].in_range, "b": by["b.conv_pw"].in_range}
+    # a per-layer plan with block a in fp32: a's Add has no quantized branch, b's still qualifies
+    part = calib.subset(("b.",))
+    adds, _ = plan_integer_adds(m, plan_sites(m, part, only_calibrated=True))
+    assert [a.scope for a in adds] == ["b"]
+
+
 def test_int8_layout_follows_the_backend_unless_set():
-    assert layout_for(ProfileCfg(backend="ort")) is LAYOUTS["ort"]
+    assert layout_for(ProfileCfg(backend="ort")) is LAYOUTS["ort-qadd"]
+    assert layout_for(ProfileCfg(backend="ort", int8_layout="ort")) is LAYOUTS["ort"]
     assert layout_for(ProfileCfg(backend="tensorrt")) is LAYOUTS["trt"]
     assert layout_for(ProfileCfg(backend="ort", precisions=["fp16", "int8"])) is LAYOUTS["trt"]    # a GPU plan
     assert layout_for(ProfileCfg(backend="ort", int8_layout="trt")) is LAYOUTS["trt"]

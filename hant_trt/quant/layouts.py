@@ -108,7 +108,26 @@ class OrtLayout(QdqLayout):
         return self.simulate(student, calib, input_shape=tuple(calib.extra["input_shape"]), only_calibrated=True)
 
 
-LAYOUTS: dict[str, QdqLayout] = {lay.name: lay for lay in (TrtLayout(), OrtLayout())}
+class OrtIntegerAddLayout(OrtLayout):
+    """The "ort" layout plus integer residual Adds and global pooling (QLinearAdd,
+    QLinearGlobalAveragePool): ONNX Runtime's CPU graph then stays in its NHWC integer kernels from
+    the first int8 conv to the classifier (`qdq_ort.plan_integer_adds`)."""
+
+    name, table_tag, file_tag, verify_key = "ort-qadd", "int8:ort-qadd", "int8-ort-qadd", "int8-ort-qadd"
+
+    def write_onnx(self, src, dst, calib, per_channel=True, only_calibrated=False) -> Path:
+        from .qdq_ort import write_ort_qdq
+
+        return write_ort_qdq(src, dst, calib, per_channel=per_channel, only_calibrated=only_calibrated,
+                             integer_adds=True)
+
+    def simulate(self, module, calib, per_channel=True, input_shape=None, only_calibrated=False):
+        from .qdq_ort import fake_quantize_ort
+
+        return fake_quantize_ort(module, calib, per_channel, input_shape, only_calibrated, integer_adds=True)
+
+
+LAYOUTS: dict[str, QdqLayout] = {lay.name: lay for lay in (TrtLayout(), OrtLayout(), OrtIntegerAddLayout())}
 DEFAULT = LAYOUTS["trt"]
 
 
@@ -120,12 +139,13 @@ def get_layout(name: str) -> QdqLayout:
 
 
 def layout_for(profile) -> QdqLayout:
-    """The layout int8 parts use: `profile.int8_layout`, "auto" meaning "ort" for the ONNX Runtime
-    backend on a CPU-style plan (its CPU kernels fuse only that layout) and "trt" otherwise
-    (TensorRT; a plan with fp16 is a GPU target, whose ONNX must build on TensorRT)."""
+    """The layout int8 parts use: `profile.int8_layout`, "auto" meaning "ort-qadd" for the ONNX
+    Runtime backend on a CPU-style plan (its CPU kernels fuse only the "ort" layouts; "ort-qadd"
+    keeps Adds and pooling integer too) and "trt" otherwise (TensorRT; a plan with fp16 is a GPU
+    target, whose ONNX must build on TensorRT)."""
     name = profile.int8_layout
     if name == "auto":
-        return LAYOUTS["ort" if profile.backend == "ort" and "fp16" not in profile.precisions else "trt"]
+        return LAYOUTS["ort-qadd" if profile.backend == "ort" and "fp16" not in profile.precisions else "trt"]
     if name not in LAYOUTS:
         raise UserError(f"profile.int8_layout must be auto, {', '.join(LAYOUTS)}, not '{name}'")
     return LAYOUTS[name]

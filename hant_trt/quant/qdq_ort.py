@@ -15,7 +15,13 @@ So this layout, per quantized Conv/Gemm ("site"):
   [0, min(hi, calibrated)], so ORT drops it as redundant and fuses the conv); any other activation
   stays float after the DQ;
 - a site whose input is another site's quantized output reuses that Q/DQ (no second rounding);
-- the residual Add reads the dequantized conv output and the float skip (stays a float Add).
+- the residual Add reads the dequantized conv output and the float skip (stays a float Add);
+- with `integer_adds` (the "ort-qadd" layout) the Add's float skip reads instead the Q/DQ the block's
+  first conv already puts on that tensor, and a pooled feature map feeding a quantized Gemm gets
+  that Gemm's input Q/DQ right after the pooling: ORT then runs the Add as QLinearAdd and the
+  pooling as QLinearGlobalAveragePool in its NHWC integer layout, where a float Add or pooling
+  costs a DQ + Q (or a whole-map Transpose back to NCHW) each: on Lite0, 9 residual Adds and the
+  head's pooling, ~110 us of ORT's own quantize_static model's lead (docs/RESULTS.md).
 
 The PyTorch simulation (`fake_quantize_ort`) applies the same roundings through
 the `Site` list below, built from the exported graph, so both follow one plan. Quantizing a conv's
@@ -33,10 +39,10 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..latency.export import check_and_save, export_onnx, fold_batchnorm
+from ..latency.export import check_and_save, export_onnx, fold_batchnorm, node_scope, onnx_scope_of
 from .calibrate import AMAX_FLOOR, CalibResult
 from .fakequant import quantize_weight, weight_scale
-from .qdq_trt import QDQ_MIN_OPSET, match_layers, quant_weight, replace_nodes, weight_axis
+from .qdq_trt import QDQ_MIN_OPSET, collapse_scope, match_layers, quant_weight, replace_nodes, weight_axis
 
 U8_MAX = 255
 
@@ -135,10 +141,90 @@ def plan_sites(model, calib: CalibResult, only_calibrated: bool = False) -> list
     return sites
 
 
+@dataclass
+class AddSite:
+    """A residual Add whose float skip is given the quantized twin its block's first conv reads."""
+
+    node: str                    # the Add node
+    scope: str                   # module path of the block whose forward adds (its input is the skip)
+    skip: str                    # the float skip tensor
+    range: tuple[float, float]   # the Q/DQ the skip shares with the conv's input
+
+
+@dataclass
+class PoolSite:
+    """A global average pooling whose output reaches a quantized Gemm through Flatten/Reshape."""
+
+    node: str                    # the pooling node
+    range: tuple[float, float]   # the Gemm's input range
+
+
+def _module_of_scope(scope: str, under: str) -> str | None:
+    """The ancestor of module path `under` whose exported scope is `scope` (None: none is)."""
+    atoms = under.split(".")
+    for i in range(len(atoms) - 1, 0, -1):
+        path = ".".join(atoms[:i])
+        if collapse_scope(onnx_scope_of(path)) == collapse_scope(scope):
+            return path
+    return None
+
+
+def _inputs_of_scope(g, path: str) -> list[str]:
+    """The tensors the module at `path` reads from outside (weights and constants left out)."""
+    prefix = collapse_scope(onnx_scope_of(path)) + "/"
+    inside = [n for n in g.node if (collapse_scope(node_scope(n.name)) + "/").startswith(prefix)]
+    made = {o for n in inside for o in n.output} | {i.name for i in g.initializer}
+    made |= {n.output[0] for n in g.node if n.op_type == "Constant"}
+    return sorted({i for n in inside for i in n.input if i and i not in made})
+
+
+def plan_integer_adds(model, sites: list[Site]) -> tuple[list[AddSite], list[PoolSite]]:
+    """The Adds and poolings the "ort-qadd" layout quantizes, read off the graph and its sites.
+
+    An Add qualifies when one input is a site's quantized output and the other is either quantized
+    already or the float input of a site that quantizes it (no `input_site`) inside the module that
+    adds, so the simulation can quantize that module's input the same way (`fake_quantize_ort`).
+    A pooling qualifies when it reads a site's quantized output and a quantized Gemm reads it through
+    Flatten/Reshape (its Gemm input quantizer, repeated at the pooling's output, changes no value)."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    quantized = {s.q_tensor for s in sites}
+    float_in = {}
+    node_of = {n.name: n for n in g.node}
+    for s in sites:
+        if s.input_site is None:
+            float_in.setdefault(node_of[s.node].input[0], []).append(s)
+    adds: list[AddSite] = []
+    for n in g.node:
+        if n.op_type != "Add" or len(n.input) != 2:
+            continue
+        a, b = n.input
+        if b in quantized and a not in quantized:
+            a, b = b, a
+        if a not in quantized or b in quantized:
+            continue
+        for s in float_in.get(b, []):
+            scope = _module_of_scope(node_scope(n.name), s.path)
+            if scope is not None and len({t.in_range for t in float_in[b]}) == 1 and _inputs_of_scope(g, scope) == [b]:
+                adds.append(AddSite(n.name, scope, b, s.in_range))
+                break
+    pools: list[PoolSite] = []
+    gemm_in = {node_of[s.node].input[0]: s for s in sites if node_of[s.node].op_type == "Gemm" and s.input_site is None}
+    for x, s in gemm_in.items():
+        src = producer.get(x)
+        if src is None or src.op_type not in ("Flatten", "Reshape"):
+            continue
+        pool = producer.get(src.input[0])
+        if pool is not None and pool.op_type == "GlobalAveragePool" and pool.input[0] in quantized:
+            pools.append(PoolSite(pool.name, s.in_range))
+    return adds, pools
+
+
 def write_ort_qdq(src_onnx: str | Path, dst_onnx: str | Path, calib: CalibResult, per_channel: bool = True,
-                  only_calibrated: bool = False) -> Path:
+                  only_calibrated: bool = False, integer_adds: bool = False) -> Path:
     """Insert the ORT layout's Q/DQ into the fp32 ONNX `src_onnx` (exported from the calibrated
-    module, BN folded) and write `dst_onnx` (atomic); returns it."""
+    module, BN folded) and write `dst_onnx` (atomic); returns it. integer_adds: also the residual
+    Adds and global poolings (`plan_integer_adds`; the "ort-qadd" layout)."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -147,6 +233,7 @@ def write_ort_qdq(src_onnx: str | Path, dst_onnx: str | Path, calib: CalibResult
         if o.domain in ("", "ai.onnx") and o.version < QDQ_MIN_OPSET:
             raise UserError(f"{src_onnx} has opset {o.version}: per-channel Q/DQ needs {QDQ_MIN_OPSET}+ (export with 17)")
     sites = plan_sites(model, calib, only_calibrated)
+    adds, pools = plan_integer_adds(model, sites) if integer_adds else ([], [])
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     new_inits: list = []
@@ -219,6 +306,14 @@ def write_ort_qdq(src_onnx: str | Path, dst_onnx: str | Path, calib: CalibResult
         prod.output[list(prod.output).index(t)] = t + "__fp"
         after.setdefault(prod.name, []).extend(qdq(t + "__fp", t, site.out_range, f"{site.node}/output_quantizer_{k}"))
 
+    for add in adds:
+        n = node_of[add.node]
+        n.input[list(n.input).index(add.skip)] = act_dq[(add.skip, add.range)]
+    for k, pool in enumerate(pools):
+        t = node_of[pool.node].output[0]
+        node_of[pool.node].output[0] = t + "__fp"
+        after.setdefault(pool.node, []).extend(qdq(t + "__fp", t, pool.range, f"{pool.node}/output_quantizer_{k}"))
+
     nodes = []
     for n in g.node:
         nodes.extend(before.get(n.name, []))
@@ -229,15 +324,18 @@ def write_ort_qdq(src_onnx: str | Path, dst_onnx: str | Path, calib: CalibResult
 
 
 def sites_of_module(module, input_shape: tuple[int, ...], calib: CalibResult,
-                    only_calibrated: bool = False) -> list[Site]:
-    """The sites of `module` as it exports (BN folded): what the simulation quantizes."""
+                    only_calibrated: bool = False, integer_adds: bool = False):
+    """The sites of `module` as it exports (BN folded): what the simulation quantizes; with
+    integer_adds, (sites, adds) (`plan_integer_adds`)."""
     import tempfile
 
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         p = export_onnx(module, tuple(input_shape), Path(tmp) / "m.onnx")
-        return plan_sites(onnx.load(str(p)), calib, only_calibrated)
+        model = onnx.load(str(p))
+        sites = plan_sites(model, calib, only_calibrated)
+        return (sites, plan_integer_adds(model, sites)[0]) if integer_adds else sites
 
 
 class AffineQuantizer:
@@ -264,16 +362,23 @@ class AffineQuantizer:
 
 @torch.no_grad()
 def fake_quantize_ort(module: nn.Module, calib: CalibResult, per_channel: bool = True, input_shape=None,
-                      only_calibrated: bool = False) -> nn.Module:
+                      only_calibrated: bool = False, integer_adds: bool = False) -> nn.Module:
     """A BN-folded eval copy of `module` running the "ort" layout's roundings on its sites, which
     are read off the module's own export (`input_shape`: N, C, H, W), so simulation and ONNX follow
-    one plan. only_calibrated: quantize only the layers `calib` has ranges for (a per-layer plan)."""
+    one plan. only_calibrated: quantize only the layers `calib` has ranges for (a per-layer plan).
+    integer_adds: the "ort-qadd" layout: a block whose Add reads a quantized skip gets its input
+    quantized (its first conv quantizes the same tensor with the same range; the pooling's extra
+    Q/DQ repeats its Gemm's and changes nothing)."""
     if not isinstance(calib, CalibResult):
         raise TypeError("fake_quantize_ort needs a CalibResult (see hant_trt.quant.calibrate.calibrate)")
     if input_shape is None:
         raise ValueError("the ort int8 layout needs the module's input shape")
-    sites = sites_of_module(module, input_shape, calib, only_calibrated)
+    sites, adds = sites_of_module(module, input_shape, calib, only_calibrated, integer_adds=True)
+    if not integer_adds:
+        adds = []
     m = fold_batchnorm(module)
+    for add in adds:
+        m.get_submodule(add.scope).register_forward_pre_hook(AffineQuantizer(*add.range, output=False))
     for site in sites:
         layer = m.get_submodule(site.path)
         w_scale = weight_scale(layer.weight.data, per_channel).double()
