@@ -1,11 +1,12 @@
-"""The whole teacher in int8 on ONNX Runtime CPU, both Q/DQ layouts, beside fp32 in one run.
+"""The whole teacher in int8 on ONNX Runtime CPU, every Q/DQ layout, beside fp32 in one run.
 
     .venv/bin/python benchmarks/bench_int8_ort.py [--data ../shared/data/imagenet-sample/dev] [--rounds 5]
 
 Calibrates on 32 un-augmented images of dev's training part (the run's 80/20 split, seed 0),
 reports agreement / KL / top-1 against the fp32 teacher on dev's 100-image eval part (never
 holdout) for the PyTorch simulation and for ORT's fused engine, and the latency of each graph timed
-in alternating rounds with fp32 (ratios of medians).
+in alternating rounds with fp32 (ratios of medians); then the "ort" and "ort-qadd" graphs timed
+against each other in alternating rounds (what the integer Adds and pooling buy).
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(m, shape, Path(tmp) / "fp32.onnx")
         print(f"{len(ev)} eval images, teacher top-1 {100 * (ref.argmax(1).numpy() == labels).mean():.1f} %")
+        graphs = {}
         for layout in LAYOUTS.values():
-            q = quantize_int8(m, shape, Path(tmp) / f"{layout.name}.onnx", calib, layout=layout)
+            q = graphs[layout.name] = quantize_int8(m, shape, Path(tmp) / f"{layout.name}.onnx", calib, layout=layout)
             with torch.no_grad():
                 sim = layout.simulate(m, calib, input_shape=shape)(xe)
             sess = backend.session(q)
@@ -80,6 +82,8 @@ def main() -> None:
                 top1 = 100 * (out.argmax(1).numpy() == labels).mean()
                 print(f"int8 {layout.name} layout, {name:10s}: agreement {agree:5.1f} %, KL {kl(ref, out):.4f}, top-1 {top1:.1f} %")
             print(f"int8 {layout.name} layout: fp32 {a_ms * 1e3:.3f} ms, int8 {b_ms * 1e3:.3f} ms → {a_ms / b_ms:.2f}x")
+        a_ms, b_ms = measure_side_by_side(backend, graphs["ort"], graphs["ort-qadd"], rounds=a.rounds)
+        print(f"ort {a_ms * 1e3:.3f} ms vs ort-qadd {b_ms * 1e3:.3f} ms, side by side → ort-qadd {a_ms / b_ms:.3f}x faster")
 
 
 if __name__ == "__main__":

@@ -229,3 +229,15 @@ def test_fisher_weights_estimate_the_kl_curvature(lite0, tmp_path):
     assert distill_fingerprint(a) == distill_fingerprint(b)
     b.distill.fisher = 0.5
     assert distill_fingerprint(a) != distill_fingerprint(b)
+
+
+def test_add_spans_takes_distill_settings_only(tmp_path):
+    """tools/add_spans.py: --set outside distill.* and a bad --slots are one line and exit 2."""
+    tool = str(ROOT / "tools" / "add_spans.py")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, tool, str(tmp_path / "a"), str(tmp_path / "b"), "--set", "build.finetune_steps=3"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and r.stderr.strip() == "error: --set takes distill.KEY=VALUE only"
+    r = subprocess.run([sys.executable, tool, str(tmp_path / "a"), str(tmp_path / "b")], capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

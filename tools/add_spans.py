@@ -10,6 +10,11 @@ so the copied slot files are theirs. Score, profile and search then run on DST_R
     .venv/bin/hant-trt score runs/lite0_dev_small_spans
     HANT_TRT_LUT=runs/lut_small.sqlite .venv/bin/hant-trt profile runs/lite0_dev_small_spans
 
+Spans distilled longer than the run's single slots (what a span replacing two blocks has to learn
+is more than one slimmer block): `--set distill.steps=1440 --set distill.full_res_steps=360`, and
+`--slots 2,3,4,5` to train only the spans inside those slots. With DST_RUN a copy of a run that has
+spans already, the spans trained here replace its files of the same spans and the others stay.
+
 Resumable: a kill leaves a checkpoint under DST_RUN/spans_work; run the same command again.
 """
 from __future__ import annotations
@@ -21,7 +26,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from hant_trt.commands import apply_overrides
 from hant_trt.config import from_dict
+from hant_trt.errors import UserError
 from hant_trt.data import data_splits
 from hant_trt.distill.stage import distill_fingerprint
 from hant_trt.distill.train import distill
@@ -35,7 +42,13 @@ def main() -> int:
     ap.add_argument("src")
     ap.add_argument("dst")
     ap.add_argument("--spans", type=int, default=2)
+    ap.add_argument("--slots", default=None, help="comma-separated slot indices: spans inside them only")
+    ap.add_argument("--set", action="append", default=[], metavar="distill.KEY=VALUE",
+                    help="distillation setting of the spans (e.g. distill.steps=1440), repeatable")
     a = ap.parse_args()
+    if any(not kv.startswith("distill.") for kv in a.set):
+        print("error: --set takes distill.KEY=VALUE only", file=sys.stderr)
+        return 2
     src, dst = Path(a.src), Path(a.dst)
     src_run = RunDir(src, create=False)
     if src_run.stage("distill").status != "done":
@@ -57,6 +70,13 @@ def main() -> int:
         (dst / MANIFEST).write_text(json.dumps(manifest, indent=2))
     run = RunDir(dst, create=False)
     cfg.distill.spans = a.spans
+    try:
+        if a.slots:
+            cfg.distill.slots = [int(x) for x in a.slots.split(",")]
+        apply_overrides(cfg, a.set)
+    except (UserError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     cfg.run_dir = str(dst)
     run.update(config=cfg.to_dict())
     fp = distill_fingerprint(cfg)
@@ -79,11 +99,16 @@ def main() -> int:
                   if "-" not in p.stem)
     info = {"candidates": singles + summary["candidates"], "steps": summary["steps"],
             "seconds": summary["seconds"], "data": splits.description,
-            "note": f"single-slot candidates copied from {src}; spans distilled by tools/add_spans.py"}
+            "note": f"single-slot candidates copied from {src}; spans distilled by tools/add_spans.py"
+                    + (f" ({' '.join(a.set)}; single slots at {src}'s settings)" if a.set else "")}
     run.set_stage("distill", "done", fp, info)
     print(json.dumps({"span_candidates": summary["candidates"], "seconds": summary["seconds"]}))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
