@@ -1,6 +1,7 @@
 """hant-trt beside what needs no training, on this machine, in one run: speed and holdout top-1.
 
-    .venv/bin/python benchmarks/peers.py RUN_DIR [RUN_DIR ...] [--speedups 1.6,2.0,2.4] [--holdout DIR]
+    .venv/bin/python benchmarks/peers.py RUN_DIR [RUN_DIR ...] [--speedups 1.6,2.0,2.4] [--int8x 1.1,1.2]
+        [--holdout DIR]
         [--set search.KEY=VALUE ...] [--out DIR]
 
 RUN_DIR is a finished phase 1 (distill, score, profile with fp32 + int8 on the ort backend, e.g.
@@ -12,7 +13,8 @@ Runtime CPU:
   run's training images) and ONNX Runtime's `quantize_static` (QDQ, per-channel, U8S8, MinMax on 64
   training images);
 - OpenVINO's default precision and NNCF int8, when `openvino` / `nncf` import (skipped otherwise);
-- the search's students at each asked speedup, each searched on a copy of the run and built with
+- the search's students at each asked speedup (`--speedups`: over the fp32 teacher, `--int8x`: over
+  the teacher in plain int8, budget `int8x=`), each searched on a copy of the run and built with
   the run's build settings (fine-tune included; `--finetune-steps` overrides; `--set` changes
   the copies' config, e.g. `--set search.max_skips_per_stage=1`). With several RUN_DIRs (the
   same teacher, e.g. a run and its copy with fused spans), every run's students are built and all
@@ -105,9 +107,10 @@ def our_int8_teacher(run: Path, cfg, teacher, d, dst: Path) -> Path:
     return export_with_plan(student, shape, dst, calib, choices, "fp32")
 
 
-def build_student(run: Path, cfg, speedup: float, work: Path, finetune_steps: int | None,
+def build_student(run: Path, cfg, budget: str, work: Path, finetune_steps: int | None,
                   overrides: list[str] = ()) -> Path:
-    """A copy of the run searched at `speedup` and built; returns its student ONNX."""
+    """A copy of the run searched at `budget` ("speedup=2.8", "int8x=1.2") and built; returns its
+    student ONNX."""
     import copy
 
     from hant_trt.commands import apply_overrides
@@ -115,7 +118,8 @@ def build_student(run: Path, cfg, speedup: float, work: Path, finetune_steps: in
     from hant_trt.rundir import RunDir
     from hant_trt.search.stage import run_search
 
-    dst = work / f"s{speedup:.2f}"
+    kind, value = budget.split("=")
+    dst = work / f"{'s' if kind == 'speedup' else 'i'}{float(value):.2f}"
     if not (dst / "student" / "student.onnx").is_file():
         if dst.exists():
             shutil.rmtree(dst)
@@ -124,7 +128,7 @@ def build_student(run: Path, cfg, speedup: float, work: Path, finetune_steps: in
         shutil.copytree(run, dst, ignore=shutil.ignore_patterns("student", "triton", "report*", "*.png", "build.json",
                                                                 *inside))
         c = copy.deepcopy(cfg)
-        c.run_dir, c.search.budget, c.search.sweep = str(dst), f"speedup={speedup}", 0
+        c.run_dir, c.search.budget, c.search.sweep = str(dst), budget, 0
         if finetune_steps is not None:
             c.build.finetune_steps = finetune_steps
         apply_overrides(c, list(overrides))
@@ -184,7 +188,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dirs", nargs="*", metavar="run_dir")
-    ap.add_argument("--speedups", default="1.6,2.0,2.4")
+    ap.add_argument("--speedups", default="1.6,2.0,2.4", help="asks over the fp32 teacher ('' for none)")
+    ap.add_argument("--int8x", default="", help="asks over the teacher in plain int8 (budget int8x=)")
     ap.add_argument("--holdout", default=str(ROOT.parent / "shared/data/imagenet-sample/holdout"))
     ap.add_argument("--out", default=None, help="folder for peers.json / peers.png (default RUN_DIR/peers)")
     ap.add_argument("--rounds", type=int, default=5)
@@ -225,10 +230,12 @@ def main() -> None:
     for r in runs:
         rcfg = from_dict(json.loads((r / "run.json").read_text())["config"])
         tag = f"{r.name} " if len(runs) > 1 else ""
-        for s in [float(v) for v in a.speedups.split(",") if v]:
-            name = f"hant-trt {tag}{s:.2f}x"
+        asks = [(f"{float(v):.2f}x", f"speedup={float(v)}") for v in a.speedups.split(",") if v]
+        asks += [(f"int8x {float(v):.2f}", f"int8x={float(v)}") for v in a.int8x.split(",") if v]
+        for label, budget in asks:
+            name = f"hant-trt {tag}{label}"
             try:
-                onnx = build_student(r, rcfg, s, out / "students" / r.name if tag else out / "students",
+                onnx = build_student(r, rcfg, budget, out / "students" / r.name if tag else out / "students",
                                      a.finetune_steps, a.set)
             except Exception as exc:      # an unreachable ask is a finding, not a crash
                 print(f"{name}: {str(exc).splitlines()[0]}", flush=True)

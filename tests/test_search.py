@@ -245,6 +245,21 @@ def test_relative_budget_needs_teacher_latency():
         parse_budget("0.5x", 0.0)
 
 
+def test_int8x_budget_is_relative_to_the_int8_teacher():
+    from hant_trt.search.budget import relative_budget
+
+    assert parse_budget("int8x=1.25", 0.01, 0.004) == pytest.approx(0.0032)
+    assert parse_budget("INT8X = 2x", 0.01, 0.004) == pytest.approx(0.002)
+    assert relative_budget("int8x=1.2") is None               # not a fraction of the fp32 teacher
+    with pytest.raises(UserError, match="int8"):
+        parse_budget("int8x=1.2", 0.01)                       # a profile without int8
+    for bad in ("int8x=0", "int8x=", "int8x=-1"):
+        with pytest.raises(UserError):
+            parse_budget(bad, 0.01, 0.004)
+        with pytest.raises(UserError):
+            relative_budget(bad)
+
+
 @pytest.mark.parametrize("text,expect", [("0.5x", 500.0), ("3.5M", 3.5e6), ("800k", 8e5), ("1.2G", 1.2e9),
                                          ("2e6", 2e6), (1234, 1234.0), (None, None), ("", None)])
 def test_count_parsing(text, expect):

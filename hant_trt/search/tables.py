@@ -280,7 +280,7 @@ def build_problem(tables: Tables, n_slots: int, budget: str, devices: list[str],
                 fixed[d] -= o.latency_s[d]
     return Problem(
         n_slots=n_slots, options=options,
-        budget_s={d: parse_budget(budget, tables.fixed[d].teacher_s) for d in devices},
+        budget_s={d: parse_budget(budget, tables.fixed[d].teacher_s, tables.fixed[d].teacher_int8_s) for d in devices},
         fixed_s=fixed,
         max_params=parse_count(max_params, tables.teacher_params, "params"),
         max_macs=parse_count(max_macs, tables.teacher_macs, "MACs"),
