@@ -183,3 +183,35 @@ engine_name = "e2e"
     assert pairs[0]["kl_ab"] > 0 and abs(pairs[0]["excess"]) < pairs[0]["kl_ab"]
     sol = json.loads((run / "solution.json").read_text())
     assert sol["predicted_s"] <= sol["budget_s"] * (1 + 1e-9)
+
+
+def test_a_stage_redone_fast_is_reported_done_not_skipped(tmp_path, monkeypatch):
+    """`[stage] skipped (done)` only when the stage's record is unchanged: a stage whose inputs
+    changed and that reran in under a second (every row from the latency table) says it ran."""
+    from hant_trt import pipeline
+    from hant_trt.config import RunConfig
+    from hant_trt.rundir import STAGES
+
+    calls = {"n": 0}
+
+    def stage(name):
+        def fn(run, cfg):
+            fp = f"{name}-{calls['n'] if name == 'profile' else 0}"
+            if not run.is_done(name, fp):
+                run.set_stage(name, "running", fp)
+                run.set_stage(name, "done", fp, {})
+        return fn
+
+    monkeypatch.setattr(pipeline, "stage_functions", lambda engines_dir=None: {n: stage(n) for n in STAGES})
+    cfg = RunConfig()
+    cfg.run_dir = str(tmp_path / "run")
+    lines = []
+    pipeline.run_pipeline(cfg, log=lines.append)
+    assert all(line.endswith("done in 0s") for line in lines)
+    lines.clear()
+    pipeline.run_pipeline(cfg, log=lines.append)
+    assert all(line.endswith("skipped (done)") for line in lines), lines
+    calls["n"] = 1                                  # the profile's inputs changed: it reruns at once
+    lines.clear()
+    pipeline.run_pipeline(cfg, log=lines.append)
+    assert [line for line in lines if not line.endswith("skipped (done)")] == ["[profile] done in 0s"]
