@@ -323,19 +323,18 @@ def write_ort_qdq(src_onnx: str | Path, dst_onnx: str | Path, calib: CalibResult
     return check_and_save(model, dst_onnx, f"ORT-layout Q/DQ insertion into {src_onnx}")
 
 
-def sites_of_module(module, input_shape: tuple[int, ...], calib: CalibResult,
-                    only_calibrated: bool = False, integer_adds: bool = False):
-    """The sites of `module` as it exports (BN folded): what the simulation quantizes; with
-    integer_adds, (sites, adds) (`plan_integer_adds`)."""
+def plan_of_module(module, input_shape: tuple[int, ...], calib: CalibResult, only_calibrated: bool = False,
+                   integer_adds: bool = False) -> tuple[list[Site], list[AddSite]]:
+    """(sites, adds) of `module` as it exports (BN folded): what the simulation quantizes; adds are
+    planned only with integer_adds (`plan_integer_adds`)."""
     import tempfile
 
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        p = export_onnx(module, tuple(input_shape), Path(tmp) / "m.onnx")
-        model = onnx.load(str(p))
-        sites = plan_sites(model, calib, only_calibrated)
-        return (sites, plan_integer_adds(model, sites)[0]) if integer_adds else sites
+        model = onnx.load(str(export_onnx(module, tuple(input_shape), Path(tmp) / "m.onnx")))
+    sites = plan_sites(model, calib, only_calibrated)
+    return sites, plan_integer_adds(model, sites)[0] if integer_adds else []
 
 
 class AffineQuantizer:
@@ -373,9 +372,7 @@ def fake_quantize_ort(module: nn.Module, calib: CalibResult, per_channel: bool =
         raise TypeError("fake_quantize_ort needs a CalibResult (see hant_trt.quant.calibrate.calibrate)")
     if input_shape is None:
         raise ValueError("the ort int8 layout needs the module's input shape")
-    sites, adds = sites_of_module(module, input_shape, calib, only_calibrated, integer_adds=True)
-    if not integer_adds:
-        adds = []
+    sites, adds = plan_of_module(module, input_shape, calib, only_calibrated, integer_adds)
     m = fold_batchnorm(module)
     for add in adds:
         m.get_submodule(add.scope).register_forward_pre_hook(AffineQuantizer(*add.range, output=False))

@@ -55,9 +55,8 @@ def parse_budget(text: str, teacher_s: float, teacher_int8_s: float | None = Non
     if m["i8"] and not (teacher_int8_s and teacher_int8_s > 0):
         raise UserError(f"budget '{text}' is relative to the teacher in int8, which the profile did not time "
                         "(profile.precisions needs int8)")
+    relative_budget(text)                    # a relative form's number must be positive
     if m["i8"]:
-        if not float(m["i8"]) > 0:
-            raise UserError(f"budget '{text}': the speedup over int8 must be positive")
         v = teacher_int8_s / float(m["i8"])
     elif m["x"]:
         v = teacher_s * float(m["x"])
@@ -68,10 +67,7 @@ def parse_budget(text: str, teacher_s: float, teacher_int8_s: float | None = Non
     elif m["s"]:
         v = float(m["s"])
     else:
-        sp = float(m["sp"])
-        if sp <= 0:
-            raise UserError(f"budget '{text}': the speedup must be positive")
-        v = teacher_s / sp
+        v = teacher_s / float(m["sp"])
     if not (math.isfinite(v) and v > 0):
         raise UserError(f"budget '{text}' must be a positive, finite latency")
     return v
