@@ -20,8 +20,8 @@ So this layout, per quantized Conv/Gemm ("site"):
   first conv already puts on that tensor, and a pooled feature map feeding a quantized Gemm gets
   that Gemm's input Q/DQ right after the pooling: ORT then runs the Add as QLinearAdd and the
   pooling as QLinearGlobalAveragePool in its NHWC integer layout, where a float Add or pooling
-  costs a DQ + Q (or a whole-map Transpose back to NCHW) each: on Lite0, 9 residual Adds and the
-  head's pooling, ~110 us of ORT's own quantize_static model's lead (docs/RESULTS.md).
+  costs a DQ + Q (or a whole-map Transpose back to NCHW) each: on Lite0 7 float Adds and the
+  head's pooling, what ORT's own quantize_static graph was faster by (docs/RESULTS.md, session 13).
 
 The PyTorch simulation (`fake_quantize_ort`) applies the same roundings through
 the `Site` list below, built from the exported graph, so both follow one plan. Quantizing a conv's
