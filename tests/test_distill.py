@@ -171,6 +171,22 @@ def test_span_jobs_inherit_and_only_spans(lite0_decomposition, tmp_path):
     assert {j.op for j in spans} == {"ir_k3_e4_relu6", "ir_k3_e8_relu6", "ir_k5_e4_relu6", "ir_k5_e8_relu6"}
     only = plan_jobs(d, cfg.distill, only_spans=True)
     assert [(j.first, j.last, j.op) for j in only] == [(j.first, j.last, j.op) for j in spans]
+    one = plan_jobs(d, cfg.distill, only_spans=True, only_ops={"ir_k3_e8_relu6"})
+    assert [(j.first, j.last, j.op) for j in one] == [(1, 2, "ir_k3_e8_relu6")]
+
+
+def test_span_op_that_does_not_fit_its_blocks_is_not_planned(lite0_decomposition, tmp_path):
+    """A preset may list a teacher-bound span op (`es`) for every span: where the blocks refuse it
+    (span 2-3 starts with a residual block) it is left out, where they fit (0-1) it is planned."""
+    from hant_trt.distill.train import plan_jobs
+    from hant_trt.ops import PRESETS, register_preset
+
+    if "test_tiny_es" not in PRESETS:
+        register_preset("test_tiny_es")(lambda slot: PRESETS["tiny"](slot) + (["es"] if slot.kind == "span" else []))
+    cfg = small_cfg(tmp_path, slots=(0, 1, 2, 3))
+    cfg.distill.spans, cfg.distill.preset = 2, "test_tiny_es"
+    jobs = plan_jobs(lite0_decomposition, cfg.distill, only_spans=True)
+    assert [(j.first, j.last) for j in jobs if j.op == "es"] == [(0, 1)]
 
 
 def test_fisher_weights_estimate_the_kl_curvature(lite0, tmp_path):

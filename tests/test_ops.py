@@ -282,7 +282,12 @@ def test_span_candidates_build(decomps):
     ops = candidates(span, "tiny")
     assert "proj" in ops and "skip" not in ops
     x = torch.randn(1, *span.in_shape)
+    blocks = nn.Sequential(d.blocks[1], d.blocks[2])
     for op in ops[1:]:
+        if REGISTRY[decode(op).family].teacher_bound:   # `es`: slot 1 subsamples itself, nothing to move
+            with pytest.raises(UserError, match="stride-1 depthwise conv"):
+                build(op, span, blocks)
+            continue
         assert tuple(build(op, span).eval()(x).shape[1:]) == tuple(span.out_shape)
 
 
@@ -364,3 +369,36 @@ def test_span_presets_are_fused_mbconvs(decomps):
         ops = candidates(span, preset)
         assert ops[:2] == ["keep", "skip"] and len(ops) == 2 + n
         assert all(op.startswith(f"ir_k{span.kernel}_") for op in ops[2:])
+
+
+def test_early_stride_keeps_every_weight_and_moves_the_subsampling(decomps):
+    """`es` on Lite0's span 0-1 (ds, then the stride-2 ir) is the teacher's two blocks with slot 1's
+    stride moved into slot 0's depthwise conv: exactly slot 0 at full resolution, subsampled, then
+    slot 1 at stride 1 (a stride-2 conv is its stride-1 output at even positions, and everything
+    between is pointwise). `es_k5` starts as `es`; the signature names the blocks."""
+    import copy
+
+    d = decomps["efficientnet_lite0"]
+    span = merge(d.slots[0:2])
+    assert span.stride == 2 and span.teacher_op == f"{d.slots[0].teacher_op}+{d.slots[1].teacher_op}"
+    assert "es" not in candidates(span, "tiny")        # measured not worth its phase-1 time on Lite0
+    blocks = nn.Sequential(d.blocks[0], d.blocks[1])
+    m, inherited = build_with_info("es", span, blocks)
+    m5, inherited5 = build_with_info("es_k5", span, blocks)
+    assert inherited and inherited5
+    assert m5.blocks[0].conv_dw.kernel_size == (5, 5) and m5.blocks[1].conv_dw.kernel_size == (3, 3)
+    x = torch.randn(2, *span.in_shape)
+    slot1 = copy.deepcopy(d.blocks[1]).eval()
+    slot1.conv_dw.stride = (1, 1)
+    with torch.no_grad():
+        want = slot1(d.blocks[0].eval()(x)[:, :, ::2, ::2])
+        assert torch.allclose(m.eval()(x), want, atol=1e-5)
+        assert torch.allclose(m5.eval()(x), want, atol=1e-5)
+        assert not torch.allclose(m(x), blocks.eval()(x), atol=1e-2)   # not the teacher: distillation's work
+    assert d.blocks[1].conv_dw.stride == (2, 2) and d.blocks[0].conv_dw.stride == (1, 1)   # teacher untouched
+    sig = Candidate(span, "es").signature
+    assert sig.startswith(f"es[{span.teacher_op}]|") and sig != Candidate(span, "es_k5").signature
+    with pytest.raises(UserError, match="needs the teacher's blocks"):
+        build("es", span)
+    with pytest.raises(UserError, match="span of blocks with stride 2"):
+        build("es", d.slots[1], d.blocks[1])

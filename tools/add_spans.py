@@ -12,7 +12,7 @@ so the copied slot files are theirs. Score, profile and search then run on DST_R
 
 Spans distilled longer than the run's single slots (what a span replacing two blocks has to learn
 is more than one slimmer block): `--set distill.steps=1440 --set distill.full_res_steps=360`, and
-`--slots 2,3,4,5` to train only the spans inside those slots. With DST_RUN a copy of a run that has
+`--slots 2,3,4,5` to train only the spans inside those slots, `--ops es,es_k5` only those ops. With DST_RUN a copy of a run that has
 spans already, the spans trained here replace its files of the same spans and the others stay.
 
 Resumable: a kill leaves a checkpoint under DST_RUN/spans_work; run the same command again.
@@ -43,6 +43,7 @@ def main() -> int:
     ap.add_argument("dst")
     ap.add_argument("--spans", type=int, default=2)
     ap.add_argument("--slots", default=None, help="comma-separated slot indices: spans inside them only")
+    ap.add_argument("--ops", default=None, help="comma-separated op strings: only these span ops (e.g. es,es_k5)")
     ap.add_argument("--set", action="append", default=[], metavar="distill.KEY=VALUE",
                     help="distillation setting of the spans (e.g. distill.steps=1440), repeatable")
     a = ap.parse_args()
@@ -70,7 +71,11 @@ def main() -> int:
         (dst / MANIFEST).write_text(json.dumps(manifest, indent=2))
     run = RunDir(dst, create=False)
     cfg.distill.spans = a.spans
+    only_ops = None
     try:
+        if a.ops:
+            from hant_trt.ops import canonical
+            only_ops = {canonical(o.strip()) for o in a.ops.split(",") if o.strip()}
         if a.slots:
             cfg.distill.slots = [int(x) for x in a.slots.split(",")]
         apply_overrides(cfg, a.set)
@@ -92,7 +97,7 @@ def main() -> int:
     work = dst / "spans_work"
     resume = (work / "ckpt").exists()
     summary = distill(d, splits.train, splits.eval, cfg.distill, work, fp, resume=resume,
-                      bn_set=bn, full_set=full, only_spans=True)
+                      bn_set=bn, full_set=full, only_spans=True, only_ops=only_ops)
     for f in work.glob("slot*"):
         os.replace(f, cand / f.name)
     singles = sum(len(json.loads(p.read_text())["candidates"]) for p in cand.glob("slot*.json")
@@ -100,7 +105,8 @@ def main() -> int:
     info = {"candidates": singles + summary["candidates"], "steps": summary["steps"],
             "seconds": summary["seconds"], "data": splits.description,
             "note": f"single-slot candidates copied from {src}; spans distilled by tools/add_spans.py"
-                    + (f" ({' '.join(a.set)}; single slots at {src}'s settings)" if a.set else "")}
+                    + (f" ({' '.join(a.set)}; single slots at {src}'s settings)" if a.set else "")
+                    + (f"; ops {a.ops} only" if a.ops else "")}
     run.set_stage("distill", "done", fp, info)
     print(json.dumps({"span_candidates": summary["candidates"], "seconds": summary["seconds"]}))
     return 0

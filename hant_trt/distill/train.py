@@ -58,14 +58,15 @@ class Group:
 
 
 def plan_jobs(d: Decomposition, cfg: DistillCfg, rank: int = 0, world: int = 1,
-              only_spans: bool = False) -> list[Job]:
+              only_spans: bool = False, only_ops: set[str] | None = None) -> list[Job]:
     """Every trainable candidate of the selected slots (and spans), sharded round-robin by rank.
 
     A fused span's candidate is kept only when it inherits teacher weights
     (`ops.families.mbconv.span_source`): trained from scratch on a few hundred images, an op
     replacing several blocks lands far from them (on Lite0 even single-slot candidates without
     inheritance score KL 2–4).
-    only_spans: the spans' candidates alone (adding fusion to a run whose slots are distilled)."""
+    only_spans: the spans' candidates alone (adding fusion to a run whose slots are distilled).
+    only_ops: these op strings alone (None: all of the preset's)."""
     n = len(d.slots)
     chosen = list(range(n)) if cfg.slots is None else list(cfg.slots)
     for i in chosen:
@@ -84,9 +85,14 @@ def plan_jobs(d: Decomposition, cfg: DistillCfg, rank: int = 0, world: int = 1,
         slot = module_slot_of(d.slots, first, last)
         teacher = span_teacher(d, first, last)
         for op in candidate_ops(slot, cfg.preset, fused=first != last):
-            if op == "keep":
+            if op == "keep" or (only_ops is not None and op not in only_ops):
                 continue
-            module, inherits = build_candidate(op, slot, teacher)
+            try:
+                module, inherits = build_candidate(op, slot, teacher)
+            except UserError:
+                if first == last:
+                    raise
+                continue        # a span op that does not fit these blocks (e.g. `es` after a residual block)
             if first != last and not inherits:
                 continue
             jobs.append(Job(first, last, op, module, inherits, slot))
@@ -333,7 +339,7 @@ class Checkpointer:
 def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Path, fingerprint: str,
             resume: bool = False, restart: bool = False, rank: int = 0, world: int = 1,
             eval_images: int = 64, bn_set=None, bn_batches: int = 4, full_set=None,
-            only_spans: bool = False) -> dict:
+            only_spans: bool = False, only_ops: set[str] | None = None) -> dict:
     """Train every candidate; write `slot<name>.safetensors` + `.json` into `out_dir`.
 
     `bn_set`: training images at the deploy resolution, for re-estimating BatchNorm statistics
@@ -348,7 +354,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
         raise UserError(f"distill.fisher must be between 0 and 1, not {cfg.fisher}")
     dev = resolve_device(cfg.device)
     amp, amp_dtype = autocast_of(dev)
-    jobs = plan_jobs(d, cfg, rank, world, only_spans=only_spans)
+    jobs = plan_jobs(d, cfg, rank, world, only_spans=only_spans, only_ops=only_ops)
     fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
     for m in (d.stem, d.head, *d.blocks, *(j.module for j in jobs)):
         m.to(dev, memory_format=fmt)

@@ -8,7 +8,7 @@ from functools import cached_property
 from torch import nn
 
 from ..teacher.slot import Slot
-from .grammar import build, canonical
+from .grammar import REGISTRY, build, canonical, decode
 
 
 def _shape(s) -> str:
@@ -27,8 +27,14 @@ class Candidate:
     @property
     def signature(self) -> str:
         """op + input shape + output shape + stride; `keep` signs as the teacher's own op, so it
-        shares latency rows with an identical candidate anywhere."""
-        op = self.slot.teacher_op if self.op == "keep" else canonical(self.op)
+        shares latency rows with an identical candidate anywhere; an op built from the teacher's
+        blocks (`teacher_bound`) signs with them, e.g. `es[ds_k3_relu6+ir_k3_e6_relu6]`."""
+        if self.op == "keep":
+            op = self.slot.teacher_op
+        else:
+            op = canonical(self.op)
+            if REGISTRY[decode(op).family].teacher_bound:
+                op = f"{op}[{self.slot.teacher_op}]"
         return signature(op, self.slot.in_shape, self.slot.out_shape, self.slot.stride)
 
     def build(self, teacher_block: nn.Module | None = None) -> nn.Module:

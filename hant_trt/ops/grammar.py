@@ -68,6 +68,7 @@ class Family:
     flags: frozenset = frozenset()
     validate: Callable | None = None
     doc: str = ""
+    teacher_bound: bool = False  # built from the teacher's blocks alone: its signature names them
 
 
 REGISTRY: dict[str, Family] = {}
@@ -76,7 +77,7 @@ _GENERIC = re.compile(r"(k|e|se|g)\d")
 
 
 def register_family(code: str, options=(), required=(), flags=(), validate: Callable | None = None,
-                    doc: str = ""):
+                    doc: str = "", teacher_bound: bool = False):
     """Decorator registering a family's build function under `code` — the only step to add one.
 
     code: the op strings' first token (lowercase alphanumeric). options: which of kernel, exp, se,
@@ -96,7 +97,7 @@ def register_family(code: str, options=(), required=(), flags=(), validate: Call
 
     def deco(fn):
         REGISTRY[code] = Family(code, fn, frozenset(options), frozenset(required), frozenset(flags),
-                                validate, doc or (fn.__doc__ or "").strip().split("\n")[0])
+                                validate, doc or (fn.__doc__ or "").strip().split("\n")[0], teacher_bound)
         return fn
 
     return deco

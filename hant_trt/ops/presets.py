@@ -47,7 +47,9 @@ def _span_ops(slot, expansions) -> list[str]:
     """Fused candidates of a span (one op replacing several blocks, the paper's kernel fusion):
     MBConvs at the span's kernel, from slim to wider than one block. They inherit the span's
     blocks merged into one (`ops.families.mbconv.span_source`), so e6 over two e6 blocks starts
-    as the most important half of both; ops that cannot inherit are not trained."""
+    as the most important half of both; ops that cannot inherit are not trained. `es`
+    (`ops.families.stride`) is left out: on Lite0's span 0-1 it distilled to a swap-one KL of 0.72
+    (docs/RESULTS.md, session 14), far above what its saving is worth to a search."""
     k = slot.kernel if slot.kernel in (3, 5, 7) else 3
     return [f"ir_k{k}_e{x}_{_a(slot)}" for x in expansions]
 

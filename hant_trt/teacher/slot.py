@@ -75,5 +75,5 @@ def merge(slots: list[Slot]) -> Slot:
         in_shape=first.in_shape, out_shape=last.out_shape,
         params=sum(s.params for s in slots), macs=sum(s.macs for s in slots),
         has_skip=first.in_shape == last.out_shape,
-        teacher_op="keep",
+        teacher_op="+".join(s.teacher_op for s in slots),
     )

@@ -1,3 +1,3 @@
 """Built-in op families; importing this package registers them."""
 
-from . import mbconv, resnet, simple  # noqa: F401
+from . import mbconv, resnet, simple, stride  # noqa: F401

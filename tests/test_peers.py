@@ -1,0 +1,39 @@
+"""The peers benchmark's arithmetic (benchmarks/peers.py): the paired top-1 difference and its
+bootstrap interval, and the headline read off the rows."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+_spec = importlib.util.spec_from_file_location("peers", Path(__file__).resolve().parents[1] / "benchmarks/peers.py")
+peers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(peers)
+
+
+def test_paired_delta_and_its_interval():
+    rng = np.random.default_rng(1)
+    teacher = rng.random(500) < 0.7
+    same = peers.paired_delta(teacher.copy(), teacher)
+    assert same == {"top1_delta": 0.0, "top1_delta_ci95": [0.0, 0.0]}   # same answers: no doubt at all
+    better = teacher.copy()
+    better[np.flatnonzero(~teacher)[:10]] = True                        # 10 more right of 500: +2 points
+    d = peers.paired_delta(better, teacher)
+    lo, hi = d["top1_delta_ci95"]
+    assert d["top1_delta"] == 2.0 and 0 < lo < 2.0 < hi
+    noisy = teacher.copy()                                              # 30 flips each way: 0 ± a point or more
+    noisy[np.flatnonzero(teacher)[:30]] = False
+    noisy[np.flatnonzero(~teacher)[:30]] = True
+    lo, hi = peers.paired_delta(noisy, teacher)["top1_delta_ci95"]
+    assert lo < -1.0 and hi > 1.0
+
+
+def test_headline_reads_the_fastest_student_within_a_point_and_its_interval():
+    rows = [{"model": "teacher fp32", "speedup": 1.0, "top1": 70.0},
+            {"model": "int8 PTQ (hant-trt)", "speedup": 2.2, "top1": 68.0},
+            {"model": "hant-trt int8x 1.20", "speedup": 2.5, "top1": 69.2, "top1_delta_ci95": [-2.4, 0.8]},
+            {"model": "hant-trt int8x 1.40", "speedup": 2.9, "top1": 68.4, "top1_delta_ci95": [-3.4, 0.2]}]
+    h = peers.headline(rows)
+    assert h["hant_trt_best_within_1pt"] == 2.5 and h["factor_vs_plain_int8"] == round(2.5 / 2.2, 3)
+    assert h["headline_delta_ci95"] == [-2.4, 0.8]
+    assert h["factor"] == 2.5           # within a point without training: only the fp32 teacher itself (1.0x)
