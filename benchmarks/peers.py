@@ -200,7 +200,13 @@ def main() -> None:
                     help="config override for the students' copies (repeatable)")
     ap.add_argument("--report-only", metavar="PEERS_JSON", default=None,
                     help="redo the headline, table and plot of an earlier peers.json (nothing measured)")
+    ap.add_argument("--recheck", metavar="PEERS_JSON", default=None,
+                    help="evaluate an earlier run's model files on holdout again and add each row's paired "
+                         "interval (speedups kept as measured)")
     a = ap.parse_args()
+    if a.recheck:
+        recheck(Path(a.recheck), a.holdout)
+        return
     if a.report_only:
         doc = json.loads(Path(a.report_only).read_text())
         report(doc["rows"], Path(a.out) if a.out else Path(a.report_only).parent, doc["cpu"], doc["holdout_images"])
@@ -294,6 +300,51 @@ def paired_delta(correct: np.ndarray, teacher_correct: np.ndarray, resamples: in
     means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(1) * 100
     lo, hi = np.percentile(means, [2.5, 97.5])
     return {"top1_delta": round(100 * float(d.mean()), 2), "top1_delta_ci95": [round(float(lo), 2), round(float(hi), 2)]}
+
+
+def model_file(folder: Path, name: str) -> Path | None:
+    """The ONNX a peers run wrote for row `name` (None for rows without one, e.g. OpenVINO's)."""
+    fixed = {"teacher fp32": "teacher.onnx", "int8 PTQ (hant-trt)": "teacher.int8.onnx",
+             "int8 PTQ (ORT quantize_static)": "teacher.ort_ptq.onnx"}
+    if name in fixed:
+        return folder / fixed[name]
+    if not name.startswith("hant-trt "):
+        return None
+    rest = name.removeprefix("hant-trt ")      # "[run ]2.80x" or "[run ]int8x 1.15" (build_student's folders)
+    if "int8x " in rest:
+        tag, value = rest.split("int8x ")
+        ask = f"i{value}"
+    else:
+        tag, _, value = rest.rpartition(" ")
+        ask = f"s{value.removesuffix('x')}"
+    return folder / "students" / tag.strip() / ask / "student" / "student.onnx"
+
+
+def recheck(peers_json: Path, holdout: str) -> None:
+    """Holdout top-1 of every model file of an earlier peers run again (it must equal the recorded
+    figure: the files are the ones measured), now with its paired interval against the teacher."""
+    from hant_trt.teacher.load import load_teacher
+
+    doc = json.loads(peers_json.read_text())
+    folder = peers_json.parent
+    tcfg = json.loads(next(folder.glob("students/**/run.json")).read_text())["config"]["teacher"]
+    teacher = load_teacher(tcfg["model"], tcfg.get("weights"), tcfg.get("resolution"))
+    batches = holdout_batches(holdout, teacher.data_config)
+    labels = np.concatenate([y for _, y in batches])
+    t_correct = onnx_logits(folder / "teacher.onnx", batches).argmax(1) == labels
+    for r in doc["rows"]:
+        f = model_file(folder, r["model"])
+        if f is None or not f.is_file():
+            print(f"{r['model']}: no model file, left as it was")
+            continue
+        correct = onnx_logits(f, batches).argmax(1) == labels
+        top1 = round(100 * float(correct.mean()), 2)
+        if abs(top1 - r["top1"]) > 1e-6:
+            raise SystemExit(f"{r['model']}: top-1 {top1} now, {r['top1']} recorded: not the same file or data")
+        r.update(paired_delta(correct, t_correct))
+        lo, hi = r["top1_delta_ci95"]
+        print(f"{r['model']:<34} {r['speedup']:>6.2f}x  top-1 {top1:5.1f} ({r['top1_delta']:+.1f}, 95 % [{lo:+.1f}, {hi:+.1f}])")
+    report(doc["rows"], folder, doc["cpu"], doc["holdout_images"])
 
 
 def headline(rows: list[dict]) -> dict:
