@@ -43,8 +43,7 @@ def main() -> None:
     from hant_trt.config import from_dict
     from hant_trt.data import FolderDataset, data_splits, eval_transform, scan_folder
     from hant_trt.student.assemble import Choice, assemble, load_deployed
-    from hant_trt.student.finetune import finetune
-    from hant_trt.student.stage import int8_plan
+    from hant_trt.student.stage import finetune_student, int8_plan
     from hant_trt.teacher.stage import load_from_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -64,12 +63,8 @@ def main() -> None:
     trainable = [control.parts[i] for i in replaced]
     splits = data_splits(cfg, teacher.data_config, train_resolution=cfg.distill.resolution)
     ckpt = run / "label_control_ckpt"
-    b = cfg.build
-    fp = json.dumps({"replaced": replaced, "build": vars(b)}, sort_keys=True, default=str)
-    # the build's fine-tune (`student.stage.finetune_student`), trained at the student's positions
-    info = finetune(control, teacher.model, splits.train, b.finetune_steps, b.batch_size, b.finetune_lr, ckpt,
-                    seed=cfg.distill.seed, fingerprint=fp, decomposition=d, boundaries=[c.last + 1 for c in choices],
-                    feature_weight=b.feature_weight, bn=b.bn, mixup=b.mixup, ce_weight=b.ce_weight, trainable=trainable)
+    fp = json.dumps({"replaced": replaced, "build": vars(cfg.build)}, sort_keys=True, default=str)
+    info = finetune_student(control, teacher.model, d, choices, splits.train, cfg, ckpt, fp, trainable=trainable)
     fixed = {f["part"]: f["precision"] for f in sol.get("fixed_parts") or []}
     deploy_train = data_splits(cfg, teacher.data_config, train_augment=False).train
     _, deployed, _ = int8_plan(control, choices, deploy_train, cfg, fixed, cache_dir=run / "calib")

@@ -41,16 +41,20 @@ def trainable_parts(student, ordered: list[Choice], which: str):
 
 
 def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set, cfg: RunConfig, ckpt_dir: Path,
-                     fingerprint: str, steps: int | None = None, lr: float | None = None, device="cpu") -> dict:
+                     fingerprint: str, steps: int | None = None, lr: float | None = None, device="cpu",
+                     trainable: list | None = None) -> dict:
     """The build's end-to-end fine-tune of an assembled student, every setting from `cfg.build`
-    (steps and lr overridable: benchmarks sweep them)."""
+    (steps and lr overridable: benchmarks sweep them; `trainable`: these modules instead of what
+    `build.train` names — benchmarks/label_control.py trains the teacher's blocks at a student's
+    positions)."""
     from .finetune import finetune
 
     b = cfg.build
     return finetune(student, teacher_model, train_set, b.finetune_steps if steps is None else steps, b.batch_size,
                     b.finetune_lr if lr is None else lr, ckpt_dir, seed=cfg.distill.seed, fingerprint=fingerprint,
                     decomposition=d, boundaries=[c.last + 1 for c in ordered], feature_weight=b.feature_weight,
-                    bn=b.bn, mixup=b.mixup, ce_weight=b.ce_weight, trainable=trainable_parts(student, ordered, b.train),
+                    bn=b.bn, mixup=b.mixup, ce_weight=b.ce_weight,
+                    trainable=trainable if trainable is not None else trainable_parts(student, ordered, b.train),
                     device=device)
 
 
