@@ -21,9 +21,12 @@ Runtime CPU:
   are timed in the same rounds; the teacher and its plain int8 come from the first.
 
 Each model's top-1 on the holdout folder and agreement with the teacher, its latency timed beside
-the teacher in `--rounds` alternating rounds (speedup = teacher / model per round, median). Prints
-the table, the Pareto front (speed vs top-1) and the headline: hant-trt's speedup over the best
-plain int8 among the models within 1 point of the teacher's top-1. Writes peers.json and peers.png.
+the teacher in `--rounds` rounds (each round times every model right after the teacher; speedup =
+teacher / model per round, median). Prints the table, the Pareto front (speed vs top-1) and the
+headline: hant-trt's speedup over the best plain int8 among the models within 1 point of the
+teacher's top-1, with the range of that factor over the rounds. Writes peers.json and peers.png.
+`--recheck PEERS_JSON` evaluates an earlier run's files again (adding top-1 intervals);
+`--retime PEERS_JSON` times them again, all in the same rounds.
 """
 
 from __future__ import annotations
@@ -172,12 +175,32 @@ def openvino_models(teacher_onnx: Path, calib: list[np.ndarray], work: Path) -> 
     return out
 
 
-def speedup_beside(teacher_prep, prep, backend, rounds: int, seconds: float) -> float:
-    """Median over `rounds` of teacher / model, each round timing the two back to back."""
+def speedups_beside(teacher_prep, preps: list, backend, rounds: int, seconds: float) -> list[list[float]]:
+    """Per prepared model, teacher / model in each of `rounds` rounds; every round times each model
+    right after the teacher, all models in the same round, so one round's ratios of two models
+    (a student over plain int8) saw the same state of the host."""
     from hant_trt.latency.paired import time_beside
 
-    return statistics.median(t / m for t, m in time_beside(backend, teacher_prep, [prep], rounds,
-                                                           max_seconds=seconds)[0])
+    pairs = time_beside(backend, teacher_prep, preps, rounds, max_seconds=seconds,
+                        on_round=lambda r: print(f"  timing round {r + 1}/{rounds}", flush=True))
+    return [[round(t / m, 4) for t, m in model] for model in pairs]
+
+
+def time_rows(rows: list[dict], files: dict[str, Path], teacher_onnx: Path, rounds: int, seconds: float,
+              threads: int | None) -> None:
+    """Every row with a model file timed beside the teacher, all in the same rounds: `speedup` (the
+    median over rounds) and `speedup_rounds` set in place."""
+    from hant_trt.latency.backends import get_backend
+
+    backend = get_backend("ort", threads=threads)
+    t_prep = backend.prepare(str(teacher_onnx))
+    names = [r["model"] for r in rows if r["model"] in files]
+    ratios = dict(zip(names, speedups_beside(t_prep, [backend.prepare(str(files[n])) for n in names], backend,
+                                             rounds, seconds)))
+    for r in rows:
+        if r["model"] in ratios:
+            r["speedup"] = round(statistics.median(ratios[r["model"]]), 3)
+            r["speedup_rounds"] = ratios[r["model"]]
 
 
 def main() -> None:
@@ -203,7 +226,13 @@ def main() -> None:
     ap.add_argument("--recheck", metavar="PEERS_JSON", default=None,
                     help="evaluate an earlier run's model files on holdout again and add each row's paired "
                          "interval (speedups kept as measured)")
+    ap.add_argument("--retime", metavar="PEERS_JSON", default=None,
+                    help="time every model file of an earlier run again, all in the same --rounds rounds "
+                         "(top-1 kept as measured); the speedups it replaces are kept as speedup_before")
     a = ap.parse_args()
+    if a.retime:
+        retime(Path(a.retime), a.rounds, a.seconds, a.threads)
+        return
     if a.recheck:
         recheck(Path(a.recheck), a.holdout)
         return
@@ -250,27 +279,28 @@ def main() -> None:
             details[name] = student_details(onnx.parent.parent)
     print(f"models ready in {time.time() - t0:.0f} s", flush=True)
 
-    backend = get_backend("ort", threads=a.threads)
-    t_prep = backend.prepare(str(models["teacher fp32"]))
     t_logits = onnx_logits(models["teacher fp32"], batches)
     rows = []
     for name, path in models.items():
         logits = t_logits if name == "teacher fp32" else onnx_logits(path, batches)
-        speed = 1.0 if name == "teacher fp32" else speedup_beside(t_prep, backend.prepare(str(path)), backend,
-                                                               a.rounds, a.seconds)
-        rows.append({"model": name, "speedup": round(speed, 3),
+        rows.append({"model": name, "speedup": 1.0,
                      "top1": round(100 * float((logits.argmax(1) == labels).mean()), 2),
                      "agreement": round(100 * float((logits.argmax(1) == t_logits.argmax(1)).mean()), 2),
                      **paired_delta(logits.argmax(1) == labels, t_logits.argmax(1) == labels),
                      **details.get(name, {})})
-        lo, hi = rows[-1]["top1_delta_ci95"]
-        print(f"{name:<34} {speed:>6.2f}x  top-1 {rows[-1]['top1']:5.1f} ({rows[-1]['top1_delta']:+.1f}, 95 % "
-              f"[{lo:+.1f}, {hi:+.1f}])  agreement {rows[-1]['agreement']:5.1f}"
-              + (f"  {details[name]['choices']}" if name in details else ""), flush=True)
+    time_rows(rows, {k: v for k, v in models.items() if k != "teacher fp32"}, models["teacher fp32"], a.rounds,
+              a.seconds, a.threads)
+    for r in rows:
+        lo, hi = r["top1_delta_ci95"]
+        print(f"{r['model']:<34} {r['speedup']:>6.2f}x  top-1 {r['top1']:5.1f} ({r['top1_delta']:+.1f}, 95 % "
+              f"[{lo:+.1f}, {hi:+.1f}])  agreement {r['agreement']:5.1f}"
+              + (f"  {details[r['model']]['choices']}" if r["model"] in details else ""), flush=True)
     ov_models = openvino_models(models["teacher fp32"], calib, out)
     if ov_models:
         import openvino as ov  # noqa: F401  (timed through its own compiled models)
 
+        backend = get_backend("ort", threads=a.threads)
+        t_prep = backend.prepare(str(models["teacher fp32"]))
         for name, compiled in ov_models.items():
             logits = np.concatenate([compiled(x[i:i + 1])[0] for x, _ in batches for i in range(x.shape[0])])
             x1 = batches[0][0][:1]
@@ -347,6 +377,37 @@ def recheck(peers_json: Path, holdout: str) -> None:
     report(doc["rows"], folder, doc["cpu"], doc["holdout_images"])
 
 
+def factor_range(student: dict, int8: dict) -> list[float] | None:
+    """[lowest, highest] over the timing rounds of student / plain int8, both taken from the same
+    round (None unless both rows carry `speedup_rounds` of one run): how far the headline factor
+    moved with the host from round to round."""
+    a, b = student.get("speedup_rounds"), int8.get("speedup_rounds")
+    if not a or not b or len(a) != len(b):
+        return None
+    per_round = [x / y for x, y in zip(a, b)]
+    return [round(min(per_round), 3), round(max(per_round), 3)]
+
+
+def retime(peers_json: Path, rounds: int, seconds: float, threads: int | None) -> None:
+    """The speedups of an earlier peers run measured again, every model file in the same rounds: on a
+    host whose timings drift ±7 % between runs, more rounds of the finished models tighten the
+    headline without rebuilding anything."""
+    doc = json.loads(peers_json.read_text())
+    folder = peers_json.parent
+    files = {r["model"]: model_file(folder, r["model"]) for r in doc["rows"] if r["model"] != "teacher fp32"}
+    files = {k: f for k, f in files.items() if f is not None and f.is_file()}
+    for r in doc["rows"]:
+        if r["model"] in files:
+            r.setdefault("speedup_before", r["speedup"])
+        elif r["model"] != "teacher fp32":
+            print(f"{r['model']}: no model file, its speedup left as it was")
+    time_rows(doc["rows"], files, folder / "teacher.onnx", rounds, seconds, threads)
+    for r in doc["rows"]:
+        if r["model"] in files:
+            print(f"{r['model']:<34} {r['speedup']:>6.2f}x (was {r['speedup_before']:.2f}x)  top-1 {r['top1']:5.1f}")
+    report(doc["rows"], folder, doc["cpu"], doc["holdout_images"])
+
+
 def headline(rows: list[dict]) -> dict:
     """The issue's figure: hant-trt's fastest model within 1 point of the teacher over the fastest
     plain int8 of the whole teacher (whatever its accuracy); and, stricter, over the fastest model
@@ -358,9 +419,11 @@ def headline(rows: list[dict]) -> dict:
     int8 = max((r["speedup"] for r in rows if r["model"].startswith("int8 PTQ")), default=None)
     ptq = max((r["speedup"] for r in near if not r["model"].startswith("hant-trt ")), default=None)
     best = next((r for r in near if r["model"].startswith("hant-trt ") and r["speedup"] == ours), {})
+    fastest_int8 = next((r for r in rows if r["model"].startswith("int8 PTQ") and r["speedup"] == int8), {})
     return {"teacher_top1": t, "hant_trt_best_within_1pt": ours, "plain_int8_best": int8,
             "headline_delta_ci95": best.get("top1_delta_ci95"),
             "factor_vs_plain_int8": round(ours / int8, 3) if ours and int8 else None,
+            "factor_vs_plain_int8_rounds": factor_range(best, fastest_int8),
             "no_training_best_within_1pt": ptq,
             "factor": round(ours / ptq, 3) if ours and ptq else None}
 
@@ -375,10 +438,12 @@ def report(rows: list[dict], out: Path, cpu: str, n_images: int) -> None:
     doc = {"cpu": cpu, "holdout_images": n_images, "rows": rows, "headline": h}
     (out / "peers.json").write_text(json.dumps(doc, indent=1))
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for r in rows:
+    for i, r in enumerate(sorted(rows, key=lambda r: r["speedup"])):
         ours = r["model"].startswith("hant-trt ")
         ax.plot(r["speedup"], r["top1"], "o" if ours else "s", color="tab:blue" if ours else "gray")
-        ax.annotate(r["model"], (r["speedup"], r["top1"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        # neighbours in speed often sit at one top-1: labels alternate above and below their points
+        ax.annotate(r["model"], (r["speedup"], r["top1"]), fontsize=7, xytext=(4, 3 if i % 2 else -9),
+                    textcoords="offset points")
     ax.axhline(h["teacher_top1"] - 1.0, color="tab:red", lw=0.8, ls="--", label="teacher − 1 point")
     ax.set_xlabel(f"speedup over the fp32 teacher (ONNX Runtime, {cpu[:40]})")
     ax.set_ylabel(f"holdout top-1 (%), {n_images} images")
@@ -390,6 +455,10 @@ def report(rows: list[dict], out: Path, cpu: str, n_images: int) -> None:
     if h["factor_vs_plain_int8"]:
         print(f"headline: hant-trt's fastest within 1 point of the teacher {h['hant_trt_best_within_1pt']:.2f}x = "
               f"{h['factor_vs_plain_int8']:.2f}x plain int8's speed ({h['plain_int8_best']:.2f}x, any accuracy)")
+        if h.get("factor_vs_plain_int8_rounds"):
+            lo, hi = h["factor_vs_plain_int8_rounds"]
+            print(f"          that factor in each timing round (student and int8 timed in the same round): "
+                  f"{lo:.2f}x to {hi:.2f}x")
         if h.get("headline_delta_ci95"):
             lo, hi = h["headline_delta_ci95"]
             print(f"          that student's top-1 minus the teacher's: 95 % paired-bootstrap interval "

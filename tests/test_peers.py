@@ -37,3 +37,39 @@ def test_headline_reads_the_fastest_student_within_a_point_and_its_interval():
     assert h["hant_trt_best_within_1pt"] == 2.5 and h["factor_vs_plain_int8"] == round(2.5 / 2.2, 3)
     assert h["headline_delta_ci95"] == [-2.4, 0.8]
     assert h["factor"] == 2.5           # within a point without training: only the fp32 teacher itself (1.0x)
+
+
+def test_headline_factor_range_pairs_the_rounds():
+    rows = [{"model": "teacher fp32", "speedup": 1.0, "top1": 70.0},
+            {"model": "int8 PTQ (hant-trt)", "speedup": 2.0, "top1": 68.0, "speedup_rounds": [2.0, 1.8, 2.2]},
+            {"model": "int8 PTQ (ORT quantize_static)", "speedup": 1.9, "top1": 68.0, "speedup_rounds": [1.9, 1.9, 1.9]},
+            {"model": "hant-trt int8x 1.30", "speedup": 2.6, "top1": 69.5, "speedup_rounds": [2.6, 2.7, 2.2]}]
+    h = peers.headline(rows)
+    assert h["factor_vs_plain_int8"] == 1.3
+    # per round against the fastest int8 row (ours): 1.3, 1.5, 1.0 — not the ratio of the medians
+    assert h["factor_vs_plain_int8_rounds"] == [1.0, 1.5]
+    rows[1].pop("speedup_rounds")
+    assert peers.headline(rows)["factor_vs_plain_int8_rounds"] is None      # rounds of one run only
+
+
+def test_time_rows_times_every_model_in_the_same_rounds(tmp_path, monkeypatch):
+    """time_rows on a fake backend whose latencies are fixed: the speedups are the exact ratios and
+    each round saw every model once, each right after the teacher."""
+    seen = []
+
+    class FakeBackend:
+        def prepare(self, path):
+            return path
+
+        def time(self, prep, max_seconds=None):
+            seen.append(Path(prep).name)
+            return type("T", (), {"median_s": {"t.onnx": 4e-3, "a.onnx": 2e-3, "b.onnx": 1e-3}[Path(prep).name]})()
+
+    import hant_trt.latency.backends as backends
+    monkeypatch.setattr(backends, "get_backend", lambda name, threads=None: FakeBackend())
+    rows = [{"model": "teacher fp32", "speedup": 1.0}, {"model": "A", "speedup": 9.0}, {"model": "B", "speedup": 9.0},
+            {"model": "C", "speedup": 7.0}]
+    peers.time_rows(rows, {"A": tmp_path / "a.onnx", "B": tmp_path / "b.onnx"}, tmp_path / "t.onnx", 3, 0.1, None)
+    assert [r["speedup"] for r in rows] == [1.0, 2.0, 4.0, 7.0]
+    assert rows[1]["speedup_rounds"] == [2.0, 2.0, 2.0] and "speedup_rounds" not in rows[3]
+    assert seen == ["t.onnx", "a.onnx", "t.onnx", "b.onnx"] * 3
