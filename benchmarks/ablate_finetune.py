@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_lite0 import Bench  # noqa: E402
 
 from hant_trt.student.assemble import Choice  # noqa: E402
-from hant_trt.student.finetune import agreement, eval_objective, finetune  # noqa: E402
+from hant_trt.student.finetune import agreement, eval_objective, finetune, finetune_rejected  # noqa: E402
 from hant_trt.student.stage import recalibrate, trainable_parts  # noqa: E402
 from hant_trt.data import data_splits  # noqa: E402
 from hant_trt.rundir import RunDir  # noqa: E402
@@ -108,7 +108,7 @@ def main() -> None:
                  trainable=trainable(m, choices, v["train"]))
         recalibrate(m, choices, b.bn_batches, v["recal"])
         r = b.evaluate(m)
-        worse = eval_objective(r, b.cfg.build.ce_weight) > eval_objective(assembled, b.cfg.build.ce_weight)
+        worse = finetune_rejected(assembled, r, b.cfg.build.ce_weight)
         print(f"{name:<16} eval objective {eval_objective(r, b.cfg.build.ce_weight):.3f} "
               f"(assembled {eval_objective(assembled, b.cfg.build.ce_weight):.3f}{'; keep_best would ship the assembled weights' if worse else ''})")
         print(f"{name:<16} agreement {r['agreement']:.1f}%  KL {r['kl']:.3f}  top-1 {r.get('student_top1', float('nan')):.1f} "

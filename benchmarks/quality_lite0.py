@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 
 from hant_trt import atomic
 from hant_trt.student.assemble import Choice, StudentSpec, assemble, load_student, replaced_parts, save_student
-from hant_trt.student.finetune import agreement, eval_objective, recalibrate_bn
+from hant_trt.student.finetune import agreement, finetune_rejected, recalibrate_bn
 from hant_trt.training import eval_batches
 from hant_trt.student.stage import finetune_student
 from hant_trt.config import from_dict
@@ -182,7 +182,7 @@ class Bench:
         if self.keep_best and assembled is not None:
             after = self.evaluate(model)
             info["kl_finetuned"] = after["kl"]
-            if eval_objective(after, self.cfg.build.ce_weight) > eval_objective(assembled, self.cfg.build.ce_weight):
+            if finetune_rejected(assembled, after, self.cfg.build.ce_weight):
                 model.load_state_dict(start)
                 info["kept"] = "assembled"
         return info

@@ -206,3 +206,15 @@ def test_eval_objective_weighs_labels_when_there_are_some():
     before, after = {"kl": 0.20, "ce": 1.60}, {"kl": 0.22, "ce": 1.40}
     assert eval_objective(after, 0.5) < eval_objective(before, 0.5)     # kept: top-1 traded for KL
     assert eval_objective(after, 0.0) > eval_objective(before, 0.0)
+
+
+def test_keep_best_rejects_a_finetune_only_when_objective_and_top1_both_say_worse():
+    from hant_trt.student.finetune import finetune_rejected
+
+    before = {"kl": 0.269, "ce": 2.036, "student_top1": 65.0}
+    confident = {"kl": 0.421, "ce": 2.194, "student_top1": 71.0}     # measured: objective up, top-1 up
+    assert not finetune_rejected(before, confident, 2.0)
+    assert finetune_rejected(before, dict(confident, student_top1=65.0), 2.0)   # no top-1 gained: reverted
+    assert not finetune_rejected(before, {"kl": 0.2, "ce": 1.9, "student_top1": 60.0}, 2.0)  # objective better
+    unlabelled_before, unlabelled_after = {"kl": 0.2}, {"kl": 0.3}
+    assert finetune_rejected(unlabelled_before, unlabelled_after, 2.0)   # without labels, KL alone decides

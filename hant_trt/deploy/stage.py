@@ -29,7 +29,7 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
     from torch.utils.data import DataLoader
 
     from ..data import data_splits
-    from ..student.finetune import agreement, eval_objective
+    from ..student.finetune import agreement, finetune_rejected
     from ..teacher.stage import load_from_config
     from ..training import eval_batches, resolve_device
     from .deploy import deploy
@@ -58,12 +58,13 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
                               fp, device=resolve_device(cfg.distill.device))
     recalibrate(student, ordered, bn_batches, cfg.build.bn_recalibrate)
     after = agreement(student, teacher.model, eval_loader)
-    if keep_check and eval_objective(after, cfg.build.ce_weight) > eval_objective(before, cfg.build.ce_weight):
+    if keep_check and finetune_rejected(before, after, cfg.build.ce_weight):
         # with few images a fine-tune can move a good assembly away from the teacher: measured on
         # the eval split, the assembled weights are kept then
         student.load_state_dict(assembled)
-        after = dict(before)
         ft["kept"] = "assembled"
+        ft["rejected_eval"] = after      # what the discarded fine-tune scored: the decision stays readable
+        after = dict(before)
     calib, deployed, notes = int8_plan(student, choices, deploy_train, cfg, fixed, cache_dir=run.root / "calib")
     if calib is not None:
         notes["agreement_fp32"] = after
