@@ -112,6 +112,7 @@ class SearchCfg:
                                     #   parts' losses but has nothing to train in a dropped block
     max_skips_per_stage: int | None = None  # N: at most N dropped blocks (`skip`) per stage of the
                                     #   teacher; dropped blocks of one stage compound (None: no limit)
+    exclude: list[str] | None = None  # candidates never chosen, SLOTS:OP: "14-15:*", "12:skip", "*:ir_k3_e1_*"
 
 
 @dataclass
@@ -258,6 +259,12 @@ def _metrics() -> tuple:
     return METRICS + tuple(_ALIASES)
 
 
+def _exclude_text(v: list) -> str | None:
+    from .search.limits import exclude_problem
+
+    return next((msg for msg in map(exclude_problem, v) if msg), None)
+
+
 def _count_rule() -> Rule:
     # "0.5x" / "3.5M" or a plain number: the syntax is checked by the same parser the search uses
     return Rule("count", optional=True, check=_count_text)
@@ -297,7 +304,8 @@ RULES: dict[str, dict[str, Rule]] = {
                "max_params": _count_rule(), "max_macs": _count_rule(),
                "latency_model": Rule(str, choices=("scale", "offset")), "calibrate_rounds": Rule(int, lo=0),
                "refine_sweeps": Rule(int, lo=0), "interactions": Rule(str, choices=("none", "skip")),
-               "skip_weight": Rule(float, **POSITIVE), "max_skips_per_stage": Rule(int, lo=0, optional=True)},
+               "skip_weight": Rule(float, **POSITIVE), "max_skips_per_stage": Rule(int, lo=0, optional=True),
+               "exclude": Rule("strs", optional=True, check=_exclude_text)},
     "build": {"finetune_steps": Rule(int, lo=0), "finetune_lr": Rule(float, **POSITIVE),
               "batch_size": Rule(int, lo=1), "feature_weight": Rule(float, lo=0),
               "bn": Rule(str, choices=("frozen", "train")),

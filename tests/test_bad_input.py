@@ -83,6 +83,8 @@ CONFIG_CASES = [
     ('[search]\ninteractions = "all"\n', "search.interactions"),
     ('[search]\nmax_params = "lots"\n', "cannot read the params limit"),
     ("[search]\nskip_weight = 0\n", "search.skip_weight"),
+    ('[search]\nexclude = ["14-15"]\n', "'14-15' is not SLOTS:OP"),
+    ('[search]\nexclude = ["15-14:*"]\n', "ends before it starts"),
     ('[build]\ntrain = "everything"\n', "expected one of replaced, all"),
     ('[build]\nbn_recalibrate = "some"\n', "build.bn_recalibrate"),
     ("[build]\nfinetune_steps = -1\n", "build.finetune_steps"),
@@ -127,6 +129,7 @@ SET_CASES = [
     ("distill.nosuch=1", "unknown config key 'distill.nosuch'"),
     ("distill.steps", "expects section.key=value"),
     ("search.budget=speedup=0.5", "slower than the teacher"),
+    ('search.exclude=["*-3:skip"]', "takes no range"),
 ]
 
 

@@ -517,3 +517,23 @@ def test_at_most_one_skip_per_stage_moves_the_second_skip():
     ops = [o.op for o in solve(p).choices]
     assert ops.count("skip") == 2 and ops[:2].count("skip") == 1 and ops[2:].count("skip") == 1
     assert skips_per_stage(opts, stages, 2) == []           # a limit no stage can exceed: no group
+
+
+def test_exclude_takes_the_named_candidates_out_of_the_selection():
+    """search.exclude: a span's candidates (all ops) or one op of a slot never chosen; the teacher's
+    own block stays whatever the pattern says; the ILP then picks the next best."""
+    from hant_trt.search.limits import exclude_problem, excluded
+
+    opts = [Option(0, 0, "keep", "fp32", 0.0, {D1: 1.0}), Option(1, 1, "keep", "fp32", 0.0, {D1: 1.0}),
+            Option(0, 1, "ir_k5_e8", "int8", -0.1, {D1: 0.5}), Option(0, 0, "skip", "fp32", -0.5, {D1: 0.0}),
+            Option(1, 1, "skip", "fp32", -0.6, {D1: 0.0}), Option(1, 1, "ir_k3_e1", "fp32", -0.9, {D1: 0.3})]
+    p = Problem(2, opts, {D1: 1.2}, {D1: 0.0})
+    assert [(o.first, o.last, o.op) for o in solve(p).choices] == [(0, 1, "ir_k5_e8")]
+    assert [o.op for o in excluded(opts, ["0-1:*"])] == ["ir_k5_e8"]
+    assert [o.op for o in excluded(opts, ["*:*"])] == ["ir_k5_e8", "skip", "skip", "ir_k3_e1"]   # never `keep`
+    assert [o.op for o in excluded(opts, ["1:ir_*", "0:skip"])] == ["skip", "ir_k3_e1"]
+    assert excluded(opts, ["0:*"]) == [opts[3]]          # "0" is the slot alone, not spans starting there
+    out = {o.key for o in excluded(opts, ["0-1:*"])}
+    p.options = [o for o in opts if o.key not in out]
+    assert [(o.first, o.op) for o in solve(p).choices] == [(0, "skip"), (1, "keep")]
+    assert exclude_problem("14-15:*") is None and "SLOTS:OP" in exclude_problem("skip")

@@ -1,4 +1,5 @@
-"""Limits on how many blocks a selection may drop: dropped blocks of one stage compound.
+"""Limits on what a selection may hold: how many blocks it may drop (dropped blocks of one stage
+compound), and which candidates it may not choose at all (`search.exclude`).
 
 Two `skip`s in one stage of Lite0 cost ≈ 50 % more KL than their swap-one scores add up to, while
 skips in different stages add (docs/RESULTS.md, "Why a tight budget hurts"); the ILP's objective is
@@ -7,7 +8,9 @@ turns that into a constraint: at most n skips among the slots of each stage of t
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import re
 from pathlib import Path
 
 from .ilp import Option
@@ -37,4 +40,37 @@ def skips_per_stage(options: list[Option], stages: list[str], most: int) -> list
         keys = tuple(sorted(groups[name]))
         if len({k[0] for k in keys}) > most:
             out.append((keys, most))
+    return out
+
+
+_EXCLUDE = re.compile(r"^(\*|\d+)(?:-(\d+))?:(\S+)$")
+
+
+def exclude_problem(pattern: str) -> str | None:
+    """Why `pattern` is not a `search.exclude` entry, or None. An entry is SLOTS:OP — SLOTS a slot
+    ("14"), a span ("14-15", exactly those slots) or "*" (any); OP a name or a glob ("skip",
+    "ir_k5_*", "*")."""
+    m = _EXCLUDE.match(pattern.strip())
+    if not m:
+        return f"'{pattern}' is not SLOTS:OP (e.g. '14-15:*', '12:skip', '*:ir_k3_e1_*')"
+    if m.group(1) == "*" and m.group(2) is not None:
+        return f"'{pattern}': '*' stands for any slot and takes no range"
+    if m.group(2) is not None and int(m.group(2)) < int(m.group(1)):
+        return f"'{pattern}': the span ends before it starts"
+    return None
+
+
+def excluded(options: list[Option], patterns: list[str]) -> list[Option]:
+    """The options matching any of `patterns` (see exclude_problem). The teacher's own block (`keep`)
+    is never excluded: every slot keeps a choice."""
+    out = []
+    for o in options:
+        if o.op == "keep":
+            continue
+        for pat in patterns:
+            first, last, op = _EXCLUDE.match(pat.strip()).groups()
+            where = first == "*" or (o.first == int(first) and o.last == int(last if last is not None else first))
+            if where and fnmatch.fnmatchcase(o.op, op):
+                out.append(o)
+                break
     return out

@@ -12,13 +12,13 @@ from ..rundir import RunDir, file_hash, stage_fingerprint
 from ..runfiles import (FIXED_SCORES, INTERACTIONS, LATENCY, LATENCY_FIXED, PARETO_JSON, PARETO_PNG, SCORES,
                         SOLUTION, TEACHER)
 from .ilp import Problem, Solution, solve
-from .limits import read_stages, skips_per_stage
+from .limits import excluded, read_stages, skips_per_stage
 from .sweep import pareto_sweep, plot_pareto
 from .tables import Tables, build_problem, canonical_metric, load_tables, read_n_slots, select_devices
 
 INPUTS = (SCORES, LATENCY, LATENCY_FIXED, TEACHER)
 _OMITTED_AT_DEFAULT = {"calibrate_rounds": 0, "refine_sweeps": 0, "skip_weight": 1.0, "interactions": "none",
-                       "max_skips_per_stage": None}
+                       "max_skips_per_stage": None, "exclude": None}
 
 
 def search_fingerprint(run: RunDir, cfg) -> str:
@@ -101,6 +101,9 @@ def pose(run: RunDir, cfg) -> Posed:
         if metric != "kl":
             raise UserError("search.interactions = \"skip\" measures pairs in KL: set search.metric = \"kl\"")
         problem.pairs = skip_pair_terms(run.root, cfg, tables, n_slots)
+    if getattr(c, "exclude", None):
+        out = {o.key for o in excluded(problem.options, c.exclude)}
+        problem.options = [o for o in problem.options if o.key not in out]
     if getattr(c, "max_skips_per_stage", None) is not None:
         problem.at_most = skips_per_stage(problem.options, read_stages(run.root / TEACHER), c.max_skips_per_stage)
     return Posed(problem, tables, metric, devices)
