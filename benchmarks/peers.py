@@ -181,8 +181,13 @@ def speedups_beside(teacher_prep, preps: list, backend, rounds: int, seconds: fl
     (a student over plain int8) saw the same state of the host."""
     from hant_trt.latency.paired import time_beside
 
-    pairs = time_beside(backend, teacher_prep, preps, rounds, max_seconds=seconds,
-                        on_round=lambda r: print(f"  timing round {r + 1}/{rounds}", flush=True))
+    t0 = time.time()
+
+    def shown(r: int) -> None:
+        left = (time.time() - t0) / (r + 1) * (rounds - r - 1)
+        print(f"  timing round {r + 1}/{rounds}, ETA {left:.0f} s", flush=True)
+
+    pairs = time_beside(backend, teacher_prep, preps, rounds, max_seconds=seconds, on_round=shown)
     return [[round(t / m, 4) for t, m in model] for model in pairs]
 
 
@@ -296,9 +301,7 @@ def main() -> None:
               f"[{lo:+.1f}, {hi:+.1f}])  agreement {r['agreement']:5.1f}"
               + (f"  {details[r['model']]['choices']}" if r["model"] in details else ""), flush=True)
     ov_models = openvino_models(models["teacher fp32"], calib, out)
-    if ov_models:
-        import openvino as ov  # noqa: F401  (timed through its own compiled models)
-
+    if ov_models:      # timed through their own compiled models, beside the teacher on ORT
         backend = get_backend("ort", threads=a.threads)
         t_prep = backend.prepare(str(models["teacher fp32"]))
         for name, compiled in ov_models.items():
