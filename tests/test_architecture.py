@@ -28,6 +28,7 @@ LATENCY_TOOLKIT = ("hant_trt.latency.export", "hant_trt.latency.precision", "han
 ALLOWED = {
     ("hant_trt.config", "hant_trt.search.budget"): "a budget is checked at load by the parser the search uses",
     ("hant_trt.config", "hant_trt.search.tables"): "metric names are checked at load against the search's",
+    ("hant_trt.config", "hant_trt.search.limits"): "search.exclude patterns are checked at load by the search's parser",
     ("hant_trt.latency.backends.tensorrt", "hant_trt.deploy.metadata"):
         "a TensorRT plan is checked against the metadata the build wrote beside it",
     ("hant_trt.search.refine", "hant_trt.distill.pool"): "refinement composes phase 1's distilled candidates",
