@@ -63,14 +63,9 @@ def exclude_problem(pattern: str) -> str | None:
 def excluded(options: list[Option], patterns: list[str]) -> list[Option]:
     """The options matching any of `patterns` (see exclude_problem). The teacher's own block (`keep`)
     is never excluded: every slot keeps a choice."""
-    out = []
-    for o in options:
-        if o.op == "keep":
-            continue
-        for pat in patterns:
-            first, last, op = _EXCLUDE.match(pat.strip()).groups()
-            where = first == "*" or (o.first == int(first) and o.last == int(last if last is not None else first))
-            if where and fnmatch.fnmatchcase(o.op, op):
-                out.append(o)
-                break
-    return out
+    rules = []          # (first, last) or None for any slot, op glob
+    for pat in patterns:
+        first, last, op = _EXCLUDE.match(pat.strip()).groups()
+        rules.append((None if first == "*" else (int(first), int(last or first)), op))
+    return [o for o in options if o.op != "keep"
+            and any(where in (None, (o.first, o.last)) and fnmatch.fnmatchcase(o.op, op) for where, op in rules)]
