@@ -130,6 +130,10 @@ class BuildCfg:
                                     #   0.5) measured +4 / +1.4 holdout points on Lite0 / Lite1 students at
                                     #   the price of agreement with the teacher (docs/RESULTS.md, session 14);
                                     #   0: a student that imitates the teacher only
+    qat: bool = False               # fine-tune through the int8 parts' roundings (straight-through), ranges
+                                    #   calibrated on the assembled student; recalibrated after
+    ema: float = 0.0                # fine-tune: decay of a moving average of the trained weights that
+                                    #   replaces them at the end (0: off; e.g. 0.995)
     keep_best: bool = True          # keep the assembled weights when fine-tuning raised the eval split's
                                     #   KL + ce_weight × CE (KL alone when unlabelled)
     engine_name: str | None = None
@@ -311,7 +315,8 @@ RULES: dict[str, dict[str, Rule]] = {
               "bn": Rule(str, choices=("frozen", "train")),
               "bn_recalibrate": Rule(str, choices=("none", "replaced", "all")), "bn_images": Rule(int, lo=1),
               "mixup": Rule(float, lo=0), "train": Rule(str, choices=("replaced", "all")),
-              "ce_weight": Rule(float, lo=0), "keep_best": Rule(bool), "engine_name": Rule(str, optional=True)},
+              "ce_weight": Rule(float, lo=0),
+              "ema": Rule(float, lo=0, hi=1, open_hi=True), "qat": Rule(bool), "keep_best": Rule(bool), "engine_name": Rule(str, optional=True)},
 }
 
 

@@ -1,5 +1,6 @@
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from hant_trt.student.assemble import Choice, StudentSpec, assemble, load_student, save_student
 from hant_trt.student.finetune import finetune, kd_loss, recalibrate_bn
@@ -41,6 +42,24 @@ def test_verify_onnx_fp32_passes_and_detects_mismatch(tmp_path):
         m[4].bias += 1.0
     bad = verify_onnx(m, path, xs)
     assert not bad.passed and bad.max_abs_diff > 0.5
+
+
+def test_kd_loss_mixes_the_labels_of_a_mixed_batch():
+    from hant_trt.student.finetune import mix_batch
+
+    torch.manual_seed(0)
+    s, t = torch.randn(4, 6), torch.randn(4, 6)
+    y = torch.tensor([0, 3, 5, -1])
+    x, perm, lam = mix_batch(torch.randn(4, 3, 2, 2), 1.0, seed=3)
+    assert x.shape == (4, 3, 2, 2) and torch.all((lam > 0) & (lam < 1))
+    kl = kd_loss(s, t)
+    ok = (y >= 0) & (y[perm] >= 0)          # an unlabelled image counts for neither side of a mix
+    ce = lam * F.cross_entropy(s, y.clamp(min=0), reduction="none") \
+        + (1 - lam) * F.cross_entropy(s, y[perm].clamp(min=0), reduction="none")
+    got = kd_loss(s, t, y, ce_weight=2.0, mixed=(perm, lam))
+    assert torch.allclose(got, kl + 2.0 * ce[ok].mean())
+    same = kd_loss(s, t, y, ce_weight=2.0, mixed=(torch.arange(4), torch.ones(4)))
+    assert torch.allclose(same, kd_loss(s, t, y, ce_weight=2.0))     # lam 1: the plain label term
 
 
 def test_kd_loss_zero_for_identical_logits():
@@ -134,6 +153,50 @@ def test_feature_finetune_with_frozen_bn_and_mixup(tmp_path):
     assert torch.equal(student.parts[0][1].running_mean, bn_before)  # BN frozen
     with pytest.raises(ValueError, match="boundaries"):
         finetune(student, teacher, data, 1, 8, 1e-2, tmp_path / "g", decomposition=d, boundaries=[2])
+
+
+def test_finetune_ema_replaces_the_weights_and_resumes_after_a_kill(tmp_path, monkeypatch):
+    """`build.ema`: the averaged weights are what the fine-tune leaves, and a fine-tune killed
+    between checkpoints resumes to the same average as an uninterrupted one."""
+    import copy
+
+    import hant_trt.student.finetune as ft
+
+    d, teacher, student = _chain()
+    data = [(torch.randn(3, 12, 12), i % 5) for i in range(16)]
+    kw = dict(decomposition=d, boundaries=[1, 2], trainable=[student.parts[1]], checkpoint_every=4)
+
+    def run(name, ema, s=None):
+        s = s or copy.deepcopy(student)
+        ft.finetune(s, teacher, data, 10, 8, 1e-2, tmp_path / name, fingerprint="f",
+                    **{**kw, "trainable": [s.parts[1]]}, ema=ema)
+        return s.parts[1][0].weight.detach().clone()
+
+    plain, averaged = run("plain", 0.0), run("ema", 0.9)
+    assert not torch.allclose(plain, averaged)
+
+    real = ft.progress
+
+    class Killed(Exception):
+        pass
+
+    def dying(total, start, desc):
+        bar = real(total, start, desc)
+        calls = [start]
+
+        def update(n):
+            calls[0] += n
+            if calls[0] == 7:           # after the checkpoint at step 4, before the next
+                raise Killed
+        bar.update = update
+        return bar
+
+    killed = copy.deepcopy(student)
+    monkeypatch.setattr(ft, "progress", dying)
+    with pytest.raises(Killed):
+        run("killed", 0.9, killed)
+    monkeypatch.setattr(ft, "progress", real)
+    assert torch.allclose(run("killed", 0.9, killed), averaged, atol=1e-6)
 
 
 def test_recalibrate_bn_only_in_the_given_parts():

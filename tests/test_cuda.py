@@ -19,10 +19,12 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 # modules whose tensors live where the training or scoring runs; every tensor factory there names a
 # device, except the listed CPU-side ones (seeded batches and labels made before `.to(device)`)
 DEVICE_PATHS = ["hant_trt/ops/refit.py", "hant_trt/distill/train.py", "hant_trt/distill/graphed.py",
-                "hant_trt/teacher/capture.py", "hant_trt/distill/score.py", "hant_trt/student/finetune.py", "hant_trt/training.py"]
+                "hant_trt/teacher/capture.py", "hant_trt/distill/score.py", "hant_trt/student/finetune.py", "hant_trt/training.py",
+                "hant_trt/quant/qat.py"]
 FACTORIES = {"eye", "zeros", "ones", "full", "empty", "arange", "randn", "rand", "randint", "tensor", "linspace"}
 CPU_SIDE = {("hant_trt/training.py", "step_items"), ("hant_trt/training.py", "labelled_batch_for_step"),
-            ("hant_trt/student/finetune.py", "mix_batch")}
+            ("hant_trt/student/finetune.py", "mix_batch"),
+            ("hant_trt/quant/qat.py", "_symmetric")}     # a 0-dim scale: CPU scalars mix with CUDA tensors
 
 
 def _factory_calls_without_device(path: Path):

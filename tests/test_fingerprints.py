@@ -71,3 +71,13 @@ def test_stage_fingerprint_is_one_flat_object(tmp_path):
         == fingerprint({"s": 1, "up": "f", "inputs": {"a.csv": "73cb3858a687a849", "b": ""}})
     with pytest.raises(ValueError, match="both"):
         stage_fingerprint({"teacher": 1}, upstream={"teacher": "f"})
+
+
+def test_build_options_left_out_at_their_default_still_count_when_set(tmp_path):
+    """`build.ema` is omitted from the hash at 0 (saved runs stay done) and changes it otherwise."""
+    cfg = RunConfig()
+    run = RunDir(tmp_path / "run")
+    run.set_stage("search", "done", "s")
+    plain = build_fingerprint(run, cfg)
+    cfg.build.ema = 0.998
+    assert build_fingerprint(run, cfg) != plain

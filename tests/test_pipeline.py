@@ -108,6 +108,11 @@ engine_name = "e2e"
     g = onnx.load(str(run / "student" / "student.onnx")).graph
     nq = sum(n.op_type == "QuantizeLinear" for n in g.node)
     assert 0 < nq < sum(n.op_type == "Conv" for n in g.node)
+    # build.qat: the fine-tune runs through that part's roundings; the deployed student verifies
+    r = run_cli("build", str(run), "--engines-dir", str(tmp_path / "engines"), "--set", "build.qat=true", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ft = json.loads((run / "student" / "spec.json").read_text())["notes"]["finetune"]
+    assert ft["qat_sites"] > 0 and json.loads((run / "build.json").read_text())["verify"]["passed"]
     # a GPU-style plan (fp16 base + int8 choices): the teacher and fixed parts timed at fp16, the
     # final ONNX in fp16 outside the int8/fp32 parts, verified; ORT CPU runs it (slowly)
     # budget: the teacher's own latency, always reachable (fp16 and TensorRT-layout int8 are both slow

@@ -3,6 +3,7 @@ metadata → Triton repository → measured speed and agreement next to the teac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -12,11 +13,18 @@ from ..config import RunConfig
 from ..rundir import RunDir, stage_fingerprint
 from ..runfiles import BUILD, CANDIDATES, INT8_CALIB, SOLUTION, STUDENT
 from ..student.assemble import Choice, StudentSpec, assemble, save_student
-from ..student.stage import finetune_student, int8_plan, recalibrate, trained_modules
+from ..student.stage import finetune_student, int8_calibration, int8_plan, recalibrate, trained_modules
+
+
+_OMITTED_AT_DEFAULT = {"ema": 0.0, "qat": False}
 
 
 def build_fingerprint(run: RunDir, cfg: RunConfig) -> str:
-    return stage_fingerprint({"build": cfg.build, "backend": cfg.profile.backend, "batch": cfg.profile.batch},
+    build = dataclasses.asdict(cfg.build)
+    for opt, default in _OMITTED_AT_DEFAULT.items():    # saved runs' fingerprints stay valid
+        if build.get(opt) == default:
+            build.pop(opt)
+    return stage_fingerprint({"build": build, "backend": cfg.profile.backend, "batch": cfg.profile.batch},
                              upstream={"search": run.stage("search").fingerprint})
 
 
@@ -54,8 +62,13 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
     keep_check = cfg.build.keep_best and cfg.build.finetune_steps > 0
     assembled = {k: v.detach().clone() for k, v in student.state_dict().items()} if keep_check else None
     if cfg.build.finetune_steps > 0:
+        # build.qat: ranges of the assembled student, which its fine-tune learns to round with
+        qat = int8_calibration(student, choices, deploy_train, cfg, fixed, cache_dir=run.root / "calib") \
+            if cfg.build.qat else None
         ft = finetune_student(student, teacher.model, d, ordered, splits.train, cfg, run.root / STUDENT / "ckpt",
-                              fp, device=resolve_device(cfg.distill.device))
+                              fp, device=resolve_device(cfg.distill.device), int8_calib=qat)
+        if qat is not None:
+            ft["qat_sites"] = len(qat.amax)
     recalibrate(student, ordered, bn_batches, cfg.build.bn_recalibrate)
     after = agreement(student, teacher.model, eval_loader)
     if keep_check and finetune_rejected(before, after, cfg.build.ce_weight):

@@ -115,6 +115,19 @@ def _bn_remainder(bn: nn.BatchNorm2d) -> nn.Module:
     return nn.Sequential(OrderedDict(parts))
 
 
+def batchnorm_pairs(module: nn.Module) -> list[tuple[str, str]]:
+    """The (conv path, BatchNorm path) pairs `fold_batchnorm` folds in `module` (left untouched)."""
+    pairs = _foldable_pairs_fx(module)
+    if pairs is None:
+        pairs = _foldable_pairs_order(module)
+    out = []
+    for conv_path, bn_path in pairs:
+        conv, bn = module.get_submodule(conv_path), module.get_submodule(bn_path)
+        if bn.running_mean is not None and bn.running_var is not None and conv.out_channels == bn.num_features:
+            out.append((conv_path, bn_path))
+    return out
+
+
 def fold_batchnorm(module: nn.Module) -> nn.Module:
     """A deep copy of `module` in eval mode with every Conv2d → BatchNorm2d pair folded.
 
@@ -126,13 +139,8 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     same up to float rounding. BNs without running statistics are left alone.
     """
     m = copy.deepcopy(module).eval()
-    pairs = _foldable_pairs_fx(m)
-    if pairs is None:
-        pairs = _foldable_pairs_order(m)
-    for conv_path, bn_path in pairs:
+    for conv_path, bn_path in batchnorm_pairs(m):
         conv, bn = m.get_submodule(conv_path), m.get_submodule(bn_path)
-        if bn.running_mean is None or bn.running_var is None or conv.out_channels != bn.num_features:
-            continue
         _fold_into(conv, bn)
         _set_submodule(m, bn_path, _bn_remainder(bn))
     return m

@@ -28,26 +28,37 @@ from ..teacher.capture import capture, normalised_mse
 from ..training import adamw, autocast_of, estimate_bn, labelled_batch_for_step, lr_at, set_train_mode
 
 
-def kd_loss(student_logits, teacher_logits, labels=None, temperature: float = 1.0, ce_weight: float = 0.5):
-    """KL(teacher || student) at `temperature`, plus weighted CE on labelled samples (label >= 0)."""
+def kd_loss(student_logits, teacher_logits, labels=None, temperature: float = 1.0, ce_weight: float = 0.5,
+            mixed: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """KL(teacher || student) at `temperature`, plus weighted CE on labelled samples (label >= 0).
+    mixed: (perm, lam) of a mixed batch (`mix_batch`): each image's CE is lam × CE(its label) +
+    (1 − lam) × CE(the label of the image mixed in), on images where both are labelled."""
     t = temperature
     loss = F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
                     log_target=True, reduction="batchmean") * t * t
-    if labels is not None and (labels >= 0).any():
-        mask = labels >= 0
-        loss = loss + ce_weight * F.cross_entropy(student_logits[mask], labels[mask])
+    if labels is None:
+        return loss
+    mask = labels >= 0
+    if mixed is not None:
+        perm, lam = mixed
+        mask = mask & (labels[perm] >= 0)
+    if mask.any():
+        ce = F.cross_entropy(student_logits, labels.clamp(min=0), reduction="none")
+        if mixed is not None:
+            ce = lam * ce + (1 - lam) * F.cross_entropy(student_logits, labels[perm].clamp(min=0), reduction="none")
+        loss = loss + ce_weight * ce[mask].mean()
     return loss
 
 
-def mix_batch(x: torch.Tensor, alpha: float, seed: int) -> torch.Tensor:
-    """x mixed with a seeded permutation of itself, one Beta(alpha, alpha) weight per image (drawn
-    as a ratio of seeded gammas, so a resumed fine-tune sees the same batches)."""
+def mix_batch(x: torch.Tensor, alpha: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x mixed with a seeded permutation of itself, perm, lam): one Beta(alpha, alpha) weight per
+    image (drawn as a ratio of seeded gammas, so a resumed fine-tune sees the same batches)."""
     g = torch.Generator().manual_seed(seed)
     a = torch._standard_gamma(torch.full((x.shape[0],), float(alpha)), generator=g)
     b = torch._standard_gamma(torch.full((x.shape[0],), float(alpha)), generator=g)
-    lam = (a / (a + b)).view(-1, 1, 1, 1)
+    lam = a / (a + b)
     perm = torch.randperm(x.shape[0], generator=g)
-    return lam * x + (1 - lam) * x[perm]
+    return lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[perm], perm, lam
 
 
 def student_features(student: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -64,7 +75,8 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
              ckpt_dir: Path, seed: int = 0, fingerprint: str = "", warmup: int = 5,
              checkpoint_every: int = 25, decomposition=None, boundaries: list[int] | None = None,
              feature_weight: float = 1.0, bn: str = "frozen", mixup: float = 0.0, ce_weight: float = 0.5,
-             trainable: list[nn.Module] | None = None, device: str | torch.device = "cpu") -> dict:
+             trainable: list[nn.Module] | None = None, ema: float = 0.0,
+             device: str | torch.device = "cpu") -> dict:
     """Fine-tune `student` in place; resumes from `ckpt_dir` when it holds the same fingerprint.
 
     decomposition + boundaries: the teacher's Decomposition and, per student part, the index of the
@@ -72,9 +84,14 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
     loss adds feature_weight × mean normalised MSE over the boundaries. bn: "frozen" or "train".
     mixup: alpha of a Beta(alpha, alpha) mix of each batch with a shuffled copy of itself (0: off).
     Teacher and student see the same mixed image ("function matching"): every step shows new
-    inputs, which is what a few hundred images lack; labels are not used on mixed batches.
-    ce_weight: weight of the label cross-entropy (labelled, unmixed batches). trainable: only these
+    inputs, which is what a few hundred images lack; the label term mixes both images' labels
+    by the same weight.
+    ce_weight: weight of the label cross-entropy (on labelled images). trainable: only these
     modules' parameters are trained (e.g. the replaced parts; None: the whole student).
+    ema: decay of an exponential moving average of the trained weights, which replace them at the
+    end (0: off); the decay ramps up as (1 + step) / (10 + step) so early steps do not dominate.
+    Averaging the last few hundred steps' weights is what keeps a student from fitting the last
+    batches of a few hundred images.
     device: where to train; on CUDA in mixed precision (bf16 autocast, or fp16 with gradient scaling
     on GPUs without bf16). Student
     and teacher are back on the CPU when it returns.
@@ -103,6 +120,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
         ckpt_dir = Path(ckpt_dir)
         state_p = ckpt_dir / "state.json"
         start = 0
+        resumed_ema = None
         if state_p.exists():
             st = json.loads(state_p.read_text())
             if st.get("fingerprint") == fingerprint:
@@ -112,14 +130,23 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
                 if scaler.is_enabled() and blob.get("scaler"):
                     scaler.load_state_dict(blob["scaler"])
                 start = st["step"]
+                resumed_ema = blob.get("ema")
+        averaged = None
+        if ema > 0:
+            averaged = [p.detach().clone() for p in params.values()]
+            if start and resumed_ema is not None:
+                for a, v in zip(averaged, resumed_ema):
+                    a.copy_(v)
         t0 = time.time()
         bar = progress(steps, start, "fine-tune")
         losses = []
         set_train_mode(student, bn)
         for step in range(start, steps):
             x, y = labelled_batch_for_step(train_set, step, batch_size, seed)
+            mixed = None
             if mixup > 0:
-                x, y = mix_batch(x, mixup, seed * 1_000_003 + step), None
+                x, perm, lam = mix_batch(x, mixup, seed * 1_000_003 + step)
+                mixed = (perm.to(dev), lam.to(dev))
             x = x.to(dev, non_blocking=True)
             y = y.to(dev) if y is not None else None
             for pg in opt.param_groups:
@@ -129,28 +156,39 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
                     acts, t_logits = capture(decomposition, x)
                     feats, logits = student_features(student, x)
                     f_loss = sum(normalised_mse(f.float(), acts[b].float()) for f, b in zip(feats, boundaries)) / len(feats)
-                    loss = kd_loss(logits.float(), t_logits.float(), y, ce_weight=ce_weight) + feature_weight * f_loss
+                    loss = (kd_loss(logits.float(), t_logits.float(), y, ce_weight=ce_weight, mixed=mixed)
+                            + feature_weight * f_loss)
                 else:
                     with torch.no_grad():
                         t_logits = teacher(x)
-                    loss = kd_loss(student(x).float(), t_logits.float(), y, ce_weight=ce_weight)
+                    loss = kd_loss(student(x).float(), t_logits.float(), y, ce_weight=ce_weight,
+                                   mixed=mixed)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             opt.zero_grad(set_to_none=True)
+            if averaged is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(averaged, [p.detach() for p in params.values()],
+                                         1.0 - min(ema, (1 + step) / (10 + step)))
             losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
             done = step + 1
             if done % checkpoint_every == 0 or done == steps:
                 blob = {"model": student.state_dict(), "opt": opt.state_dict(),
-                        "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+                        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                        "ema": averaged}
                 atomic.write_with(ckpt_dir / f"ft.s{done:07d}.pt", lambda tmp, b=blob: torch.save(b, tmp))
                 atomic.write_json(state_p, {"step": done, "fingerprint": fingerprint})
                 for f in ckpt_dir.glob("ft.s*.pt"):
                     if not f.name.endswith(f".s{done:07d}.pt"):
                         f.unlink(missing_ok=True)
         bar.close()
+        if averaged is not None:
+            with torch.no_grad():
+                for p, a in zip(params.values(), averaged):
+                    p.copy_(a)
     finally:        # a failed fine-tune leaves nothing frozen or on the GPU
         for p in frozen:
             p.requires_grad_(True)

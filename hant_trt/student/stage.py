@@ -42,20 +42,49 @@ def trainable_parts(student, ordered: list[Choice], which: str):
 
 def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set, cfg: RunConfig, ckpt_dir: Path,
                      fingerprint: str, steps: int | None = None, lr: float | None = None, device="cpu",
-                     trainable: list | None = None) -> dict:
+                     trainable: list | None = None, int8_calib=None) -> dict:
     """The build's end-to-end fine-tune of an assembled student, every setting from `cfg.build`
     (steps and lr overridable: benchmarks sweep them; `trainable`: these modules instead of what
     `build.train` names — benchmarks/label_control.py trains the teacher's blocks at a student's
-    positions)."""
+    positions). int8_calib: the int8 parts' ranges (`int8_calibration`) to train through their
+    roundings (`build.qat`; `quant/qat.py`), taken off again when it returns."""
+    from ..quant.qat import attach
     from .finetune import finetune
 
+    from ..errors import UserError
+
     b = cfg.build
-    return finetune(student, teacher_model, train_set, b.finetune_steps if steps is None else steps, b.batch_size,
-                    b.finetune_lr if lr is None else lr, ckpt_dir, seed=cfg.distill.seed, fingerprint=fingerprint,
-                    decomposition=d, boundaries=[c.last + 1 for c in ordered], feature_weight=b.feature_weight,
-                    bn=b.bn, mixup=b.mixup, ce_weight=b.ce_weight,
-                    trainable=trainable if trainable is not None else trainable_parts(student, ordered, b.train),
-                    device=device)
+    if int8_calib is not None and b.bn != "frozen":
+        raise UserError("build.qat needs build.bn = \"frozen\": the int8 roundings are those of BatchNorm "
+                        "folded with its running statistics")
+    attached = attach(student, int8_calib) if int8_calib is not None else None
+    try:
+        return finetune(student, teacher_model, train_set, b.finetune_steps if steps is None else steps, b.batch_size,
+                        b.finetune_lr if lr is None else lr, ckpt_dir, seed=cfg.distill.seed, fingerprint=fingerprint,
+                        decomposition=d, boundaries=[c.last + 1 for c in ordered], feature_weight=b.feature_weight,
+                        bn=b.bn, mixup=b.mixup, ce_weight=b.ce_weight, ema=b.ema,
+                        trainable=trainable if trainable is not None else trainable_parts(student, ordered, b.train),
+                        device=device)
+    finally:
+        if attached is not None:
+            attached.remove()
+
+
+def int8_calibration(student, choices: list[Choice], calib_set, cfg: RunConfig, fixed: dict | None = None,
+                     cache_dir: Path | None = None):
+    """The CalibResult of the parts chosen at int8 (and of an int8 stem / head), or None."""
+    from ..quant.layouts import layout_for
+    from ..quant.parts import int8_fixed, int8_parts
+    from ..quant.plan import calibrate_parts
+    from ..training import eval_batches
+
+    parts = int8_parts(choices)
+    fixed = int8_fixed(fixed or {})
+    if not parts and not fixed:
+        return None
+    batches = eval_batches(calib_set, cfg.profile.calib_images, cfg.build.batch_size)
+    return calibrate_parts(student, parts, batches, cfg.profile.calib_method, layout=layout_for(cfg.profile),
+                           fixed=fixed, cache_dir=cache_dir)
 
 
 def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig, fixed: dict | None = None,
@@ -63,19 +92,14 @@ def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig, fixed: 
     """(CalibResult, simulated student, notes) for the parts chosen at int8 — slots, and the stem /
     head when `fixed` ({"stem": precision, ...}, solution.json's fixed_parts) says int8;
     (None, student, {}) when there are none. cache_dir: the calibration cache folder."""
-    from ..quant.layouts import layout_for
     from ..quant.parts import int8_fixed, int8_parts
-    from ..quant.plan import calibrate_parts, simulate_int8
-    from ..training import eval_batches
+    from ..quant.plan import simulate_int8
 
-    parts = int8_parts(choices)
-    fixed = int8_fixed(fixed or {})
-    if not parts and not fixed:
+    calib = int8_calibration(student, choices, calib_set, cfg, fixed, cache_dir)
+    if calib is None:
         return None, student, {}
-    batches = eval_batches(calib_set, cfg.profile.calib_images, cfg.build.batch_size)
-    calib = calibrate_parts(student, parts, batches, cfg.profile.calib_method, layout=layout_for(cfg.profile),
-                            fixed=fixed, cache_dir=cache_dir)
-    return calib, simulate_int8(student, parts, calib), {"int8_parts": parts, "int8_fixed": list(fixed),
+    parts = int8_parts(choices)
+    return calib, simulate_int8(student, parts, calib), {"int8_parts": parts, "int8_fixed": list(int8_fixed(fixed or {})),
                                                          "calib_method": calib.method,
                                                          "int8_layout": calib.extra["layout"],
                                                          "calib_images": cfg.profile.calib_images}

@@ -1,0 +1,180 @@
+"""Int8-aware fine-tune (`build.qat`): the student trains through the roundings its int8 parts
+will run, with straight-through gradients (the rounding's value forward, the identity backward),
+so the fine-tune also absorbs the error plain post-training int8 leaves.
+
+The roundings are the layout's own, put on the *unfolded* student (BatchNorm frozen, so it trains
+as it exports):
+- weights: per output channel, symmetric int8 (`fakequant.quantize_weight`). Folding a BatchNorm
+  scales each output channel by one factor, and a per-channel scale follows it, so rounding the
+  unfolded weight rounds the folded one to the same steps;
+- "trt": every calibrated layer's input, symmetric int8;
+- "ort" / "ort-qadd": a site's input (unless it reads another site's quantized output), its
+  output after the BatchNorm (before a fused ReLU/Clip, which the range [0, h] already applies)
+  and, with integer Adds, a residual block's input — the sites planned on the student's own export
+  (`qdq_ort.plan_of_module`), as `fake_quantize_ort` simulates them.
+- "ort" / "ort-qadd": the int32 bias at s_x·s_w, as the folded bias rounds to it (a constant per
+  channel while the weights and BatchNorm stay put; recomputed each step as the weights train).
+
+`attach` returns a handle whose `remove()` leaves the plain float student: hooks gone, weights the
+trained float values (the deploy then calibrates and quantizes them as always).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .calibrate import QUANT_LAYERS, CalibResult, int8_scale
+from .fakequant import quantize_dequantize, quantize_weight, weight_scale
+
+
+def straight_through(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """q forward, x's gradient backward."""
+    return x + (q - x).detach()
+
+
+class RoundedWeight(nn.Module):
+    """Parametrization: the weight as int8 per output channel rounds it, straight through."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return straight_through(w, quantize_weight(w, per_channel=True))
+
+
+class _STE:
+    """A forward (pre-)hook applying `rounding` straight through to a layer's input or output."""
+
+    def __init__(self, rounding, output: bool):
+        self.rounding, self.output = rounding, output
+
+    def __call__(self, _layer, inputs, out=None):
+        if self.output:
+            return straight_through(out, self.rounding(out))
+        return (straight_through(inputs[0], self.rounding(inputs[0])), *inputs[1:])
+
+
+class _BiasStep:
+    """q(b) − b for the bias of a conv folded with its BatchNorm, rounded to int32 at s_x·s_w as
+    `fake_quantize_ort` rounds it: what the int8 engine adds that the float layers do not."""
+
+    def __init__(self, conv: nn.Module, bn: nn.Module | None, s_x: float):
+        self.conv, self.bn, self.s_x = conv, bn, float(s_x)
+
+    @torch.no_grad()
+    def __call__(self, like: torch.Tensor) -> torch.Tensor:
+        w = self.conv.weight.float()
+        n = w.shape[0]
+        b = self.conv.bias.float() if self.conv.bias is not None else torch.zeros(n, device=w.device)
+        if self.bn is not None:
+            bn = self.bn
+            gamma = bn.weight.float() if bn.weight is not None else torch.ones(n, device=w.device)
+            beta = bn.bias.float() if bn.bias is not None else torch.zeros(n, device=w.device)
+            k = gamma / torch.sqrt(bn.running_var.float() + bn.eps)
+            w, b = w * k.reshape(-1, *([1] * (w.dim() - 1))), (b - bn.running_mean.float()) * k + beta
+        step = (self.s_x * weight_scale(w).double()).float().double()
+        bq = torch.clamp(torch.round(b.double() / step), -2**31, 2**31 - 1) * step
+        shape = (1, -1) + (1,) * (like.dim() - 2)
+        return (bq - b.double()).to(like.dtype).reshape(shape)
+
+
+class _OutputSTE:
+    """A conv's exported output point: its bias step added, then the uint8 rounding, straight
+    through; as a pre-hook (on a fused activation's input) or a forward hook."""
+
+    def __init__(self, rounding, bias_step: _BiasStep | None, pre: bool):
+        self.rounding, self.bias_step, self.pre = rounding, bias_step, pre
+
+    def _apply(self, y: torch.Tensor) -> torch.Tensor:
+        if self.bias_step is not None:
+            y = y + self.bias_step(y)
+        return straight_through(y, self.rounding(y))
+
+    def __call__(self, _layer, inputs, out=None):
+        if self.pre:
+            return (self._apply(inputs[0]), *inputs[1:])
+        return self._apply(out)
+
+
+def _symmetric(amax: float):
+    scale = torch.tensor(int8_scale(amax), dtype=torch.float32)
+    return lambda x: quantize_dequantize(x, scale)
+
+
+def _affine(lo: float, hi: float):
+    from .qdq_ort import AffineQuantizer
+
+    return AffineQuantizer(lo, hi, output=False).apply
+
+
+@dataclass
+class Attached:
+    """What `attach` put on a student; `remove()` takes it off."""
+
+    hooks: list = field(default_factory=list)
+    weights: list[nn.Module] = field(default_factory=list)
+    sites: int = 0
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        for layer in self.weights:
+            if parametrize.is_parametrized(layer, "weight"):
+                parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
+        self.hooks, self.weights = [], []
+
+
+def _output_point(student: nn.Module, path: str, bn_of: dict[str, str]):
+    """(module, is_pre_hook) where a conv's output is as exported: after its BatchNorm, before
+    the activation timm's BatchNormAct2d runs inside it."""
+    if path not in bn_of:
+        return student.get_submodule(path), False
+    bn = student.get_submodule(bn_of[path])
+    act = getattr(bn, "act", None)
+    if isinstance(act, nn.Module):
+        return act, True
+    return bn, False
+
+
+def attach(student: nn.Module, calib: CalibResult) -> Attached:
+    """Straight-through int8 roundings on the layers `calib` has ranges for (paths in `student`),
+    in the layout the ranges were calibrated for (`calib.extra["layout"]`)."""
+    from ..latency.export import batchnorm_pairs
+    from .layouts import layout_of_calib
+
+    layout = layout_of_calib(calib)
+    done = Attached()
+    if not calib.amax:
+        return done
+    layers = {p: student.get_submodule(p) for p in calib.amax}
+    for p, layer in layers.items():
+        if not isinstance(layer, QUANT_LAYERS):
+            raise ValueError(f"{p} is a {type(layer).__name__}, not a Conv2d/Linear")
+    if layout.name == "trt":
+        for p, layer in layers.items():
+            done.hooks.append(layer.register_forward_pre_hook(_STE(_symmetric(calib.amax[p]), output=False)))
+        done.sites = len(layers)
+    else:
+        from .qdq_ort import plan_of_module, u8_params
+
+        # planned on the float student's export, before anything is attached: the plan fake_quantize_ort follows
+        sites, adds = plan_of_module(student, tuple(calib.extra["input_shape"]), calib, only_calibrated=True,
+                                     integer_adds=layout.name == "ort-qadd")
+        bn_of = dict(batchnorm_pairs(student))
+        for add in adds:
+            done.hooks.append(student.get_submodule(add.scope).register_forward_pre_hook(
+                _STE(_affine(*add.range), output=False)))
+        for site in sites:
+            layer = student.get_submodule(site.path)
+            if site.input_site is None:
+                done.hooks.append(layer.register_forward_pre_hook(_STE(_affine(*site.in_range), output=False)))
+            where, pre = _output_point(student, site.path, bn_of)
+            bn = student.get_submodule(bn_of[site.path]) if site.path in bn_of else None
+            hook = _OutputSTE(_affine(*site.out_range), _BiasStep(layer, bn, u8_params(*site.in_range)[0]), pre)
+            done.hooks.append(where.register_forward_pre_hook(hook) if pre else where.register_forward_hook(hook))
+        done.sites = len(sites)
+    for layer in layers.values():
+        parametrize.register_parametrization(layer, "weight", RoundedWeight())
+        done.weights.append(layer)
+    return done

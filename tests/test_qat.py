@@ -1,0 +1,57 @@
+"""Int8-aware fine-tune (`build.qat`): the roundings attached to the unfolded student compute what
+the layout's simulation (and so the exported Q/DQ ONNX) computes, let gradients through, and come
+off leaving the float student."""
+
+import pytest
+import torch
+
+from hant_trt.quant.layouts import LAYOUTS
+from hant_trt.quant.parts import int8_parts
+from hant_trt.quant.plan import calibrate_parts, simulate_int8
+from hant_trt.quant.qat import attach
+from hant_trt.student.assemble import Choice, assemble
+from hant_trt.student.finetune import student_features
+
+RES = 96
+
+
+def _features(student, x):
+    with torch.no_grad():
+        feats, logits = student_features(student, x)
+    return feats, logits
+
+
+@pytest.mark.parametrize("layout", ["trt", "ort", "ort-qadd"])
+@pytest.mark.parametrize("where", ["parts", "head"])
+def test_attached_roundings_compute_the_simulated_int8_student(lite0, tmp_path, layout, where):
+    from hant_trt.teacher.decompose import decompose
+
+    d = decompose(lite0.model, RES)
+    int8 = (1, 2) if where == "parts" else ()
+    choices = [Choice(i, i, "keep", "int8" if i in int8 else "fp32") for i in range(len(d.slots))]
+    student = assemble(d, choices).eval()
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.rand(4, 3, RES, RES, generator=gen) for _ in range(2)]
+    calib = calibrate_parts(student, int8_parts(choices), batches, "max", cache_dir=tmp_path / "calib",
+                            layout=LAYOUTS[layout], fixed=("head",) if where == "head" else ())
+    x = torch.rand(2, 3, RES, RES, generator=gen)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    fp32, fp32_logits = _features(student, x)
+    sim, sim_logits = _features(simulate_int8(student, int8_parts(choices), calib), x)
+    handle = attach(student, calib)
+    assert handle.sites >= len(calib.amax) - 1      # every calibrated layer (a reused input counts once)
+    got, got_logits = _features(student, x)
+    # compared right behind the rounded layers: further on, the rare value that lands on a rounding
+    # boundary in one and not the other (BN folded or not: float order) spreads through later layers
+    a, b, c = (fp32[2], sim[2], got[2]) if where == "parts" else (fp32_logits, sim_logits, got_logits)
+    quant_effect, gap = (a - b).abs().mean(), (c - b).abs().mean()
+    assert quant_effect > 1e-3 and gap < 0.01 * quant_effect, (float(gap), float(quant_effect))
+    out = student(x)
+    out.sum().backward()
+    layer = student.get_submodule(max(calib.amax))         # parts.2.conv_pwl / the head's classifier
+    w = layer.parametrizations.weight.original
+    assert w.grad is not None and w.grad.abs().sum() > 0      # straight through the roundings
+    handle.remove()
+    state = student.state_dict()
+    assert state.keys() == before.keys() and all(torch.equal(state[k], v) for k, v in before.items())
+    assert torch.equal(_features(student, x)[1], fp32_logits)
