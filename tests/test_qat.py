@@ -55,3 +55,18 @@ def test_attached_roundings_compute_the_simulated_int8_student(lite0, tmp_path, 
     state = student.state_dict()
     assert state.keys() == before.keys() and all(torch.equal(state[k], v) for k, v in before.items())
     assert torch.equal(_features(student, x)[1], fp32_logits)
+
+
+def test_straight_through_stops_where_the_rounding_clamps():
+    """A conv's output rounded with its fused ReLU6's range is that ReLU6: no gradient outside it."""
+    from hant_trt.quant.qat import _affine, straight_through
+
+    x = torch.tensor([-1.0, 0.5, 3.0, 7.0], requires_grad=True)
+    rounding = _affine(0.0, 6.0)
+    y = rounding(x)
+    assert torch.allclose(y.detach(), torch.tensor([0.0, 0.5, 3.0, 6.0]), atol=6 / 255)
+    y.sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]
+    z = torch.tensor([0.3], requires_grad=True)
+    straight_through(z, torch.round(z)).sum().backward()      # weights: no range, all through
+    assert z.grad.tolist() == [1.0]

@@ -31,9 +31,14 @@ from .calibrate import QUANT_LAYERS, CalibResult, int8_scale
 from .fakequant import quantize_dequantize, quantize_weight, weight_scale
 
 
-def straight_through(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """q forward, x's gradient backward."""
-    return x + (q - x).detach()
+def straight_through(x: torch.Tensor, q: torch.Tensor, lo: float | None = None, hi: float | None = None) -> torch.Tensor:
+    """q forward; backward x's gradient, where x lies inside [lo, hi] when given (the values the
+    rounding clamps get none: a conv's output rounded with a fused ReLU6's range [0, 6] is that
+    ReLU6, and its gradient must stop where the activation's does)."""
+    if lo is None:
+        return x + (q - x).detach()
+    inside = ((x >= lo) & (x <= hi)).to(x.dtype)
+    return q.detach() + (x - x.detach()) * inside
 
 
 class RoundedWeight(nn.Module):
@@ -43,16 +48,24 @@ class RoundedWeight(nn.Module):
         return straight_through(w, quantize_weight(w, per_channel=True))
 
 
+class _Rounding:
+    """An activation rounding and the real range [lo, hi] it represents (clamped outside)."""
+
+    def __init__(self, fn, lo: float, hi: float):
+        self.fn, self.lo, self.hi = fn, float(lo), float(hi)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return straight_through(x, self.fn(x), self.lo, self.hi)
+
+
 class _STE:
-    """A forward (pre-)hook applying `rounding` straight through to a layer's input or output."""
+    """A forward pre-hook applying a `_Rounding` to a layer's input."""
 
-    def __init__(self, rounding, output: bool):
-        self.rounding, self.output = rounding, output
+    def __init__(self, rounding: _Rounding):
+        self.rounding = rounding
 
-    def __call__(self, _layer, inputs, out=None):
-        if self.output:
-            return straight_through(out, self.rounding(out))
-        return (straight_through(inputs[0], self.rounding(inputs[0])), *inputs[1:])
+    def __call__(self, _layer, inputs):
+        return (self.rounding(inputs[0]), *inputs[1:])
 
 
 class _BiasStep:
@@ -83,13 +96,13 @@ class _OutputSTE:
     """A conv's exported output point: its bias step added, then the uint8 rounding, straight
     through; as a pre-hook (on a fused activation's input) or a forward hook."""
 
-    def __init__(self, rounding, bias_step: _BiasStep | None, pre: bool):
+    def __init__(self, rounding: _Rounding, bias_step: _BiasStep | None, pre: bool):
         self.rounding, self.bias_step, self.pre = rounding, bias_step, pre
 
     def _apply(self, y: torch.Tensor) -> torch.Tensor:
         if self.bias_step is not None:
             y = y + self.bias_step(y)
-        return straight_through(y, self.rounding(y))
+        return self.rounding(y)
 
     def __call__(self, _layer, inputs, out=None):
         if self.pre:
@@ -97,15 +110,18 @@ class _OutputSTE:
         return self._apply(out)
 
 
-def _symmetric(amax: float):
-    scale = torch.tensor(int8_scale(amax), dtype=torch.float32)
-    return lambda x: quantize_dequantize(x, scale)
+def _symmetric(amax: float) -> _Rounding:
+    step = int8_scale(amax)
+    scale = torch.tensor(step, dtype=torch.float32)
+    return _Rounding(lambda x: quantize_dequantize(x, scale), -128 * step, 127 * step)
 
 
-def _affine(lo: float, hi: float):
-    from .qdq_ort import AffineQuantizer
+def _affine(lo: float, hi: float) -> _Rounding:
+    from .qdq_ort import AffineQuantizer, U8_MAX
 
-    return AffineQuantizer(lo, hi, output=False).apply
+    q = AffineQuantizer(lo, hi, output=False)
+    step = float(q.scale)
+    return _Rounding(q.apply, -q.zp * step, (U8_MAX - q.zp) * step)
 
 
 @dataclass
@@ -153,7 +169,7 @@ def attach(student: nn.Module, calib: CalibResult) -> Attached:
             raise ValueError(f"{p} is a {type(layer).__name__}, not a Conv2d/Linear")
     if layout.name == "trt":
         for p, layer in layers.items():
-            done.hooks.append(layer.register_forward_pre_hook(_STE(_symmetric(calib.amax[p]), output=False)))
+            done.hooks.append(layer.register_forward_pre_hook(_STE(_symmetric(calib.amax[p]))))
         done.sites = len(layers)
     else:
         from .qdq_ort import plan_of_module, u8_params
@@ -164,11 +180,11 @@ def attach(student: nn.Module, calib: CalibResult) -> Attached:
         bn_of = dict(batchnorm_pairs(student))
         for add in adds:
             done.hooks.append(student.get_submodule(add.scope).register_forward_pre_hook(
-                _STE(_affine(*add.range), output=False)))
+                _STE(_affine(*add.range))))
         for site in sites:
             layer = student.get_submodule(site.path)
             if site.input_site is None:
-                done.hooks.append(layer.register_forward_pre_hook(_STE(_affine(*site.in_range), output=False)))
+                done.hooks.append(layer.register_forward_pre_hook(_STE(_affine(*site.in_range))))
             where, pre = _output_point(student, site.path, bn_of)
             bn = student.get_submodule(bn_of[site.path]) if site.path in bn_of else None
             hook = _OutputSTE(_affine(*site.out_range), _BiasStep(layer, bn, u8_params(*site.in_range)[0]), pre)
