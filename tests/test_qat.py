@@ -45,7 +45,14 @@ def test_attached_roundings_compute_the_simulated_int8_student(lite0, tmp_path, 
     # boundary in one and not the other (BN folded or not: float order) spreads through later layers
     a, b, c = (fp32[2], sim[2], got[2]) if where == "parts" else (fp32_logits, sim_logits, got_logits)
     quant_effect, gap = (a - b).abs().mean(), (c - b).abs().mean()
-    assert quant_effect > 1e-3 and gap < 0.01 * quant_effect, (float(gap), float(quant_effect))
+    allowed = 0.01 * quant_effect
+    if where == "head" and layout != "trt":
+        # the logits' own uint8 rounding is the deploy's alone (quant/qat.py): up to half a step each
+        from hant_trt.quant.qdq_ort import u8_params
+
+        classifier = max(calib.amax)
+        allowed = allowed + u8_params(calib.out_lo[classifier], calib.out_hi[classifier])[0] / 2
+    assert quant_effect > 1e-3 and gap < allowed, (float(gap), float(quant_effect))
     out = student(x)
     out.sum().backward()
     layer = student.get_submodule(max(calib.amax))         # parts.2.conv_pwl / the head's classifier

@@ -11,7 +11,8 @@ as it exports):
 - "ort" / "ort-qadd": a site's input (unless it reads another site's quantized output), its
   output after the BatchNorm (before a fused ReLU/Clip, which the range [0, h] already applies)
   and, with integer Adds, a residual block's input — the sites planned on the student's own export
-  (`qdq_ort.plan_of_module`), as `fake_quantize_ort` simulates them.
+  (`qdq_ort.plan_of_module`), as `fake_quantize_ort` simulates them; all but the logits' output
+  rounding (below).
 - "ort" / "ort-qadd": the int32 bias at s_x·s_w, as the folded bias rounds to it (a constant per
   channel while the weights and BatchNorm stay put; recomputed each step as the weights train).
 
@@ -178,6 +179,7 @@ def attach(student: nn.Module, calib: CalibResult) -> Attached:
         sites, adds = plan_of_module(student, tuple(calib.extra["input_shape"]), calib, only_calibrated=True,
                                      integer_adds=layout.name == "ort-qadd")
         bn_of = dict(batchnorm_pairs(student))
+        logits = [p for p, m in student.named_modules() if isinstance(m, QUANT_LAYERS)][-1]
         for add in adds:
             done.hooks.append(student.get_submodule(add.scope).register_forward_pre_hook(
                 _STE(_affine(*add.range))))
@@ -185,6 +187,11 @@ def attach(student: nn.Module, calib: CalibResult) -> Attached:
             layer = student.get_submodule(site.path)
             if site.input_site is None:
                 done.hooks.append(layer.register_forward_pre_hook(_STE(_affine(*site.in_range))))
+            if site.path == logits:
+                # the logits' own rounding is left to the deploy: clamped to the calibrated range, the
+                # confident class's logit would get no gradient, and a per-tensor rounding of the
+                # logits changes the argmax only on ties
+                continue
             where, pre = _output_point(student, site.path, bn_of)
             bn = student.get_submodule(bn_of[site.path]) if site.path in bn_of else None
             hook = _OutputSTE(_affine(*site.out_range), _BiasStep(layer, bn, u8_params(*site.in_range)[0]), pre)
