@@ -77,3 +77,28 @@ def test_straight_through_stops_where_the_rounding_clamps():
     z = torch.tensor([0.3], requires_grad=True)
     straight_through(z, torch.round(z)).sum().backward()      # weights: no range, all through
     assert z.grad.tolist() == [1.0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("layout", ["trt", "ort-qadd"])
+def test_qat_fine_tune_steps_on_cuda(lite0, tmp_path, layout):
+    from hant_trt.student.finetune import finetune
+    from hant_trt.teacher.decompose import decompose
+
+    d = decompose(lite0.model, RES)
+    choices = [Choice(i, i, "keep", "int8" if i in (1, 2) else "fp32") for i in range(len(d.slots))]
+    student = assemble(d, choices)
+    gen = torch.Generator().manual_seed(0)
+    calib = calibrate_parts(student, int8_parts(choices), [torch.rand(4, 3, RES, RES, generator=gen)], "max",
+                            layout=LAYOUTS[layout], fixed=("head",))
+    data = [(torch.rand(3, RES, RES, generator=gen), i % 1000) for i in range(8)]
+    before = student.parts[2].conv_pw.weight.detach().clone()
+    handle = attach(student, calib)
+    try:
+        info = finetune(student, lite0.model, data, 2, 4, 1e-3, tmp_path / "f", fingerprint="f",
+                        trainable=[student.parts[2]], device="cuda")
+    finally:
+        handle.remove()
+    w = student.parts[2].conv_pw.weight
+    assert info["steps"] == 2 and w.device.type == "cpu"
+    assert not torch.equal(w.detach(), before) and torch.isfinite(w).all()
