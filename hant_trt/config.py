@@ -335,6 +335,9 @@ def validate(cfg: RunConfig) -> RunConfig:
             if why:
                 name = f"{section}.{key}" if section else key
                 raise UserError(f"config: {name} = {json.dumps(value, default=str)}: {why}")
+    if cfg.build.qat and cfg.build.bn != "frozen":
+        raise UserError('config: build.qat = true needs build.bn = "frozen" (the int8 roundings are those of '
+                        'BatchNorm folded with its running statistics)')
     return cfg
 
 

@@ -89,6 +89,8 @@ CONFIG_CASES = [
     ('[build]\nbn_recalibrate = "some"\n', "build.bn_recalibrate"),
     ("[build]\nfinetune_steps = -1\n", "build.finetune_steps"),
     ("[build]\nmixup = -0.5\n", "build.mixup"),
+    ('[build]\nqat = true\nbn = "train"\n', 'build.qat = true needs build.bn = "frozen"'),
+    ("[build]\nema = 1.0\n", "build.ema"),
     ('[build]\nstepz = 3\n', "unknown key 'stepz'"),
     ("[nosuch]\nx = 1\n", "unknown key 'nosuch'"),
 ]
