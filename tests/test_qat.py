@@ -90,7 +90,7 @@ def test_qat_fine_tune_steps_on_cuda(lite0, tmp_path, layout):
     student = assemble(d, choices)
     gen = torch.Generator().manual_seed(0)
     calib = calibrate_parts(student, int8_parts(choices), [torch.rand(4, 3, RES, RES, generator=gen)], "max",
-                            layout=LAYOUTS[layout], fixed=("head",))
+                            layout=LAYOUTS[layout], fixed=("head",), cache_dir=tmp_path / "calib")
     data = [(torch.rand(3, RES, RES, generator=gen), i % 1000) for i in range(8)]
     before = student.parts[2].conv_pw.weight.detach().clone()
     handle = attach(student, calib)
@@ -102,3 +102,57 @@ def test_qat_fine_tune_steps_on_cuda(lite0, tmp_path, layout):
     w = student.parts[2].conv_pw.weight
     assert info["steps"] == 2 and w.device.type == "cpu"
     assert not torch.equal(w.detach(), before) and torch.isfinite(w).all()
+
+
+def test_qat_fine_tune_killed_between_checkpoints_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """The checkpoint holds the parametrized weights' float originals: a QAT fine-tune killed after a
+    checkpoint resumes to exactly the weights of an uninterrupted one."""
+    import copy
+
+    import hant_trt.student.finetune as ft
+    from hant_trt.student.assemble import Student
+
+    torch.manual_seed(0)
+    stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+    blocks = [torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+              for _ in range(2)]
+    head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5))
+    teacher = torch.nn.Sequential(stem, *blocks, head).eval()
+    base = Student(copy.deepcopy(stem), [copy.deepcopy(b) for b in blocks], copy.deepcopy(head))
+    data = [(torch.randn(3, 12, 12), i % 5) for i in range(16)]
+    calib = calibrate_parts(base, [0, 1], [torch.randn(4, 3, 12, 12)], "max", layout=LAYOUTS["trt"],
+                            cache_dir=tmp_path / "calib")
+
+    def run(name, s):
+        handle = attach(s, calib)
+        try:
+            ft.finetune(s, teacher, data, 10, 8, 1e-2, tmp_path / name, fingerprint="f", trainable=[s.parts[1]],
+                        checkpoint_every=4)
+        finally:
+            handle.remove()
+        return s.parts[1][0].weight.detach().clone()
+
+    whole = run("whole", copy.deepcopy(base))
+    real = ft.progress
+
+    class Killed(Exception):
+        pass
+
+    def dying(total, start, desc):
+        bar = real(total, start, desc)
+
+        def update(n, seen=[start]):
+            seen[0] += n
+            if seen[0] == 7:
+                raise Killed
+        bar.update = update
+        return bar
+
+    killed = copy.deepcopy(base)
+    monkeypatch.setattr(ft, "progress", dying)
+    with pytest.raises(Killed):
+        run("killed", killed)
+    assert not torch.nn.utils.parametrize.is_parametrized(killed.parts[1][0])   # taken off on the way out
+    monkeypatch.setattr(ft, "progress", real)
+    assert torch.equal(run("killed", killed), whole)
+    assert not torch.equal(whole, base.parts[1][0].weight)
