@@ -35,6 +35,12 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
 
 
+def without_defaults(settings: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`settings` less the options that sit at the given defaults: options added after runs were
+    saved are left out of a fingerprint until set, so those runs' fingerprints stay valid."""
+    return {k: v for k, v in settings.items() if not (k in defaults and v == defaults[k])}
+
+
 def stage_fingerprint(settings: dict[str, Any], upstream: dict[str, str] | None = None,
                       files: dict[str, Path] | None = None) -> str:
     """What a stage's `done` is valid for: its settings (config sections or values, by name), the

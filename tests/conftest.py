@@ -57,6 +57,20 @@ def lite0_decomposition(lite0):
     return decompose(lite0.model, lite0.resolution)
 
 
+class Flaky(list):
+    """A dataset that dies after `limit` reads, like a killed process."""
+
+    def __init__(self, items, limit):
+        super().__init__(items)
+        self.limit = limit
+
+    def __getitem__(self, i):
+        self.limit -= 1
+        if self.limit < 0:
+            raise KeyboardInterrupt
+        return list.__getitem__(self, i)
+
+
 def run_cli(*args: str, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
     """Run `python -m hant_trt.cli ARGS` in a subprocess (real exit codes and stderr)."""
     e = dict(os.environ)

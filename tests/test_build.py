@@ -9,6 +9,8 @@ from hant_trt.errors import UserError
 
 import pytest
 
+from conftest import Flaky
+
 
 def test_keep_everything_student_equals_teacher(lite0, lite0_decomposition, tmp_path):
     d = lite0_decomposition
@@ -68,20 +70,6 @@ def test_kd_loss_zero_for_identical_logits():
     assert kd_loss(t + torch.randn(4, 10), t).item() > 0
 
 
-class _Flaky(list):
-    """A dataset that dies after `limit` reads, like a killed process."""
-
-    def __init__(self, items, limit):
-        super().__init__(items)
-        self.limit = limit
-
-    def __getitem__(self, i):
-        self.limit -= 1
-        if self.limit < 0:
-            raise KeyboardInterrupt
-        return list.__getitem__(self, i)
-
-
 def test_finetune_resumes_to_the_same_weights(tmp_path):
     torch.manual_seed(0)
     teacher = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
@@ -97,7 +85,7 @@ def test_finetune_resumes_to_the_same_weights(tmp_path):
     finetune(ref, teacher, data, 6, 4, 1e-2, tmp_path / "a", checkpoint_every=2, fingerprint="x")
     killed = student()
     with pytest.raises(KeyboardInterrupt):  # dies during step 5 (after the step-4 checkpoint)
-        finetune(killed, teacher, _Flaky(data, 4 * 4 + 2), 6, 4, 1e-2, tmp_path / "b",
+        finetune(killed, teacher, Flaky(data, 4 * 4 + 2), 6, 4, 1e-2, tmp_path / "b",
                  checkpoint_every=2, fingerprint="x")
     resumed = student()
     info = finetune(resumed, teacher, data, 6, 4, 1e-2, tmp_path / "b", checkpoint_every=2, fingerprint="x")
@@ -155,7 +143,7 @@ def test_feature_finetune_with_frozen_bn_and_mixup(tmp_path):
         finetune(student, teacher, data, 1, 8, 1e-2, tmp_path / "g", decomposition=d, boundaries=[2])
 
 
-def test_finetune_ema_replaces_the_weights_and_resumes_after_a_kill(tmp_path, monkeypatch):
+def test_finetune_ema_replaces_the_weights_and_resumes_after_a_kill(tmp_path):
     """`build.ema`: the averaged weights are what the fine-tune leaves, and a fine-tune killed
     between checkpoints resumes to the same average as an uninterrupted one."""
     import copy
@@ -166,36 +154,18 @@ def test_finetune_ema_replaces_the_weights_and_resumes_after_a_kill(tmp_path, mo
     data = [(torch.randn(3, 12, 12), i % 5) for i in range(16)]
     kw = dict(decomposition=d, boundaries=[1, 2], trainable=[student.parts[1]], checkpoint_every=4)
 
-    def run(name, ema, s=None):
+    def run(name, ema, s=None, items=data):
         s = s or copy.deepcopy(student)
-        ft.finetune(s, teacher, data, 10, 8, 1e-2, tmp_path / name, fingerprint="f",
+        ft.finetune(s, teacher, items, 10, 8, 1e-2, tmp_path / name, fingerprint="f",
                     **{**kw, "trainable": [s.parts[1]]}, ema=ema)
         return s.parts[1][0].weight.detach().clone()
 
     plain, averaged = run("plain", 0.0), run("ema", 0.9)
     assert not torch.allclose(plain, averaged)
 
-    real = ft.progress
-
-    class Killed(Exception):
-        pass
-
-    def dying(total, start, desc):
-        bar = real(total, start, desc)
-        calls = [start]
-
-        def update(n):
-            calls[0] += n
-            if calls[0] == 7:           # after the checkpoint at step 4, before the next
-                raise Killed
-        bar.update = update
-        return bar
-
     killed = copy.deepcopy(student)
-    monkeypatch.setattr(ft, "progress", dying)
-    with pytest.raises(Killed):
-        run("killed", 0.9, killed)
-    monkeypatch.setattr(ft, "progress", real)
+    with pytest.raises(KeyboardInterrupt):      # dies in step 7, after the checkpoint at step 4
+        run("killed", 0.9, killed, Flaky(data, 7 * 8))
     assert torch.allclose(run("killed", 0.9, killed), averaged, atol=1e-6)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import atomic
 from ..config import RunConfig
-from ..rundir import RunDir, stage_fingerprint
+from ..rundir import RunDir, stage_fingerprint, without_defaults
 from ..runfiles import BUILD, CANDIDATES, INT8_CALIB, SOLUTION, STUDENT
 from ..student.assemble import Choice, StudentSpec, assemble, save_student
 from ..student.stage import finetune_student, int8_calibration, int8_plan, recalibrate, trained_modules
@@ -20,10 +20,7 @@ _OMITTED_AT_DEFAULT = {"ema": 0.0, "qat": False}
 
 
 def build_fingerprint(run: RunDir, cfg: RunConfig) -> str:
-    build = dataclasses.asdict(cfg.build)
-    for opt, default in _OMITTED_AT_DEFAULT.items():    # saved runs' fingerprints stay valid
-        if build.get(opt) == default:
-            build.pop(opt)
+    build = without_defaults(dataclasses.asdict(cfg.build), _OMITTED_AT_DEFAULT)
     return stage_fingerprint({"build": build, "backend": cfg.profile.backend, "batch": cfg.profile.batch},
                              upstream={"search": run.stage("search").fingerprint})
 

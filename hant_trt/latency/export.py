@@ -82,18 +82,24 @@ def _set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent_path) if parent_path else root, name, new)
 
 
-@torch.no_grad()
-def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    # float64 so the folded weights are the correctly rounded fp32 values
-    w = conv.weight.double()
-    b = conv.bias.double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+def folded_weight_bias(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d):
+    """(weight, bias) of a conv with `bn`'s running statistics and affine folded in, in float64 (so
+    they round to the correctly rounded fp32 values)."""
+    w = weight.double()
+    b = bias.double() if bias is not None else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
     mean = bn.running_mean.double()
     inv_std = torch.rsqrt(bn.running_var.double() + bn.eps)
     gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(mean)
     beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(mean)
     s = gamma * inv_std
-    conv.weight.copy_((w * s.reshape(-1, *([1] * (w.dim() - 1)))).to(conv.weight.dtype))
-    new_b = ((b - mean) * s + beta).to(conv.weight.dtype)
+    return w * s.reshape(-1, *([1] * (w.dim() - 1))), (b - mean) * s + beta
+
+
+@torch.no_grad()
+def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    w, b = folded_weight_bias(conv.weight, conv.bias, bn)
+    conv.weight.copy_(w.to(conv.weight.dtype))
+    new_b = b.to(conv.weight.dtype)
     if conv.bias is None:
         conv.bias = nn.Parameter(new_b, requires_grad=conv.weight.requires_grad)
     else:

@@ -10,11 +10,10 @@ as it exports):
 - "trt": every calibrated layer's input, symmetric int8;
 - "ort" / "ort-qadd": a site's input (unless it reads another site's quantized output), its
   output after the BatchNorm (before a fused ReLU/Clip, which the range [0, h] already applies)
-  and, with integer Adds, a residual block's input — the sites planned on the student's own export
+  with the int32 bias step added (recomputed as the weights train), and, with integer Adds, a
+  residual block's input — the sites planned on the student's own export
   (`qdq_ort.plan_of_module`), as `fake_quantize_ort` simulates them; all but the logits' output
-  rounding (below).
-- "ort" / "ort-qadd": the int32 bias at s_x·s_w, as the folded bias rounds to it (a constant per
-  channel while the weights and BatchNorm stay put; recomputed each step as the weights train).
+  rounding (see `attach`).
 
 `attach` returns a handle whose `remove()` leaves the plain float student: hooks gone, weights the
 trained float values (the deploy then calibrates and quantizes them as always).
@@ -70,40 +69,36 @@ class _STE:
 
 
 class _BiasStep:
-    """q(b) − b for the bias of a conv folded with its BatchNorm, rounded to int32 at s_x·s_w as
+    """q(b) − b for the bias of a conv folded with its BatchNorm, rounded to int32 as
     `fake_quantize_ort` rounds it: what the int8 engine adds that the float layers do not."""
 
-    def __init__(self, conv: nn.Module, bn: nn.Module | None, s_x: float):
-        self.conv, self.bn, self.s_x = conv, bn, float(s_x)
+    def __init__(self, conv: nn.Module, bn: nn.Module | None, in_range: tuple[float, float]):
+        self.conv, self.bn, self.in_range = conv, bn, in_range
 
     @torch.no_grad()
     def __call__(self, like: torch.Tensor) -> torch.Tensor:
-        w = self.conv.weight.float()
-        n = w.shape[0]
-        b = self.conv.bias.float() if self.conv.bias is not None else torch.zeros(n, device=w.device)
+        from ..latency.export import folded_weight_bias
+        from .qdq_ort import rounded_bias
+
+        w, b = self.conv.weight, self.conv.bias
         if self.bn is not None:
-            bn = self.bn
-            gamma = bn.weight.float() if bn.weight is not None else torch.ones(n, device=w.device)
-            beta = bn.bias.float() if bn.bias is not None else torch.zeros(n, device=w.device)
-            k = gamma / torch.sqrt(bn.running_var.float() + bn.eps)
-            w, b = w * k.reshape(-1, *([1] * (w.dim() - 1))), (b - bn.running_mean.float()) * k + beta
-        step = (self.s_x * weight_scale(w).double()).float().double()
-        bq = torch.clamp(torch.round(b.double() / step), -2**31, 2**31 - 1) * step
+            w, b = folded_weight_bias(w, b, self.bn)
+        elif b is None:
+            b = torch.zeros(w.shape[0], device=w.device)
+        w, b = w.float(), b.float()
         shape = (1, -1) + (1,) * (like.dim() - 2)
-        return (bq - b.double()).to(like.dtype).reshape(shape)
+        return (rounded_bias(b, weight_scale(w), self.in_range) - b).to(like.dtype).reshape(shape)
 
 
 class _OutputSTE:
     """A conv's exported output point: its bias step added, then the uint8 rounding, straight
     through; as a pre-hook (on a fused activation's input) or a forward hook."""
 
-    def __init__(self, rounding: _Rounding, bias_step: _BiasStep | None, pre: bool):
+    def __init__(self, rounding: _Rounding, bias_step: _BiasStep, pre: bool):
         self.rounding, self.bias_step, self.pre = rounding, bias_step, pre
 
     def _apply(self, y: torch.Tensor) -> torch.Tensor:
-        if self.bias_step is not None:
-            y = y + self.bias_step(y)
-        return self.rounding(y)
+        return self.rounding(y + self.bias_step(y))
 
     def __call__(self, _layer, inputs, out=None):
         if self.pre:
@@ -173,7 +168,7 @@ def attach(student: nn.Module, calib: CalibResult) -> Attached:
             done.hooks.append(layer.register_forward_pre_hook(_STE(_symmetric(calib.amax[p]))))
         done.sites = len(layers)
     else:
-        from .qdq_ort import plan_of_module, u8_params
+        from .qdq_ort import plan_of_module
 
         # planned on the float student's export, before anything is attached: the plan fake_quantize_ort follows
         sites, adds = plan_of_module(student, tuple(calib.extra["input_shape"]), calib, only_calibrated=True,
@@ -194,7 +189,7 @@ def attach(student: nn.Module, calib: CalibResult) -> Attached:
                 continue
             where, pre = _output_point(student, site.path, bn_of)
             bn = student.get_submodule(bn_of[site.path]) if site.path in bn_of else None
-            hook = _OutputSTE(_affine(*site.out_range), _BiasStep(layer, bn, u8_params(*site.in_range)[0]), pre)
+            hook = _OutputSTE(_affine(*site.out_range), _BiasStep(layer, bn, site.in_range), pre)
             done.hooks.append(where.register_forward_pre_hook(hook) if pre else where.register_forward_hook(hook))
         done.sites = len(sites)
     for layer in layers.values():

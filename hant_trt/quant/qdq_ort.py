@@ -359,6 +359,14 @@ class AffineQuantizer:
         return f"AffineQuantizer({'output' if self.output else 'input'}, range={self.range})"
 
 
+def rounded_bias(bias: torch.Tensor, w_scale: torch.Tensor, in_range: tuple[float, float]) -> torch.Tensor:
+    """`bias` as the int32 bias at s_x · s_w (the scale rounded to float32 as in the ONNX), dequantized."""
+    s_x, _ = u8_params(*in_range)
+    b_scale = (np.float64(s_x) * w_scale.double()).float().double().reshape(-1)
+    bq = torch.clamp(torch.round(bias.double() / b_scale), -2**31, 2**31 - 1)
+    return (bq * b_scale).to(bias.dtype)
+
+
 @torch.no_grad()
 def fake_quantize_ort(module: nn.Module, calib: CalibResult, per_channel: bool = True, input_shape=None,
                       only_calibrated: bool = False, integer_adds: bool = False) -> nn.Module:
@@ -381,11 +389,7 @@ def fake_quantize_ort(module: nn.Module, calib: CalibResult, per_channel: bool =
         w_scale = weight_scale(layer.weight.data, per_channel).double()
         layer.weight.data = quantize_weight(layer.weight.data, per_channel)
         if layer.bias is not None:
-            # int32 bias at s_x · s_w, the scale rounded to float32 as in the ONNX
-            s_x, _ = u8_params(*site.in_range)
-            b_scale = (np.float64(s_x) * w_scale).float().double().reshape(-1)
-            bq = torch.clamp(torch.round(layer.bias.data.double() / b_scale), -2**31, 2**31 - 1)
-            layer.bias.data = (bq * b_scale).to(layer.bias.dtype)
+            layer.bias.data = rounded_bias(layer.bias.data, w_scale, site.in_range)
         if site.input_site is None:
             layer.register_forward_pre_hook(AffineQuantizer(*site.in_range, output=False))
         layer.register_forward_hook(AffineQuantizer(*site.out_range, output=True))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .. import atomic
 from ..errors import UserError
-from ..rundir import RunDir, file_hash, stage_fingerprint
+from ..rundir import RunDir, file_hash, stage_fingerprint, without_defaults
 from ..runfiles import (FIXED_SCORES, INTERACTIONS, LATENCY, LATENCY_FIXED, PARETO_JSON, PARETO_PNG, SCORES,
                         SOLUTION, TEACHER)
 from .ilp import Problem, Solution, solve
@@ -23,10 +23,7 @@ _OMITTED_AT_DEFAULT = {"calibrate_rounds": 0, "refine_sweeps": 0, "skip_weight":
 
 def search_fingerprint(run: RunDir, cfg) -> str:
     """Hash of the search settings and of the bytes of every input table."""
-    search = dict(vars(cfg.search))
-    for opt, default in _OMITTED_AT_DEFAULT.items():    # left out at their defaults: saved runs'
-        if search.get(opt, default) == default:         # fingerprints stay valid
-            search.pop(opt, None)
+    search = without_defaults(dict(vars(cfg.search)), _OMITTED_AT_DEFAULT)
     inputs = INPUTS
     if (run.root / FIXED_SCORES).is_file():            # runs without it keep their fingerprints
         inputs += (FIXED_SCORES,)

@@ -51,12 +51,7 @@ def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set
     from ..quant.qat import attach
     from .finetune import finetune
 
-    from ..errors import UserError
-
     b = cfg.build
-    if int8_calib is not None and b.bn != "frozen":
-        raise UserError("build.qat needs build.bn = \"frozen\": the int8 roundings are those of BatchNorm "
-                        "folded with its running statistics")
     attached = attach(student, int8_calib) if int8_calib is not None else None
     try:
         return finetune(student, teacher_model, train_set, b.finetune_steps if steps is None else steps, b.batch_size,
