@@ -1,7 +1,7 @@
 """Top-1 of the teacher and of a built student on a labelled folder (the shared ImageNet sample's
 holdout split), with the student's measured speedup from its build.
 
-    .venv/bin/python benchmarks/eval_holdout.py RUN_DIR [--data ../shared/data/imagenet-sample/holdout]
+    .venv/bin/python benchmarks/eval_holdout.py RUN_DIR [--data ../shared/data/imagenet-sample/holdout] [--fp32]
 
 Tune on dev, report on holdout: this script only evaluates, it never trains.
 """
@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hant_trt.student.finetune import agreement
-from hant_trt.student.assemble import load_deployed
+from hant_trt.student.assemble import load_deployed, load_student
 from hant_trt.data import FolderDataset, eval_transform, scan_folder
 from hant_trt.teacher.load import load_teacher
 
@@ -25,6 +25,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/imagenet-sample/holdout"))
+    ap.add_argument("--fp32", action="store_true",
+                    help="also the student with its int8 parts in float: what int8 costs it")
     a = ap.parse_args()
     run = Path(a.run_dir)
     student, spec = load_deployed(run / "student")   # int8 parts simulated as the build deployed them
@@ -38,6 +40,10 @@ def main() -> None:
     print(f"{len(items)} images from {a.data}")
     print(f"teacher top-1 {res.get('teacher_top1', float('nan')):.1f} %, student top-1 "
           f"{res.get('student_top1', float('nan')):.1f} %, agreement {res['agreement']:.1f} %")
+    if a.fp32:
+        with torch.no_grad():
+            float_res = agreement(load_student(run / "student")[0], teacher.model, loader)
+        print(f"student top-1 with its int8 parts in float {float_res.get('student_top1', float('nan')):.1f} %")
     if build:
         print(f"measured on {build.get('backend')}: teacher {build['teacher_latency_ms']:.3f} ms, student "
               f"{build['student_latency_ms']:.3f} ms, speedup {build['speedup']:.2f}x")
