@@ -134,6 +134,9 @@ class BuildCfg:
                                     #   calibrated on the assembled student; recalibrated after
     ema: float = 0.0                # fine-tune: decay of a moving average of the trained weights that
                                     #   replaces them at the end (0: off; e.g. 0.995)
+    full_res_steps: int = 0         # fine-tune: the last N steps at the deploy resolution (the others at
+                                    #   distill.resolution): late replaced blocks then train on the map
+                                    #   sizes they deploy at (7x7, not 5x5, on Lite0 at 160 px)
     keep_best: bool = True          # keep the assembled weights when fine-tuning raised the eval split's
                                     #   KL + ce_weight × CE (KL alone when unlabelled)
     engine_name: str | None = None
@@ -316,7 +319,8 @@ RULES: dict[str, dict[str, Rule]] = {
               "bn_recalibrate": Rule(str, choices=("none", "replaced", "all")), "bn_images": Rule(int, lo=1),
               "mixup": Rule(float, lo=0), "train": Rule(str, choices=("replaced", "all")),
               "ce_weight": Rule(float, lo=0),
-              "ema": Rule(float, lo=0, hi=1, open_hi=True), "qat": Rule(bool), "keep_best": Rule(bool), "engine_name": Rule(str, optional=True)},
+              "ema": Rule(float, lo=0, hi=1, open_hi=True), "qat": Rule(bool),
+              "full_res_steps": Rule(int, lo=0), "keep_best": Rule(bool), "engine_name": Rule(str, optional=True)},
 }
 
 

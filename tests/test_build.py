@@ -169,6 +169,25 @@ def test_finetune_ema_replaces_the_weights_and_resumes_after_a_kill(tmp_path):
     assert torch.allclose(run("killed", 0.9, killed), averaged, atol=1e-6)
 
 
+def test_finetune_takes_its_last_steps_at_the_full_resolution(tmp_path):
+    """`build.full_res_steps`: steps from full_from on read the full-resolution set, the ones
+    before only the low-resolution one."""
+    d, teacher, student = _chain()
+
+    class Counted(list):
+        reads = 0
+
+        def __getitem__(self, i):
+            self.reads += 1
+            return list.__getitem__(self, i)
+
+    low = Counted((torch.randn(3, 12, 12), i % 5) for i in range(16))
+    full = Counted((torch.randn(3, 20, 20), i % 5) for i in range(16))
+    finetune(student, teacher, low, 10, 4, 1e-2, tmp_path / "f", fingerprint="f", decomposition=d,
+             boundaries=[1, 2], full_set=full, full_from=7)
+    assert (low.reads, full.reads) == (7 * 4, 3 * 4)
+
+
 def test_recalibrate_bn_only_in_the_given_parts():
     _, _, student = _chain()
     kept, replaced = student.parts[0][1], student.parts[1][1]

@@ -108,8 +108,10 @@ engine_name = "e2e"
     g = onnx.load(str(run / "student" / "student.onnx")).graph
     nq = sum(n.op_type == "QuantizeLinear" for n in g.node)
     assert 0 < nq < sum(n.op_type == "Conv" for n in g.node)
-    # build.qat: the fine-tune runs through that part's roundings; the deployed student verifies
-    r = run_cli("build", str(run), "--engines-dir", str(tmp_path / "engines"), "--set", "build.qat=true", env=env)
+    # build.qat: the fine-tune runs through that part's roundings (its last step at the deploy
+    # resolution: build.full_res_steps); the deployed student verifies
+    r = run_cli("build", str(run), "--engines-dir", str(tmp_path / "engines"), "--set", "build.qat=true",
+                "--set", "build.full_res_steps=1", env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     ft = json.loads((run / "student" / "spec.json").read_text())["notes"]["finetune"]
     assert ft["qat_sites"] > 0 and json.loads((run / "build.json").read_text())["verify"]["passed"]

@@ -16,7 +16,7 @@ from ..student.assemble import Choice, StudentSpec, assemble, save_student
 from ..student.stage import finetune_student, int8_calibration, int8_plan, recalibrate, trained_modules
 
 
-_OMITTED_AT_DEFAULT = {"ema": 0.0, "qat": False}
+_OMITTED_AT_DEFAULT = {"ema": 0.0, "qat": False, "full_res_steps": 0}
 
 
 def build_fingerprint(run: RunDir, cfg: RunConfig) -> str:
@@ -62,8 +62,9 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
         # build.qat: ranges of the assembled student, which its fine-tune learns to round with
         qat = int8_calibration(student, choices, deploy_train, cfg, fixed, cache_dir=run.root / "calib") \
             if cfg.build.qat else None
+        full = data_splits(cfg, teacher.data_config).train if cfg.build.full_res_steps > 0 else None
         ft = finetune_student(student, teacher.model, d, ordered, splits.train, cfg, run.root / STUDENT / "ckpt",
-                              fp, device=resolve_device(cfg.distill.device), int8_calib=qat)
+                              fp, device=resolve_device(cfg.distill.device), int8_calib=qat, full_set=full)
         if qat is not None:
             ft["qat_sites"] = len(qat.amax)
     recalibrate(student, ordered, bn_batches, cfg.build.bn_recalibrate)

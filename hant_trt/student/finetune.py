@@ -76,7 +76,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
              checkpoint_every: int = 25, decomposition=None, boundaries: list[int] | None = None,
              feature_weight: float = 1.0, bn: str = "frozen", mixup: float = 0.0, ce_weight: float = 0.5,
              trainable: list[nn.Module] | None = None, ema: float = 0.0,
-             device: str | torch.device = "cpu") -> dict:
+             full_set=None, full_from: int | None = None, device: str | torch.device = "cpu") -> dict:
     """Fine-tune `student` in place; resumes from `ckpt_dir` when it holds the same fingerprint.
 
     decomposition + boundaries: the teacher's Decomposition and, per student part, the index of the
@@ -92,6 +92,8 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
     end (0: off); the decay ramps up as (1 + step) / (10 + step) so early steps do not dominate.
     Averaging the last few hundred steps' weights is what keeps a student from fitting the last
     batches of a few hundred images.
+    full_set, full_from: steps from `full_from` on take their batches from `full_set` (training
+    images at the deploy resolution) instead of `train_set`.
     device: where to train; on CUDA in mixed precision (bf16 autocast, or fp16 with gradient scaling
     on GPUs without bf16). Student
     and teacher are back on the CPU when it returns.
@@ -142,7 +144,8 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
         losses = []
         set_train_mode(student, bn)
         for step in range(start, steps):
-            x, y = labelled_batch_for_step(train_set, step, batch_size, seed)
+            at_full = full_set is not None and full_from is not None and step >= full_from
+            x, y = labelled_batch_for_step(full_set if at_full else train_set, step, batch_size, seed)
             mixed = None
             if mixup > 0:
                 x, perm, lam = mix_batch(x, mixup, seed * 1_000_003 + step)

@@ -42,24 +42,26 @@ def trainable_parts(student, ordered: list[Choice], which: str):
 
 def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set, cfg: RunConfig, ckpt_dir: Path,
                      fingerprint: str, steps: int | None = None, lr: float | None = None, device="cpu",
-                     trainable: list | None = None, int8_calib=None) -> dict:
+                     trainable: list | None = None, int8_calib=None, full_set=None) -> dict:
     """The build's end-to-end fine-tune of an assembled student, every setting from `cfg.build`
     (steps and lr overridable: benchmarks sweep them; `trainable`: these modules instead of what
     `build.train` names — benchmarks/label_control.py trains the teacher's blocks at a student's
     positions). int8_calib: the int8 parts' ranges (`int8_calibration`) to train through their
-    roundings (`build.qat`; `quant/qat.py`), taken off again when it returns."""
+    roundings (`build.qat`; `quant/qat.py`), taken off again when it returns. full_set: the training
+    images at the deploy resolution, for the last `build.full_res_steps` steps."""
     from ..quant.qat import attach
     from .finetune import finetune
 
     b = cfg.build
+    total = b.finetune_steps if steps is None else steps
     attached = attach(student, int8_calib) if int8_calib is not None else None
     try:
-        return finetune(student, teacher_model, train_set, b.finetune_steps if steps is None else steps, b.batch_size,
+        return finetune(student, teacher_model, train_set, total, b.batch_size,
                         b.finetune_lr if lr is None else lr, ckpt_dir, seed=cfg.distill.seed, fingerprint=fingerprint,
                         decomposition=d, boundaries=[c.last + 1 for c in ordered], feature_weight=b.feature_weight,
                         bn=b.bn, mixup=b.mixup, ce_weight=b.ce_weight, ema=b.ema,
                         trainable=trainable if trainable is not None else trainable_parts(student, ordered, b.train),
-                        device=device)
+                        full_set=full_set, full_from=max(0, total - b.full_res_steps), device=device)
     finally:
         if attached is not None:
             attached.remove()
