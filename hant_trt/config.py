@@ -134,9 +134,12 @@ class BuildCfg:
                                     #   calibrated on the assembled student; recalibrated after
     ema: float = 0.0                # fine-tune: decay of a moving average of the trained weights that
                                     #   replaces them at the end (0: off; e.g. 0.995)
-    full_res_steps: int = 0         # fine-tune: the last N steps at the deploy resolution (the others at
+    full_res_steps: int = 300       # fine-tune: the last N steps at the deploy resolution (the others at
                                     #   distill.resolution): late replaced blocks then train on the map
-                                    #   sizes they deploy at (7x7, not 5x5, on Lite0 at 160 px)
+                                    #   sizes they deploy at (7x7, not 5x5, on Lite0 at 160 px); 300 (was
+                                    #   0) measured +0.2 to +2.0 holdout points on all 7 students of
+                                    #   Lite0 and Lite1 it was tried on, ~1.5x the fine-tune's time
+                                    #   (docs/RESULTS.md, session 17)
     keep_best: bool = True          # keep the assembled weights when fine-tuning raised the eval split's
                                     #   KL + ce_weight × CE (KL alone when unlabelled)
     engine_name: str | None = None

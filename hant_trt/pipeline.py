@@ -78,5 +78,6 @@ def demo_config(run_dir: str = "runs/demo") -> RunConfig:
     cfg.search.sweep = 6
     cfg.build.finetune_steps = 40
     cfg.build.finetune_lr = 1e-4    # 40 steps: at the 1200-step default's 3e-4 the fine-tune overshoots (kept assembled)
+    cfg.build.full_res_steps = 10   # a quarter, as the 1200-step default's 300
     cfg.build.batch_size = 16
     return cfg

@@ -3,7 +3,9 @@ done only while the fingerprints of an unchanged configuration and unchanged inp
 strings. A change here makes every saved run redo that stage and those after it.
 
 Session 14 changed the build's pins on purpose: `build.ce_weight`'s default went 0.5 → 2. A saved
-run keeps the value its run.json names (0.5), so only configurations that leave it unset rebuild."""
+run keeps the value its run.json names (0.5), so only configurations that leave it unset rebuild.
+Session 17 changed them again: `build.full_res_steps`' default went 0 → 300; a run saved before
+names no value, so it rebuilds unless its configuration sets 0."""
 
 from __future__ import annotations
 
@@ -18,12 +20,12 @@ from hant_trt.search.stage import search_fingerprint
 from hant_trt.teacher.stage import teacher_fingerprint
 
 PINNED = {
-    "plain": {"teacher": "98f8e8e6e6ad1a3a", "distill": "f9da06a3975a7077", "score": "e3ca4f1572f6bb4a", "profile": "5b41a9f227c62fc6", "search": "d81afc4f58c01eb1", "build": "b33bcbe36e25451d"},
-    "plain+fixed": {"teacher": "98f8e8e6e6ad1a3a", "distill": "f9da06a3975a7077", "score": "e3ca4f1572f6bb4a", "profile": "5b41a9f227c62fc6", "search": "d88a009009e52ccc", "build": "3e9d14de8ae1ce17"},
-    "tuned": {"teacher": "94088a8da8eaf9a0", "distill": "49d88356e89ba3b1", "score": "1ab078ba35a48af8", "profile": "f0fd23314c874cc1", "search": "78ab1496bd068071", "build": "ed6fdbefac944dc6"},
-    "tuned+fixed": {"teacher": "94088a8da8eaf9a0", "distill": "49d88356e89ba3b1", "score": "1ab078ba35a48af8", "profile": "f0fd23314c874cc1", "search": "aa075391bc650b41", "build": "84d853abd453c9d4"},
-    "trt": {"teacher": "98f8e8e6e6ad1a3a", "distill": "f9da06a3975a7077", "score": "cd0f8add5f67ee83", "profile": "5140e01b14165ae1", "search": "d81afc4f58c01eb1", "build": "0a5e32fcfdc0230e"},
-    "trt+fixed": {"teacher": "98f8e8e6e6ad1a3a", "distill": "f9da06a3975a7077", "score": "cd0f8add5f67ee83", "profile": "5140e01b14165ae1", "search": "d88a009009e52ccc", "build": "b0e864ac1716d692"},
+    "plain": {"teacher": "98f8e8e6e6ad1a3a", "distill": "f9da06a3975a7077", "score": "e3ca4f1572f6bb4a", "profile": "5b41a9f227c62fc6", "search": "d81afc4f58c01eb1", "build": "08e9158e144080c7"},
+    "plain+fixed": {"teacher": "98f8e8e6e6ad1a3a", "distill": "f9da06a3975a7077", "score": "e3ca4f1572f6bb4a", "profile": "5b41a9f227c62fc6", "search": "d88a009009e52ccc", "build": "05d24f9720949034"},
+    "tuned": {"teacher": "94088a8da8eaf9a0", "distill": "49d88356e89ba3b1", "score": "1ab078ba35a48af8", "profile": "f0fd23314c874cc1", "search": "78ab1496bd068071", "build": "644f9fb3823128cb"},
+    "tuned+fixed": {"teacher": "94088a8da8eaf9a0", "distill": "49d88356e89ba3b1", "score": "1ab078ba35a48af8", "profile": "f0fd23314c874cc1", "search": "aa075391bc650b41", "build": "261bfb6396272a31"},
+    "trt": {"teacher": "98f8e8e6e6ad1a3a", "distill": "f9da06a3975a7077", "score": "cd0f8add5f67ee83", "profile": "5140e01b14165ae1", "search": "d81afc4f58c01eb1", "build": "e469f3106140c0dd"},
+    "trt+fixed": {"teacher": "98f8e8e6e6ad1a3a", "distill": "f9da06a3975a7077", "score": "cd0f8add5f67ee83", "profile": "5140e01b14165ae1", "search": "d88a009009e52ccc", "build": "8bb86d3dee5e0f60"},
 }
 
 
