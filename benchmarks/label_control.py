@@ -43,7 +43,7 @@ def main() -> None:
     from hant_trt.config import from_dict
     from hant_trt.data import FolderDataset, data_splits, eval_transform, scan_folder
     from hant_trt.student.assemble import Choice, assemble, load_deployed
-    from hant_trt.student.stage import finetune_student, int8_plan
+    from hant_trt.student.stage import finetune_student, full_res_set, int8_plan
     from hant_trt.teacher.stage import load_from_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -64,7 +64,8 @@ def main() -> None:
     splits = data_splits(cfg, teacher.data_config, train_resolution=cfg.distill.resolution)
     ckpt = run / "label_control_ckpt"
     fp = json.dumps({"replaced": replaced, "build": vars(cfg.build)}, sort_keys=True, default=str)
-    info = finetune_student(control, teacher.model, d, choices, splits.train, cfg, ckpt, fp, trainable=trainable)
+    info = finetune_student(control, teacher.model, d, choices, splits.train, cfg, ckpt, fp, trainable=trainable,
+                            full_set=full_res_set(cfg, teacher.data_config))
     fixed = {f["part"]: f["precision"] for f in sol.get("fixed_parts") or []}
     deploy_train = data_splits(cfg, teacher.data_config, train_augment=False).train
     _, deployed, _ = int8_plan(control, choices, deploy_train, cfg, fixed, cache_dir=run / "calib")

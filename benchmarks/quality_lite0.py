@@ -47,7 +47,7 @@ from hant_trt import atomic
 from hant_trt.student.assemble import Choice, StudentSpec, assemble, load_student, replaced_parts, save_student
 from hant_trt.student.finetune import agreement, finetune_rejected, recalibrate_bn
 from hant_trt.training import eval_batches
-from hant_trt.student.stage import finetune_student
+from hant_trt.student.stage import finetune_student, full_res_set
 from hant_trt.config import from_dict
 from hant_trt.data import FolderDataset, eval_transform, scan_folder
 from hant_trt.distill.pool import load_trained
@@ -96,6 +96,7 @@ class Bench:
         self.teacher, self.d = load_from_config(self.cfg)
         splits = data_splits(self.cfg, self.teacher.data_config, train_resolution=self.cfg.distill.resolution)
         self.train = splits.train
+        self.full = full_res_set(self.cfg, self.teacher.data_config)
         self.eval_loader = DataLoader(splits.eval, batch_size=50)
         self.holdout_loader = None
         if holdout:
@@ -178,7 +179,7 @@ class Bench:
         ordered = sorted(choices, key=lambda c: c.first)
         start = {k: v.detach().clone() for k, v in model.state_dict().items()}
         info = finetune_student(model, self.teacher.model, self.d, ordered, self.train, self.cfg,
-                                self.tmp / f"ft_{tag}", tag, steps=self.ft_steps, lr=self.ft_lr)
+                                self.tmp / f"ft_{tag}", tag, steps=self.ft_steps, lr=self.ft_lr, full_set=self.full)
         if self.keep_best and assembled is not None:
             after = self.evaluate(model)
             info["kl_finetuned"] = after["kl"]

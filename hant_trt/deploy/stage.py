@@ -13,7 +13,8 @@ from ..config import RunConfig
 from ..rundir import RunDir, stage_fingerprint, without_defaults
 from ..runfiles import BUILD, CANDIDATES, INT8_CALIB, SOLUTION, STUDENT
 from ..student.assemble import Choice, StudentSpec, assemble, save_student
-from ..student.stage import finetune_student, int8_calibration, int8_plan, recalibrate, trained_modules
+from ..student.stage import (finetune_student, full_res_set, int8_calibration, int8_plan, recalibrate,
+                             trained_modules)
 
 
 _OMITTED_AT_DEFAULT = {"ema": 0.0, "qat": False, "full_res_steps": 0}
@@ -62,9 +63,9 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
         # build.qat: ranges of the assembled student, which its fine-tune learns to round with
         qat = int8_calibration(student, choices, deploy_train, cfg, fixed, cache_dir=run.root / "calib") \
             if cfg.build.qat else None
-        full = data_splits(cfg, teacher.data_config).train if cfg.build.full_res_steps > 0 else None
         ft = finetune_student(student, teacher.model, d, ordered, splits.train, cfg, run.root / STUDENT / "ckpt",
-                              fp, device=resolve_device(cfg.distill.device), int8_calib=qat, full_set=full)
+                              fp, device=resolve_device(cfg.distill.device), int8_calib=qat,
+                              full_set=full_res_set(cfg, teacher.data_config))
         if qat is not None:
             ft["qat_sites"] = len(qat.amax)
     recalibrate(student, ordered, bn_batches, cfg.build.bn_recalibrate)

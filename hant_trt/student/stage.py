@@ -40,6 +40,14 @@ def trainable_parts(student, ordered: list[Choice], which: str):
     return replaced_parts(student, ordered)
 
 
+def full_res_set(cfg: RunConfig, data_config: dict):
+    """The fine-tune's training images at the deploy resolution, for its last
+    `build.full_res_steps` steps (None when that is 0)."""
+    from ..data import data_splits
+
+    return data_splits(cfg, data_config).train if cfg.build.full_res_steps > 0 else None
+
+
 def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set, cfg: RunConfig, ckpt_dir: Path,
                      fingerprint: str, steps: int | None = None, lr: float | None = None, device="cpu",
                      trainable: list | None = None, int8_calib=None, full_set=None) -> dict:
@@ -47,8 +55,8 @@ def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set
     (steps and lr overridable: benchmarks sweep them; `trainable`: these modules instead of what
     `build.train` names — benchmarks/label_control.py trains the teacher's blocks at a student's
     positions). int8_calib: the int8 parts' ranges (`int8_calibration`) to train through their
-    roundings (`build.qat`; `quant/qat.py`), taken off again when it returns. full_set: the training
-    images at the deploy resolution, for the last `build.full_res_steps` steps."""
+    roundings (`build.qat`; `quant/qat.py`), taken off again when it returns. full_set: `full_res_set`,
+    for the last `build.full_res_steps` steps."""
     from ..quant.qat import attach
     from .finetune import finetune
 
