@@ -6,10 +6,12 @@
 For each finished phase 1 (score + profile done) and each asked speedup, students are drawn at that
 budget: the ILP's own pick, then `--samples` more, each the ILP's pick under scores perturbed by
 log-normal noise (σ = `--sigma`) — different students of about the same latency, the population the
-search chooses from. Each is assembled from the distilled candidates (float weights; int8 picks
-as their float modules: this measures composition, not quantization) and its KL to the teacher is
-measured on the run's eval split — the composed score — beside the additive prediction the ILP
-maximises (Σ swap-one KL). Per budget: Spearman of predicted vs measured over the samples, the
+search chooses from. Each is assembled from the distilled candidates at the chosen precisions
+(int8 parts, an int8 stem and head included, in the layout's simulated int8, calibrated as their
+swap-one scores were: `search.refine.composed_kl`; `--fp32` composes every part in fp32, which
+measures composition without quantization) and its KL to the teacher is measured on the run's
+eval split — the composed score — beside the additive prediction the ILP maximises (Σ swap-one
+KL). `--int8x 1.3,1.5` asks budgets in units of plain int8's speed, as the search's `int8x=`. Per budget: Spearman of predicted vs measured over the samples, the
 ratio measured / predicted, the ILP pick's measured KL and rank, and the best sample's.
 
 Variants are search settings compared at each budget: `plain` (the default ILP), `stage1` (at
@@ -95,6 +97,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="*")
     ap.add_argument("--speedups", default="1.8,2.2,2.6,3.0")
+    ap.add_argument("--int8x", default="", help="budgets as multiples of plain int8's speed (int8x=N)")
+    ap.add_argument("--fp32", action="store_true", help="compose int8 picks as their fp32 modules (the old measure)")
     ap.add_argument("--samples", type=int, default=12)
     ap.add_argument("--sigma", type=float, default=0.5)
     ap.add_argument("--variants", default="plain,stage1")
@@ -114,7 +118,8 @@ def main() -> None:
         ap.error("give at least one run directory (or --analyse JSON)")
     out = Path(a.out) if a.out else Path(a.runs[0]) / "composition"
     out.mkdir(parents=True, exist_ok=True)
-    speedups = [float(s) for s in a.speedups.split(",") if s]
+    budgets = ([(f"speedup={s}", float(s)) for s in a.speedups.split(",") if s]
+               + [(f"int8x={s}", float(s)) for s in a.int8x.split(",") if s])
     variants = [v for v in a.variants.split(",") if v]
     results = []
     t0 = time.time()
@@ -126,18 +131,21 @@ def main() -> None:
         stages = read_stages(root / TEACHER)
         device = select_devices(tables.fixed, None)[0]
         evaluate = composed_kl(root, cfg)
-        for s in speedups:
-            base = build_problem(tables, n_slots, f"speedup={s}", [device])
+        for ask, s in budgets:
+            base = build_problem(tables, n_slots, ask, [device])
             for v in variants:
                 p = variant_problem(base, v, stages)
                 try:
                     drawn = draw(p, a.samples, a.sigma, a.seed)
                 except Exception as exc:        # an unreachable budget is a finding
-                    print(f"{root.name} {s:.2f}x {v}: {str(exc).splitlines()[0]}", flush=True)
+                    print(f"{root.name} {ask} {v}: {str(exc).splitlines()[0]}", flush=True)
                     continue
                 rows = []
                 for sol, pred, is_ilp in drawn:
-                    kl = evaluate(sol.choices)
+                    kl = (evaluate([replace(o, precision="fp32") for o in sol.choices]) if a.fp32
+                          else evaluate(sol.choices + sol.fixed_choices))
+                    if not a.fp32:
+                        pred -= sum(o.score for o in sol.fixed_choices)    # the int8 stem / head's swap-one KL
                     rows.append({"ilp": is_ilp, "predicted_kl": round(pred, 5), "measured_kl": round(kl, 5),
                                  "predicted_speedup": round(tables.fixed[device].teacher_s / sol.predicted_s[device], 3),
                                  "skips": sum(o.op == "skip" for o in sol.choices),
@@ -149,7 +157,7 @@ def main() -> None:
                 ilp = rows[0]
                 rank = sorted(me).index(ilp["measured_kl"]) + 1
                 rho = spearman(pr, me) if len(rows) >= 3 else float("nan")
-                res = {"run": root.name, "speedup": s, "variant": v, "n": len(rows),
+                res = {"run": root.name, "speedup": s, "budget": ask, "fp32": a.fp32, "variant": v, "n": len(rows),
                        "spearman": None if math.isnan(rho) else rho,
                        "ratio_median": sorted(m / p_ for m, p_ in zip(me, pr) if p_ > 0)[len(rows) // 2]
                        if any(p_ > 0 for p_ in pr) else None,
@@ -158,7 +166,7 @@ def main() -> None:
                        "ilp_choices": ilp["choices"], "rows": rows}
                 results.append(res)
                 sp = f"{res['spearman']:+.2f}" if res["spearman"] is not None else "  n/a"
-                print(f"{root.name:>10} {s:4.2f}x {v:<7} n={len(rows):2d} spearman {sp} "
+                print(f"{root.name:>10} {ask} {v:<7} n={len(rows):2d} spearman {sp} "
                       f"measured/predicted {res['ratio_median'] or float('nan'):5.2f}  ILP pred {ilp['predicted_kl']:.3f} "
                       f"→ meas {ilp['measured_kl']:.3f} (rank {rank}/{len(rows)}), best {min(me):.3f}  "
                       f"[{ilp['skips']} skips, {ilp['spans']} spans, {ilp['replaced']} replaced]  "
@@ -189,25 +197,25 @@ def compounded(p: float, fit: tuple[float, float]) -> float:
 def summarise(results: list[dict]) -> None:
     """Per budget: relative error of the additive prediction and of the compounding fit, the fit
     made without that budget's students (leave-one-budget-out)."""
-    budgets = sorted({r["speedup"] for r in results})
+    budgets = sorted({r.get("budget", r["speedup"]) for r in results}, key=str)
     every = [(x["predicted_kl"], x["measured_kl"]) for r in results for x in r["rows"] if x["predicted_kl"] > 0]
     a, c = fit_compounding(every)
     print(f"\ncompounding fit over all {len(every)} students: measured ≈ {a:.2f} × predicted + {c:.2f} × predicted²")
     for b in budgets:
-        here = [(x["predicted_kl"], x["measured_kl"]) for r in results if r["speedup"] == b for x in r["rows"]
-                if x["predicted_kl"] > 0]
-        rest = [(x["predicted_kl"], x["measured_kl"]) for r in results if r["speedup"] != b for x in r["rows"]
-                if x["predicted_kl"] > 0]
+        here = [(x["predicted_kl"], x["measured_kl"]) for r in results if r.get("budget", r["speedup"]) == b
+                for x in r["rows"] if x["predicted_kl"] > 0]
+        rest = [(x["predicted_kl"], x["measured_kl"]) for r in results if r.get("budget", r["speedup"]) != b
+                for x in r["rows"] if x["predicted_kl"] > 0]
         if not here:
             continue
         if not rest:        # one budget: nothing to fit the compounding on
             add = sum(abs(p - m) / m for p, m in here) / len(here)
-            print(f"  {b:4.2f}x: {len(here):2d} students, additive error {100 * add:5.1f} %")
+            print(f"  {b}: {len(here):2d} students, additive error {100 * add:5.1f} %")
             continue
         f = fit_compounding(rest)
         add = sum(abs(p - m) / m for p, m in here) / len(here)
         fit = sum(abs(compounded(p, f) - m) / m for p, m in here) / len(here)
-        print(f"  {b:4.2f}x: {len(here):2d} students, additive error {100 * add:5.1f} %, compounding fit "
+        print(f"  {b}: {len(here):2d} students, additive error {100 * add:5.1f} %, compounding fit "
               f"({f[0]:.2f}·p + {f[1]:.2f}·p², fitted on the other budgets) {100 * fit:5.1f} %")
 
 

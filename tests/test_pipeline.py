@@ -142,7 +142,9 @@ engine_name = "e2e"
     from hant_trt.config import from_dict
     from hant_trt.distill.pool import load_trained
     from hant_trt.data import data_splits
-    from hant_trt.search.ilp import Solution
+    from dataclasses import replace as dc_replace
+
+    from hant_trt.search.ilp import Option, Solution
     from hant_trt.search.refine import composed_kl
     from hant_trt.teacher.stage import load_from_config
 
@@ -152,10 +154,34 @@ engine_name = "e2e"
     trained = {p.where: p.module for p in load_trained(run / "candidates", d)}
     eval_loader = DataLoader(data_splits(rcfg, teacher.data_config).eval, batch_size=64)
     sol = Solution.from_dict(json.loads((run / "solution.json").read_text()))
+    as_fp32 = [dc_replace(o, precision="fp32") for o in sol.choices]
     student = assemble(d, [Choice(o.first, o.last, o.op) for o in sol.choices], trained)   # weights in fp32
     kl = agreement(student, teacher.model, eval_loader)["kl"]
-    assert abs(evaluate(sol.choices) - kl) < 1e-4 * max(1.0, kl)
-    assert abs(evaluate(sol.choices) - kl) < 1e-4 * max(1.0, kl)            # from the cache
+    assert abs(evaluate(as_fp32) - kl) < 1e-4 * max(1.0, kl)
+    assert abs(evaluate(as_fp32) - kl) < 1e-4 * max(1.0, kl)            # from the cache
+    # int8 choices compose in simulated int8, each part calibrated as its swap-one score was
+    # (`int8_entries`, the score stage's code), the stem too when the choices hold its int8 option
+    from hant_trt.distill.pool import keep_entries
+    from hant_trt.distill.stage import int8_entries
+    from hant_trt.quant.layouts import layout_for, simulated_int8
+    from hant_trt.student.assemble import Student
+    from hant_trt.training import eval_batches
+
+    i = next(i for i, o in enumerate(sol.choices) if o.first == o.last and o.op != "skip")
+    one = sol.choices[i]
+    mixed = [dc_replace(o, precision="int8") if j == i else o for j, o in enumerate(as_fp32)]
+    stem8 = Option(-1, -1, "stem", "int8", 0.0, {})
+    entries = {e.where: e for e in keep_entries(d) + load_trained(run / "candidates", d)}
+    calib_set = data_splits(rcfg, teacher.data_config, train_augment=False).train
+    q = int8_entries(d, [entries[(one.first, one.last, one.op)]], calib_set, rcfg.score.batch_size,
+                     rcfg.profile.calib_images, rcfg.profile.calib_method, layout_for(rcfg.profile))[0].module
+    images = eval_batches(calib_set, rcfg.profile.calib_images, rcfg.score.batch_size)
+    q_stem = simulated_int8(d.stem, images, rcfg.profile.calib_method, layout_for(rcfg.profile))
+    parts = [q if j == i else entries[(o.first, o.last, o.op)].module for j, o in enumerate(sol.choices)]
+    kl8 = agreement(Student(q_stem, parts, d.head).eval(), teacher.model, eval_loader)["kl"]
+    assert abs(evaluate(mixed + [stem8]) - kl8) < 1e-4 * max(1.0, kl8)
+    assert abs(evaluate(mixed + [stem8]) - evaluate(as_fp32)) > 1e-6       # int8 changed something
+    assert abs(evaluate(as_fp32) - kl) < 1e-4 * max(1.0, kl)            # the fp32 chain, still cached
     # the teacher's own latency: always reachable (this profile is fp16 + TensorRT-layout int8, both
     # slow on ORT CPU, so how far below it a plan reaches depends on the host's timings)
     r = run_cli("search", str(run), "--budget", "1x", "--set", "search.refine_sweeps=1", env=env)
@@ -166,8 +192,6 @@ engine_name = "e2e"
     assert sol["predicted_s"] <= sol["budget_s"] * (1 + 1e-9)
     # without int8 options (which plan the solver picks above, int8 parts included, varies with
     # timing) every distilled slot has alternatives, so moves are tried
-    from dataclasses import replace as dc_replace
-
     from hant_trt.search.ilp import solve
     from hant_trt.search.refine import refine
     from hant_trt.search.tables import build_problem, load_tables, select_devices

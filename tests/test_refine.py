@@ -45,15 +45,36 @@ def test_refine_separates_compounding_skips_within_budget():
     assert info["moves"] and info["evaluated"] == len(calls)
 
 
-def test_refine_keeps_a_solution_it_cannot_improve_and_never_moves_int8():
-    p = _problem(budget=4.4)
-    start = _pick(p, [("skip", "fp32"), ("keep", "fp32"), ("skip", "fp32"), ("keep", "int8"), ("keep", "fp32"),
-                      ("half", "fp32")])
+def test_refine_moves_a_precision_too_and_keeps_a_solution_it_cannot_improve():
+    """Slot 3's int8 `keep` costs 0.2 in the composed KL; the budget has room for its fp32 block, so
+    the refinement takes it (an int8 part is a choice like any other: the evaluator composes it in
+    simulated int8). Refining the result again changes nothing."""
+    p = _problem(budget=6.0)
+    start = _pick(p, [("keep", "fp32")] * 3 + [("keep", "int8")] + [("keep", "fp32")] * 2)
     sol, info = refine(p, start, composed, sweeps=2)
-    assert sol.choices[3].precision == "int8"
-    assert composed(sol.choices) <= composed(start.choices)
+    assert composed(start.choices) == 0.2 and composed(sol.choices) == 0.0
+    assert [(m["slot"], m["repair"]) for m in info["moves"]] == [(3, None)] and sol.choices[3].precision == "fp32"
+    assert sol.predicted_s[D] <= p.budget_s[D] + 1e-12
     same, info = refine(p, sol, composed, sweeps=2)
     assert [o.key for o in same.choices] == [o.key for o in sol.choices] and not info["moves"]
+
+
+def test_refine_hands_the_stem_and_head_precision_to_every_evaluation():
+    """The int8 stem chosen by the ILP is part of every composed student the refinement measures,
+    and stays chosen."""
+    p = _problem()
+    start = _pick(p, [("skip", "fp32")] * 3 + [("keep", "fp32")] * 3)
+    stem = Option(-1, -1, "stem", "int8", -0.1, {D: 0.1})
+    start.fixed_choices = [stem]
+    seen = []
+
+    def evaluate(choices):
+        seen.append(sum(o.op == "stem" and o.precision == "int8" for o in choices))
+        return composed([o for o in choices if o.op != "stem"])
+
+    sol, info = refine(p, start, evaluate, sweeps=1)
+    assert info["moves"] and seen and set(seen) == {1}
+    assert sol.fixed_choices == [stem]
 
 
 def test_refine_repairs_the_budget_with_the_cheapest_proxy_loss():

@@ -70,15 +70,11 @@ def score_fixed_int8(d: Decomposition, eval_loader, calib_batches: list[torch.Te
     """{"stem": {"int8": metrics}, "head": {"int8": metrics}}: the teacher with its stem (or head)
     alone in simulated int8 — calibrated on `calib_batches` (images) as `int8_entries` calibrates a
     slot — scored like any candidate (agreement, KL, top-1; local_mse 0: not a slot output)."""
-    from ..quant.calibrate import calibrate
-    from ..quant.layouts import DEFAULT
+    from ..quant.layouts import simulated_int8
 
     head_in = [capture(d, x)[0][-1] for x in calib_batches]
-    layout = layout or DEFAULT
-    q_stem = layout.simulate(d.stem, calibrate(d.stem, calib_batches, method=method),
-                           input_shape=(1, *calib_batches[0].shape[1:]))
-    q_head = layout.simulate(d.head, calibrate(d.head, head_in, method=method),
-                           input_shape=(1, *head_in[0].shape[1:]))
+    q_stem = simulated_int8(d.stem, calib_batches, method, layout)
+    q_head = simulated_int8(d.head, head_in, method, layout)
     accs = {"stem": _Acc(), "head": _Acc()}
     for x, y in eval_loader:
         acts, t_logits = capture(d, x)

@@ -203,8 +203,8 @@ def int8_entries(d, entries: list[TrainedPart], calib_set, batch_size: int, imag
     the layout's simulation (`quant.layouts`) — the code and arithmetic of the Q/DQ ONNX the build writes for int8 parts."""
     import torch
 
-    from ..quant.calibrate import QUANT_LAYERS, calibrate
-    from ..quant.layouts import DEFAULT
+    from ..quant.calibrate import QUANT_LAYERS
+    from ..quant.layouts import simulated_int8
     from ..teacher.capture import capture
     from ..training import eval_batches
 
@@ -214,8 +214,6 @@ def int8_entries(d, entries: list[TrainedPart], calib_set, batch_size: int, imag
         for e in entries:
             if not any(isinstance(m, QUANT_LAYERS) for m in e.module.modules()):
                 continue        # nothing to quantize (skip): int8 would be the fp32 entry again
-            xs = [a[e.first] for a in acts]
-            q = (layout or DEFAULT).simulate(e.module, calibrate(e.module, xs, method=method),
-                                             input_shape=(1, *xs[0].shape[1:]))
+            q = simulated_int8(e.module, [a[e.first] for a in acts], method, layout)
             out.append(dataclasses.replace(e, key=e.key + ":int8", module=q, precision="int8"))
     return out

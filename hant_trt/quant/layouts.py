@@ -131,6 +131,16 @@ LAYOUTS: dict[str, QdqLayout] = {lay.name: lay for lay in (TrtLayout(), OrtLayou
 DEFAULT = LAYOUTS["trt"]
 
 
+def simulated_int8(module, inputs: list, method: str = "max", layout: QdqLayout | None = None):
+    """`module` in `layout`'s simulated int8, its ranges calibrated (`calibrate`, `method`) on
+    `inputs`, real input batches of the module: an int8 part as scoring and the composed-student
+    evaluation run it."""
+    from .calibrate import calibrate
+
+    return (layout or DEFAULT).simulate(module, calibrate(module, inputs, method=method),
+                                        input_shape=(1, *inputs[0].shape[1:]))
+
+
 def get_layout(name: str) -> QdqLayout:
     try:
         return LAYOUTS[name]

@@ -10,9 +10,9 @@ A move replaces the choice at one slot by another option of that slot; when that
 budget, a cheaper swap at another slot that frees enough latency is made with it ("repair"; the
 `repairs` swaps of least proxy-score loss, at different slots, are each tried). Per sweep, every movable slot is visited once and its best move
 is taken when it lowers the composed KL by more than `min_gain` (relative). Slots covered by a
-fused span or chosen at int8 stay as they are (an int8 part's composed effect needs its
-calibration; the build simulates it). Everything here is plain Python over `Option`s; the torch
-evaluator (`composed_kl`) is imported lazily by the search stage.
+fused span stay as they are; a slot's precision is a move like its op (the evaluator composes int8
+parts in simulated int8, as the build deploys them). Everything here is plain Python over
+`Option`s; the torch evaluator (`composed_kl`) is imported lazily by the search stage.
 """
 
 from __future__ import annotations
@@ -59,14 +59,17 @@ def refine(problem: Problem, solution: Solution, evaluate: Callable[[list[Option
     """(refined solution, info). evaluate(choices) → the composed student's KL (lower is better);
     it is called once per tried selection. repairs: how many budget repairs (at different slots)
     are tried for a move that breaks the budget. movable(option) → whether a slot may change
-    (default: single-slot, not int8). The refined selection meets every constraint of `problem`."""
-    movable = movable or (lambda o: o.first == o.last and o.precision != "int8")
+    (default: single-slot, any precision). The stem's and head's chosen precisions stay; evaluate
+    gets them with the slots' choices. The refined selection meets every constraint of `problem`."""
+    movable = movable or (lambda o: o.first == o.last)
     by_slot: dict[int, list[Option]] = {}
     for o in problem.options:
-        if o.first == o.last and o.precision != "int8":
+        if o.first == o.last:
             by_slot.setdefault(o.first, []).append(o)
     chosen = sorted(solution.choices, key=lambda o: o.first)
     fixed = list(solution.fixed_choices)       # the stem's and head's precision stay as chosen
+    composed = evaluate
+    evaluate = lambda ch: composed(ch + fixed)  # noqa: E731
     t0 = time.perf_counter()
     start = cur = evaluate(chosen)
     moves: list[Move] = []
@@ -136,7 +139,12 @@ def _repairs(p: Problem, trial: list[Option], pos: int, by_slot: dict, movable, 
 
 def composed_kl(run_root, cfg, max_images: int | None = None, cache_bytes: float = 1.5e9) -> Callable:
     """evaluate(choices) for `refine`: mean KL(teacher ‖ student) over the run's eval split, the
-    student assembled from the distilled candidates (fp32). Boundary activations of recent
+    student assembled from the distilled candidates at the options' precisions. An int8 option (and
+    the stem or head, when `choices` holds their int8 `Option`, first = -1 / n_slots) runs in the
+    profile layout's simulated int8, its ranges calibrated on the teacher's inputs of its slot
+    exactly as its swap-one score was (`profile.calib_images` un-augmented training images); the
+    build calibrates again on the assembled student, so this is the choices' composed effect with
+    the scores' ranges. Other precisions (fp16) run in fp32. Boundary activations of recent
     selections are cached by prefix, so trying a change at slot i runs only slots i.. and the head."""
     from collections import OrderedDict
 
@@ -144,10 +152,14 @@ def composed_kl(run_root, cfg, max_images: int | None = None, cache_bytes: float
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, Subset
 
-    from ..distill.pool import keep_entries, load_trained   # the search reads phase 1's weights
     from ..data import data_splits
+    from ..distill.pool import keep_entries, load_trained   # the search reads phase 1's weights
+    from ..quant.calibrate import QUANT_LAYERS
+    from ..quant.layouts import layout_for, simulated_int8
+    from ..teacher.capture import capture
     from ..teacher.decompose import span_teacher
     from ..teacher.stage import load_from_config
+    from ..training import eval_batches
 
     teacher, d = load_from_config(cfg)
     modules = {p.where: p.module for p in keep_entries(d) + load_trained(run_root / CANDIDATES, d)}
@@ -156,10 +168,28 @@ def composed_kl(run_root, cfg, max_images: int | None = None, cache_bytes: float
         ev = Subset(ev, range(max_images))
     x = torch.cat([b for b, _ in DataLoader(ev, batch_size=64)])
     with torch.no_grad():
-        stem = d.stem.eval()(x)
         t_logp = F.log_softmax(teacher.model.eval()(x), 1)
-    cache: OrderedDict = OrderedDict({(): stem})
-    size = {(): stem.numel() * 4}
+    n_slots, layout = len(d.slots), layout_for(cfg.profile)
+    stems: dict = {}                 # stem at int8? → its output
+    cache: OrderedDict = OrderedDict()
+    size: dict = {}
+    int8_parts: dict = {}
+    calib: list = []                 # [images, [slot inputs per batch]] once an int8 part asks
+
+    def calib_inputs(first: int) -> list:
+        if not calib:
+            images = eval_batches(data_splits(cfg, teacher.data_config, train_augment=False).train,
+                                  cfg.profile.calib_images, cfg.score.batch_size)
+            with torch.no_grad():
+                calib[:] = [images, [capture(d, b)[0] for b in images]]
+        return calib[0] if first < 0 else [a[first] for a in calib[1]]
+
+    def int8(key, module, first: int):
+        if key not in int8_parts:
+            quantizable = any(isinstance(m, QUANT_LAYERS) for m in module.modules())
+            int8_parts[key] = (simulated_int8(module, calib_inputs(first), cfg.profile.calib_method, layout)
+                               if quantizable else module).eval()
+        return int8_parts[key]
 
     def module_of(o: Option):
         m = modules.get((o.first, o.last, o.op))
@@ -167,31 +197,36 @@ def composed_kl(run_root, cfg, max_images: int | None = None, cache_bytes: float
             m = span_teacher(d, o.first, o.last)
         if m is None:
             raise KeyError(f"no distilled weights for {o.first}-{o.last} {o.op}")
-        return m.eval()
+        return int8((o.first, o.last, o.op), m, o.first) if o.precision == "int8" else m.eval()
+
+    def stem_out(at_int8: bool):
+        if at_int8 not in stems:
+            with torch.no_grad():
+                stems[at_int8] = (int8("stem", d.stem, -1) if at_int8 else d.stem.eval())(x)
+        return stems[at_int8]
 
     def evaluate(choices: list[Option]) -> float:
-        keys = tuple((o.first, o.last, o.op) for o in sorted(choices, key=lambda o: o.first))
+        fixed = {o.op: o.precision == "int8" for o in choices if o.op in ("stem", "head") and
+                 (o.first < 0 or o.first >= n_slots)}
+        blocks = sorted((o for o in choices if 0 <= o.first < n_slots), key=lambda o: o.first)
+        root = fixed.get("stem", False)
+        keys = tuple((o.first, o.last, o.op, o.precision) for o in blocks)
         k = len(keys)
-        while keys[:k] not in cache:
+        while k and (root, keys[:k]) not in cache:
             k -= 1
-        h = cache[keys[:k]]
-        for j in range(k, -1, -1):             # the whole chain stays warm, not just its tip
-            if keys[:j] in cache:
-                cache.move_to_end(keys[:j])
-        by_key = {(o.first, o.last, o.op): o for o in choices}
+        h = cache[(root, keys[:k])] if k else stem_out(root)
+        for j in range(k, 0, -1):              # the whole chain stays warm, not just its tip
+            cache.move_to_end((root, keys[:j]))
         with torch.no_grad():
             for i in range(k, len(keys)):
-                h = module_of(by_key[keys[i]])(h)
-                cache[keys[:i + 1]] = h
-                size[keys[:i + 1]] = h.numel() * 4
-            logp = F.log_softmax(d.head.eval()(h), 1)
-        while sum(size.values()) > cache_bytes and len(cache) > 1:
+                h = module_of(blocks[i])(h)
+                cache[(root, keys[:i + 1])] = h
+                size[(root, keys[:i + 1])] = h.numel() * 4
+            head = int8("head", d.head, n_slots) if fixed.get("head") else d.head.eval()
+            logp = F.log_softmax(head(h), 1)
+        while cache and sum(size.values()) > cache_bytes:
             old, _ = cache.popitem(last=False)
             size.pop(old)
-            if () not in cache:                    # the stem output is every prefix's root
-                cache[()] = stem
-                size[()] = stem.numel() * 4
-                cache.move_to_end((), last=False)
         return float(F.kl_div(logp, t_logp, log_target=True, reduction="sum")) / x.shape[0]
 
     return evaluate
