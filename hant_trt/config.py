@@ -105,7 +105,9 @@ class SearchCfg:
     calibrate_rounds: int = 0       # N > 0: time the chosen student beside the teacher on the profile
                                     #   backend and re-solve with a corrected budget, up to N times
     refine_sweeps: int = 0          # N > 0: improve the ILP's pick by local search on the composed
-                                    #   student's KL (eval split), up to N sweeps over the slots
+                                    #   student's KL (eval split, int8 parts simulated), up to N sweeps
+    refine_moves: str = "both"      # exclude: solve again without one replaced part (a span too) at a
+                                    #   time | swap: another option at one slot | both (exclude first)
     interactions: str = "none"      # skip: measure every pair of skips composed (eval split, KL) and
                                     #   penalise pairs that lose more than their swap-one scores add up to
     skip_weight: float = 1.0        # a `skip`'s score × this: > 1 says the fine-tune recovers trainable
@@ -313,7 +315,8 @@ RULES: dict[str, dict[str, Rule]] = {
                "sweep": Rule(int, lo=0), "devices": Rule("strs", optional=True),
                "max_params": _count_rule(), "max_macs": _count_rule(),
                "latency_model": Rule(str, choices=("scale", "offset")), "calibrate_rounds": Rule(int, lo=0),
-               "refine_sweeps": Rule(int, lo=0), "interactions": Rule(str, choices=("none", "skip")),
+               "refine_sweeps": Rule(int, lo=0), "refine_moves": Rule(str, choices=("both", "exclude", "swap")),
+               "interactions": Rule(str, choices=("none", "skip")),
                "skip_weight": Rule(float, **POSITIVE), "max_skips_per_stage": Rule(int, lo=0, optional=True),
                "exclude": Rule("strs", optional=True, check=_exclude_text)},
     "build": {"finetune_steps": Rule(int, lo=0), "finetune_lr": Rule(float, **POSITIVE),

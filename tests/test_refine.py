@@ -85,3 +85,30 @@ def test_refine_repairs_the_budget_with_the_cheapest_proxy_loss():
     sol, info = refine(p, start, composed, sweeps=1)
     assert sol.predicted_s[D] <= p.budget_s[D] + 1e-12
     assert any(m["repair"] for m in info["moves"]), info
+
+
+def test_exclusion_moves_drop_a_fused_part_that_composes_badly():
+    """The proxy's best pick holds a fused span 1-2 that costs 5 more in the composed student than
+    its swap-one score says. No single-slot move can remove a span; solving again without it can,
+    and the refinement takes that student (exclusion moves, `resolve`)."""
+    from hant_trt.search.ilp import solve
+
+    p = _problem(n=4, budget=3.0)
+    p.options.append(Option(1, 2, "fused", "fp32", -0.3, {D: 0.5}))
+
+    def bad_span(choices):
+        return sum(-o.score for o in choices) + 5.0 * any(o.op == "fused" for o in choices)
+
+    start = solve(p, "cbc", 10)
+    assert any(o.op == "fused" for o in start.choices)
+    same, info = refine(p, start, bad_span, sweeps=2)                       # swap moves only
+    assert any(o.op == "fused" for o in same.choices) and not info["moves"]
+    sol, info = refine(p, start, bad_span, sweeps=2, resolve=lambda q: solve(q, "cbc", 10))
+    assert not any(o.op == "fused" for o in sol.choices)
+    assert info["moves"][0]["kind"] == "exclude" and info["moves"][0]["old"] == "1-2 fused"
+    assert bad_span(sol.choices) < bad_span(start.choices) and info["kl_start"] == bad_span(start.choices)
+    assert sol.predicted_s[D] <= p.budget_s[D] + 1e-9 and {o.first for o in sol.choices} == {0, 1, 2, 3}
+    # exclusions only (`search.refine_moves = "exclude"`): no swap after them, so no better than both
+    only, info = refine(p, start, bad_span, sweeps=2, resolve=lambda q: solve(q, "cbc", 10), movable=lambda o: False)
+    assert not any(o.op == "fused" for o in only.choices) and bad_span(only.choices) >= bad_span(sol.choices)
+    assert info["moves"] and all(m["kind"] == "exclude" for m in info["moves"])

@@ -34,11 +34,65 @@ class Move:
     repair: tuple | None     # (slot, old op, new op) of the budget repair, if one was needed
     kl_before: float
     kl_after: float
+    kind: str = "swap"       # swap: one slot's option | exclude: the ILP solved again without `old`
 
     def to_dict(self) -> dict:
-        return {"sweep": self.sweep, "slot": self.slot, "old": self.old, "new": self.new,
+        return {"kind": self.kind, "sweep": self.sweep, "slot": self.slot, "old": self.old, "new": self.new,
                 "repair": list(self.repair) if self.repair else None,
                 "kl_before": round(self.kl_before, 5), "kl_after": round(self.kl_after, 5)}
+
+
+def _name(o: Option) -> str:
+    where = str(o.first) if o.first == o.last else f"{o.first}-{o.last}"
+    return f"{where} {o.op}" + (f" {o.precision}" if o.precision != "fp32" else "")
+
+
+def _changes(old: list[Option], new: list[Option]) -> str:
+    gone = sorted(set(o.key for o in old) - set(o.key for o in new))
+    came = [o for o in sorted(new, key=lambda o: o.first) if o.key not in {x.key for x in old}]
+    by_key = {o.key: o for o in old}
+    return ", ".join([f"−{_name(by_key[k])}" for k in gone] + [f"+{_name(o)}" for o in came])
+
+
+def exclusions(problem: Problem, solution: Solution, evaluate: Callable[[list[Option]], float],
+               resolve: Callable[[Problem], Solution], sweeps: int = 2, min_gain: float = 0.005,
+               progress: Callable[[str], None] | None = None) -> tuple[Problem, Solution, float, float, list, int]:
+    """Exclusion moves: for every replaced part of the selection (a fused span too), the ILP solved
+    again without that option — the best proxy selection that does without it — and composed; the
+    best is taken when it lowers the composed KL by more than `min_gain`, up to `sweeps` times.
+    Why: a part whose swap-one score is fine can compose badly with the rest (Lite0's 192-channel
+    7x7 blocks at int8x=1.5: −6.4 points with, −1.8 without, at the same measured speed — found by
+    hand with `search.exclude`, docs/RESULTS.md, session 17); single-slot moves cannot reach the
+    alternative when it breaks a span or changes several slots at once.
+    Returns (the problem without the excluded options, solution, KL at the start, KL now, moves, evaluations)."""
+    from ..errors import UserError
+
+    chosen = sorted(solution.choices, key=lambda o: o.first)
+    start = cur = evaluate(chosen + list(solution.fixed_choices))
+    moves, tried = [], 1
+    for sweep in range(max(0, sweeps)):
+        best = None
+        parts = [o for o in chosen if not (o.op == "keep" and o.precision == "fp32")]
+        for i, o in enumerate(parts):
+            if progress:
+                progress(f"refine exclusions {sweep + 1}: without {_name(o)} ({i + 1}/{len(parts)})")
+            p = replace(problem, options=[x for x in problem.options if x.key != o.key])
+            try:
+                sol = resolve(p)
+            except UserError:
+                continue                            # nothing else meets the budget without it
+            kl = evaluate(sorted(sol.choices, key=lambda x: x.first) + list(sol.fixed_choices))
+            tried += 1
+            if best is None or kl < best[0]:
+                best = (kl, o, p, sol)
+        if best is None or best[0] >= cur * (1 - min_gain):
+            break
+        kl, o, problem, sol = best
+        moves.append(Move(sweep, o.first, _name(o), _changes(chosen, sol.choices), None, cur, kl, kind="exclude"))
+        if progress:
+            progress(f"refine: without {_name(o)}: {moves[-1].new}: KL {cur:.4f} → {kl:.4f}")
+        solution, chosen, cur = sol, sorted(sol.choices, key=lambda x: x.first), kl
+    return problem, solution, start, cur, moves, tried
 
 
 def _fits(p: Problem, chosen: list[Option], fixed: list[Option] = ()) -> bool:
@@ -55,12 +109,21 @@ def _fits(p: Problem, chosen: list[Option], fixed: list[Option] = ()) -> bool:
 
 def refine(problem: Problem, solution: Solution, evaluate: Callable[[list[Option]], float], sweeps: int = 2,
            min_gain: float = 0.005, repairs: int = 3, movable: Callable[[Option], bool] | None = None,
-           progress: Callable[[str], None] | None = None) -> tuple[Solution, dict]:
+           progress: Callable[[str], None] | None = None,
+           resolve: Callable[[Problem], Solution] | None = None) -> tuple[Solution, dict]:
     """(refined solution, info). evaluate(choices) → the composed student's KL (lower is better);
     it is called once per tried selection. repairs: how many budget repairs (at different slots)
     are tried for a move that breaks the budget. movable(option) → whether a slot may change
     (default: single-slot, any precision). The stem's and head's chosen precisions stay; evaluate
-    gets them with the slots' choices. The refined selection meets every constraint of `problem`."""
+    gets them with the slots' choices. resolve(problem) → the ILP's solution: when given,
+    `exclusions` runs first (up to `sweeps` moves, each solving once per replaced part), then the
+    single-slot moves on what it left. The refined selection meets every constraint of `problem`."""
+    ex_moves, ex_tried, start = [], 0, None
+    t_ex = time.perf_counter()
+    if resolve is not None:
+        problem, solution, start, _, ex_moves, ex_tried = exclusions(problem, solution, evaluate, resolve, sweeps,
+                                                                      min_gain, progress)
+    ex_seconds = time.perf_counter() - t_ex
     movable = movable or (lambda o: o.first == o.last)
     by_slot: dict[int, list[Option]] = {}
     for o in problem.options:
@@ -71,9 +134,10 @@ def refine(problem: Problem, solution: Solution, evaluate: Callable[[list[Option
     composed = evaluate
     evaluate = lambda ch: composed(ch + fixed)  # noqa: E731
     t0 = time.perf_counter()
-    start = cur = evaluate(chosen)
-    moves: list[Move] = []
-    tried = 1
+    cur = evaluate(chosen)
+    start = cur if start is None else start
+    moves: list[Move] = list(ex_moves)
+    tried = 1 + ex_tried
     per_sweep = sum(len(by_slot.get(o.first, ())) - 1 for o in chosen if movable(o))   # at least
     for sweep in range(max(0, sweeps)):
         changed = False
@@ -112,7 +176,7 @@ def refine(problem: Problem, solution: Solution, evaluate: Callable[[list[Option
     out = replace(solution, choices=chosen, predicted_s=pred,
                   score=sum(o.score for o in chosen + fixed) + pair_score(problem.pairs, chosen))
     info = {"kl_start": start, "kl_end": cur, "moves": [m.to_dict() for m in moves], "evaluated": tried,
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "seconds": round(time.perf_counter() - t0 + ex_seconds, 1)}
     return out, info
 
 
@@ -232,4 +296,4 @@ def composed_kl(run_root, cfg, max_images: int | None = None, cache_bytes: float
     return evaluate
 
 
-__all__ = ["Move", "refine", "composed_kl"]
+__all__ = ["Move", "refine", "exclusions", "composed_kl"]

@@ -17,7 +17,8 @@ from .sweep import pareto_sweep, plot_pareto
 from .tables import Tables, build_problem, canonical_metric, load_tables, read_n_slots, select_devices
 
 INPUTS = (SCORES, LATENCY, LATENCY_FIXED, TEACHER)
-_OMITTED_AT_DEFAULT = {"calibrate_rounds": 0, "refine_sweeps": 0, "skip_weight": 1.0, "interactions": "none",
+_OMITTED_AT_DEFAULT = {"calibrate_rounds": 0, "refine_sweeps": 0, "refine_moves": "both", "skip_weight": 1.0,
+                       "interactions": "none",
                        "max_skips_per_stage": None, "exclude": None}
 
 
@@ -168,9 +169,13 @@ def _refining(solve_fn, run: RunDir, cfg, log: list):
 
     evaluate = composed_kl(run.root, cfg)
 
+    moves = getattr(cfg.search, "refine_moves", "both")
+
     def solve_and_refine(p):
         sol, info = refine(p, solve_fn(p), evaluate, cfg.search.refine_sweeps,
-                           progress=lambda line: print(line, file=sys.stderr, flush=True))
+                           progress=lambda line: print(line, file=sys.stderr, flush=True),
+                           resolve=solve_fn if moves in ("both", "exclude") else None,
+                           movable=(lambda o: False) if moves == "exclude" else None)
         log.append(info)
         return sol
 
