@@ -130,9 +130,6 @@ engine_name = "e2e"
     assert info["verify"]["passed"] and info["verify"]["precision"] in ("fp16", "int8"), info["verify"]
     g = onnx.load(str(run / "student" / "student.onnx")).graph
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in g.initializer)
-    # infeasible budget: one line, exit 2
-    r = run_cli("search", str(run), "--budget", "0.01x", env=env)
-    assert r.returncode == 2 and "smallest reachable latency" in r.stderr
     # composition refinement: the evaluator's KL is the assembled student's KL on the eval split,
     # the same with and without its prefix cache; the refined student meets the budget
     from torch.utils.data import DataLoader
@@ -214,6 +211,11 @@ engine_name = "e2e"
     assert pairs[0]["kl_ab"] > 0 and abs(pairs[0]["excess"]) < pairs[0]["kl_ab"]
     sol = json.loads((run / "solution.json").read_text())
     assert sol["predicted_s"] <= sol["budget_s"] * (1 + 1e-9)
+    # an infeasible constraint: one line, exit 2 — last, as the limit stays in the run's config. A
+    # parameter limit, not a latency budget: with fp16 timed on ORT CPU, noisy int8 junction savings
+    # once made even 0.01x of the teacher reachable (the budget's message: test_search*.py)
+    r = run_cli("search", str(run), "--budget", "1x", "--set", "search.max_params=1", env=env)
+    assert r.returncode == 2 and "is infeasible" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_a_stage_redone_fast_is_reported_done_not_skipped(tmp_path, monkeypatch):
