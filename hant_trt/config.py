@@ -108,6 +108,9 @@ class SearchCfg:
                                     #   student's KL (eval split, int8 parts simulated), up to N sweeps
     refine_moves: str = "both"      # exclude: solve again without one replaced part (a span too) at a
                                     #   time | swap: another option at one slot | both (exclude first)
+    refine_judge: str = "kl"        # kl: the composed student's KL, untrained | finetune: the build's eval
+                                    #   objective after a `judge_steps` fine-tune (exclusion moves only)
+    judge_steps: int = 150          # the judge's fine-tune steps (the build's settings, shortened)
     interactions: str = "none"      # skip: measure every pair of skips composed (eval split, KL) and
                                     #   penalise pairs that lose more than their swap-one scores add up to
     skip_weight: float = 1.0        # a `skip`'s score × this: > 1 says the fine-tune recovers trainable
@@ -316,6 +319,7 @@ RULES: dict[str, dict[str, Rule]] = {
                "max_params": _count_rule(), "max_macs": _count_rule(),
                "latency_model": Rule(str, choices=("scale", "offset")), "calibrate_rounds": Rule(int, lo=0),
                "refine_sweeps": Rule(int, lo=0), "refine_moves": Rule(str, choices=("both", "exclude", "swap")),
+               "refine_judge": Rule(str, choices=("kl", "finetune")), "judge_steps": Rule(int, lo=0),
                "interactions": Rule(str, choices=("none", "skip")),
                "skip_weight": Rule(float, **POSITIVE), "max_skips_per_stage": Rule(int, lo=0, optional=True),
                "exclude": Rule("strs", optional=True, check=_exclude_text)},

@@ -19,6 +19,7 @@ LATENCY_FIXED = "latency_fixed.json"     # profile: {"device": {fingerprint: ste
 SOLUTION = "solution.json"               # search: the chosen student
 PARETO_JSON, PARETO_PNG = "pareto.json", "pareto.png"    # search with a sweep
 INTERACTIONS = "interactions.json"       # search: measured pair terms, keyed by its input tables
+JUDGE, JUDGE_DIR = "judge.json", "judge"  # search: fine-tune judgements by selection; their checkpoints
 STUDENT = "student"                      # build: the saved student folder
 INT8_CALIB = "int8_calib.json"           # beside a saved student: the ranges of its int8 parts
 BUILD = "build.json"                     # build: what was built and measured

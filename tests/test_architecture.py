@@ -33,6 +33,9 @@ ALLOWED = {
         "a TensorRT plan is checked against the metadata the build wrote beside it",
     ("hant_trt.search.refine", "hant_trt.distill.pool"): "refinement composes phase 1's distilled candidates",
     ("hant_trt.search.calibrate", "hant_trt.student.assemble"): "budget calibration times whole students",
+    ("hant_trt.search.judge", "hant_trt.student.assemble"): "the fine-tune judge builds each selection's student",
+    ("hant_trt.search.judge", "hant_trt.student.finetune"): "… scores it by the build's own eval objective",
+    ("hant_trt.search.judge", "hant_trt.student.stage"): "… and fine-tunes and calibrates it as the build does",
     ("hant_trt.student.stage", "hant_trt.distill.pool"): "the student is assembled from phase 1's candidates",
 }
 

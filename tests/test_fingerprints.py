@@ -83,3 +83,22 @@ def test_build_options_left_out_at_their_default_still_count_when_set(tmp_path):
     plain = build_fingerprint(run, cfg)
     cfg.build.ema = 0.998
     assert build_fingerprint(run, cfg) != plain
+
+
+def test_a_search_judged_by_fine_tunes_is_redone_when_the_build_trains_otherwise(tmp_path):
+    """With `search.refine_judge = "finetune"` the pick depends on how the build fine-tunes: its
+    training settings join the search fingerprint (the engine's name does not); with the KL judge
+    they stay out."""
+    cfg = RunConfig()
+    run = RunDir(tmp_path / "run")
+    cfg.search.refine_sweeps = 1
+    kl = search_fingerprint(run, cfg)
+    cfg.build.ce_weight = 1.0
+    assert search_fingerprint(run, cfg) == kl
+    cfg.search.refine_judge = "finetune"
+    judged = search_fingerprint(run, cfg)
+    assert judged != kl
+    cfg.build.engine_name = "x"
+    assert search_fingerprint(run, cfg) == judged
+    cfg.build.ce_weight = 2.0
+    assert search_fingerprint(run, cfg) != judged

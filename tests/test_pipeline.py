@@ -211,6 +211,39 @@ engine_name = "e2e"
     assert pairs[0]["kl_ab"] > 0 and abs(pairs[0]["excess"]) < pairs[0]["kl_ab"]
     sol = json.loads((run / "solution.json").read_text())
     assert sol["predicted_s"] <= sol["budget_s"] * (1 + 1e-9)
+    # the fine-tune judge at the build's own steps scores a built selection as the build did: the
+    # eval objective of its deployed student (one code path, `train_student`). A parameter limit
+    # makes the selection replace something.
+    from hant_trt.search.judge import finetuned_objective
+    from hant_trt.student.finetune import eval_objective
+
+    r = run_cli("search", str(run), "--budget", "1x", "--set", "search.max_params=0.97x", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_cli("build", str(run), "--engines-dir", str(tmp_path / "engines"), env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    sol = Solution.from_dict(json.loads((run / "solution.json").read_text()))
+    assert any(o.op != "keep" for o in sol.choices)
+    notes = json.loads((run / "student" / "spec.json").read_text())["notes"]
+    built = eval_objective(notes["agreement"], rcfg.build.ce_weight)
+    rcfg = from_dict(json.loads((run / "run.json").read_text())["config"])
+    judge = finetuned_objective(run, rcfg, rcfg.build.finetune_steps)
+    judged = judge(list(sol.choices) + list(sol.fixed_choices))
+    assert built > 1e-3 and abs(judged - built) < 1e-3 * built, (judged, built)
+    assert judge(list(sol.choices) + list(sol.fixed_choices)) == judged       # judge.json: not again
+    assert not any((run / "judge").iterdir())                                # no checkpoint left behind
+    # judged by a short fine-tune in the search: exclusion moves only, each judgement kept
+    r = run_cli("search", str(run), "--budget", "1x", "--set", "search.refine_sweeps=1",
+                "--set", "search.refine_judge=finetune", "--set", "search.judge_steps=1", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ref = json.loads((run / "run.json").read_text())["stages"]["search"]["info"]["refine"]
+    assert ref["judge"] == "finetune" and ref["evaluated"] >= 2 and all(m["kind"] == "exclude" for m in ref["moves"])
+    judged = json.loads((run / "judge.json").read_text())
+    assert len(judged) >= 3 and ref["kl_start"] in {j["objective"] for j in judged.values()}
+    sol = json.loads((run / "solution.json").read_text())
+    assert sol["predicted_s"] <= sol["budget_s"] * (1 + 1e-9)
+    r = run_cli("search", str(run), "--budget", "1x", "--set", "search.refine_sweeps=1",
+                "--set", "search.refine_judge=finetune", "--set", "search.refine_moves=swap", env=env)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "exclusion" in r.stderr, r.stderr
     # an infeasible constraint: one line, exit 2 — last, as the limit stays in the run's config. A
     # parameter limit, not a latency budget: with fp16 timed on ORT CPU, noisy int8 junction savings
     # once made even 0.01x of the teacher reachable (the budget's message: test_search*.py)

@@ -73,9 +73,11 @@ def exclusions(problem: Problem, solution: Solution, evaluate: Callable[[list[Op
     for sweep in range(max(0, sweeps)):
         best = None
         parts = [o for o in chosen if not (o.op == "keep" and o.precision == "fp32")]
+        s0 = time.perf_counter()
         for i, o in enumerate(parts):
             if progress:
-                progress(f"refine exclusions {sweep + 1}: without {_name(o)} ({i + 1}/{len(parts)})")
+                eta = f", ETA {(time.perf_counter() - s0) / i * (len(parts) - i):.0f}s" if i else ""
+                progress(f"refine exclusions {sweep + 1}: without {_name(o)} ({i + 1}/{len(parts)}{eta})")
             p = replace(problem, options=[x for x in problem.options if x.key != o.key])
             try:
                 sol = resolve(p)

@@ -17,7 +17,8 @@ from .sweep import pareto_sweep, plot_pareto
 from .tables import Tables, build_problem, canonical_metric, load_tables, read_n_slots, select_devices
 
 INPUTS = (SCORES, LATENCY, LATENCY_FIXED, TEACHER)
-_OMITTED_AT_DEFAULT = {"calibrate_rounds": 0, "refine_sweeps": 0, "refine_moves": "both", "skip_weight": 1.0,
+_OMITTED_AT_DEFAULT = {"calibrate_rounds": 0, "refine_sweeps": 0, "refine_moves": "both", "refine_judge": "kl",
+                       "judge_steps": 150, "skip_weight": 1.0,
                        "interactions": "none",
                        "max_skips_per_stage": None, "exclude": None}
 
@@ -28,7 +29,16 @@ def search_fingerprint(run: RunDir, cfg) -> str:
     inputs = INPUTS
     if (run.root / FIXED_SCORES).is_file():            # runs without it keep their fingerprints
         inputs += (FIXED_SCORES,)
-    return stage_fingerprint({"search": search}, files={f: run.root / f for f in inputs})
+    settings = {"search": search}
+    if _judges_by_finetune(cfg):                       # the pick then depends on how the build trains
+        from .judge import training_settings
+
+        settings["build"] = training_settings(cfg)
+    return stage_fingerprint(settings, files={f: run.root / f for f in inputs})
+
+
+def _judges_by_finetune(cfg) -> bool:
+    return getattr(cfg.search, "refine_sweeps", 0) > 0 and getattr(cfg.search, "refine_judge", "kl") == "finetune"
 
 
 def run_search(run: RunDir, cfg) -> Solution:
@@ -162,20 +172,30 @@ def skip_pair_terms(root, cfg, tables, n_slots: int) -> list:
 
 def _refining(solve_fn, run: RunDir, cfg, log: list):
     """solve_fn followed by composition refinement (`search.refine_sweeps`); each refinement's
-    info is appended to `log`. The evaluator (torch, the distilled weights) is made once."""
+    info is appended to `log`. The evaluator (torch, the distilled weights) is made once: the
+    composed KL, or with `search.refine_judge = "finetune"` the build's eval objective after a short
+    fine-tune (`judge.py`), which judges exclusion moves only (swaps would be hundreds of fine-tunes)."""
     import sys
 
     from .refine import composed_kl, refine
 
-    evaluate = composed_kl(run.root, cfg)
-
     moves = getattr(cfg.search, "refine_moves", "both")
+    if _judges_by_finetune(cfg):
+        from .judge import finetuned_objective
+
+        if moves == "swap":
+            raise UserError('search.refine_judge = "finetune" judges exclusion moves only: set search.refine_moves '
+                            'to "exclude" (or "both")')
+        evaluate, moves = finetuned_objective(run.root, cfg, cfg.search.judge_steps), "exclude"
+    else:
+        evaluate = composed_kl(run.root, cfg)
 
     def solve_and_refine(p):
         sol, info = refine(p, solve_fn(p), evaluate, cfg.search.refine_sweeps,
                            progress=lambda line: print(line, file=sys.stderr, flush=True),
                            resolve=solve_fn if moves in ("both", "exclude") else None,
                            movable=(lambda o: False) if moves == "exclude" else None)
+        info["judge"] = getattr(cfg.search, "refine_judge", "kl")
         log.append(info)
         return sol
 

@@ -3,7 +3,9 @@ end-to-end fine-tune as `cfg.build` sets it, and the int8 plan of the parts chos
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import RunConfig
 from .assemble import Choice, replaced_parts
@@ -108,3 +110,78 @@ def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig, fixed: 
                                                          "calib_method": calib.method,
                                                          "int8_layout": calib.extra["layout"],
                                                          "calib_images": cfg.profile.calib_images}
+
+
+@dataclass
+class BuildData:
+    """What the build trains and measures a student on: the fine-tune's training images (at the
+    distillation resolution, and at the deploy resolution for its last steps), un-augmented
+    training images for BN estimation and int8 calibration, and the eval split."""
+
+    train: Any
+    full: Any
+    deploy_train: Any
+    eval_loader: Any
+    bn_batches: list
+
+
+def build_data(cfg: RunConfig, data_config: dict) -> BuildData:
+    from torch.utils.data import DataLoader
+
+    from ..data import data_splits
+    from ..training import eval_batches
+
+    splits = data_splits(cfg, data_config, train_resolution=cfg.distill.resolution)
+    deploy_train = data_splits(cfg, data_config, train_augment=False).train
+    return BuildData(splits.train, full_res_set(cfg, data_config), deploy_train, DataLoader(splits.eval, batch_size=32),
+                     eval_batches(deploy_train, cfg.build.bn_images, cfg.build.batch_size))
+
+
+@dataclass
+class Trained:
+    """A student as the build leaves it: eval-split agreement before and after (after: as deployed,
+    int8 parts simulated), the fine-tune's record, the int8 ranges and simulated student, notes."""
+
+    before: dict
+    after: dict
+    finetune: dict
+    calib: Any
+    deployed: Any
+    notes: dict
+
+
+def train_student(student, teacher_model, d, choices: list[Choice], fixed: dict, data: BuildData, cfg: RunConfig,
+                  ckpt_dir: Path, fingerprint: str, device="cpu", calib_cache: Path | None = None) -> Trained:
+    """The build's student side on an assembled student, in place: fine-tune as `cfg.build` sets it
+    (`build.qat`: through its int8 roundings), BN re-estimation, `build.keep_best`'s decision, the
+    int8 plan. The build and the search's fine-tune judge (`search/judge.py`) both run this, so a
+    judgement is what the build would make of a selection."""
+    from .finetune import agreement, finetune_rejected
+
+    b = cfg.build
+    before = agreement(student, teacher_model, data.eval_loader)
+    ft: dict = {"steps": 0}
+    ordered = sorted(choices, key=lambda c: c.first)
+    keep_check = b.keep_best and b.finetune_steps > 0
+    assembled = {k: v.detach().clone() for k, v in student.state_dict().items()} if keep_check else None
+    if b.finetune_steps > 0:
+        # build.qat: ranges of the assembled student, which its fine-tune learns to round with
+        qat = int8_calibration(student, choices, data.deploy_train, cfg, fixed, cache_dir=calib_cache) if b.qat else None
+        ft = finetune_student(student, teacher_model, d, ordered, data.train, cfg, ckpt_dir, fingerprint, device=device,
+                              int8_calib=qat, full_set=data.full)
+        if qat is not None:
+            ft["qat_sites"] = len(qat.amax)
+    recalibrate(student, ordered, data.bn_batches, b.bn_recalibrate)
+    after = agreement(student, teacher_model, data.eval_loader)
+    if keep_check and finetune_rejected(before, after, b.ce_weight):
+        # with few images a fine-tune can move a good assembly away from the teacher: measured on
+        # the eval split, the assembled weights are kept then
+        student.load_state_dict(assembled)
+        ft["kept"] = "assembled"
+        ft["rejected_eval"] = after      # what the discarded fine-tune scored: the decision stays readable
+        after = dict(before)
+    calib, deployed, notes = int8_plan(student, choices, data.deploy_train, cfg, fixed, cache_dir=calib_cache)
+    if calib is not None:
+        notes["agreement_fp32"] = after
+        after = agreement(deployed, teacher_model, data.eval_loader)    # what is deployed: int8 parts simulated
+    return Trained(before, after, ft, calib, deployed, notes)

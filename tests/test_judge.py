@@ -1,0 +1,28 @@
+"""The fine-tune judge's pure parts (search/judge.py); its agreement with the build itself is
+checked on a real run in tests/test_pipeline.py."""
+
+from hant_trt import config
+from hant_trt.search.ilp import Option
+from hant_trt.search.judge import judge_config, selection_key
+
+
+def test_the_judge_shortens_the_fine_tune_and_its_deploy_resolution_share_alike():
+    cfg = config.RunConfig()
+    cfg.build.finetune_steps, cfg.build.full_res_steps = 1200, 300
+    short = judge_config(cfg, 150)
+    assert (short.build.finetune_steps, short.build.full_res_steps) == (150, 38)   # a quarter, as the build's
+    assert (cfg.build.finetune_steps, cfg.build.full_res_steps) == (1200, 300)      # the run's own untouched
+    cfg.build.full_res_steps = 5000
+    assert judge_config(cfg, 150).build.full_res_steps == 150                       # never more than all
+    cfg.build.finetune_steps = 0
+    assert judge_config(cfg, 10).build.full_res_steps == 0
+
+
+def test_a_judgement_is_keyed_by_the_selection_its_precisions_and_the_settings():
+    a = [Option(0, 0, "ir_k3_e4", "int8", 0.1, {}), Option(1, 2, "keep", "fp32", 0.0, {})]
+    key = selection_key(a, {"stem": "int8"}, {"build": {"ce_weight": 2.0}})
+    assert key == selection_key(list(a), {"stem": "int8"}, {"build": {"ce_weight": 2.0}})
+    fp32 = [Option(0, 0, "ir_k3_e4", "fp32", 0.1, {}), a[1]]
+    assert key != selection_key(fp32, {"stem": "int8"}, {"build": {"ce_weight": 2.0}})
+    assert key != selection_key(a, {}, {"build": {"ce_weight": 2.0}})
+    assert key != selection_key(a, {"stem": "int8"}, {"build": {"ce_weight": 1.0}})
