@@ -112,3 +112,15 @@ def test_exclusion_moves_drop_a_fused_part_that_composes_badly():
     only, info = refine(p, start, bad_span, sweeps=2, resolve=lambda q: solve(q, "cbc", 10), movable=lambda o: False)
     assert not any(o.op == "fused" for o in only.choices) and bad_span(only.choices) >= bad_span(sol.choices)
     assert info["moves"] and all(m["kind"] == "exclude" for m in info["moves"])
+    # the fine-tune judge's setting: only parts that change an operation are excluded, each tried once
+    tried = []
+
+    def judged(choices):
+        tried.append(1)
+        return bad_span(choices)
+
+    ops, info = refine(p, start, judged, sweeps=1, resolve=lambda q: solve(q, "cbc", 10), movable=lambda o: False,
+                       excludable=lambda o: o.op != "keep")
+    assert not any(o.op == "fused" for o in ops.choices)
+    assert len(tried) == info["evaluated"] == 2 + sum(o.op != "keep" for o in start.choices)   # + the start, twice
+    assert any(o.op == "keep" for o in start.choices)                          # … so fewer than every part

@@ -87,7 +87,7 @@ def finetuned_objective(run_root, cfg, steps: int, log: Callable[[str], None] | 
         student = assemble(d, choices, trained_modules(run_root / CANDIDATES, d, choices))
         ckpt = run_root / JUDGE_DIR / key
         t = train_student(student, teacher.model, d, choices, fixed, data, jcfg, ckpt, key,
-                          device=resolve_device(jcfg.distill.device))
+                          device=resolve_device(jcfg.distill.device), calib_cache=run_root / "calib")
         res = t.after
         objective = eval_objective(res, jcfg.build.ce_weight)
         cache[key] = {"objective": objective, "kl": res["kl"], "ce": res.get("ce"),

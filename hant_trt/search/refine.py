@@ -56,7 +56,8 @@ def _changes(old: list[Option], new: list[Option]) -> str:
 
 def exclusions(problem: Problem, solution: Solution, evaluate: Callable[[list[Option]], float],
                resolve: Callable[[Problem], Solution], sweeps: int = 2, min_gain: float = 0.005,
-               progress: Callable[[str], None] | None = None) -> tuple[Problem, Solution, float, float, list, int]:
+               progress: Callable[[str], None] | None = None,
+               excludable: Callable[[Option], bool] | None = None) -> tuple[Problem, Solution, float, float, list, int]:
     """Exclusion moves: for every replaced part of the selection (a fused span too), the ILP solved
     again without that option — the best proxy selection that does without it — and composed; the
     best is taken when it lowers the composed KL by more than `min_gain`, up to `sweeps` times.
@@ -64,6 +65,8 @@ def exclusions(problem: Problem, solution: Solution, evaluate: Callable[[list[Op
     7x7 blocks at int8x=1.5: −6.4 points with, −1.8 without, at the same measured speed — found by
     hand with `search.exclude`, docs/RESULTS.md, session 17); single-slot moves cannot reach the
     alternative when it breaks a span or changes several slots at once.
+    excludable(option): which parts are tried (default: every part but the teacher's own block in
+    fp32 — an int8 `keep` too).
     Returns (the problem without the excluded options, solution, KL at the start, KL now, moves, evaluations)."""
     from ..errors import UserError
 
@@ -72,7 +75,7 @@ def exclusions(problem: Problem, solution: Solution, evaluate: Callable[[list[Op
     moves, tried = [], 1
     for sweep in range(max(0, sweeps)):
         best = None
-        parts = [o for o in chosen if not (o.op == "keep" and o.precision == "fp32")]
+        parts = [o for o in chosen if (excludable(o) if excludable else not (o.op == "keep" and o.precision == "fp32"))]
         s0 = time.perf_counter()
         for i, o in enumerate(parts):
             if progress:
@@ -112,7 +115,8 @@ def _fits(p: Problem, chosen: list[Option], fixed: list[Option] = ()) -> bool:
 def refine(problem: Problem, solution: Solution, evaluate: Callable[[list[Option]], float], sweeps: int = 2,
            min_gain: float = 0.005, repairs: int = 3, movable: Callable[[Option], bool] | None = None,
            progress: Callable[[str], None] | None = None,
-           resolve: Callable[[Problem], Solution] | None = None) -> tuple[Solution, dict]:
+           resolve: Callable[[Problem], Solution] | None = None,
+           excludable: Callable[[Option], bool] | None = None) -> tuple[Solution, dict]:
     """(refined solution, info). evaluate(choices) → the composed student's KL (lower is better);
     it is called once per tried selection. repairs: how many budget repairs (at different slots)
     are tried for a move that breaks the budget. movable(option) → whether a slot may change
@@ -124,7 +128,7 @@ def refine(problem: Problem, solution: Solution, evaluate: Callable[[list[Option
     t0 = time.perf_counter()
     if resolve is not None:
         problem, solution, start, _, ex_moves, ex_tried = exclusions(problem, solution, evaluate, resolve, sweeps,
-                                                                      min_gain, progress)
+                                                                      min_gain, progress, excludable)
     movable = movable or (lambda o: o.first == o.last)
     by_slot: dict[int, list[Option]] = {}
     for o in problem.options:

@@ -187,14 +187,17 @@ def _refining(solve_fn, run: RunDir, cfg, log: list):
             raise UserError('search.refine_judge = "finetune" judges exclusion moves only: set search.refine_moves '
                             'to "exclude" (or "both")')
         evaluate, moves = finetuned_objective(run.root, cfg, cfg.search.judge_steps), "exclude"
+        # only parts that change an operation: excluding an int8 `keep` puts one block back at the
+        # base precision, rarely better and one fine-tune each (Lite1: 18 parts, 8 of them ops)
+        excludable = lambda o: o.op != "keep"  # noqa: E731
     else:
-        evaluate = composed_kl(run.root, cfg)
+        evaluate, excludable = composed_kl(run.root, cfg), None
 
     def solve_and_refine(p):
         sol, info = refine(p, solve_fn(p), evaluate, cfg.search.refine_sweeps,
                            progress=lambda line: print(line, file=sys.stderr, flush=True),
                            resolve=solve_fn if moves in ("both", "exclude") else None,
-                           movable=(lambda o: False) if moves == "exclude" else None)
+                           movable=(lambda o: False) if moves == "exclude" else None, excludable=excludable)
         info["judge"] = getattr(cfg.search, "refine_judge", "kl")
         log.append(info)
         return sol
