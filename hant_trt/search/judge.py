@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import shutil
 import sys
 from typing import Callable
 
 from .. import atomic
-from ..rundir import file_hash
+from ..rundir import file_hash, fingerprint
 from ..runfiles import CANDIDATES, JUDGE, JUDGE_DIR, SCORES
 from .ilp import Option
 
@@ -48,9 +47,8 @@ def training_settings(cfg) -> dict:
 def selection_key(choices: list[Option], fixed: dict, settings: dict) -> str:
     """What one judgement depends on: the selection (slots and the stem's / head's precision) and
     the settings it was fine-tuned with."""
-    blob = json.dumps({"choices": [[o.first, o.last, o.op, o.precision] for o in choices],
-                       "fixed": sorted(fixed.items()), **settings}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return fingerprint({"choices": [[o.first, o.last, o.op, o.precision] for o in choices],
+                        "fixed": sorted(fixed.items()), **settings})
 
 
 def finetuned_objective(run_root, cfg, steps: int, log: Callable[[str], None] | None = None) -> Callable:
