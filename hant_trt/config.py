@@ -85,7 +85,8 @@ class ProfileCfg:
                                     #   integer residual Adds and pooling) | auto (ort-qadd on the ort
                                     #   backend without fp16, else trt)
     context: str = "alone"          # alone: each candidate timed by itself | model: also timed inside
-                                    #   the teacher (swapped in, beside the teacher), fp32 only
+                                    #   the teacher (swapped in, beside the teacher; int8 ones inside
+                                    #   the int8 teacher), fp32 and int8 | int8: only the int8 ones
     context_rounds: int = 5         # model: alternating (teacher, swapped) pairs per swap
     compile: bool = False           # torch backend: time torch.compile'd modules (Inductor fuses BN and
                                     #   activations into convolutions, as TensorRT does)
@@ -311,7 +312,7 @@ RULES: dict[str, dict[str, Rule]] = {
                 "cv_target": Rule(float, **POSITIVE),
                 "calib_method": Rule(str, choices=("max", "percentile", "entropy")),
                 "calib_images": Rule(int, lo=1), "int8_layout": Rule(str, choices=_int8_layouts),
-                "context": Rule(str, choices=("alone", "model")), "context_rounds": Rule(int, lo=1),
+                "context": Rule(str, choices=("alone", "model", "int8")), "context_rounds": Rule(int, lo=1),
                 "compile": Rule(bool)},
     "search": {"budget": Rule(str, check=_budget_text), "metric": Rule(str, choices=_metrics),
                "solver": Rule(str, choices=("cbc", "highs")), "time_limit": Rule(float, **POSITIVE),

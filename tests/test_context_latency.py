@@ -92,8 +92,71 @@ def test_context_setting_is_checked(tmp_path):
 
     cfg = RunConfig()
     cfg.profile.context = "inside"
-    with pytest.raises(UserError, match="alone or model"):
+    with pytest.raises(UserError, match="alone, model, int8"):
         run_profile(RunDir(tmp_path / "run"), cfg)
-    cfg.profile.context, cfg.profile.precisions = "model", ["fp32", "int8"]
-    with pytest.raises(UserError, match="fp32 swaps only"):
+    cfg.profile.context, cfg.profile.precisions = "int8", ["fp32"]
+    with pytest.raises(UserError, match="needs int8"):
         run_profile(RunDir(tmp_path / "run"), cfg)
+    cfg.profile.context, cfg.profile.precisions = "model", ["fp32", "fp16"]
+    with pytest.raises(UserError, match="fp32 and int8 swaps only"):
+        run_profile(RunDir(tmp_path / "run"), cfg)
+
+
+def test_int8_savings_are_timed_in_the_int8_teacher_and_keyed_apart(tmp_path):
+    from hant_trt.quant.layouts import layout_for
+
+    d = toy()
+    table = LatencyTable(tmp_path / "lut.sqlite")
+    layout = layout_for(SimpleNamespace(int8_layout="ort", backend="ort", precisions=["fp32", "int8"]))
+    swaps = [Swap(1, 1, "skip", "skip|16", "conv96|16")]
+    kw = dict(rounds=3, max_seconds=0.05, progress=False)
+    got8 = measure_in_context(d, "toy", 32, swaps, lambda f, l, op: nn.Identity(), get_backend("ort", threads=1),
+                              table, tmp_path / "w", precision="int8", layout=layout, **kw)
+    assert got8[("conv96|16", "skip|16")].median_s > 0       # dropping the widest block saves at int8 too
+    assert list((tmp_path / "w").glob("ctx_swapped*.onnx"))
+    precisions = {r.precision for r in table.rows()}
+    assert precisions == {layout.table_precision("int8")} and "int8" in precisions.pop()
+    got32 = measure_in_context(d, "toy", 32, swaps, lambda f, l, op: nn.Identity(), get_backend("ort", threads=1),
+                               table, tmp_path / "w", **kw)
+    assert len(table.rows()) == 2 and got32[("conv96|16", "skip|16")] != got8[("conv96|16", "skip|16")]
+    with pytest.raises(ValueError, match="fp32 or int8"):
+        measure_in_context(d, "toy", 32, swaps, lambda f, l, op: nn.Identity(), get_backend("ort", threads=1),
+                           table, tmp_path / "w", precision="fp16", **kw)
+
+
+def test_int8_rows_in_context_make_the_search_predict_the_int8_teacher_minus_saving(monkeypatch):
+    """A span swapped into the int8 teacher: the row the profile writes for it makes the search's
+    int8 model (k8 × (stem + head + Σ parts − savings at int8 junctions)) predict exactly the
+    measured int8 teacher − the measured saving, with the span's inner junction gone."""
+    from hant_trt.latency import context, stage
+    from hant_trt.latency.lut import LatencyRow
+    from hant_trt.search.ilp import Option, Problem, predict
+
+    dev, keeps8, stem8, head8 = "cpu", [1.0, 2.0, 1.5], 0.4, 0.2
+    junctions = [0.05, 0.1, 0.2, 0.08]                     # j = 0..3: inputs of slots 0..2 and the head
+    sum8 = stem8 + head8 + sum(keeps8) - sum(junctions)
+    fixed = {"teacher_s": 9.0, "teacher_sum_s": 8.0, "teacher_int8_s": 4.5, "teacher_int8_sum_s": sum8,
+             "junction_saving_s": junctions}
+    rows = [{"first": i, "last": i, "op": "keep", "precision": "int8", "signature": f"k{i}", "median_s": v}
+            for i, v in enumerate(keeps8)]
+    rows.append({"first": 1, "last": 2, "op": "span", "precision": "int8", "signature": "span", "median_s": 9.9})
+
+    def fake_measure(d, model, res, swaps, make, backend, table, workdir, **kw):
+        assert kw["precision"] == "int8" and [(s.keep_signature, s.signature) for s in swaps] == [("k1+k2", "span")]
+        return {("k1+k2", "span"): LatencyRow("x", "3x32x32", 1, "int8", "ort", "v", dev, median_s=0.9)}
+
+    monkeypatch.setattr(context, "measure_in_context", fake_measure)
+    cfg = RunConfig()
+    cfg.profile.context, cfg.profile.precisions = "int8", ["fp32", "int8"]     # fp32 rows stay standalone
+    info = stage._in_context(rows, fixed, None, SimpleNamespace(name="toy", resolution=32), None, None, None, None,
+                             cfg)
+    assert info["int8"] == {"swaps": 1, "rows_in_context": 1} and "fp32" not in info and rows[-1]["alone_s"] == 9.9
+    k8 = fixed["teacher_int8_s"] / sum8
+    opt = lambda r: Option(r["first"], r["last"], r["op"], "int8", 0.0, {dev: r["median_s"] * k8})
+    fixed_opts = [Option(-1, -1, "stem", "int8", 0.0, {dev: stem8 * k8}), Option(3, 3, "head", "int8", 0.0, {dev: head8 * k8})]
+    p = Problem(3, [], {dev: 1.0}, {dev: 0.0}, fixed_options=fixed_opts,
+                junction_saving_s=[{dev: j * k8} for j in junctions])
+    teacher = predict(p, [opt(r) for r in rows[:3]], fixed_opts, dev)
+    swapped = predict(p, [opt(rows[0]), opt(rows[-1])], fixed_opts, dev)
+    assert teacher == pytest.approx(fixed["teacher_int8_s"])
+    assert swapped == pytest.approx(fixed["teacher_int8_s"] - 0.9)

@@ -14,6 +14,12 @@ repeated blocks share one measurement). Rows go to the same table, signature
 `ctx:<model>@<resolution>:<teacher part signature>-><candidate signature>`, median_s = the saving
 in seconds (negative when the candidate is slower in place), stdev_s its spread over the pairs,
 count = pairs.
+
+At int8 the context is the whole teacher at int8 (every part, stem and head in the profile's Q/DQ
+layout) and the candidate is swapped in at int8: an int8 part standalone carries a quantize of its
+input, a dequantize of its output and the layout reorders around them, which inside an int8 network
+are shared or elided — standalone int8 rows of early, wide slots were 2x what the same part costs
+in a built student (docs/RESULTS.md, session 20).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..quant.layouts import DEFAULT, QdqLayout, quantize_int8
 from .backends.base import Backend
 from .lut import LatencyRow, LatencyTable, make_key
 
@@ -70,25 +77,37 @@ def paired_saving(backend: Backend, teacher_prep, swapped_prep, rounds: int, max
 
 def measure_in_context(d, model_name: str, resolution: int, swaps: list[Swap], make_module, backend: Backend,
                        table: LatencyTable, workdir: Path, batch: int = 1, rounds: int = 5,
-                       max_seconds: float = 0.3, progress: bool = True) -> dict[tuple[str, str], LatencyRow]:
+                       max_seconds: float = 0.3, progress: bool = True, precision: str = "fp32",
+                       layout: QdqLayout = DEFAULT) -> dict[tuple[str, str], LatencyRow]:
     """{(keep_signature, signature): row} for every distinct swap; rows already in `table` for this
     backend, version and device are reused, new ones are written as they are measured (so a killed
     profile resumes where it stopped). A swap that fails to export or run is recorded with its
     error and left out of the result (the search then uses its standalone timing: never fatal).
 
     make_module(first, last, op) -> the candidate's nn.Module (eval mode, any weights).
+    precision: "fp32", or "int8": teacher and swapped model both wholly int8 in `layout` (Q/DQ
+    ranges from seeded random images: they do not change latency).
     """
     from ..progress import progress as bar_of
     from .export import export_onnx
 
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"in-context timing is fp32 or int8, not {precision}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     device = backend.device().fingerprint
     shape = (batch, 3, resolution, resolution)
+    table_precision = layout.table_precision(precision) if precision == "int8" else precision
 
     def key(s: Swap) -> tuple:
-        return make_key(context_signature(model_name, resolution, s.keep_signature, s.signature), shape, "fp32",
-                        backend.name, backend.version(), device)
+        return make_key(context_signature(model_name, resolution, s.keep_signature, s.signature), shape,
+                        table_precision, backend.name, backend.version(), device)
+
+    def prepared(module, name: str):
+        if precision == "int8":
+            return backend.prepare(quantize_int8(module, shape, workdir / f"{name}.{layout.file_precision('int8')}.onnx",
+                                                 layout=layout), "int8")
+        return backend.prepare(export_onnx(module, shape, workdir / f"{name}.onnx"))
 
     out, todo, seen = {}, [], set()
     for s in swaps:
@@ -103,14 +122,14 @@ def measure_in_context(d, model_name: str, resolution: int, swaps: list[Swap], m
             out[k] = row
     if not todo:
         return out
-    teacher_prep = backend.prepare(export_onnx(swapped_model(d, 0, 0, None), shape, workdir / "ctx_teacher.onnx"))
-    bar = bar_of(len(todo), desc=f"in-context latency on {backend.name}", unit="swap", items=todo, show=progress)
+    teacher_prep = prepared(swapped_model(d, 0, 0, None), "ctx_teacher")
+    bar = bar_of(len(todo), desc=f"in-context latency ({precision}) on {backend.name}", unit="swap", items=todo,
+                 show=progress)
     for s in bar:
         k = key(s)
         try:
-            path = export_onnx(swapped_model(d, s.first, s.last, make_module(s.first, s.last, s.op)), shape,
-                               workdir / "ctx_swapped.onnx")
-            med, p90, sd = paired_saving(backend, teacher_prep, backend.prepare(path), rounds, max_seconds)
+            swapped = prepared(swapped_model(d, s.first, s.last, make_module(s.first, s.last, s.op)), "ctx_swapped")
+            med, p90, sd = paired_saving(backend, teacher_prep, swapped, rounds, max_seconds)
             row = LatencyRow(*k, median_s=med, p90_s=p90, stdev_s=sd, count=max(1, rounds))
             out[(s.keep_signature, s.signature)] = row
         except Exception as exc:  # recorded and skipped, never fatal to the run

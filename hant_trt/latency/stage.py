@@ -50,42 +50,61 @@ def _candidate_rows(run: RunDir) -> list[tuple[int, int, str, str]]:
 
 
 def _in_context(out_rows: list[dict], fixed: dict, d, teacher, maker, backend, table, workdir, cfg) -> dict:
-    """Replace each fp32 candidate row's latency by its in-context one (`latency.context`), in
-    place; the standalone figure stays in `alone_s`, the measured saving in `saving_s`."""
+    """Replace each fp32 and int8 candidate row's latency (int8 only with `profile.context =
+    "int8"`) by its in-context one (`latency.context`), in place; the standalone figure stays in `alone_s`, the measured saving in `saving_s`. fp32
+    swaps are timed in the fp32 teacher, int8 swaps in the int8 teacher (`fixed` then holds its
+    int8 model: teacher_int8_s, teacher_int8_sum_s, junction savings)."""
+    from ..quant.layouts import layout_for
     from .context import Swap, in_context_latency, measure_in_context
 
     t0 = time.time()
-    keep = {r["first"]: r for r in out_rows if r["op"] == "keep" and r["first"] == r["last"]}
-
-    def keep_of(first, last):
-        if any(i not in keep for i in range(first, last + 1)):
-            return None, None
-        return ("+".join(keep[i]["signature"] for i in range(first, last + 1)),
-                sum(keep[i]["median_s"] for i in range(first, last + 1)))
-
-    swaps = []
-    for r in out_rows:
-        ksig, _ = keep_of(r["first"], r["last"])
-        if r["precision"] == "fp32" and r["op"] != "keep" and ksig is not None:
-            swaps.append(Swap(r["first"], r["last"], r["op"], r["signature"], ksig))
-    got = measure_in_context(d, teacher.name, teacher.resolution, swaps,
-                             lambda f, l, op: maker(f, l, op)(), backend, table, workdir,
-                             batch=cfg.profile.batch, rounds=cfg.profile.context_rounds,
-                             max_seconds=min(cfg.profile.max_seconds, 0.3))
-    used = 0
-    for r in out_rows:
-        if r["op"] == "keep" or r["precision"] != "fp32":
+    out = {"rounds": cfg.profile.context_rounds}
+    for prec in ("fp32", "int8"):
+        if prec not in cfg.profile.precisions or (cfg.profile.context == "int8" and prec != "int8"):
             continue
-        ksig, keep_s = keep_of(r["first"], r["last"])
-        row = got.get((ksig, r["signature"]))
-        if row is None:
-            continue            # failed or no teacher part to compare with: the standalone figure stays
-        r["alone_s"], r["saving_s"] = r["median_s"], row.median_s
-        r["median_s"] = max(0.0, in_context_latency(keep_s, row.median_s, fixed["teacher_s"],
-                                                    fixed["teacher_sum_s"]))
-        used += 1
-    return {"swaps": len({(s.keep_signature, s.signature) for s in swaps}), "rows_in_context": used,
-            "rounds": cfg.profile.context_rounds, "seconds": round(time.time() - t0, 1)}
+        if prec == "int8" and not (fixed.get("teacher_int8_s") and fixed.get("teacher_int8_sum_s")):
+            out["int8"] = "no whole int8 teacher to time swaps in: standalone int8 rows kept"
+            continue
+        keep = {r["first"]: r for r in out_rows
+                if r["op"] == "keep" and r["first"] == r["last"] and r["precision"] == prec}
+
+        def keep_of(first, last):
+            if any(i not in keep for i in range(first, last + 1)):
+                return None, None
+            return ("+".join(keep[i]["signature"] for i in range(first, last + 1)),
+                    sum(keep[i]["median_s"] for i in range(first, last + 1)))
+
+        rows = [r for r in out_rows if r["precision"] == prec and r["op"] != "keep"]
+        swaps = []
+        for r in rows:
+            ksig, _ = keep_of(r["first"], r["last"])
+            if ksig is not None:
+                swaps.append(Swap(r["first"], r["last"], r["op"], r["signature"], ksig))
+        got = measure_in_context(d, teacher.name, teacher.resolution, swaps,
+                                 lambda f, l, op: maker(f, l, op)(), backend, table, workdir,
+                                 batch=cfg.profile.batch, rounds=cfg.profile.context_rounds,
+                                 max_seconds=min(cfg.profile.max_seconds, 0.3), precision=prec,
+                                 layout=layout_for(cfg.profile))
+        if prec == "int8":
+            whole, whole_sum = fixed["teacher_int8_s"], fixed["teacher_int8_sum_s"]
+            junctions = [max(0.0, j or 0.0) for j in fixed.get("junction_saving_s") or []]
+        else:
+            whole, whole_sum, junctions = fixed["teacher_s"], fixed["teacher_sum_s"], []
+        used = 0
+        for r in rows:
+            ksig, keep_s = keep_of(r["first"], r["last"])
+            row = got.get((ksig, r["signature"]))
+            if row is None:
+                continue        # failed or no teacher part to compare with: the standalone figure stays
+            # a span's inner junctions are gone with the parts it replaces: the search's int8 model
+            # (Σ parts − savings at int8 junctions) no longer subtracts them
+            inner = sum(junctions[j] for j in range(r["first"] + 1, r["last"] + 1) if j < len(junctions))
+            r["alone_s"], r["saving_s"] = r["median_s"], row.median_s
+            r["median_s"] = max(0.0, in_context_latency(keep_s - inner, row.median_s, whole, whole_sum))
+            used += 1
+        out[prec] = {"swaps": len({(s.keep_signature, s.signature) for s in swaps}), "rows_in_context": used}
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
 
 
 def _int8_junctions(d, teacher, out_rows, backend, table, workdir, cfg, references: dict | None = None,
@@ -137,6 +156,10 @@ def _int8_junctions(d, teacher, out_rows, backend, table, workdir, cfg, referenc
         out["teacher_int8_sum_s"] = alone - sum(max(0.0, s) for s in out["junction_saving_s"] if s is not None)
     return out
 
+
+# alone: every row standalone | model: fp32 and int8 swaps timed inside the teacher at their
+# precision | int8: only int8 ones (fp32 savings inside the teacher do not add up: RESULTS, session 7)
+CONTEXTS = ("alone", "model", "int8")
 
 DRIFT_WARN = 0.25
 BUSY_RATIO = 1.3
@@ -219,11 +242,14 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
     if "bf16" in cfg.profile.precisions and cfg.profile.backend != "torch":
         raise UserError("profile.precisions bf16 is timed on the torch backend only (set profile.backend = "
                         "\"torch\")")
-    if cfg.profile.context not in ("alone", "model"):
-        raise UserError(f"profile.context must be alone or model, not '{cfg.profile.context}'")
-    if cfg.profile.context == "model" and list(cfg.profile.precisions) != ["fp32"]:
-        raise UserError("profile.context = \"model\" times fp32 swaps only for now: set profile.precisions "
-                        "to [\"fp32\"]")
+    if cfg.profile.context not in CONTEXTS:
+        raise UserError(f"profile.context must be {', '.join(CONTEXTS)}, not '{cfg.profile.context}'")
+    if cfg.profile.context == "model" and not set(cfg.profile.precisions) <= {"fp32", "int8"}:
+        raise UserError("profile.context = \"model\" times fp32 and int8 swaps only for now: set "
+                        "profile.precisions to fp32 and/or int8")
+    if cfg.profile.context == "int8" and "int8" not in cfg.profile.precisions:
+        raise UserError("profile.context = \"int8\" times int8 swaps in the int8 teacher: profile.precisions "
+                        "needs int8")
     fp = profile_fingerprint(run, cfg)
     if run.is_done("profile", fp):
         return run.stage("profile").info or {}
@@ -303,7 +329,7 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
                                      "version": backend.version(), "context": cfg.profile.context}}}
     columns = LATENCY_COLUMNS
     ctx_info = None
-    if cfg.profile.context == "model":
+    if cfg.profile.context != "alone":
         ctx_info = _in_context(out_rows, fixed, d, teacher, maker, backend, table, workdir, cfg)
         columns = LATENCY_COLUMNS + ["alone_s", "saving_s"]
     buf = io.StringIO()
