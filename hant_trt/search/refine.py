@@ -57,7 +57,8 @@ def _changes(old: list[Option], new: list[Option]) -> str:
 def exclusions(problem: Problem, solution: Solution, evaluate: Callable[[list[Option]], float],
                resolve: Callable[[Problem], Solution], sweeps: int = 2, min_gain: float = 0.005,
                progress: Callable[[str], None] | None = None,
-               excludable: Callable[[Option], bool] | None = None) -> tuple[Problem, Solution, float, float, list, int]:
+               excludable: Callable[[Option], bool] | None = None,
+               measure: str = "KL") -> tuple[Problem, Solution, float, float, list, int]:
     """Exclusion moves: for every replaced part of the selection (a fused span too), the ILP solved
     again without that option — the best proxy selection that does without it — and composed; the
     best is taken when it lowers the composed KL by more than `min_gain`, up to `sweeps` times.
@@ -66,7 +67,7 @@ def exclusions(problem: Problem, solution: Solution, evaluate: Callable[[list[Op
     hand with `search.exclude`, docs/RESULTS.md, session 17); single-slot moves cannot reach the
     alternative when it breaks a span or changes several slots at once.
     excludable(option): which parts are tried (default: every part but the teacher's own block in
-    fp32 — an int8 `keep` too).
+    fp32 — an int8 `keep` too). measure: what `evaluate` returns, as progress lines name it.
     Returns (the problem without the excluded options, solution, KL at the start, KL now, moves, evaluations)."""
     from ..errors import UserError
 
@@ -95,7 +96,7 @@ def exclusions(problem: Problem, solution: Solution, evaluate: Callable[[list[Op
         kl, o, problem, sol = best
         moves.append(Move(sweep, o.first, _name(o), _changes(chosen, sol.choices), None, cur, kl, kind="exclude"))
         if progress:
-            progress(f"refine: without {_name(o)}: {moves[-1].new}: KL {cur:.4f} → {kl:.4f}")
+            progress(f"refine: without {_name(o)}: {moves[-1].new}: {measure} {cur:.4f} → {kl:.4f}")
         solution, chosen, cur = sol, sorted(sol.choices, key=lambda x: x.first), kl
     return problem, solution, start, cur, moves, tried
 
@@ -116,19 +117,20 @@ def refine(problem: Problem, solution: Solution, evaluate: Callable[[list[Option
            min_gain: float = 0.005, repairs: int = 3, movable: Callable[[Option], bool] | None = None,
            progress: Callable[[str], None] | None = None,
            resolve: Callable[[Problem], Solution] | None = None,
-           excludable: Callable[[Option], bool] | None = None) -> tuple[Solution, dict]:
+           excludable: Callable[[Option], bool] | None = None, measure: str = "KL") -> tuple[Solution, dict]:
     """(refined solution, info). evaluate(choices) → the composed student's KL (lower is better);
     it is called once per tried selection. repairs: how many budget repairs (at different slots)
     are tried for a move that breaks the budget. movable(option) → whether a slot may change
     (default: single-slot, any precision). The stem's and head's chosen precisions stay; evaluate
     gets them with the slots' choices. resolve(problem) → the ILP's solution: when given,
     `exclusions` runs first (up to `sweeps` moves, each solving once per replaced part), then the
-    single-slot moves on what it left. The refined selection meets every constraint of `problem`."""
+    single-slot moves on what it left. The refined selection meets every constraint of `problem`.
+    measure: what `evaluate` returns, as progress lines name it."""
     ex_moves, ex_tried, start = [], 0, None
     t0 = time.perf_counter()
     if resolve is not None:
         problem, solution, start, _, ex_moves, ex_tried = exclusions(problem, solution, evaluate, resolve, sweeps,
-                                                                      min_gain, progress, excludable)
+                                                                      min_gain, progress, excludable, measure)
     movable = movable or (lambda o: o.first == o.last)
     by_slot: dict[int, list[Option]] = {}
     for o in problem.options:

@@ -189,15 +189,16 @@ def _refining(solve_fn, run: RunDir, cfg, log: list):
         evaluate, moves = finetuned_objective(run.root, cfg, cfg.search.judge_steps), "exclude"
         # only parts that change an operation: excluding an int8 `keep` puts one block back at the
         # base precision, rarely better and one fine-tune each (Lite1: 18 parts, 8 of them ops)
-        excludable = lambda o: o.op != "keep"  # noqa: E731
+        excludable, measure = (lambda o: o.op != "keep"), "judge objective"  # noqa: E731
     else:
-        evaluate, excludable = composed_kl(run.root, cfg), None
+        evaluate, excludable, measure = composed_kl(run.root, cfg), None, "KL"
 
     def solve_and_refine(p):
         sol, info = refine(p, solve_fn(p), evaluate, cfg.search.refine_sweeps,
                            progress=lambda line: print(line, file=sys.stderr, flush=True),
                            resolve=solve_fn if moves in ("both", "exclude") else None,
-                           movable=(lambda o: False) if moves == "exclude" else None, excludable=excludable)
+                           movable=(lambda o: False) if moves == "exclude" else None, excludable=excludable,
+                           measure=measure)
         info["judge"] = getattr(cfg.search, "refine_judge", "kl")
         log.append(info)
         return sol
