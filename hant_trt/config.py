@@ -112,6 +112,7 @@ class SearchCfg:
     refine_judge: str = "kl"        # kl: the composed student's KL, untrained | finetune: the build's eval
                                     #   objective after a `judge_steps` fine-tune (exclusion moves only)
     judge_steps: int = 150          # the judge's fine-tune steps (the build's settings, shortened)
+    judge_confirm: int = 2          # finetune judge: fresh fine-tune seeds a move must also win on (0: none)
     interactions: str = "none"      # skip: measure every pair of skips composed (eval split, KL) and
                                     #   penalise pairs that lose more than their swap-one scores add up to
     skip_weight: float = 1.0        # a `skip`'s score × this: > 1 says the fine-tune recovers trainable
@@ -320,7 +321,7 @@ RULES: dict[str, dict[str, Rule]] = {
                "max_params": _count_rule(), "max_macs": _count_rule(),
                "latency_model": Rule(str, choices=("scale", "offset")), "calibrate_rounds": Rule(int, lo=0),
                "refine_sweeps": Rule(int, lo=0), "refine_moves": Rule(str, choices=("both", "exclude", "swap")),
-               "refine_judge": Rule(str, choices=("kl", "finetune")), "judge_steps": Rule(int, lo=0),
+               "refine_judge": Rule(str, choices=("kl", "finetune")), "judge_steps": Rule(int, lo=0), "judge_confirm": Rule(int, lo=0),
                "interactions": Rule(str, choices=("none", "skip")),
                "skip_weight": Rule(float, **POSITIVE), "max_skips_per_stage": Rule(int, lo=0, optional=True),
                "exclude": Rule("strs", optional=True, check=_exclude_text)},

@@ -102,3 +102,8 @@ def test_a_search_judged_by_fine_tunes_is_redone_when_the_build_trains_otherwise
     assert search_fingerprint(run, cfg) == judged
     cfg.build.ce_weight = 2.0
     assert search_fingerprint(run, cfg) != judged
+    cfg.build.ce_weight = 1.0
+    cfg.search.judge_confirm = 0                       # how many seeds confirm a move: the judge's setting
+    assert search_fingerprint(run, cfg) != judged
+    cfg.search.refine_judge = "kl"
+    assert search_fingerprint(run, cfg) == kl

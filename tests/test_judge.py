@@ -26,3 +26,25 @@ def test_a_judgement_is_keyed_by_the_selection_its_precisions_and_the_settings()
     assert key != selection_key(fp32, {"stem": "int8"}, {"build": {"ce_weight": 2.0}})
     assert key != selection_key(a, {}, {"build": {"ce_weight": 2.0}})
     assert key != selection_key(a, {"stem": "int8"}, {"build": {"ce_weight": 1.0}})
+
+
+def test_a_move_is_confirmed_by_its_mean_gain_on_fresh_seeds_only():
+    """`confirmer` judges the current and the proposed selection again with each fresh seed and
+    takes the move when their mean relative gain clears min_gain; seed None (the sweep's own
+    judgement, the one luck picked) is never asked."""
+    from hant_trt.search.judge import confirmer
+
+    current, proposed = [Option(0, 0, "keep", "int8", 0.0, {})], [Option(0, 0, "e4", "int8", 0.0, {})]
+    table = {(1, "keep"): 4.0, (1, "e4"): 3.8, (2, "keep"): 4.0, (2, "e4"): 4.0}   # +5 %, 0
+    asked = []
+
+    def evaluate(options, seed=None):
+        asked.append(seed)
+        return table[(seed, options[0].op)]
+
+    ok, detail = confirmer(evaluate, [1, 2], 0.005)(current, proposed)
+    assert ok and detail["seeds"] == [1, 2] and detail["gains"] == [0.05, 0.0] and None not in asked
+    assert "+2.5 %" in detail["say"]
+    table[(2, "e4")] = 4.2                                                           # +5 %, −5 %
+    ok, detail = confirmer(evaluate, [1, 2], 0.005)(current, proposed)
+    assert not ok and detail["gains"] == [0.05, -0.05]

@@ -238,6 +238,9 @@ engine_name = "e2e"
     assert r.returncode == 0, r.stderr[-2000:]
     ref = json.loads((run / "run.json").read_text())["stages"]["search"]["info"]["refine"]
     assert ref["judge"] == "finetune" and ref["evaluated"] >= 2 and all(m["kind"] == "exclude" for m in ref["moves"])
+    # a move the sweep picked was taken only when fresh fine-tune seeds confirmed it
+    assert all(c["seeds"] == [1, 2] and len(c["gains"]) == 2 for c in ref["confirmations"])
+    assert len(ref["moves"]) == sum(c["accepted"] for c in ref["confirmations"])
     judged = json.loads((run / "judge.json").read_text())
     assert len(judged) >= 3 and ref["kl_start"] in {j["objective"] for j in judged.values()}
     sol = json.loads((run / "solution.json").read_text())

@@ -124,3 +124,38 @@ def test_exclusion_moves_drop_a_fused_part_that_composes_badly():
     assert not any(o.op == "fused" for o in ops.choices)
     assert len(tried) == info["evaluated"] == 2 + sum(o.op != "keep" for o in start.choices)   # + the start, twice
     assert any(o.op == "keep" for o in start.choices)                          # … so fewer than every part
+
+
+def test_an_exclusion_the_judge_liked_by_luck_is_not_confirmed_on_fresh_seeds():
+    """A noisy judge: one alternative looks best on the sweep's judgement, and `confirm` (fresh
+    judgements) says whether the move is taken; the decision and its detail land in the info."""
+    from hant_trt.search.ilp import solve
+
+    p = _problem(n=4, budget=3.0)
+    p.options.append(Option(1, 2, "fused", "fp32", -0.3, {D: 0.5}))
+    start = solve(p, "cbc", 10)
+    resolve = lambda q: solve(q, "cbc", 10)  # noqa: E731
+
+    def lucky(choices):                                 # the sweep's judge: without the span looks better
+        return sum(-o.score for o in choices) + 5.0 * any(o.op == "fused" for o in choices)
+
+    asked = []
+
+    def confirm_with(verdict):
+        def confirm(current, proposed):
+            asked.append((current, proposed))
+            assert any(o.op == "fused" for o in current) and not any(o.op == "fused" for o in proposed)
+            return verdict, {"gains": [0.1, -0.2], "say": "mean −5 %"}
+        return confirm
+
+    kept, info = refine(p, start, lucky, sweeps=2, resolve=resolve, movable=lambda o: False,
+                        confirm=confirm_with(False))
+    assert [o.key for o in kept.choices] == [o.key for o in sorted(start.choices, key=lambda o: o.first)]
+    assert not info["moves"] and len(asked) == 1            # a rejected move ends the sweeps
+    assert info["confirmations"] == [{"without": "1-2 fused", "accepted": False, "gains": [0.1, -0.2]}]
+    moved, info = refine(p, start, lucky, sweeps=1, resolve=resolve, movable=lambda o: False,
+                         confirm=confirm_with(True))
+    assert not any(o.op == "fused" for o in moved.choices) and info["moves"][0]["old"] == "1-2 fused"
+    assert info["confirmations"][0]["accepted"] is True
+    _, info = refine(p, start, lucky, sweeps=1, resolve=resolve, movable=lambda o: False)
+    assert "confirmations" not in info

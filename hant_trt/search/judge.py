@@ -12,7 +12,14 @@ asks the question the build answers. It costs a short build per selection (≈ 1
 2 cores at 150 steps), which is why it judges the exclusion moves (one per replaced part) only.
 
 Results are kept in judge.json by selection and settings, and each fine-tune checkpoints under
-judge/: a killed search resumes where it stopped, and a second budget reuses what it shares."""
+judge/: a killed search resumes where it stopped, and a second budget reuses what it shares.
+
+One short fine-tune is a noisy measurement: the same Lite1 selection scored 3.62 / 3.69 / 3.97
+with three fine-tune seeds, and the paired difference of two selections changed sign between seeds
+(docs/RESULTS.md, session 20) — while the best of the alternatives a sweep judges is the one the
+noise favoured most. So a move the sweep picks is confirmed first (`confirmer`): the current and
+the proposed selection are fine-tuned again with `search.judge_confirm` fresh seeds, and the move is
+taken only when their mean relative gain on those seeds alone clears `min_gain`."""
 
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import copy
 import dataclasses
 import json
 import shutil
+import statistics
 import sys
 from typing import Callable
 
@@ -75,29 +83,52 @@ def finetuned_objective(run_root, cfg, steps: int, log: Callable[[str], None] | 
             cache = {}                              # unreadable: judged again
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
 
-    def evaluate(options: list[Option]) -> float:
+    def evaluate(options: list[Option], seed: int | None = None) -> float:
+        """seed: the fine-tune's seed (batches, mixup) instead of `distill.seed`, as the build's."""
         fixed = {o.op: o.precision for o in options if o.op in ("stem", "head") and (o.first < 0 or o.first >= n_slots)}
         blocks = sorted((o for o in options if 0 <= o.first < n_slots), key=lambda o: o.first)
-        key = selection_key(blocks, fixed, settings)
+        key = selection_key(blocks, fixed, settings if seed is None else {**settings, "seed": seed})
         if key in cache:
             return cache[key]["objective"]
+        scfg = jcfg
+        if seed is not None:
+            scfg = copy.deepcopy(jcfg)
+            scfg.distill.seed = seed
         choices = [Choice(o.first, o.last, o.op, o.precision) for o in blocks]
         student = assemble(d, choices, trained_modules(run_root / CANDIDATES, d, choices))
         ckpt = run_root / JUDGE_DIR / key
-        t = train_student(student, teacher.model, d, choices, fixed, data, jcfg, ckpt, key,
+        t = train_student(student, teacher.model, d, choices, fixed, data, scfg, ckpt, key,
                           device=resolve_device(jcfg.distill.device), calib_cache=run_root / "calib")
         res = t.after
         objective = eval_objective(res, jcfg.build.ce_weight)
         cache[key] = {"objective": objective, "kl": res["kl"], "ce": res.get("ce"),
                       "top1": res.get("student_top1"), "kept_assembled": t.finetune.get("kept") == "assembled",
-                      "choices": [[o.first, o.last, o.op, o.precision] for o in blocks], "fixed": fixed}
+                      "choices": [[o.first, o.last, o.op, o.precision] for o in blocks], "fixed": fixed,
+                      **({"seed": seed} if seed is not None else {})}
         atomic.write_json(cache_path, cache)
         shutil.rmtree(ckpt, ignore_errors=True)
-        say(f"judge: objective {objective:.4f} (KL {res['kl']:.4f}"
+        say(f"judge: objective {objective:.4f} (KL {res['kl']:.4f}" + (f", seed {seed}" if seed is not None else "")
             + (f", eval top-1 {res['student_top1']:.1f}" if "student_top1" in res else "") + ")")
         return objective
 
     return evaluate
 
 
-__all__ = ["finetuned_objective", "judge_config", "selection_key", "training_settings"]
+def confirmer(evaluate: Callable, seeds: list[int], min_gain: float) -> Callable:
+    """confirm(current, proposed) for `refine.exclusions`: both selections judged again with each of
+    `seeds` (fine-tune seeds the sweep did not use), accepted when the mean relative gain
+    (current − proposed) / current over those seeds is at least `min_gain`."""
+    def confirm(current: list[Option], proposed: list[Option]) -> tuple[bool, dict]:
+        gains = []
+        for s in seeds:
+            a, b = evaluate(current, seed=s), evaluate(proposed, seed=s)
+            gains.append((a - b) / a)
+        mean = statistics.mean(gains)
+        say = (f"mean gain {100 * mean:+.1f} % on seeds {', '.join(map(str, seeds))} "
+               f"({', '.join(f'{100 * g:+.1f}' for g in gains)} %; needed {100 * min_gain:.1f} %)")
+        return mean >= min_gain, {"seeds": list(seeds), "gains": [round(g, 5) for g in gains], "say": say}
+
+    return confirm
+
+
+__all__ = ["confirmer", "finetuned_objective", "judge_config", "selection_key", "training_settings"]

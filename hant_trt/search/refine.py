@@ -58,7 +58,8 @@ def exclusions(problem: Problem, solution: Solution, evaluate: Callable[[list[Op
                resolve: Callable[[Problem], Solution], sweeps: int = 2, min_gain: float = 0.005,
                progress: Callable[[str], None] | None = None,
                excludable: Callable[[Option], bool] | None = None,
-               measure: str = "KL") -> tuple[Problem, Solution, float, float, list, int]:
+               measure: str = "KL", confirm: Callable | None = None) -> tuple[Problem, Solution, float, float, list, int,
+                                                                               list]:
     """Exclusion moves: for every replaced part of the selection (a fused span too), the ILP solved
     again without that option — the best proxy selection that does without it — and composed; the
     best is taken when it lowers the composed KL by more than `min_gain`, up to `sweeps` times.
@@ -68,12 +69,16 @@ def exclusions(problem: Problem, solution: Solution, evaluate: Callable[[list[Op
     alternative when it breaks a span or changes several slots at once.
     excludable(option): which parts are tried (default: every part but the teacher's own block in
     fp32 — an int8 `keep` too). measure: what `evaluate` returns, as progress lines name it.
-    Returns (the problem without the excluded options, solution, KL at the start, KL now, moves, evaluations)."""
+    confirm(current options, proposed options) → (accepted, detail): asked before a move is taken,
+    with evaluations `evaluate` never made (the best of several noisy judgements is biased towards
+    luck: it is confirmed on fresh ones); a rejected move ends the sweeps.
+    Returns (the problem without the excluded options, solution, KL at the start, KL now, moves,
+    evaluations, confirmations: [{"without", "accepted", **detail}])."""
     from ..errors import UserError
 
     chosen = sorted(solution.choices, key=lambda o: o.first)
     start = cur = evaluate(chosen + list(solution.fixed_choices))
-    moves, tried = [], 1
+    moves, tried, checks = [], 1, []
     for sweep in range(max(0, sweeps)):
         best = None
         parts = [o for o in chosen if (excludable(o) if excludable else not (o.op == "keep" and o.precision == "fp32"))]
@@ -93,12 +98,21 @@ def exclusions(problem: Problem, solution: Solution, evaluate: Callable[[list[Op
                 best = (kl, o, p, sol)
         if best is None or best[0] >= cur * (1 - min_gain):
             break
-        kl, o, problem, sol = best
+        kl, o, p, sol = best
+        if confirm is not None:
+            ok, detail = confirm(chosen + list(solution.fixed_choices),
+                                 sorted(sol.choices, key=lambda x: x.first) + list(sol.fixed_choices))
+            checks.append({"without": _name(o), "accepted": bool(ok), **{k: v for k, v in detail.items() if k != "say"}})
+            if progress:
+                progress(f"refine: without {_name(o)} {'confirmed' if ok else 'not confirmed'}: {detail.get('say', '')}")
+            if not ok:
+                break
+        problem = p
         moves.append(Move(sweep, o.first, _name(o), _changes(chosen, sol.choices), None, cur, kl, kind="exclude"))
         if progress:
             progress(f"refine: without {_name(o)}: {moves[-1].new}: {measure} {cur:.4f} → {kl:.4f}")
         solution, chosen, cur = sol, sorted(sol.choices, key=lambda x: x.first), kl
-    return problem, solution, start, cur, moves, tried
+    return problem, solution, start, cur, moves, tried, checks
 
 
 def _fits(p: Problem, chosen: list[Option], fixed: list[Option] = ()) -> bool:
@@ -117,7 +131,8 @@ def refine(problem: Problem, solution: Solution, evaluate: Callable[[list[Option
            min_gain: float = 0.005, repairs: int = 3, movable: Callable[[Option], bool] | None = None,
            progress: Callable[[str], None] | None = None,
            resolve: Callable[[Problem], Solution] | None = None,
-           excludable: Callable[[Option], bool] | None = None, measure: str = "KL") -> tuple[Solution, dict]:
+           excludable: Callable[[Option], bool] | None = None, measure: str = "KL",
+           confirm: Callable | None = None) -> tuple[Solution, dict]:
     """(refined solution, info). evaluate(choices) → the composed student's KL (lower is better);
     it is called once per tried selection. repairs: how many budget repairs (at different slots)
     are tried for a move that breaks the budget. movable(option) → whether a slot may change
@@ -125,12 +140,12 @@ def refine(problem: Problem, solution: Solution, evaluate: Callable[[list[Option
     gets them with the slots' choices. resolve(problem) → the ILP's solution: when given,
     `exclusions` runs first (up to `sweeps` moves, each solving once per replaced part), then the
     single-slot moves on what it left. The refined selection meets every constraint of `problem`.
-    measure: what `evaluate` returns, as progress lines name it."""
-    ex_moves, ex_tried, start = [], 0, None
+    measure: what `evaluate` returns, as progress lines name it. confirm: see `exclusions`."""
+    ex_moves, ex_tried, start, checks = [], 0, None, []
     t0 = time.perf_counter()
     if resolve is not None:
-        problem, solution, start, _, ex_moves, ex_tried = exclusions(problem, solution, evaluate, resolve, sweeps,
-                                                                      min_gain, progress, excludable, measure)
+        problem, solution, start, _, ex_moves, ex_tried, checks = exclusions(
+            problem, solution, evaluate, resolve, sweeps, min_gain, progress, excludable, measure, confirm)
     movable = movable or (lambda o: o.first == o.last)
     by_slot: dict[int, list[Option]] = {}
     for o in problem.options:
@@ -183,6 +198,8 @@ def refine(problem: Problem, solution: Solution, evaluate: Callable[[list[Option
                   score=sum(o.score for o in chosen + fixed) + pair_score(problem.pairs, chosen))
     info = {"kl_start": start, "kl_end": cur, "moves": [m.to_dict() for m in moves], "evaluated": tried,
             "seconds": round(time.perf_counter() - t0, 1)}
+    if confirm is not None:
+        info["confirmations"] = checks
     return out, info
 
 

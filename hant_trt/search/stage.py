@@ -17,6 +17,7 @@ from .sweep import pareto_sweep, plot_pareto
 from .tables import Tables, build_problem, canonical_metric, load_tables, read_n_slots, select_devices
 
 INPUTS = (SCORES, LATENCY, LATENCY_FIXED, TEACHER)
+MIN_GAIN = 0.005        # a refinement move is taken when it lowers the judge's measure by more than this (relative)
 _OMITTED_AT_DEFAULT = {"calibrate_rounds": 0, "refine_sweeps": 0, "refine_moves": "both", "refine_judge": "kl",
                        "judge_steps": 150, "skip_weight": 1.0,
                        "interactions": "none",
@@ -26,6 +27,8 @@ _OMITTED_AT_DEFAULT = {"calibrate_rounds": 0, "refine_sweeps": 0, "refine_moves"
 def search_fingerprint(run: RunDir, cfg) -> str:
     """Hash of the search settings and of the bytes of every input table."""
     search = without_defaults(dict(vars(cfg.search)), _OMITTED_AT_DEFAULT)
+    if not _judges_by_finetune(cfg):
+        search.pop("judge_confirm", None)               # read by the fine-tune judge only
     inputs = INPUTS
     if (run.root / FIXED_SCORES).is_file():            # runs without it keep their fingerprints
         inputs += (FIXED_SCORES,)
@@ -181,7 +184,7 @@ def _refining(solve_fn, run: RunDir, cfg, log: list):
 
     moves = getattr(cfg.search, "refine_moves", "both")
     if _judges_by_finetune(cfg):
-        from .judge import finetuned_objective
+        from .judge import confirmer, finetuned_objective
 
         if moves == "swap":
             raise UserError('search.refine_judge = "finetune" judges exclusion moves only: set search.refine_moves '
@@ -190,15 +193,17 @@ def _refining(solve_fn, run: RunDir, cfg, log: list):
         # only parts that change an operation: excluding an int8 `keep` puts one block back at the
         # base precision, rarely better and one fine-tune each (Lite1: 18 parts, 8 of them ops)
         excludable, measure = (lambda o: o.op != "keep"), "judge objective"  # noqa: E731
+        n = getattr(cfg.search, "judge_confirm", 2)
+        confirm = confirmer(evaluate, [cfg.distill.seed + 1 + k for k in range(n)], MIN_GAIN) if n > 0 else None
     else:
-        evaluate, excludable, measure = composed_kl(run.root, cfg), None, "KL"
+        evaluate, excludable, measure, confirm = composed_kl(run.root, cfg), None, "KL", None
 
     def solve_and_refine(p):
         sol, info = refine(p, solve_fn(p), evaluate, cfg.search.refine_sweeps,
                            progress=lambda line: print(line, file=sys.stderr, flush=True),
                            resolve=solve_fn if moves in ("both", "exclude") else None,
                            movable=(lambda o: False) if moves == "exclude" else None, excludable=excludable,
-                           measure=measure)
+                           measure=measure, confirm=confirm, min_gain=MIN_GAIN)
         info["judge"] = getattr(cfg.search, "refine_judge", "kl")
         log.append(info)
         return sol
