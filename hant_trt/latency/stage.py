@@ -51,9 +51,10 @@ def _candidate_rows(run: RunDir) -> list[tuple[int, int, str, str]]:
 
 def _in_context(out_rows: list[dict], fixed: dict, d, teacher, maker, backend, table, workdir, cfg) -> dict:
     """Replace each fp32 and int8 candidate row's latency (int8 only with `profile.context =
-    "int8"`) by its in-context one (`latency.context`), in place; the standalone figure stays in `alone_s`, the measured saving in `saving_s`. fp32
-    swaps are timed in the fp32 teacher, int8 swaps in the int8 teacher (`fixed` then holds its
-    int8 model: teacher_int8_s, teacher_int8_sum_s, junction savings)."""
+    "int8"`) by its in-context one (`latency.context`), in place; the standalone figure stays in
+    `alone_s`, the measured saving in `saving_s`. fp32 swaps are timed in the fp32 teacher, int8
+    swaps in the int8 teacher (`fixed` then holds its int8 model: teacher_int8_s,
+    teacher_int8_sum_s, junction savings)."""
     from ..quant.layouts import layout_for
     from .context import Swap, in_context_latency, measure_in_context
 
