@@ -97,7 +97,7 @@ def measure_in_context(d, model_name: str, resolution: int, swaps: list[Swap], m
     workdir.mkdir(parents=True, exist_ok=True)
     device = backend.device().fingerprint
     shape = (batch, 3, resolution, resolution)
-    table_precision = layout.table_precision(precision) if precision == "int8" else precision
+    table_precision = layout.table_precision(precision)
 
     def key(s: Swap) -> tuple:
         return make_key(context_signature(model_name, resolution, s.keep_signature, s.signature), shape,

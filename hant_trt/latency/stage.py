@@ -49,6 +49,15 @@ def _candidate_rows(run: RunDir) -> list[tuple[int, int, str, str]]:
     return out
 
 
+def _teacher_span(keep: dict, first: int, last: int) -> tuple[str | None, float | None]:
+    """(signature, seconds) of the teacher's own parts first..last from their `keep` rows, or
+    (None, None) when one is missing."""
+    if any(i not in keep for i in range(first, last + 1)):
+        return None, None
+    return ("+".join(keep[i]["signature"] for i in range(first, last + 1)),
+            sum(keep[i]["median_s"] for i in range(first, last + 1)))
+
+
 def _in_context(out_rows: list[dict], fixed: dict, d, teacher, maker, backend, table, workdir, cfg) -> dict:
     """Replace each fp32 and int8 candidate row's latency (int8 only with `profile.context =
     "int8"`) by its in-context one (`latency.context`), in place; the standalone figure stays in
@@ -68,19 +77,10 @@ def _in_context(out_rows: list[dict], fixed: dict, d, teacher, maker, backend, t
             continue
         keep = {r["first"]: r for r in out_rows
                 if r["op"] == "keep" and r["first"] == r["last"] and r["precision"] == prec}
-
-        def keep_of(first, last):
-            if any(i not in keep for i in range(first, last + 1)):
-                return None, None
-            return ("+".join(keep[i]["signature"] for i in range(first, last + 1)),
-                    sum(keep[i]["median_s"] for i in range(first, last + 1)))
-
         rows = [r for r in out_rows if r["precision"] == prec and r["op"] != "keep"]
-        swaps = []
-        for r in rows:
-            ksig, _ = keep_of(r["first"], r["last"])
-            if ksig is not None:
-                swaps.append(Swap(r["first"], r["last"], r["op"], r["signature"], ksig))
+        spans = {id(r): _teacher_span(keep, r["first"], r["last"]) for r in rows}
+        swaps = [Swap(r["first"], r["last"], r["op"], r["signature"], spans[id(r)][0])
+                 for r in rows if spans[id(r)][0] is not None]
         got = measure_in_context(d, teacher.name, teacher.resolution, swaps,
                                  lambda f, l, op: maker(f, l, op)(), backend, table, workdir,
                                  batch=cfg.profile.batch, rounds=cfg.profile.context_rounds,
@@ -93,7 +93,7 @@ def _in_context(out_rows: list[dict], fixed: dict, d, teacher, maker, backend, t
             whole, whole_sum, junctions = fixed["teacher_s"], fixed["teacher_sum_s"], []
         used = 0
         for r in rows:
-            ksig, keep_s = keep_of(r["first"], r["last"])
+            ksig, keep_s = spans[id(r)]
             row = got.get((ksig, r["signature"]))
             if row is None:
                 continue        # failed or no teacher part to compare with: the standalone figure stays

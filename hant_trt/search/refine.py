@@ -24,6 +24,8 @@ from typing import Callable
 from ..runfiles import CANDIDATES
 from .ilp import Option, Problem, Solution, pair_score, predict, within_limits
 
+MIN_GAIN = 0.005        # a move is taken when it lowers the judge's measure by more than this (relative)
+
 
 @dataclass
 class Move:
@@ -55,7 +57,7 @@ def _changes(old: list[Option], new: list[Option]) -> str:
 
 
 def exclusions(problem: Problem, solution: Solution, evaluate: Callable[[list[Option]], float],
-               resolve: Callable[[Problem], Solution], sweeps: int = 2, min_gain: float = 0.005,
+               resolve: Callable[[Problem], Solution], sweeps: int = 2, min_gain: float = MIN_GAIN,
                progress: Callable[[str], None] | None = None,
                excludable: Callable[[Option], bool] | None = None,
                measure: str = "KL", confirm: Callable | None = None) -> tuple[Problem, Solution, float, float, list, int,
@@ -128,7 +130,7 @@ def _fits(p: Problem, chosen: list[Option], fixed: list[Option] = ()) -> bool:
 
 
 def refine(problem: Problem, solution: Solution, evaluate: Callable[[list[Option]], float], sweeps: int = 2,
-           min_gain: float = 0.005, repairs: int = 3, movable: Callable[[Option], bool] | None = None,
+           min_gain: float = MIN_GAIN, repairs: int = 3, movable: Callable[[Option], bool] | None = None,
            progress: Callable[[str], None] | None = None,
            resolve: Callable[[Problem], Solution] | None = None,
            excludable: Callable[[Option], bool] | None = None, measure: str = "KL",

@@ -17,7 +17,6 @@ from .sweep import pareto_sweep, plot_pareto
 from .tables import Tables, build_problem, canonical_metric, load_tables, read_n_slots, select_devices
 
 INPUTS = (SCORES, LATENCY, LATENCY_FIXED, TEACHER)
-MIN_GAIN = 0.005        # a refinement move is taken when it lowers the judge's measure by more than this (relative)
 _OMITTED_AT_DEFAULT = {"calibrate_rounds": 0, "refine_sweeps": 0, "refine_moves": "both", "refine_judge": "kl",
                        "judge_steps": 150, "skip_weight": 1.0,
                        "interactions": "none",
@@ -180,7 +179,7 @@ def _refining(solve_fn, run: RunDir, cfg, log: list):
     fine-tune (`judge.py`), which judges exclusion moves only (swaps would be hundreds of fine-tunes)."""
     import sys
 
-    from .refine import composed_kl, refine
+    from .refine import MIN_GAIN, composed_kl, refine
 
     moves = getattr(cfg.search, "refine_moves", "both")
     if _judges_by_finetune(cfg):
@@ -193,7 +192,7 @@ def _refining(solve_fn, run: RunDir, cfg, log: list):
         # only parts that change an operation: excluding an int8 `keep` puts one block back at the
         # base precision, rarely better and one fine-tune each (Lite1: 18 parts, 8 of them ops)
         excludable, measure = (lambda o: o.op != "keep"), "judge objective"  # noqa: E731
-        n = getattr(cfg.search, "judge_confirm", 2)
+        n = cfg.search.judge_confirm
         confirm = confirmer(evaluate, [cfg.distill.seed + 1 + k for k in range(n)], MIN_GAIN) if n > 0 else None
     else:
         evaluate, excludable, measure, confirm = composed_kl(run.root, cfg), None, "KL", None
@@ -203,7 +202,7 @@ def _refining(solve_fn, run: RunDir, cfg, log: list):
                            progress=lambda line: print(line, file=sys.stderr, flush=True),
                            resolve=solve_fn if moves in ("both", "exclude") else None,
                            movable=(lambda o: False) if moves == "exclude" else None, excludable=excludable,
-                           measure=measure, confirm=confirm, min_gain=MIN_GAIN)
+                           measure=measure, confirm=confirm)
         info["judge"] = getattr(cfg.search, "refine_judge", "kl")
         log.append(info)
         return sol
