@@ -15,7 +15,7 @@ Results are kept in judge.json by selection and settings, and each fine-tune che
 judge/: a killed search resumes where it stopped, and a second budget reuses what it shares.
 
 One short fine-tune is a noisy measurement: the same Lite1 selection scored 3.62 / 3.69 / 3.97
-with three fine-tune seeds, and the paired difference of two selections changed sign between seeds
+with three seeds (`distill.seed`: eval split and fine-tune redrawn), and the paired difference of two selections changed sign between seeds
 (docs/RESULTS.md, session 20) — while the best of the alternatives a sweep judges is the one the
 noise favoured most. So a move the sweep picks is confirmed first (`confirmer`): the current and
 the proposed selection are fine-tuned again with `search.judge_confirm` fresh seeds, and the move is
