@@ -28,7 +28,7 @@ from hant_trt.latency.backends import get_backend
 from hant_trt.latency.export import export_onnx
 from hant_trt.latency.paired import time_in_rounds
 from hant_trt.quant.layouts import layout_for, quantize_int8
-from hant_trt.search.calibrate import plan_onnx
+from hant_trt.student.plan import plan_onnx
 from hant_trt.search.ilp import solve
 from hant_trt.search.tables import build_problem, load_tables, select_devices
 from hant_trt.teacher.stage import load_from_config

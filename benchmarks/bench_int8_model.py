@@ -65,7 +65,7 @@ def main() -> None:
     from hant_trt.latency.backends import get_backend
     from hant_trt.latency.export import export_onnx
     from hant_trt.latency.paired import time_beside
-    from hant_trt.search.calibrate import plan_onnx
+    from hant_trt.student.plan import plan_onnx
     from hant_trt.teacher.stage import load_from_config
 
     ap = argparse.ArgumentParser()

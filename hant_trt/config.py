@@ -88,6 +88,9 @@ class ProfileCfg:
                                     #   the teacher (swapped in, beside the teacher; int8 ones inside
                                     #   the int8 teacher), fp32 and int8 | int8: only the int8 ones
     context_rounds: int = 5         # model: alternating (teacher, swapped) pairs per swap
+    islands: int = 0                # int8 profiles: alternating pairs timing each part left at the base
+                                    #   precision inside the int8 teacher, whence the search's cost of a
+                                    #   junction between int8 and float parts (0: not timed, no such cost)
     compile: bool = False           # torch backend: time torch.compile'd modules (Inductor fuses BN and
                                     #   activations into convolutions, as TensorRT does)
 
@@ -314,6 +317,7 @@ RULES: dict[str, dict[str, Rule]] = {
                 "calib_method": Rule(str, choices=("max", "percentile", "entropy")),
                 "calib_images": Rule(int, lo=1), "int8_layout": Rule(str, choices=_int8_layouts),
                 "context": Rule(str, choices=("alone", "model", "int8")), "context_rounds": Rule(int, lo=1),
+                "islands": Rule(int, lo=0),
                 "compile": Rule(bool)},
     "search": {"budget": Rule(str, check=_budget_text), "metric": Rule(str, choices=_metrics),
                "solver": Rule(str, choices=("cbc", "highs")), "time_limit": Rule(float, **POSITIVE),

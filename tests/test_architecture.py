@@ -32,7 +32,9 @@ ALLOWED = {
     ("hant_trt.latency.backends.tensorrt", "hant_trt.deploy.metadata"):
         "a TensorRT plan is checked against the metadata the build wrote beside it",
     ("hant_trt.search.refine", "hant_trt.distill.pool"): "refinement composes phase 1's distilled candidates",
-    ("hant_trt.search.calibrate", "hant_trt.student.assemble"): "budget calibration times whole students",
+    ("hant_trt.search.calibrate", "hant_trt.student.plan"): "budget calibration times whole students",
+    ("hant_trt.latency.islands", "hant_trt.student.plan"):
+        "float islands are timed in the int8 teacher as the build deploys it",
     ("hant_trt.search.judge", "hant_trt.student.assemble"): "the fine-tune judge builds each selection's student",
     ("hant_trt.search.judge", "hant_trt.student.finetune"): "… scores it by the build's own eval objective",
     ("hant_trt.search.judge", "hant_trt.student.stage"): "… and fine-tunes and calibrates it as the build does",

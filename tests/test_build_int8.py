@@ -149,7 +149,7 @@ def test_stem_and_head_chosen_int8_are_calibrated_simulated_and_exported(lite0, 
 def test_plan_onnx_times_the_int8_plan_the_build_deploys(lite0, tmp_path):
     """`search.calibrate_rounds` times int8 plans too: the untrained student of a solution with an
     int8 stem and an int8 slot, exported with Q/DQ there only, runs on ORT."""
-    from hant_trt.search.calibrate import plan_onnx
+    from hant_trt.student.plan import plan_onnx
     from hant_trt.search.ilp import Option, Solution
     from hant_trt.teacher.decompose import decompose
 

@@ -28,6 +28,7 @@ batch_size = 8
 precisions = ["fp32", "int8"]
 lut = "{tmp_path / 'lut.sqlite'}"
 max_seconds = 0.05
+islands = 1
 [search]
 budget = "0.95x"
 sweep = 3
@@ -59,6 +60,10 @@ engine_name = "e2e"
     n_slots = len(json.loads((run / "teacher.json").read_text())["slots"])
     assert fx["stem_int8_s"] > 0 and fx["head_int8_s"] > 0 and len(fx["junction_saving_s"]) == n_slots + 1
     assert fx["teacher_int8_s"] > 0 and fx["teacher_int8_sum_s"] > 0
+    # float islands: every part timed at fp32 inside the int8 teacher, priced by the search per junction
+    assert len(fx["island_extra_s"]) == n_slots + 2 and None not in fx["island_extra_s"]
+    search_info = json.loads((run / "run.json").read_text())["stages"]["search"]["info"]
+    assert len(search_info["mixed_junction_us"]) == n_slots + 1 and min(search_info["mixed_junction_us"]) >= 0
     assert set(json.loads((run / "scores_fixed.json").read_text())) == {"stem", "head"}
     assert {f["part"] for f in json.loads((run / "solution.json").read_text())["fixed_parts"]} == {"stem", "head"}
     # kernel fusion: candidates replacing slots 2-3 with one op were distilled, scored and timed

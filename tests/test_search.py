@@ -3,6 +3,7 @@ several precisions, several devices and params / MACs limits."""
 
 import itertools
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -448,6 +449,55 @@ def test_junction_saving_makes_neighbouring_int8_pay():
     assert min_latency(p, D1) == pytest.approx(1.4)
     with pytest.raises(UserError, match="infeasible"):             # without the model: nothing reaches 1.5
         solve(Problem(2, opts, {D1: 1.5}, {D1: 0.0}))
+
+
+def mixed_problem(seed: int, n_slots: int = 5, fixed: bool = True) -> Problem:
+    """int8_problem with a `skip` on some slots and a cost at every mixed junction."""
+    rng = random.Random(1000 + seed)
+    p = int8_problem(seed, n_slots)
+    skips = [Option(s, s, "skip", "fp32", -round(rng.random() * 12, 3), {D1: 0.01}) for s in range(n_slots)
+             if rng.random() < 0.5]
+    mixed = [{D1: rng.choice([0.0, rng.uniform(0.05, 0.6)])} for _ in range(n_slots + 1)]
+    fixed_opts = p.fixed_options if fixed else []
+    probe = replace(p, options=p.options + skips, budget_s={D1: 1e9}, fixed_options=fixed_opts, junction_mixed_s=mixed)
+    return replace(probe, budget_s={D1: min_latency(probe, D1) + rng.uniform(0.1, 2.0)})
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_ilp_with_mixed_junction_costs_equals_brute_force(seed):
+    from hant_trt.search.ilp import predict
+
+    p = mixed_problem(seed, fixed=seed % 3 != 0)
+    want_score, _ = brute_force_int8(p)
+    sol = solve(p)
+    assert sol.score == pytest.approx(want_score, abs=1e-6)
+    pred = predict(p, sol.choices, sol.fixed_choices, D1)
+    assert sol.predicted_s[D1] == pytest.approx(pred) and pred <= p.budget_s[D1] * (1 + 1e-9)
+    lo = min_latency(p, D1)
+    assert solve(replace(p, budget_s={D1: lo * (1 + 1e-9)})).predicted_s[D1] == pytest.approx(lo)
+    with pytest.raises(UserError, match="infeasible"):
+        solve(replace(p, budget_s={D1: lo * 0.999}))
+
+
+def test_mixed_junction_cost_is_paid_by_a_float_island_not_by_a_skip():
+    """Between int8 parts, a computing fp32 part pays the costs of both its junctions and forgoes
+    their savings; a `skip` (nothing of its own to convert) pays no cost; so with the costs an
+    int8 part beats the fp32 one it lost to on standalone timings alone."""
+    from hant_trt.search.ilp import predict
+
+    int8 = [Option(s, s, "keep", "int8", 0.0, {D1: 1.0}) for s in range(3)]
+    fp32_mid = Option(1, 1, "keep", "fp32", 0.0, {D1: 0.7})
+    skip_mid = Option(1, 1, "skip", "fp32", -5.0, {D1: 0.0})
+    mixed = [{D1: 0.0}, {D1: 0.25}, {D1: 0.25}, {D1: 0.0}]
+    p = Problem(3, int8 + [fp32_mid], {D1: 3.0}, {D1: 0.0}, junction_mixed_s=mixed)
+    assert predict(p, [int8[0], fp32_mid, int8[2]], [], D1) == pytest.approx(2.7 + 0.5)
+    assert predict(p, [int8[0], skip_mid, int8[2]], [], D1) == pytest.approx(2.0)
+    # the stem and head are float when not a choice: slot 0 and slot 2 at int8 face them
+    assert predict(replace(p, junction_mixed_s=[{D1: 0.1}, {D1: 0.0}, {D1: 0.0}, {D1: 0.2}]), int8, [],
+                   D1) == pytest.approx(3.3)
+    sol = solve(p)
+    assert [o.precision for o in sol.choices] == ["int8"] * 3 and sol.predicted_s[D1] == pytest.approx(3.0)
+    assert [o.precision for o in solve(replace(p, junction_mixed_s=[])).choices] == ["int8", "fp32", "int8"]
 
 
 @pytest.mark.parametrize("base", ["fp32", "fp16"])

@@ -168,8 +168,8 @@ def format_rows(rows: list[LatencyRow]) -> str:
            f"{'n':>5}  device"
     out = [head]
     for r in rows:
-        fig = (f"{r.median_s * 1e3:>10.4f} {r.p90_s * 1e3:>9.4f}" if r.median_s is not None
-               else f"{'error':>10} {'':>9}")
+        p90 = f"{r.p90_s * 1e3:>9.4f}" if r.p90_s is not None else f"{'-':>9}"
+        fig = f"{r.median_s * 1e3:>10.4f} {p90}" if r.median_s is not None else f"{'error':>10} {'':>9}"
         line = f"{r.signature[:48]:<48} {r.input_shape:<12} {r.batch:>2} {r.precision:<5} {r.backend:<9} {fig} " \
                f"{r.count:>5}  {r.device}"
         if r.error:

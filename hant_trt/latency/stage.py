@@ -26,6 +26,8 @@ def profile_fingerprint(run: RunDir, cfg: RunConfig) -> str:
         prof.pop("context_rounds", None)
     if not prof.get("compile"):
         prof.pop("compile", None)
+    if not prof.get("islands"):
+        prof.pop("islands", None)
     if "int8" in prof.get("precisions", []):
         prof["int8_layout"] = layout_for(cfg.profile).name
         prof["int8_model"] = "junctions-whole"  # stem/head at int8, junction savings fitted to the whole
@@ -156,6 +158,20 @@ def _int8_junctions(d, teacher, out_rows, backend, table, workdir, cfg, referenc
             out["junction_saving_scale"] = f
         out["teacher_int8_sum_s"] = alone - sum(max(0.0, s) for s in out["junction_saving_s"] if s is not None)
     return out
+
+
+def _islands(d, teacher, anchors: dict, keep_sig: dict, backend, table, workdir, cfg: RunConfig, base: str) -> dict:
+    """{"island_extra_s": per part (stem, slots, head), what it adds at `base` inside the int8
+    teacher (`latency.islands`)}; {} when a slot has no keep row to name it by."""
+    from .islands import measure_islands
+
+    if len(keep_sig) != len(d.slots):
+        return {}
+    sigs = [anchors["stem"].signature] + [keep_sig[i] for i in range(len(d.slots))] + [anchors["head"].signature]
+    extras = measure_islands(d, teacher.name, teacher.resolution, sigs, backend, table, workdir, layout_for(cfg.profile),
+                             batch=cfg.profile.batch, rounds=cfg.profile.islands,
+                             max_seconds=min(cfg.profile.max_seconds, 0.5), base=base)
+    return {"island_extra_s": extras}
 
 
 # alone: every row standalone | model: fp32 and int8 swaps timed inside the teacher at their
@@ -325,6 +341,8 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
         anchor_refs = ({a.signature: Reference(a, together[a.signature]) for a in anchors.values()}
                        if paired else None)
         fixed.update(_int8_junctions(d, teacher, out_rows, backend, table, workdir, cfg, anchor_refs, base))
+        if cfg.profile.islands:
+            fixed.update(_islands(d, teacher, anchors, keep_sig, backend, table, workdir, cfg, base))
     fixed.update(_teacher_drift(anchors["teacher"], fixed["teacher_s"], backend, base, workdir, cfg))
     fixed_doc = {"device": {device: {**fixed, "precision": base, "backend": backend.name,
                                      "version": backend.version(), "context": cfg.profile.context}}}

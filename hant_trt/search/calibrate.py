@@ -70,6 +70,7 @@ def engine_measure(cfg, teacher_table_s: float, rounds: int = 3, threads: int | 
     from ..latency.export import export_onnx
     from ..latency.paired import time_beside
     from ..quant.layouts import layout_for
+    from ..student.plan import plan_onnx
     from ..teacher.stage import load_from_config
 
     teacher, d = load_from_config(cfg)
@@ -91,27 +92,4 @@ def engine_measure(cfg, teacher_table_s: float, rounds: int = 3, threads: int | 
     return measure
 
 
-def plan_onnx(d, sol, shape: tuple, layout, path: Path) -> Path:
-    """The student of a solution as ONNX with its int8 plan (parts, stem, head), built untrained
-    from its op strings and calibrated on seeded random images: neither weights nor ranges change
-    latency, so this times what the build will deploy."""
-    import torch
-
-    from ..student.assemble import Choice, assemble       # the search times whole students
-    from ..quant.parts import int8_fixed, int8_parts
-    from ..quant.plan import calibrate_parts, export_with_plan
-
-    choices = [Choice(o.first, o.last, o.op, o.precision) for o in sol.choices]
-    student = assemble(d, choices).eval()
-    fixed = int8_fixed({o.op: o.precision for o in sol.fixed_choices})
-    parts = int8_parts(choices)
-    calib = None
-    if parts or fixed:
-        gen = torch.Generator().manual_seed(0)
-        batches = [torch.randn(4, *shape[1:], generator=gen) for _ in range(2)]
-        calib = calibrate_parts(student, parts, batches, "max", cache_dir=Path(path).parent / "calib",
-                                layout=layout, fixed=fixed)
-    return export_with_plan(student, shape, Path(path), calib)
-
-
-__all__ = ["Round", "calibrated_solve", "engine_measure", "plan_onnx"]
+__all__ = ["Round", "calibrated_solve", "engine_measure"]

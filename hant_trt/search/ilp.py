@@ -71,6 +71,10 @@ class Problem:
     junction j (the input of slot j; j = n_slots: the head's input) both run int8: timed alone,
     each int8 part pays a Q at its entry and a DQ at its exit, which vanish between int8
     neighbours (`latency.junction`). Empty: no such saving.
+    junction_mixed_s: j = 0..n_slots → device → seconds paid when one side of junction j is int8
+    and the other a float part that computes (not a `skip`, which only passes its input on): what
+    a float island inside int8 parts costs beyond its standalone timing (`latency.islands`).
+    Empty: no such cost.
     at_most: (option keys, n): at most n of these options are chosen — e.g. at most one dropped
     block per stage of the teacher, where dropped blocks compound (docs/RESULTS.md). Options named
     here are exempt from dominance pruning (the one beating them may be the one a limit excludes)."""
@@ -85,6 +89,7 @@ class Problem:
     fixed_options: list = field(default_factory=list)
     junction_saving_s: list = field(default_factory=list)
     at_most: list = field(default_factory=list)
+    junction_mixed_s: list = field(default_factory=list)
 
 
 def within_limits(p: Problem, chosen: list[Option]) -> bool:
@@ -97,29 +102,48 @@ def is_int8(o: Option) -> bool:
     return o.precision == "int8"
 
 
+def kind(o: Option) -> str:
+    """What a part is at a junction: "int8", "skip" (a float `skip` passes its input on: no
+    conversion of its own) or "float"."""
+    return "int8" if is_int8(o) else "skip" if o.op == "skip" else "float"
+
+
 def _sides(p: Problem, chosen: list[Option], fixed_chosen: list[Option]) -> tuple[dict, dict]:
-    """(left, right): junction j → whether the part ending just before it / starting at it is int8."""
-    left = {o.last + 1: is_int8(o) for o in chosen}
-    right = {o.first: is_int8(o) for o in chosen}
+    """(left, right): junction j → the `kind` of the part ending just before it / starting at it
+    (the stem and head: "float" unless chosen otherwise)."""
+    left = {0: "float", **{o.last + 1: kind(o) for o in chosen}}
+    right = {p.n_slots: "float", **{o.first: kind(o) for o in chosen}}
     for f in fixed_chosen:
         if f.first < 0:
-            left[0] = is_int8(f)
+            left[0] = kind(f)
         else:
-            right[p.n_slots] = is_int8(f)
+            right[p.n_slots] = kind(f)
     return left, right
 
 
+def _junction_term(p: Problem, j: int, left: str, right: str, device: str) -> float:
+    """Seconds junction j adds to the parts' sum on `device`: − its saving between two int8 parts,
+    + its mixed cost between an int8 and a float part, 0 otherwise."""
+    if left == right == "int8" and j < len(p.junction_saving_s):
+        return -max(0.0, p.junction_saving_s[j].get(device, 0.0))
+    if {left, right} == {"int8", "float"} and j < len(p.junction_mixed_s):
+        return max(0.0, p.junction_mixed_s[j].get(device, 0.0))
+    return 0.0
+
+
 def junction_saving(p: Problem, chosen: list[Option], fixed_chosen: list[Option], device: str) -> float:
-    """Seconds saved on `device` at the junctions whose both sides are int8 in this selection."""
-    if not p.junction_saving_s:
+    """Seconds the junctions save on `device` in this selection: the savings between int8
+    neighbours less the costs of mixed ones."""
+    if not (p.junction_saving_s or p.junction_mixed_s):
         return 0.0
     left, right = _sides(p, chosen, fixed_chosen)
-    return sum(max(0.0, sav.get(device, 0.0)) for j, sav in enumerate(p.junction_saving_s)
-               if left.get(j) and right.get(j))
+    return -sum(_junction_term(p, j, left.get(j, "float"), right.get(j, "float"), device)
+                for j in range(p.n_slots + 1))
 
 
 def predict(p: Problem, chosen: list[Option], fixed_chosen: list[Option], device: str) -> float:
-    """A selection's whole-model latency on `device`: fixed + Σ parts − junction savings."""
+    """A selection's whole-model latency on `device`: fixed + Σ parts − junction savings + mixed
+    junctions' costs."""
     return (p.fixed_s.get(device, 0.0) + sum(o.latency_s[device] for o in chosen)
             + sum(o.latency_s[device] for o in fixed_chosen) - junction_saving(p, chosen, fixed_chosen, device))
 
@@ -248,32 +272,29 @@ def _cover_extreme(n_slots: int, options: list[Option], cost, pick=min) -> float
 
 def min_latency(p: Problem, device: str) -> float:
     """Smallest reachable predicted latency (s) on `device`, ignoring every other constraint
-    (junction savings included: the state of the walk is whether the last part is int8)."""
-    def saving(j: int) -> float:
-        return max(0.0, p.junction_saving_s[j].get(device, 0.0)) if j < len(p.junction_saving_s) else 0.0
-
+    (junction terms included: the state of the walk is the `kind` of the last part)."""
     groups = {g[0].first: g for g in fixed_groups(p)}
     best: list[dict] = [dict() for _ in range(p.n_slots + 1)]
     for o in groups.get(-1, [Option(-1, -1, "stem", "fp32", 0.0, {device: 0.0})]):
         if device in o.latency_s:
-            best[0][is_int8(o)] = min(best[0].get(is_int8(o), math.inf), o.latency_s[device])
+            best[0][kind(o)] = min(best[0].get(kind(o), math.inf), o.latency_s[device])
     by_first: dict[int, list[Option]] = {}
     for o in p.options:
         by_first.setdefault(o.first, []).append(o)
     for pos in range(p.n_slots):
-        for flag, cost in list(best[pos].items()):
+        for last, cost in list(best[pos].items()):
             for o in by_first.get(pos, ()):
                 lat = o.latency_s.get(device)
                 if lat is None or o.last >= p.n_slots:
                     continue
-                c = cost + lat - (saving(pos) if flag and is_int8(o) else 0.0)
-                if c < best[o.last + 1].get(is_int8(o), math.inf):
-                    best[o.last + 1][is_int8(o)] = c
+                c = cost + lat + _junction_term(p, pos, last, kind(o), device)
+                if c < best[o.last + 1].get(kind(o), math.inf):
+                    best[o.last + 1][kind(o)] = c
     ends = [math.inf]
-    for flag, cost in best[p.n_slots].items():
+    for last, cost in best[p.n_slots].items():
         for h in groups.get(p.n_slots, [Option(p.n_slots, p.n_slots, "head", "fp32", 0.0, {device: 0.0})]):
             if device in h.latency_s:
-                ends.append(cost + h.latency_s[device] - (saving(p.n_slots) if flag and is_int8(h) else 0.0))
+                ends.append(cost + h.latency_s[device] + _junction_term(p, p.n_slots, last, kind(h), device))
     return p.fixed_s.get(device, 0.0) + min(ends)
 
 
@@ -286,7 +307,7 @@ def max_score(p: Problem) -> float:
 # -- dominance pruning ------------------------------------------------------------------------------
 
 def prune_dominated(options: list[Option], devices: list[str], params: bool = False,
-                    macs: bool = False, by_int8: bool = False) -> list[Option]:
+                    macs: bool = False, by_int8: bool = False, by_kind: bool = False) -> list[Option]:
     """Drop options that another option on the same span beats or equals on everything.
 
     d dominates o when both cover the same slots, d.score ≥ o.score and d needs no more latency on
@@ -295,12 +316,15 @@ def prune_dominated(options: list[Option], devices: list[str], params: bool = Fa
     exact equals the canonical `Option.preference` survives, which is what makes ties deterministic.
     Options missing a latency on one of `devices` cannot be chosen and are dropped. by_int8: int8
     and other options are compared only among themselves (with junction savings an int8 option's
-    latency depends on its neighbours). Returns the survivors sorted by (first, last, op, precision).
+    latency depends on its neighbours). by_kind: options of each `kind` only among themselves (with
+    mixed-junction costs a float part's latency depends on its neighbours too, a skip's does not).
+    Returns the survivors sorted by (first, last, op, precision).
     """
     groups: dict[tuple, list[Option]] = {}
     for o in options:
         if all(d in o.latency_s for d in devices):
-            groups.setdefault((o.first, o.last, by_int8 and is_int8(o)), []).append(o)
+            group = kind(o) if by_kind else by_int8 and is_int8(o)
+            groups.setdefault((o.first, o.last, group), []).append(o)
 
     def resources(o: Option) -> tuple:
         r = tuple(o.latency_s[d] for d in devices)
@@ -429,7 +453,8 @@ def solve(p: Problem, solver: str = "cbc", time_limit: float = 60.0, prune: bool
     paired = {k for a, b, _ in p.pairs for k in (a, b)} | {k for group, _ in p.at_most for k in group}
     if prune:
         opts = prune_dominated([o for o in usable.options if o.key not in paired], devices,
-                               p.max_params is not None, p.max_macs is not None, bool(p.junction_saving_s))
+                               p.max_params is not None, p.max_macs is not None, bool(p.junction_saving_s),
+                               bool(p.junction_mixed_s))
         opts = sorted(opts + [o for o in usable.options if o.key in paired], key=lambda o: o.key)
     else:
         opts = sorted(usable.options, key=lambda o: o.key)
@@ -497,13 +522,36 @@ def solve(p: Problem, solver: str = "cbc", time_limit: float = 60.0, prune: bool
         y = cont_var(f"y{j}")
         prob += y <= pulp.lpSum(left), f"junction{j}l"
         prob += y <= pulp.lpSum(right), f"junction{j}r"
-        ys.append((y, sav))
+        ys.append((y, {d: -max(0.0, v) for d, v in sav.items()}))
+    # m_j ≥ [int8 before j] + [computing float after j] − 1, and the other way round: the latency
+    # constraint pulls m_j down, so it is 1 exactly at a mixed junction (the stem and head count as
+    # float when they are not a choice)
+    for j, cost in enumerate(p.junction_mixed_s):
+        if not any(v > 0 for v in cost.values()):
+            continue
+        sides = {}
+        for side, first_or_last in (("l", lambda o: o.last == j - 1), ("r", lambda o: o.first == j)):
+            for k in ("int8", "float"):
+                sides[side + k] = [x for o, x in zip(opts, xs) if kind(o) == k and first_or_last(o)]
+        stem, head = [(o, x) for o, x in zip(fixed, fxs) if o.first < 0], [(o, x) for o, x in zip(fixed, fxs)
+                                                                        if o.first == p.n_slots]
+        for side, at, part in (("l", 0, stem), ("r", p.n_slots, head)):
+            if j == at:
+                if part:
+                    for k in ("int8", "float"):
+                        sides[side + k] += [x for o, x in part if kind(o) == k]
+                else:
+                    sides[side + "float"] = [1]
+        m = cont_var(f"m{j}")
+        prob += m >= pulp.lpSum(sides["lint8"]) + pulp.lpSum(sides["rfloat"]) - 1, f"mixed{j}a"
+        prob += m >= pulp.lpSum(sides["lfloat"]) + pulp.lpSum(sides["rint8"]) - 1, f"mixed{j}b"
+        ys.append((m, {d: max(0.0, v) for d, v in cost.items()}))
     for k, dev in enumerate(devices):
         # milliseconds keep coefficients near 1 (solver tolerances are absolute, ~1e-7)
         room_ms = (p.budget_s[dev] - p.fixed_s.get(dev, 0.0)) * 1e3
         lat_ms = pulp.LpAffineExpression([(x, o.latency_s[dev] * 1e3) for o, x in zip(opts, xs)]
                                          + [(x, o.latency_s[dev] * 1e3) for o, x in zip(fixed, fxs)]
-                                         + [(y, -max(0.0, sav.get(dev, 0.0)) * 1e3) for y, sav in ys])
+                                         + [(y, added.get(dev, 0.0) * 1e3) for y, added in ys])
         prob += lat_ms <= room_ms, f"latency{k}"
     for n, (group, most) in enumerate(p.at_most):
         members = [xs[index[k]] for k in group if k in index]
@@ -571,5 +619,5 @@ def _verify(p: Problem, chosen: list[Option], fixed_chosen: list[Option] = ()) -
 
 
 __all__ = ["Option", "Problem", "Solution", "SOLVERS", "solve", "min_latency", "max_score", "prune_dominated",
-           "infeasibility_message", "pair_score", "predict", "junction_saving", "fixed_groups", "is_int8",
+           "infeasibility_message", "pair_score", "predict", "junction_saving", "fixed_groups", "is_int8", "kind",
            "within_limits"]

@@ -144,6 +144,8 @@ def solve_posed(run: RunDir, cfg, posed: Posed) -> tuple[Solution, dict]:
         info["calibration"] = [r.to_dict() for r in calibration]
     if refinements:
         info["refine"] = refinements[-1] if len(refinements) == 1 else refinements
+    if problem.junction_mixed_s:     # what the profile's float islands made of the int8 model
+        info["mixed_junction_us"] = [round(c.get(sol.device, 0.0) * 1e6, 1) for c in problem.junction_mixed_s]
     teacher = sol.teacher_s[sol.device]
     info["predicted_speedup"] = teacher / sol.predicted_s[sol.device] if sol.predicted_s[sol.device] else None
     return sol, info

@@ -18,6 +18,7 @@ from ..errors import UserError
 from ..runfiles import FIXED_SCORES, LATENCY, LATENCY_FIXED, LATENCY_NEEDED, SCORE_COLUMNS, SCORES
 from .budget import parse_budget, parse_count
 from .ilp import Option, Problem
+from .islands import island_junctions, mixed_costs
 
 # metric name → (column, how a row's value becomes a score where higher is better)
 METRICS = ("agreement", "kl", "local_mse", "top1")
@@ -40,6 +41,8 @@ class FixedParts:
     teacher_int8_s: float | None = None              # the whole teacher at int8, and what the parts
     teacher_int8_sum_s: float | None = None          #   predict for it (stem + head + Σ keep − savings)
     precision: str = "fp32"                          # what the stem, head and teacher were timed at
+    island_extra_s: tuple = ()                       # stem, slots, head: what each adds at base precision
+                                                     #   inside the int8 teacher, measured (None: not)
 
     @property
     def fixed_s(self) -> float:
@@ -130,8 +133,12 @@ def read_fixed(path: Path) -> dict[str, FixedParts]:
             sav = tuple(float(x) if x is not None else 0.0 for x in v.get("junction_saving_s") or ())
             if not all(math.isfinite(x) for x in (*opt.values(), *sav)):
                 raise ValueError(f"non-finite int8 value for {dev}")
+            isl = tuple(float(x) if x is not None else None for x in v.get("island_extra_s") or ())
+            if not all(math.isfinite(x) for x in isl if x is not None):
+                raise ValueError(f"non-finite island value for {dev}")
             out[dev] = FixedParts(**vals, teacher_sum_s=float(ts) if ts is not None else None, **opt,
-                                  junction_saving_s=sav, precision=str(v.get("precision", "fp32")))
+                                  junction_saving_s=sav, precision=str(v.get("precision", "fp32")),
+                                  island_extra_s=isl)
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"{path} is corrupt ({exc!r}): re-run `hant-trt profile`") from None
     if not out:
@@ -272,7 +279,7 @@ def build_problem(tables: Tables, n_slots: int, budget: str, devices: list[str],
         fixed = {d: (tables.fixed[d].stem_s + tables.fixed[d].head_s) * k[d] for d in devices}
     else:
         fixed = {d: tables.fixed[d].fixed_s for d in devices}
-    fixed_options, junctions = int8_model(tables, n_slots, devices, k, k8)
+    fixed_options, junctions, mixed = int8_model(tables, n_slots, devices, k, k8)
     base = tables.fixed[devices[0]].precision     # `base_precision` of the profile: fp16 on GPU targets
     for o in fixed_options:
         if o.precision == base:            # the part is a choice now: not paid in `fixed_s`
@@ -284,7 +291,7 @@ def build_problem(tables: Tables, n_slots: int, budget: str, devices: list[str],
         fixed_s=fixed,
         max_params=parse_count(max_params, tables.teacher_params, "params"),
         max_macs=parse_count(max_macs, tables.teacher_macs, "MACs"),
-        fixed_options=fixed_options, junction_saving_s=junctions)
+        fixed_options=fixed_options, junction_saving_s=junctions, junction_mixed_s=mixed)
 
 
 def _scale8(f: FixedParts, fallback: float) -> float:
@@ -293,15 +300,17 @@ def _scale8(f: FixedParts, fallback: float) -> float:
     return fallback
 
 
-def int8_model(tables: Tables, n_slots: int, devices: list[str], k: dict, k8: dict) -> tuple[list[Option], list[dict]]:
-    """(stem/head precision options, junction savings) of an int8 profile, latencies × k[device]
-    (int8 ones × k8[device]);
-    ([], []) unless every device has them and the stem's and head's int8 scores exist (otherwise
-    the stem and head stay fixed at their base precision, with no saving)."""
+def int8_model(tables: Tables, n_slots: int, devices: list[str], k: dict,
+               k8: dict) -> tuple[list[Option], list[dict], list[dict]]:
+    """(stem/head precision options, junction savings, mixed-junction costs) of an int8 profile,
+    latencies × k[device] (int8 ones × k8[device]); ([], [], []) unless every device has them and
+    the stem's and head's int8 scores exist (otherwise the stem and head stay fixed at their base
+    precision, with no saving). Mixed costs only where the profile timed float islands
+    (`profile.islands`) on every device."""
     fx = [tables.fixed[d] for d in devices]
     if (not all(f.stem_int8_s is not None and f.head_int8_s is not None and len(f.junction_saving_s) == n_slots + 1
                 for f in fx) or not all("int8" in tables.fixed_scores.get(p, {}) for p in ("stem", "head"))):
-        return [], []
+        return [], [], []
     base = tables.fixed[devices[0]].precision
     opts = []
     for part, pos in (("stem", -1), ("head", n_slots)):
@@ -310,7 +319,32 @@ def int8_model(tables: Tables, n_slots: int, devices: list[str], k: dict, k8: di
         opts.append(Option(pos, pos, part, base, 0.0, alone, signature=part))
         opts.append(Option(pos, pos, part, "int8", tables.fixed_scores[part]["int8"], int8, signature=part))
     junctions = [{d: tables.fixed[d].junction_saving_s[j] * k8[d] for d in devices} for j in range(n_slots + 1)]
-    return opts, junctions
+    mixed = []
+    if all(len(f.island_extra_s) == n_slots + 2 for f in fx):
+        costs = {d: mixed_costs(list(tables.fixed[d].island_extra_s),
+                                _island_model(tables, opts, junctions, n_slots, d, base, k[d], k8[d]), n_slots)
+                 for d in devices}
+        mixed = [{d: costs[d][j] for d in devices} for j in range(n_slots + 1)]
+    return opts, junctions, mixed
+
+
+def _island_model(tables: Tables, fixed_opts: list[Option], junctions: list[dict], n_slots: int, dev: str,
+                  base: str, k: float, k8: float) -> list[float | None]:
+    """What the int8 model says each one-part island adds to the int8 teacher on `dev` (stem,
+    slots, head; None where a keep row is missing): its base latency − its int8 latency + the
+    savings of the junctions it breaks."""
+    lat = {(o.first, o.precision): o.latency_s[dev] for o in fixed_opts}
+    for o in tables.options:
+        if o.op == "keep" and o.first == o.last and dev in o.latency_s:
+            lat[(o.first, o.precision)] = o.latency_s[dev] * (k8 if o.precision == "int8" else k)
+    out = []
+    for part in range(-1, n_slots + 1):
+        if (part, base) not in lat or (part, "int8") not in lat:
+            out.append(None)
+            continue
+        broken = sum(max(0.0, junctions[j][dev]) for j in island_junctions(part, n_slots))
+        out.append(lat[(part, base)] - lat[(part, "int8")] + broken)
+    return out
 
 
 __all__ = ["METRICS", "FixedParts", "Tables", "load_tables", "read_fixed", "read_n_slots", "select_devices",
