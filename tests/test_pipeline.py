@@ -62,6 +62,7 @@ engine_name = "e2e"
     assert fx["teacher_int8_s"] > 0 and fx["teacher_int8_sum_s"] > 0
     # float islands: every part timed at fp32 inside the int8 teacher, priced by the search per junction
     assert len(fx["island_extra_s"]) == n_slots + 2 and None not in fx["island_extra_s"]
+    assert json.loads((run / "run.json").read_text())["stages"]["profile"]["info"]["islands"]["measured"] == n_slots + 2
     search_info = json.loads((run / "run.json").read_text())["stages"]["search"]["info"]
     assert len(search_info["mixed_junction_us"]) == n_slots + 1 and min(search_info["mixed_junction_us"]) >= 0
     assert set(json.loads((run / "scores_fixed.json").read_text())) == {"stem", "head"}

@@ -373,5 +373,9 @@ def run_profile(run: RunDir, cfg: RunConfig) -> dict:
             100 * (fixed["teacher_int8_sum_s"] - fixed["teacher_int8_s"]) / fixed["teacher_int8_s"], 2)
         if "junction_saving_scale" in fixed:
             info["junction_saving_scale"] = round(fixed["junction_saving_scale"], 3)
+    if fixed.get("island_extra_s"):
+        got = [x for x in fixed["island_extra_s"] if x is not None]
+        info["islands"] = {"measured": len(got), "of": len(fixed["island_extra_s"]),
+                           "extra_ms": [round(x * 1e3, 3) if x is not None else None for x in fixed["island_extra_s"]]}
     run.set_stage("profile", "done", fp, info)
     return info
