@@ -77,3 +77,20 @@ def run_cli(*args: str, cwd=None, env=None, timeout=600) -> subprocess.Completed
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "hant_trt.cli", *args], capture_output=True,
                           text=True, cwd=cwd or ROOT, env=e, timeout=timeout)
+
+
+class CountingBackend:
+    """The real ORT backend, counting what it prepares."""
+
+    def __init__(self):
+        from hant_trt.latency.backends import get_backend
+
+        self.inner, self.prepared = get_backend("ort", threads=1), 0
+        self.name = self.inner.name
+
+    def __getattr__(self, k):
+        return getattr(self.inner, k)
+
+    def prepare(self, *a, **kw):
+        self.prepared += 1
+        return self.inner.prepare(*a, **kw)

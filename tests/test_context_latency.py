@@ -13,6 +13,8 @@ from hant_trt.latency.context import Swap, in_context_latency, measure_in_contex
 from hant_trt.latency.lut import LatencyTable
 from hant_trt.rundir import RunDir
 
+from conftest import CountingBackend
+
 
 def conv(c_in, c_out, hidden=None):
     hidden = hidden or c_out
@@ -23,21 +25,6 @@ def toy():
     torch.manual_seed(0)
     return SimpleNamespace(stem=nn.Conv2d(3, 16, 3, padding=1), blocks=[conv(16, 16), conv(16, 16, 96), conv(16, 16)],
                            head=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)))
-
-
-class CountingBackend:
-    """The real ORT backend, counting what it prepares."""
-
-    def __init__(self):
-        self.inner, self.prepared = get_backend("ort", threads=1), 0
-        self.name = self.inner.name
-
-    def __getattr__(self, k):
-        return getattr(self.inner, k)
-
-    def prepare(self, *a, **kw):
-        self.prepared += 1
-        return self.inner.prepare(*a, **kw)
 
 
 def test_swapped_model_replaces_the_span_only():

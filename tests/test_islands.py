@@ -9,6 +9,8 @@ from hant_trt.search.ilp import Option, predict, solve
 from hant_trt.search.islands import island_junctions, mixed_costs, nonneg_least_squares
 from hant_trt.search.tables import FixedParts, Tables, build_problem
 
+from conftest import CountingBackend
+
 DEV = "cpu:x"
 
 
@@ -93,7 +95,6 @@ def test_a_search_with_island_costs_keeps_the_stem_int8():
 def test_islands_are_timed_in_the_int8_teacher_once(lite0, tmp_path):
     """Every part of a (small-resolution) Lite0 timed at fp32 inside its int8 teacher on ORT: one
     finite extra per part, rows in the table, nothing measured again the second time."""
-    from hant_trt.latency.backends import get_backend
     from hant_trt.latency.islands import _selection, measure_islands
     from hant_trt.latency.lut import LatencyTable
     from hant_trt.quant.layouts import LAYOUTS
@@ -106,19 +107,7 @@ def test_islands_are_timed_in_the_int8_teacher_once(lite0, tmp_path):
     assert [o.precision for o in sel.choices].count("fp32") == 1 and sel.choices[3].precision == "fp32"
     assert [o.precision for o in sel.fixed_choices] == ["int8", "int8"]
 
-    class Counting:
-        def __init__(self):
-            self.inner, self.prepared = get_backend("ort", threads=1), 0
-            self.name = self.inner.name
-
-        def __getattr__(self, k):
-            return getattr(self.inner, k)
-
-        def prepare(self, *a, **kw):
-            self.prepared += 1
-            return self.inner.prepare(*a, **kw)
-
-    be, table = Counting(), LatencyTable(tmp_path / "lut.sqlite")
+    be, table = CountingBackend(), LatencyTable(tmp_path / "lut.sqlite")
     sigs = ["stem"] + [f"slot{i}" for i in range(n)] + ["head"]
     got = measure_islands(d, "lite0", res, sigs, be, table, tmp_path / "w", LAYOUTS["ort"], rounds=1,
                           max_seconds=0.01, progress=False)
