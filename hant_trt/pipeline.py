@@ -74,7 +74,6 @@ def demo_config(run_dir: str = "runs/demo") -> RunConfig:
     cfg.profile.backend = "ort"
     cfg.profile.precisions = ["fp32", "int8"]   # int8 per layer in ORT's CPU layout: what wins there
     cfg.profile.max_seconds = 0.5
-    cfg.profile.islands = 5         # fp32 parts inside int8 ones cost more than alone (RESULTS, session 21)
     cfg.search.budget = "0.7x"
     cfg.search.sweep = 6
     cfg.build.finetune_steps = 40
