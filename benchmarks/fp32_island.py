@@ -42,11 +42,11 @@ def main() -> None:
                     help="islands (stem, head, slot numbers; + joins parts) timed in the int8 teacher")
     a = ap.parse_args()
     run = Path(a.run)
-    if a.in_teacher:
-        return in_teacher(run, a.in_teacher.split(","), a.rounds, a.threads)
     cfg = from_dict(json.loads((run / "run.json").read_text())["config"])
     teacher, d = load_from_config(cfg)
     shape = (1, 3, teacher.resolution, teacher.resolution)
+    if a.in_teacher:
+        return in_teacher(run, cfg, d, shape, a.in_teacher.split(","), a.rounds, a.threads)
     sol = Solution.from_dict(json.loads((run / SOLUTION).read_text()))
     parts = set(a.parts.split(","))
     int8 = replace(sol, choices=[replace(o, precision="int8") if str(o.first) in parts and o.op == "keep" else o
@@ -62,13 +62,10 @@ def main() -> None:
         print(f"{n}: {statistics.median(t / s for t, s in zip(times['teacher'], times[n])):.2f}x the teacher")
 
 
-def in_teacher(run: Path, islands: list[str], rounds: int, threads: int) -> None:
+def in_teacher(run: Path, cfg, d, shape: tuple, islands: list[str], rounds: int, threads: int) -> None:
     from hant_trt.search.ilp import predict
     from hant_trt.search.tables import build_problem, load_tables, read_n_slots, select_devices
 
-    cfg = from_dict(json.loads((run / "run.json").read_text())["config"])
-    teacher, d = load_from_config(cfg)
-    shape = (1, 3, teacher.resolution, teacher.resolution)
     tables = load_tables(run, cfg.search.metric)
     n = read_n_slots(run / "teacher.json")
     dev = select_devices(tables.fixed, None)[0]

@@ -507,44 +507,39 @@ def solve(p: Problem, solver: str = "cbc", time_limit: float = 60.0, prune: bool
         prob += pulp.LpAffineExpression([(x, 1) for o, x in zip(opts, xs) if o.first <= s <= o.last]) == 1, f"cover{s}"
     for g in sorted({o.first for o in fixed}):
         prob += pulp.LpAffineExpression([(x, 1) for o, x in zip(fixed, fxs) if o.first == g]) == 1, f"fixed{g}"
+    # the stem ends at junction 0 (last = −1), the head starts at junction n_slots: one rule for all
+    parts = list(zip(opts, xs)) + list(zip(fixed, fxs))
+
+    def ending(j: int, k: str) -> list:
+        return [x for o, x in parts if o.last + 1 == j and kind(o) == k]
+
+    def starting(j: int, k: str) -> list:
+        return [x for o, x in parts if o.first == j and kind(o) == k]
+
     # y_j ≤ [part before junction j is int8], y_j ≤ [part after it is int8]: the latency constraint
     # pulls y_j up, so it is 1 exactly when both sides are int8 (the sums are 0 or 1: one cover)
     ys = []
     for j, sav in enumerate(p.junction_saving_s):
-        if not any(v > 0 for v in sav.values()):
-            continue
-        left = [x for o, x in zip(opts, xs) if is_int8(o) and o.last == j - 1]
-        right = [x for o, x in zip(opts, xs) if is_int8(o) and o.first == j]
-        left += [x for o, x in zip(fixed, fxs) if is_int8(o) and o.first < 0 and j == 0]
-        right += [x for o, x in zip(fixed, fxs) if is_int8(o) and o.first == p.n_slots and j == p.n_slots]
-        if not left or not right:
+        left, right = ending(j, "int8"), starting(j, "int8")
+        if not any(v > 0 for v in sav.values()) or not left or not right:
             continue
         y = cont_var(f"y{j}")
         prob += y <= pulp.lpSum(left), f"junction{j}l"
         prob += y <= pulp.lpSum(right), f"junction{j}r"
         ys.append((y, {d: -max(0.0, v) for d, v in sav.items()}))
     # m_j ≥ [int8 before j] + [computing float after j] − 1, and the other way round: the latency
-    # constraint pulls m_j down, so it is 1 exactly at a mixed junction (the stem and head count as
-    # float when they are not a choice)
+    # constraint pulls m_j down, so it is 1 exactly at a mixed junction (a stem or head that is not
+    # a choice runs at the base precision: a float part, always there)
+    fixed_stem = not any(o.first < 0 for o in fixed)
+    fixed_head = not any(o.first == p.n_slots for o in fixed)
     for j, cost in enumerate(p.junction_mixed_s):
         if not any(v > 0 for v in cost.values()):
             continue
-        sides = {}
-        for side, first_or_last in (("l", lambda o: o.last == j - 1), ("r", lambda o: o.first == j)):
-            for k in ("int8", "float"):
-                sides[side + k] = [x for o, x in zip(opts, xs) if kind(o) == k and first_or_last(o)]
-        stem, head = [(o, x) for o, x in zip(fixed, fxs) if o.first < 0], [(o, x) for o, x in zip(fixed, fxs)
-                                                                        if o.first == p.n_slots]
-        for side, at, part in (("l", 0, stem), ("r", p.n_slots, head)):
-            if j == at:
-                if part:
-                    for k in ("int8", "float"):
-                        sides[side + k] += [x for o, x in part if kind(o) == k]
-                else:
-                    sides[side + "float"] = [1]
+        left_float = [1] if j == 0 and fixed_stem else ending(j, "float")
+        right_float = [1] if j == p.n_slots and fixed_head else starting(j, "float")
         m = cont_var(f"m{j}")
-        prob += m >= pulp.lpSum(sides["lint8"]) + pulp.lpSum(sides["rfloat"]) - 1, f"mixed{j}a"
-        prob += m >= pulp.lpSum(sides["lfloat"]) + pulp.lpSum(sides["rint8"]) - 1, f"mixed{j}b"
+        prob += m >= pulp.lpSum(ending(j, "int8")) + pulp.lpSum(right_float) - 1, f"mixed{j}a"
+        prob += m >= pulp.lpSum(left_float) + pulp.lpSum(starting(j, "int8")) - 1, f"mixed{j}b"
         ys.append((m, {d: max(0.0, v) for d, v in cost.items()}))
     for k, dev in enumerate(devices):
         # milliseconds keep coefficients near 1 (solver tolerances are absolute, ~1e-7)

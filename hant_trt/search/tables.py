@@ -17,8 +17,8 @@ from pathlib import Path
 from ..errors import UserError
 from ..runfiles import FIXED_SCORES, LATENCY, LATENCY_FIXED, LATENCY_NEEDED, SCORE_COLUMNS, SCORES
 from .budget import parse_budget, parse_count
-from .ilp import Option, Problem
-from .islands import island_junctions, mixed_costs
+from .ilp import Option, Problem, predict
+from .islands import mixed_costs
 
 # metric name → (column, how a row's value becomes a score where higher is better)
 METRICS = ("agreement", "kl", "local_mse", "top1")
@@ -279,7 +279,7 @@ def build_problem(tables: Tables, n_slots: int, budget: str, devices: list[str],
         fixed = {d: (tables.fixed[d].stem_s + tables.fixed[d].head_s) * k[d] for d in devices}
     else:
         fixed = {d: tables.fixed[d].fixed_s for d in devices}
-    fixed_options, junctions, mixed = int8_model(tables, n_slots, devices, k, k8)
+    fixed_options, junctions, mixed = int8_model(tables, options, n_slots, devices, k, k8)
     base = tables.fixed[devices[0]].precision     # `base_precision` of the profile: fp16 on GPU targets
     for o in fixed_options:
         if o.precision == base:            # the part is a choice now: not paid in `fixed_s`
@@ -300,10 +300,11 @@ def _scale8(f: FixedParts, fallback: float) -> float:
     return fallback
 
 
-def int8_model(tables: Tables, n_slots: int, devices: list[str], k: dict,
+def int8_model(tables: Tables, options: list[Option], n_slots: int, devices: list[str], k: dict,
                k8: dict) -> tuple[list[Option], list[dict], list[dict]]:
     """(stem/head precision options, junction savings, mixed-junction costs) of an int8 profile,
-    latencies × k[device] (int8 ones × k8[device]); ([], [], []) unless every device has them and
+    latencies × k[device] (int8 ones × k8[device]; `options`: the candidates so scaled, for the
+    mixed costs' fit); ([], [], []) unless every device has them and
     the stem's and head's int8 scores exist (otherwise the stem and head stay fixed at their base
     precision, with no saving). Mixed costs only where the profile timed float islands
     (`profile.islands`) on every device."""
@@ -322,29 +323,28 @@ def int8_model(tables: Tables, n_slots: int, devices: list[str], k: dict,
     mixed = []
     if all(len(f.island_extra_s) == n_slots + 2 for f in fx):
         costs = {d: mixed_costs(list(tables.fixed[d].island_extra_s),
-                                _island_model(tables, opts, junctions, n_slots, d, base, k[d], k8[d]), n_slots)
+                                _island_model(options, opts, junctions, n_slots, d, base), n_slots)
                  for d in devices}
         mixed = [{d: costs[d][j] for d in devices} for j in range(n_slots + 1)]
     return opts, junctions, mixed
 
 
-def _island_model(tables: Tables, fixed_opts: list[Option], junctions: list[dict], n_slots: int, dev: str,
-                  base: str, k: float, k8: float) -> list[float | None]:
-    """What the int8 model says each one-part island adds to the int8 teacher on `dev` (stem,
-    slots, head; None where a keep row is missing): its base latency − its int8 latency + the
-    savings of the junctions it breaks."""
-    lat = {(o.first, o.precision): o.latency_s[dev] for o in fixed_opts}
-    for o in tables.options:
-        if o.op == "keep" and o.first == o.last and dev in o.latency_s:
-            lat[(o.first, o.precision)] = o.latency_s[dev] * (k8 if o.precision == "int8" else k)
-    out = []
-    for part in range(-1, n_slots + 1):
-        if (part, base) not in lat or (part, "int8") not in lat:
-            out.append(None)
-            continue
-        broken = sum(max(0.0, junctions[j][dev]) for j in island_junctions(part, n_slots))
-        out.append(lat[(part, base)] - lat[(part, "int8")] + broken)
-    return out
+def _island_model(options: list[Option], fixed_opts: list[Option], junctions: list[dict], n_slots: int,
+                  dev: str, base: str) -> list[float | None]:
+    """What the int8 model (`ilp.predict`, before mixed costs) says each one-part island adds to
+    the int8 teacher on `dev`: stem, slots, head; None where a keep row it needs is missing."""
+    part = {(o.first, o.precision): o for o in fixed_opts}
+    part.update({(o.first, o.precision): o for o in options
+                 if o.op == "keep" and o.first == o.last and dev in o.latency_s})
+    model = Problem(n_slots, [], {}, {}, junction_saving_s=junctions)
+
+    def teacher(at_base: int | None) -> float | None:
+        sel = [part.get((i, base if i == at_base else "int8")) for i in range(-1, n_slots + 1)]
+        return None if None in sel else predict(model, sel[1:-1], [sel[0], sel[-1]], dev)
+
+    int8 = teacher(None)
+    islands = [teacher(i) if int8 is not None else None for i in range(-1, n_slots + 1)]
+    return [None if t is None else t - int8 for t in islands]
 
 
 __all__ = ["METRICS", "FixedParts", "Tables", "load_tables", "read_fixed", "read_n_slots", "select_devices",
