@@ -61,6 +61,11 @@ class DistillCfg:
                                     #   teacher backward per step)
     cuda_graph: bool = False        # on CUDA, replay each step as a CUDA graph (launch-bound with many
                                     #   small candidates); opt-in: not yet run on a GPU
+    align: int = 0                  # N > 0: candidates' hidden widths (ir/er) at multiples of N — a
+                                    #   width between two is replaced by both (`ops.presets.aligned`);
+                                    #   int8 kernels pay for whole channel blocks: ORT CPU int8 on AMD
+                                    #   EPYC ran e5 MBConvs of 24/40-channel slots slower than e6 (16
+                                    #   there; docs/RESULTS.md, session 22). 0: the preset's widths
 
 
 @dataclass
@@ -239,6 +244,10 @@ def _multiple_of_32(v: int) -> str | None:
     return None if v % 32 == 0 else "expected a multiple of 32 (the model's stride)"
 
 
+def _multiple_of_8(v: int) -> str | None:
+    return None if v % 8 == 0 else "expected 0 or a multiple of 8 (widths are rounded to 8)"
+
+
 def _budget_text(v: str) -> str | None:
     from .search.budget import relative_budget
 
@@ -307,7 +316,8 @@ RULES: dict[str, dict[str, Rule]] = {
                 "bn_recalibrate": Rule(bool), "device": Rule(str, choices=("auto", "cpu", "cuda")),
                 "checkpoint_every": Rule(int, lo=1), "seed": Rule(int, lo=0), "full_res_steps": Rule(int, lo=0),
                 "keep_best": Rule(bool), "suffix_kl": Rule(float, lo=0), "suffix_kl_slots": Rule(int, lo=0),
-                "fisher": Rule(float, **FRACTION), "cuda_graph": Rule(bool)},
+                "fisher": Rule(float, **FRACTION), "cuda_graph": Rule(bool),
+                "align": Rule(int, lo=0, check=_multiple_of_8)},
     "score": {"batch_size": Rule(int, lo=1), "max_images": Rule(int, lo=1, optional=True)},
     "profile": {"backend": Rule(str, choices=("ort", "torch", "tensorrt")),
                 "precisions": Rule("strs", choices=("fp32", "fp16", "bf16", "int8")),

@@ -257,3 +257,46 @@ def test_add_spans_takes_distill_settings_only(tmp_path):
     r = subprocess.run([sys.executable, tool, str(tmp_path / "a"), str(tmp_path / "b")], capture_output=True, text=True,
                        env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_extend_run_trains_only_the_new_candidates(tmp_path):
+    """`distill.align` on a distilled run (`distill.extend`): the candidates both sets list are
+    SRC's tensors unchanged, the misaligned ones are gone, only the new ones train, and DST's
+    stage is done under the new fingerprint — the same candidates a fresh distillation with the
+    new set trains (those that inherit the teacher: the same weights). Settings that change how
+    candidates train are refused."""
+    import copy
+
+    from hant_trt.distill.extend import extend_run
+    from hant_trt.distill.stage import distill_fingerprint
+
+    cfg = small_cfg(tmp_path / "src", slots=(2,), steps=4)
+    run = RunDir(cfg.run_dir)
+    run.update(config=cfg.to_dict())        # as the CLI saves it
+    run_distill(run, cfg)
+    src = load_file(str(tmp_path / "src" / "candidates" / "slot2.safetensors"))
+    new = copy.deepcopy(cfg)
+    new.distill.align = 16
+    info = extend_run(tmp_path / "src", tmp_path / "dst", new)
+    meta = json.loads((tmp_path / "dst" / "candidates" / "slot2.json").read_text())
+    ops = {c["op"] for c in meta["candidates"]}
+    assert "ir_k3_e5_relu6" not in ops and {"ir_k3_e4.67_relu6", "ir_k3_e5.33_relu6", "ir_k3_e4_relu6"} <= ops
+    got = load_file(str(tmp_path / "dst" / "candidates" / "slot2.safetensors"))
+    reused = [k for k in got if k.split("::")[0] in {k2.split("::")[0] for k2 in src}]
+    assert reused and all(torch.equal(got[k], src[k]) for k in reused)
+    assert not any(k.startswith("ir_k3_e5_relu6::") for k in got)
+    assert info["candidates"] == len(ops) and 0 < info["note"].count("trained")
+    dst_run = RunDir(tmp_path / "dst", create=False)
+    assert dst_run.is_done("distill", distill_fingerprint(new)) and not (tmp_path / "dst" / "extend_work").exists()
+    fresh = copy.deepcopy(new)
+    fresh.run_dir = str(tmp_path / "fresh")
+    run_distill(RunDir(fresh.run_dir), fresh)
+    ref = load_file(str(tmp_path / "fresh" / "candidates" / "slot2.safetensors"))
+    assert ref.keys() == got.keys()
+    for k in ("ir_k3_e4.67_relu6::conv_pw.weight", "ir_k3_e5.33_relu6::conv_pwl.weight"):
+        assert torch.allclose(got[k], ref[k], atol=1e-6), k
+    other = copy.deepcopy(cfg)
+    other.distill.steps = 6
+    with pytest.raises(UserError, match="distill.steps"):
+        extend_run(tmp_path / "src", tmp_path / "dst2", other)

@@ -402,3 +402,32 @@ def test_early_stride_keeps_every_weight_and_moves_the_subsampling(decomps):
         build("es", span)
     with pytest.raises(UserError, match="span of blocks with stride 2"):
         build("es", d.slots[1], d.blocks[1])
+
+
+def test_aligned_widths_replace_a_width_between_two_blocks_by_both(decomps):
+    """`distill.align`: an ir/er op whose hidden width falls between two multiples of N is offered
+    at both (the upper one within the teacher's width); aligned ops, other families and align 0
+    stay as they are; the aligned ops build at exactly those widths."""
+    from hant_trt.ops.layers import make_divisible
+    from hant_trt.ops.presets import aligned
+
+    d = decomps["efficientnet_lite0"]
+    slot, block = d.slots[2], d.blocks[2]
+    assert (slot.in_chs, slot.expansion, slot.kernel) == (24, 6.0, 3)
+    assert aligned("ir_k3_e5_relu6", slot, 16) == ["ir_k3_e4.67_relu6", "ir_k3_e5.33_relu6"]   # 120 → 112, 128
+    assert aligned("ir_k3_e4_relu6", slot, 16) == ["ir_k3_e4_relu6"]                           # 96
+    assert aligned("ir_k3_e5.7_relu6", slot, 32) == ["ir_k3_e5.33_relu6"]       # 136 → 128; 160 > the teacher's 144
+    assert aligned("ds_k3_relu6", slot, 16) == ["ds_k3_relu6"]
+    assert aligned("ir_k3_e5_relu6", slot, 0) == ["ir_k3_e5_relu6"]
+    plain, even = candidates(slot, "tiny"), candidates(slot, "tiny", 16)
+    assert candidates(slot, "tiny", 0) == plain
+    assert "ir_k3_e5_relu6" in plain and "ir_k3_e5_relu6" not in even
+    widths = {}
+    for op in even:
+        spec = decode(op) if op not in ("keep", "skip", "proj") else None
+        if spec is not None and spec.family in ("ir", "er"):
+            widths[op] = make_divisible(slot.in_chs * spec.exp)
+            assert widths[op] % 16 == 0, op
+    assert {112, 128, 64, 80, 16, 32} <= set(widths.values())
+    m = build("ir_k3_e4.67_relu6", slot, block)
+    assert m.conv_pw.out_channels == 112 and m(torch.randn(2, *slot.in_shape)).shape[1:] == tuple(slot.out_shape)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -30,10 +29,11 @@ from hant_trt.commands import apply_overrides
 from hant_trt.config import from_dict
 from hant_trt.errors import UserError
 from hant_trt.data import data_splits
+from hant_trt.distill.extend import copy_distilled
 from hant_trt.distill.stage import distill_fingerprint
 from hant_trt.distill.train import distill
 from hant_trt.rundir import RunDir
-from hant_trt.runfiles import CANDIDATES, MANIFEST, TEACHER
+from hant_trt.runfiles import CANDIDATES
 from hant_trt.teacher.stage import load_from_config
 
 
@@ -60,15 +60,7 @@ def main() -> int:
         print(f"error: {src} already has spans of up to {cfg.distill.spans} slots", file=sys.stderr)
         return 2
     cand = dst / CANDIDATES
-    cand.mkdir(parents=True, exist_ok=True)
-    if (src / TEACHER).exists() and not (dst / TEACHER).exists():
-        shutil.copy2(src / TEACHER, dst / TEACHER)
-    for f in (src / CANDIDATES).glob("slot*"):
-        if not (cand / f.name).exists():
-            shutil.copy2(f, cand / f.name)
-    if not (dst / MANIFEST).exists():
-        manifest = json.loads((src / MANIFEST).read_text())
-        (dst / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    copy_distilled(src, dst)
     run = RunDir(dst, create=False)
     cfg.distill.spans = a.spans
     only_ops = None

@@ -15,10 +15,10 @@ from ..teacher.decompose import Decomposition, module_slot_of, span_teacher
 from ..teacher.slot import Slot
 
 
-def candidate_ops(slot: Slot, preset: str, fused: bool = False) -> list[str]:
+def candidate_ops(slot: Slot, preset: str, fused: bool = False, align: int = 0) -> list[str]:
     from ..ops import candidates
 
-    ops = candidates(slot, preset)
+    ops = candidates(slot, preset, align)
     if fused:  # a span's "keep" is the teacher's blocks; "skip" would drop several layers at once
         ops = [o for o in ops if o not in ("keep",)]
     return ops

@@ -15,7 +15,7 @@ from ..rundir import RunDir, stage_fingerprint
 from ..runfiles import CANDIDATES, FIXED_SCORES, SCORES
 from ..teacher.stage import load_from_config, run_teacher, teacher_fingerprint
 from .pool import TrainedPart
-from .train import distill, prune_stale_slot_files
+from .train import distill, merge_slot_files
 
 
 def distill_fingerprint(cfg: RunConfig) -> str:
@@ -26,6 +26,8 @@ def distill_fingerprint(cfg: RunConfig) -> str:
         d.pop("suffix_kl", None), d.pop("suffix_kl_slots", None)
     if not d.get("fisher"):
         d.pop("fisher", None)
+    if not d.get("align"):
+        d.pop("align", None)
     return stage_fingerprint({"data": cfg.data, "distill": d}, upstream={"teacher": teacher_fingerprint(cfg)})
 
 
@@ -63,10 +65,6 @@ def _merge_ranks(run: RunDir, world: int, rank: int, fp: str, timeout_s: float =
     """Ranks write into candidates/rankR/; rank 0 waits for all and merges deterministically
     (candidates of a slot sorted by op). Returns the number of merged candidates (rank 0) or
     -1 (other ranks)."""
-    from safetensors.torch import load_file
-
-    from .. import atomic
-
     out = run.root / CANDIDATES
     stamp = {"fingerprint": fp, "world": world}
     # a rank without candidates has no folder yet; the stamp keeps a stale DONE from going unnoticed
@@ -85,29 +83,7 @@ def _merge_ranks(run: RunDir, world: int, rank: int, fp: str, timeout_s: float =
         if time.time() - t0 > timeout_s:
             raise RuntimeError("timed out waiting for the other ranks")
         time.sleep(2)
-    names = sorted({p.stem for r in range(world) for p in (out / f"rank{r}").glob("slot*.json")})
-    total = 0
-    for name in names:
-        tensors, meta = {}, None
-        for r in range(world):
-            jp = out / f"rank{r}" / f"{name}.json"
-            if not jp.exists():
-                continue
-            m = json.loads(jp.read_text())
-            meta = meta or {k: v for k, v in m.items() if k != "candidates"} | {"candidates": []}
-            meta["candidates"] += m["candidates"]
-            sp = out / f"rank{r}" / f"{name}.safetensors"
-            if sp.exists():
-                tensors.update(load_file(str(sp)))
-        meta["candidates"].sort(key=lambda c: c["op"])
-        ops = [c["op"] for c in meta["candidates"]]
-        if len(set(ops)) != len(ops):
-            raise RuntimeError(f"{name}: a candidate was trained by more than one rank ({ops})")
-        atomic.save_tensors(out / f"{name}.safetensors", dict(sorted(tensors.items())))
-        atomic.write_json(out / f"{name}.json", meta)
-        total += len(ops)
-    prune_stale_slot_files(out, set(names))
-    return total
+    return merge_slot_files([(out / f"rank{r}", None) for r in range(world)], out)
 
 
 def score_fingerprint(cfg: RunConfig) -> str:

@@ -58,7 +58,8 @@ class Group:
 
 
 def plan_jobs(d: Decomposition, cfg: DistillCfg, rank: int = 0, world: int = 1,
-              only_spans: bool = False, only_ops: set[str] | None = None) -> list[Job]:
+              only_spans: bool = False, only_ops: set[str] | None = None,
+              only_keys: set[tuple[int, int, str]] | None = None) -> list[Job]:
     """Every trainable candidate of the selected slots (and spans), sharded round-robin by rank.
 
     A fused span's candidate is kept only when it inherits teacher weights
@@ -66,7 +67,8 @@ def plan_jobs(d: Decomposition, cfg: DistillCfg, rank: int = 0, world: int = 1,
     replacing several blocks lands far from them (on Lite0 even single-slot candidates without
     inheritance score KL 2–4).
     only_spans: the spans' candidates alone (adding fusion to a run whose slots are distilled).
-    only_ops: these op strings alone (None: all of the preset's)."""
+    only_ops: these op strings alone (None: all of the preset's). only_keys: these (first, last, op)
+    alone (candidates added to a distilled run: `tools/add_candidates.py`)."""
     n = len(d.slots)
     chosen = list(range(n)) if cfg.slots is None else list(cfg.slots)
     for i in chosen:
@@ -84,8 +86,9 @@ def plan_jobs(d: Decomposition, cfg: DistillCfg, rank: int = 0, world: int = 1,
             continue
         slot = module_slot_of(d.slots, first, last)
         teacher = span_teacher(d, first, last)
-        for op in candidate_ops(slot, cfg.preset, fused=first != last):
-            if op == "keep" or (only_ops is not None and op not in only_ops):
+        for op in candidate_ops(slot, cfg.preset, fused=first != last, align=cfg.align):
+            if op == "keep" or (only_ops is not None and op not in only_ops) \
+                    or (only_keys is not None and (first, last, op) not in only_keys):
                 continue
             try:
                 module, inherits = build_candidate(op, slot, teacher)
@@ -339,7 +342,8 @@ class Checkpointer:
 def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Path, fingerprint: str,
             resume: bool = False, restart: bool = False, rank: int = 0, world: int = 1,
             eval_images: int = 64, bn_set=None, bn_batches: int = 4, full_set=None,
-            only_spans: bool = False, only_ops: set[str] | None = None) -> dict:
+            only_spans: bool = False, only_ops: set[str] | None = None,
+            only_keys: set[tuple[int, int, str]] | None = None) -> dict:
     """Train every candidate; write `slot<name>.safetensors` + `.json` into `out_dir`.
 
     `bn_set`: training images at the deploy resolution, for re-estimating BatchNorm statistics
@@ -354,7 +358,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
         raise UserError(f"distill.fisher must be between 0 and 1, not {cfg.fisher}")
     dev = resolve_device(cfg.device)
     amp, amp_dtype = autocast_of(dev)
-    jobs = plan_jobs(d, cfg, rank, world, only_spans=only_spans, only_ops=only_ops)
+    jobs = plan_jobs(d, cfg, rank, world, only_spans=only_spans, only_ops=only_ops, only_keys=only_keys)
     fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
     for m in (d.stem, d.head, *d.blocks, *(j.module for j in jobs)):
         m.to(dev, memory_format=fmt)
@@ -459,6 +463,47 @@ def write_slot_files(jobs: list[Job], out_dir: Path, mse_init: dict, mse_refit: 
         })
     prune_stale_slot_files(target, {f"slot{name}" for name in by_slot})
     return {"mse_init": mse_init, "mse_final": mse_final}
+
+
+def merge_slot_files(sources: list[tuple[Path, set | None]], out: Path) -> int:
+    """The slot files of several folders (ranks; a run and candidates added to it) as one set in
+    `out`, which may be one of them. sources: (folder, keep) — keep: the (first, last, op) taken
+    from that folder (None: all). The candidates of a slot sorted by op; slot files of `out` that
+    no source has are removed; a candidate from two sources is an error. Returns the number of
+    candidates."""
+    from safetensors.torch import load_file
+
+    names = sorted({p.stem for src, _ in sources for p in Path(src).glob("slot*.json")})
+    total, written = 0, set()
+    for name in names:
+        tensors, meta = {}, None
+        for src, keep in sources:
+            jp = Path(src) / f"{name}.json"
+            if not jp.exists():
+                continue
+            m = json.loads(jp.read_text())
+            meta = meta or {k: v for k, v in m.items() if k != "candidates"} | {"candidates": []}
+            kept = [c for c in m["candidates"] if keep is None or (m["first"], m["last"], c["op"]) in keep]
+            meta["candidates"] += kept
+            sp = Path(src) / f"{name}.safetensors"
+            if sp.exists():
+                ops = {c["op"] for c in kept}
+                tensors.update({k: v for k, v in load_file(str(sp)).items() if k.split("::")[0] in ops})
+        meta["candidates"].sort(key=lambda c: c["op"])
+        ops = [c["op"] for c in meta["candidates"]]
+        if len(set(ops)) != len(ops):
+            raise RuntimeError(f"{name}: a candidate was trained more than once ({ops})")
+        if not ops:
+            continue
+        if tensors:
+            atomic.save_tensors(out / f"{name}.safetensors", dict(sorted(tensors.items())))
+        else:       # weightless candidates alone (`skip`): no stale tensors of another set
+            (out / f"{name}.safetensors").unlink(missing_ok=True)
+        atomic.write_json(out / f"{name}.json", meta)
+        written.add(name)
+        total += len(ops)
+    prune_stale_slot_files(out, written)
+    return total
 
 
 def prune_stale_slot_files(folder: Path, keep: set[str]) -> None:

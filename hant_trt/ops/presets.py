@@ -7,10 +7,12 @@ Users add presets with `register_preset(name)(fn)`, fn(slot) -> list of op strin
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 from ..errors import UserError
-from .grammar import ACTIVATIONS, canonical, is_valid
+from .grammar import ACTIVATIONS, canonical, decode, encode, is_valid
+from .layers import make_divisible
 
 PRESETS: dict[str, Callable] = {}
 
@@ -117,17 +119,51 @@ def paper(slot) -> list[str]:
 _VALID_CACHE: dict[tuple, bool] = {}
 
 
-def candidates(slot, preset: str) -> list[str]:
+def _exp_for(width: int, in_chs: int) -> float:
+    """The shortest expansion whose hidden width (timm's rounding to 8) is `width`."""
+    for digits in range(2, 7):
+        e = round(width / in_chs, digits)
+        if make_divisible(in_chs * e) == width:
+            return e
+    return width / in_chs
+
+
+def aligned(op: str, slot, align: int) -> list[str]:
+    """`op`, or — where its hidden width (an `ir` / `er` expansion times the input channels) is not
+    a multiple of `align` — the same op at the two multiples around that width.
+
+    Why: int8 kernels work on channel blocks, and a width between two blocks pays for the next
+    one. On ORT CPU int8 (AMD EPYC, 2 threads) an MBConv at 60x60 from 24 channels with 120
+    hidden channels (e5) took 613 us against 353 at 112 and 452 at 128; from 40 channels at 30x30,
+    e5 (200) 410 us against 253 at 208 and 287 at the teacher's e6 (240): such ops are slower
+    than wider ones, and the search never picks them (docs/RESULTS.md, session 22). The upper
+    multiple stays within the teacher's own hidden width (what inheritance can fill)."""
+    if not align:
+        return [op]
+    spec = decode(op)
+    if spec.family not in ("ir", "er") or spec.exp is None:
+        return [op]
+    width = make_divisible(slot.in_chs * spec.exp)
+    if width % align == 0:
+        return [op]
+    cap = make_divisible(slot.in_chs * slot.expansion) if slot.kind in ("ir", "er") else None
+    lo, hi = width // align * align, (width // align + 1) * align
+    widths = [w for w in (lo, hi) if w > 0 and (cap is None or w <= cap)]
+    return [encode(replace(spec, exp=_exp_for(w, slot.in_chs))) for w in widths]
+
+
+def candidates(slot, preset: str, align: int = 0) -> list[str]:
     """Canonical, deduplicated op strings of `preset` that fit `slot` ("keep" first).
 
     slot: a Slot or a merged span. preset: a registered preset name (tiny, small, paper, ...).
+    align: hidden widths at multiples of this (`aligned`; 0: the preset's own widths).
     The teacher's own op string is left out: "keep" has its signature and its exact weights.
     """
     fn = PRESETS.get(preset)
     if fn is None:
         raise UserError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
     out, seen = ["keep"], {"keep", slot.teacher_op}
-    for op in fn(slot):
+    for op in (a for o in fn(slot) for a in aligned(canonical(o), slot, align)):
         op = canonical(op)
         if op in seen:
             continue
