@@ -193,5 +193,5 @@ def test_merge_refuses_a_candidate_trained_twice(tmp_path):
     _rank_output(run, 0, "slot1", ["a", "b"])
     _rank_output(run, 1, "slot1", ["b"])
     _merge_ranks(run, 2, 1, "fp")
-    with pytest.raises(RuntimeError, match="more than one rank"):
+    with pytest.raises(RuntimeError, match="trained more than once"):
         _merge_ranks(run, 2, 0, "fp", timeout_s=60)
