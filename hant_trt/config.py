@@ -62,10 +62,10 @@ class DistillCfg:
     cuda_graph: bool = False        # on CUDA, replay each step as a CUDA graph (launch-bound with many
                                     #   small candidates); opt-in: not yet run on a GPU
     align: int = 0                  # N > 0: candidates' hidden widths (ir/er) at multiples of N — a
-                                    #   width between two is replaced by both (`ops.presets.aligned`);
-                                    #   int8 kernels pay for whole channel blocks: ORT CPU int8 on AMD
-                                    #   EPYC ran e5 MBConvs of 24/40-channel slots slower than e6 (16
-                                    #   there; docs/RESULTS.md, session 22). 0: the preset's widths
+                                    #   width between two is replaced by both (`ops.presets.aligned`):
+                                    #   ORT CPU int8 on AMD EPYC ran e5 MBConvs of 24/40-channel slots
+                                    #   slower than e6 (16 there); on Lite1 the students were no better
+                                    #   (docs/RESULTS.md, session 22). 0: the preset's widths
 
 
 @dataclass

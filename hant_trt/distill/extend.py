@@ -1,9 +1,10 @@
 """A distilled run's candidate set changed without training again what it already has.
 
-Each candidate trains alone on the shared teacher pass (its data, steps and seeds do not depend on
-the others), so when the candidate set changes — widths aligned (`distill.align`), fused spans
-added (`distill.spans`), another preset or slots — the candidates both sets list are the same
-weights either way. `extend_run` copies SRC's distillation into DST, trains only what DST's set
+Each candidate trains alone on the shared teacher pass (its batches and steps do not depend on the
+others), so when the candidate set changes — widths aligned (`distill.align`), fused spans added
+(`distill.spans`), another preset or slots — a candidate both sets list is the same either way,
+and a new one that inherits the teacher's weights gets what a fresh distillation gives it (one
+initialised at random draws other numbers from the seeded stream: it is an equally good draw). `extend_run` copies SRC's distillation into DST, trains only what DST's set
 lists and SRC lacks, drops what DST's set no longer lists, and marks DST's distill stage done under
 its own fingerprint. Score, profile and search then run on DST as usual (the latency table already
 has every reused candidate's rows).
@@ -102,7 +103,7 @@ def extend_run(src: Path, dst: Path, cfg: RunConfig) -> dict:
     total = merge_slot_files([(cand, wanted - new), (work, new)], cand)
     shutil.rmtree(work, ignore_errors=True)
     info = {"candidates": total, "steps": summary["steps"], "seconds": summary["seconds"],
-            "data": src_run.stage("distill").info.get("data") if src_run.stage("distill").info else None,
+            "data": (src_run.stage("distill").info or {}).get("data"),
             "note": f"{total - summary['candidates']} candidates of {src} reused, {summary['candidates']} trained "
                     f"({', '.join(f'distill.{k}={getattr(cfg.distill, k)}' for k in changed) or 'no change'})"}
     run.set_stage("distill", "done", fp, info)

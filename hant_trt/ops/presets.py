@@ -132,12 +132,14 @@ def aligned(op: str, slot, align: int) -> list[str]:
     """`op`, or — where its hidden width (an `ir` / `er` expansion times the input channels) is not
     a multiple of `align` — the same op at the two multiples around that width.
 
-    Why: int8 kernels work on channel blocks, and a width between two blocks pays for the next
-    one. On ORT CPU int8 (AMD EPYC, 2 threads) an MBConv at 60x60 from 24 channels with 120
-    hidden channels (e5) took 613 us against 353 at 112 and 452 at 128; from 40 channels at 30x30,
-    e5 (200) 410 us against 253 at 208 and 287 at the teacher's e6 (240): such ops are slower
-    than wider ones, and the search never picks them (docs/RESULTS.md, session 22). The upper
-    multiple stays within the teacher's own hidden width (what inheritance can fill)."""
+    Why: int8 kernels work on channel blocks, and a width between two multiples of the block runs
+    slower than the next multiple up. On ORT CPU int8 (AMD EPYC, 2 threads;
+    `benchmarks/probe_widths.py`) an MBConv at 60x60 from 24 channels took 362 us at 120 hidden
+    channels (e5) against 248 at 112 and 280 at 128; from 40 channels at 30x30, 295 us at 200 (e5)
+    against 219 at 208 and 230 at the teacher's e6 (240): a search cannot want such ops. On Lite1
+    the aligned candidates were picked but the students were no better (docs/RESULTS.md, session
+    22), so this is opt-in (`distill.align`). The upper multiple stays within the teacher's own
+    hidden width (what inheritance can fill)."""
     if not align:
         return [op]
     spec = decode(op)
