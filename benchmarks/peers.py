@@ -79,12 +79,14 @@ def onnx_logits(path: Path, batches) -> np.ndarray:
     return np.concatenate(out)
 
 
-def ort_ptq(teacher_onnx: Path, calib: list[np.ndarray], dst: Path) -> Path:
+def ort_ptq(teacher_onnx: Path, calib: list[np.ndarray], dst: Path, input_name: str = "input") -> Path:
+    """ONNX Runtime's `quantize_static` of a model: QDQ, per-channel int8 weights, uint8
+    activations, MinMax ranges from `calib` (batches, fed one image at a time)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter([{"input": x[i:i + 1]} for x in calib for i in range(x.shape[0])])
+            self.it = iter([{input_name: x[i:i + 1]} for x in calib for i in range(x.shape[0])])
 
         def get_next(self):
             return next(self.it, None)

@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9)
     a = ap.parse_args()
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from peers import ort_ptq
 
     from hant_trt.latency.backends import get_backend
     from hant_trt.latency.paired import time_in_rounds
@@ -79,13 +79,6 @@ def main() -> None:
     bias = (rng.standard_normal(32) * 0.1).astype(np.float32)
     images = [rng.standard_normal((1, 3, a.resolution, a.resolution)).astype(np.float32) for _ in range(9)]
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter({"x": x} for x in images[:8])
-
-        def get_next(self):
-            return next(self.it, None)
-
     backend = get_backend("ort", threads=2)
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
@@ -93,8 +86,7 @@ def main() -> None:
             name = "space-to-depth + 2x2" if s2d else "3x3 stride 2"
             fp32 = Path(tmp) / f"{int(s2d)}.onnx"
             onnx.save(stem_model(w, bias, a.resolution, s2d), fp32)
-            quantize_static(str(fp32), str(fp32.with_suffix(".q.onnx")), Reader(), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            ort_ptq(fp32, images[:8], fp32.with_suffix(".q.onnx"), input_name="x")
             paths[f"{name}, fp32"] = fp32
             paths[f"{name}, int8"] = fp32.with_suffix(".q.onnx")
         import onnxruntime as ort

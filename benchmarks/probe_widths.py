@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     a = ap.parse_args()
     import torch
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from peers import ort_ptq
 
     from hant_trt.latency.backends import get_backend
     from hant_trt.latency.paired import time_in_rounds
@@ -64,13 +64,6 @@ def main() -> None:
     shape = (1, a.in_chs, a.size, a.size)
     widths = [int(w) for w in a.widths.split(",")]
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter({"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(4))
-
-        def get_next(self):
-            return next(self.it, None)
-
     backend = get_backend("ort", threads=2)
     with tempfile.TemporaryDirectory() as tmp:
         files = []
@@ -79,8 +72,7 @@ def main() -> None:
             torch.onnx.export(block(a.in_chs, w, a.kernel), torch.randn(shape), str(fp32), input_names=["x"],
                               dynamo=False, opset_version=17)
             int8 = fp32.with_suffix(".q.onnx")
-            quantize_static(str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            ort_ptq(fp32, [rng.standard_normal(shape).astype(np.float32) for _ in range(4)], int8, input_name="x")
             files += [fp32, int8]
         times = time_in_rounds(backend, [backend.prepare(str(f)) for f in files], a.rounds, max_seconds=0.3)
     med = [1e6 * statistics.median(t) for t in times]

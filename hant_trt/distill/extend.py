@@ -46,7 +46,7 @@ def copy_distilled(src: Path, dst: Path) -> None:
         if not (cand / f.name).exists():
             shutil.copy2(f, cand / f.name)
     if not (dst / MANIFEST).exists():
-        (dst / MANIFEST).write_text(json.dumps(json.loads((src / MANIFEST).read_text()), indent=2))
+        atomic.write_json(dst / MANIFEST, json.loads((src / MANIFEST).read_text()))
 
 
 def trained_keys(folder: Path) -> set[tuple[int, int, str]]:
