@@ -57,7 +57,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from hant_trt.config import from_dict
-    from hant_trt.data import data_splits
+    from hant_trt.distill.stage import distill_sets
     from hant_trt.distill.train import distill
     from hant_trt.teacher.stage import load_from_config
 
@@ -65,18 +65,17 @@ def main() -> None:
     cfg = from_dict(json.loads((run / "run.json").read_text())["config"])
     cfg.distill.steps, cfg.distill.full_res_steps = a.steps, a.full_res_steps
     teacher, d = load_from_config(cfg)
-    splits = data_splits(cfg, teacher.data_config, train_resolution=cfg.distill.resolution)
-    bn = data_splits(cfg, teacher.data_config, train_augment=False).train
-    full = data_splits(cfg, teacher.data_config).train if a.full_res_steps > 0 else None
-    train = Mixed(splits.train, a.mixup) if a.mixup > 0 else splits.train
+    sets = distill_sets(cfg, teacher.data_config)
+    train = Mixed(sets.train, a.mixup) if a.mixup > 0 else sets.train
+    full = sets.full
     if full is not None and a.mixup > 0:
         full = Mixed(full, a.mixup, seed=1)
     slots = [int(s) for s in a.slots.split(",")]
     keys = {(s, s, op) for s in slots for op in a.ops.split(",")}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(a.out or tmp)
-        distill(d, train, splits.eval, cfg.distill, out, f"probe:{a.steps}:{a.full_res_steps}:{a.mixup}",
-                resume=(out / "ckpt").exists(), bn_set=bn, full_set=full, only_keys=keys)
+        distill(d, train, sets.eval, cfg.distill, out, f"probe:{a.steps}:{a.full_res_steps}:{a.mixup}",
+                resume=(out / "ckpt").exists(), bn_set=sets.bn, full_set=full, only_keys=keys)
         print(f"validation MSE, {run} (distill.steps {json.loads((run / 'run.json').read_text())['config']['distill']['steps']})"
               f" vs {a.steps} steps ({a.full_res_steps} at full resolution){f', mixup {a.mixup}' if a.mixup else ''}")
         for s in slots:

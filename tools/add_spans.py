@@ -28,9 +28,8 @@ from pathlib import Path
 from hant_trt.commands import apply_overrides
 from hant_trt.config import from_dict
 from hant_trt.errors import UserError
-from hant_trt.data import data_splits
 from hant_trt.distill.extend import copy_distilled
-from hant_trt.distill.stage import distill_fingerprint
+from hant_trt.distill.stage import distill_fingerprint, distill_sets
 from hant_trt.distill.train import distill
 from hant_trt.rundir import RunDir
 from hant_trt.runfiles import CANDIDATES
@@ -83,19 +82,17 @@ def main() -> int:
     run.invalidate_from("distill")
     run.set_stage("distill", "running", fp)
     teacher, d = load_from_config(cfg)
-    splits = data_splits(cfg, teacher.data_config, train_resolution=cfg.distill.resolution)
-    bn = data_splits(cfg, teacher.data_config, train_augment=False).train
-    full = data_splits(cfg, teacher.data_config).train if cfg.distill.full_res_steps > 0 else None
+    sets = distill_sets(cfg, teacher.data_config)
     work = dst / "spans_work"
     resume = (work / "ckpt").exists()
-    summary = distill(d, splits.train, splits.eval, cfg.distill, work, fp, resume=resume,
-                      bn_set=bn, full_set=full, only_spans=True, only_ops=only_ops)
+    summary = distill(d, sets.train, sets.eval, cfg.distill, work, fp, resume=resume,
+                      bn_set=sets.bn, full_set=sets.full, only_spans=True, only_ops=only_ops)
     for f in work.glob("slot*"):
         os.replace(f, cand / f.name)
     singles = sum(len(json.loads(p.read_text())["candidates"]) for p in cand.glob("slot*.json")
                   if "-" not in p.stem)
     info = {"candidates": singles + summary["candidates"], "steps": summary["steps"],
-            "seconds": summary["seconds"], "data": splits.description,
+            "seconds": summary["seconds"], "data": sets.description,
             "note": f"single-slot candidates copied from {src}; spans distilled by tools/add_spans.py"
                     + (f" ({' '.join(a.set)}; single slots at {src}'s settings)" if a.set else "")
                     + (f"; ops {a.ops} only" if a.ops else "")}

@@ -22,12 +22,11 @@ from pathlib import Path
 
 from .. import atomic
 from ..config import RunConfig, from_dict
-from ..data import data_splits
 from ..errors import UserError
 from ..rundir import RunDir
 from ..runfiles import CANDIDATES, MANIFEST, TEACHER
 from ..teacher.stage import load_from_config
-from .stage import distill_fingerprint
+from .stage import distill_fingerprint, distill_sets
 from .train import distill, merge_slot_files, plan_jobs
 
 SET_KEYS = ("preset", "align", "spans", "slots")
@@ -95,11 +94,9 @@ def extend_run(src: Path, dst: Path, cfg: RunConfig) -> dict:
         atomic.write_json(plan, sorted(new))
     summary = {"candidates": 0, "steps": 0, "seconds": 0.0}
     if new:
-        splits = data_splits(cfg, teacher.data_config, train_resolution=cfg.distill.resolution)
-        bn = data_splits(cfg, teacher.data_config, train_augment=False).train
-        full = data_splits(cfg, teacher.data_config).train if cfg.distill.full_res_steps > 0 else None
-        summary = distill(d, splits.train, splits.eval, cfg.distill, work, fp, resume=(work / "ckpt").exists(),
-                          bn_set=bn, full_set=full, only_keys=new)
+        sets = distill_sets(cfg, teacher.data_config)
+        summary = distill(d, sets.train, sets.eval, cfg.distill, work, fp, resume=(work / "ckpt").exists(),
+                          bn_set=sets.bn, full_set=sets.full, only_keys=new)
     total = merge_slot_files([(cand, wanted - new), (work, new)], cand)
     shutil.rmtree(work, ignore_errors=True)
     info = {"candidates": total, "steps": summary["steps"], "seconds": summary["seconds"],

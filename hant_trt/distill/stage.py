@@ -31,6 +31,25 @@ def distill_fingerprint(cfg: RunConfig) -> str:
     return stage_fingerprint({"data": cfg.data, "distill": d}, upstream={"teacher": teacher_fingerprint(cfg)})
 
 
+@dataclasses.dataclass(frozen=True)
+class DistillSets:
+    """The image sets one distillation reads: train and eval at `distill.resolution`, the
+    un-augmented set the candidates' BN statistics are re-estimated on, and the deploy-resolution
+    set of the last `full_res_steps` (None when there are none)."""
+    train: object
+    eval: object
+    bn: object
+    full: object | None
+    description: str
+
+
+def distill_sets(cfg: RunConfig, data_config: dict) -> DistillSets:
+    splits = data_splits(cfg, data_config, train_resolution=cfg.distill.resolution)
+    bn = data_splits(cfg, data_config, train_augment=False).train
+    full = data_splits(cfg, data_config).train if cfg.distill.full_res_steps > 0 else None
+    return DistillSets(splits.train, splits.eval, bn, full, splits.description)
+
+
 def run_distill(run: RunDir, cfg: RunConfig, resume: bool = False, restart: bool = False) -> dict:
     fp = distill_fingerprint(cfg)
     if run.is_done("distill", fp):
@@ -40,23 +59,21 @@ def run_distill(run: RunDir, cfg: RunConfig, resume: bool = False, restart: bool
     world = int(os.environ.get("WORLD_SIZE", "1"))
     run.set_stage("distill", "running", fp)
     teacher, d = load_from_config(cfg)
-    splits = data_splits(cfg, teacher.data_config, train_resolution=cfg.distill.resolution)
-    bn = data_splits(cfg, teacher.data_config, train_augment=False).train
+    sets = distill_sets(cfg, teacher.data_config)
     out = run.root / CANDIDATES
-    full = data_splits(cfg, teacher.data_config).train if cfg.distill.full_res_steps > 0 else None
     if world > 1:  # this rank's outputs of an earlier launch must not be merged into this one
         for f in (out / f"rank{rank}").glob("*"):
             if f.name == "DONE" or f.name.startswith("slot"):
                 f.unlink()
-    summary = distill(d, splits.train, splits.eval, cfg.distill, out, fp, resume=resume,
-                      restart=restart, rank=rank, world=world, bn_set=bn, full_set=full)
+    summary = distill(d, sets.train, sets.eval, cfg.distill, out, fp, resume=resume,
+                      restart=restart, rank=rank, world=world, bn_set=sets.bn, full_set=sets.full)
     n_candidates = summary["candidates"]
     if world > 1:
         n_candidates = _merge_ranks(run, world, rank, fp)
         if rank != 0:
             return summary
     info = {"candidates": n_candidates, "steps": summary["steps"],
-            "seconds": summary["seconds"], "data": splits.description}
+            "seconds": summary["seconds"], "data": sets.description}
     run.set_stage("distill", "done", fp, info)
     return info
 
