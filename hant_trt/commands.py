@@ -200,6 +200,8 @@ def summary_lines(info: dict) -> str:
     if "agreement" in info:
         lines.append(f"top-1 agreement with the teacher: {info['agreement']:.1f}% "
                      f"(assembled, before fine-tune: {info.get('agreement_assembled', float('nan')):.1f}%)")
+        if info.get("eval_split_trained_on"):
+            lines.append("  (on the eval split, which build.finetune_images = \"all\" trained on: not a held-out figure)")
     if info.get("student_top1") is not None:
         lines.append(f"top-1: teacher {info['teacher_top1']:.1f}%, student {info['student_top1']:.1f}%")
     for key in ("onnx", "engine", "triton", "report"):

@@ -155,6 +155,11 @@ class BuildCfg:
                                     #   0) measured +0.2 to +2.0 holdout points on all 7 students of
                                     #   Lite0 and Lite1 it was tried on, ~1.5x the fine-tune's time
                                     #   (docs/RESULTS.md, session 17)
+    finetune_images: str = "train"  # the fine-tune trains on: train (the eval split held out) | all (train
+                                    #   and eval split: once phase 1 and the search have used the eval split,
+                                    #   the shipped student may learn from it too, as a model is refitted on
+                                    #   train + validation after selection; keep_best is off then, and the
+                                    #   build's eval-split figures are marked trained-on)
     keep_best: bool = True          # keep the assembled weights when fine-tuning raised the eval split's
                                     #   KL + ce_weight × CE (KL alone when unlabelled)
     engine_name: str | None = None
@@ -346,7 +351,8 @@ RULES: dict[str, dict[str, Rule]] = {
               "mixup": Rule(float, lo=0), "train": Rule(str, choices=("replaced", "all")),
               "ce_weight": Rule(float, lo=0),
               "ema": Rule(float, lo=0, hi=1, open_hi=True), "qat": Rule(bool),
-              "full_res_steps": Rule(int, lo=0), "keep_best": Rule(bool), "engine_name": Rule(str, optional=True)},
+              "full_res_steps": Rule(int, lo=0), "finetune_images": Rule(str, choices=("train", "all")),
+              "keep_best": Rule(bool), "engine_name": Rule(str, optional=True)},
 }
 
 
@@ -368,6 +374,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.build.qat and cfg.build.bn != "frozen":
         raise UserError('config: build.qat = true needs build.bn = "frozen" (the int8 roundings are those of '
                         'BatchNorm folded with its running statistics)')
+    if cfg.build.finetune_images == "all" and cfg.data.train == "embedded":
+        raise UserError('config: build.finetune_images = "all" needs data.train to be a folder (the embedded '
+                        "photos' eval crops come from the same photos as their training crops)")
     return cfg
 
 

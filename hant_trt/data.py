@@ -275,11 +275,12 @@ class DataSplits:
 def make_splits(train: str, eval: str | None, data_config: dict, *, resolution: int | None = None,
                 train_resolution: int | None = None, eval_fraction: float = 0.2,
                 max_images: int | None = None, seed: int = 0, train_augment: bool = True,
-                embedded_length: int = 256) -> DataSplits:
+                embedded_length: int = 256, train_on_eval: bool = False) -> DataSplits:
     """Train and eval datasets from the config's data section.
 
     `train`: "embedded" or a folder; `eval`: a folder, or None for a held-out part of `train`.
-    `train_resolution` lets distillation run at a reduced resolution.
+    `train_resolution` lets distillation run at a reduced resolution. `train_on_eval`: the train
+    set holds the eval images too (`build.finetune_images = "all"`); the eval set is unchanged.
     """
     if train == "embedded":
         tr = EmbeddedDataset(data_config, embedded_length, "train", train_resolution or resolution, seed)
@@ -300,16 +301,21 @@ def make_splits(train: str, eval: str | None, data_config: dict, *, resolution: 
     ttf = (train_transform(data_config, train_resolution or resolution) if train_augment
            else eval_transform(data_config, train_resolution or resolution))
     desc = f"{train}: {len(tr_items)} train / {len(ev_items)} eval images"
+    fp = fingerprint_items(tr_items) + fingerprint_items(ev_items)
+    if train_on_eval:
+        tr_items = tr_items + ev_items
+        desc += ", trained on both"
     if skipped:
         desc += f" ({skipped} unreadable skipped)"
     return DataSplits(FolderDataset(tr_items, ttf), FolderDataset(ev_items, eval_transform(data_config, resolution)),
-                      desc, fingerprint_items(tr_items) + fingerprint_items(ev_items))
+                      desc, fp)
 
 
 def data_splits(cfg, data_config: dict, train_resolution=None, train_augment=True,
-                resolution=None):
+                resolution=None, train_on_eval: bool = False):
     """The run's splits as its configuration (`cfg.data`, `cfg.distill.seed`) defines them: every
     stage that reads images gets the same ones."""
     return make_splits(cfg.data.train, cfg.data.eval, data_config, resolution=resolution,
                        train_resolution=train_resolution, eval_fraction=cfg.data.eval_fraction,
-                       max_images=cfg.data.max_images, seed=cfg.distill.seed, train_augment=train_augment)
+                       max_images=cfg.data.max_images, seed=cfg.distill.seed, train_augment=train_augment,
+                       train_on_eval=train_on_eval)

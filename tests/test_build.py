@@ -270,3 +270,31 @@ def test_keep_best_rejects_a_finetune_only_when_objective_and_top1_both_say_wors
     assert not finetune_rejected(before, {"kl": 0.2, "ce": 1.9, "student_top1": 60.0}, 2.0)  # objective better
     unlabelled_before, unlabelled_after = {"kl": 0.2}, {"kl": 0.3}
     assert finetune_rejected(unlabelled_before, unlabelled_after, 2.0)   # without labels, KL alone decides
+
+
+def test_finetune_images_all_trains_on_the_eval_split_and_calibrates_on_train(lite0, lite0_decomposition, tmp_path):
+    """build.finetune_images = "all": the fine-tune's sets (160-px and deploy-resolution) hold the
+    eval images too; BN estimation / int8 calibration and the eval loader do not change; the
+    keep_best gate, which reads the eval split, is off and the build says its figures are trained-on."""
+    from PIL import Image
+
+    from hant_trt.config import RunConfig, validate
+    from hant_trt.student.stage import build_data, train_student
+
+    for i in range(10):
+        Image.new("RGB", (80, 60), (20 * i, 10, 10)).save(tmp_path / f"{i}.jpg")
+    cfg = RunConfig()
+    cfg.data.train, cfg.data.eval_fraction, cfg.distill.resolution = str(tmp_path), 0.2, 64
+    cfg.build.finetune_steps, cfg.build.full_res_steps, cfg.build.bn_images, cfg.build.batch_size = 2, 1, 2, 2
+    held = build_data(validate(cfg), lite0.data_config)
+    cfg.build.finetune_images = "all"
+    both = build_data(validate(cfg), lite0.data_config)
+    assert (len(held.train), len(held.full), len(held.deploy_train)) == (8, 8, 8)
+    assert (len(both.train), len(both.full), len(both.deploy_train)) == (10, 10, 8)
+    assert both.train[9][0].shape == (3, 64, 64) and both.full[9][0].shape == (3, 224, 224)
+    assert len(both.eval_loader.dataset) == len(held.eval_loader.dataset) == 2
+    d = lite0_decomposition
+    choices = [Choice(i, i, "ir_k3_e2_relu6" if i == 2 else "keep") for i in range(len(d.slots))]
+    t = train_student(assemble(d, choices), lite0.model, d, choices, {}, both, cfg, tmp_path / "ckpt", "fp")
+    assert t.finetune["steps"] == 2 and t.finetune["images"] == 10
+    assert "kept" not in t.finetune and t.notes["eval_split_trained_on"] is True

@@ -75,6 +75,21 @@ def test_make_splits_reduced_train_resolution(tmp_path):
     assert s.train[0][0].shape == (3, 32, 32) and s.eval[0][0].shape == (3, 64, 64)
 
 
+def test_train_on_eval_adds_the_eval_images_to_train_only(tmp_path):
+    """build.finetune_images = "all": the fine-tune's set is train + eval, augmented at the train
+    resolution; the eval set (what the build measures on) is the same images as before."""
+    for i in range(10):
+        _img(tmp_path / f"{i}.jpg")
+    held = make_splits(str(tmp_path), None, CFG, resolution=64, train_resolution=32, eval_fraction=0.2)
+    both = make_splits(str(tmp_path), None, CFG, resolution=64, train_resolution=32, eval_fraction=0.2,
+                       train_on_eval=True)
+    paths = lambda ds: sorted(it.path for it in ds.items)  # noqa: E731
+    assert paths(both.eval) == paths(held.eval) and len(held.eval) == 2
+    assert paths(both.train) == sorted(paths(held.train) + paths(held.eval))
+    assert both.train[9][0].shape == (3, 32, 32) and "trained on both" in both.description
+    assert both.fingerprint == held.fingerprint   # the same images: phase 1's fingerprints do not move
+
+
 def _truncated_jpeg(path):
     import numpy as np
 

@@ -3,7 +3,7 @@ checked on a real run in tests/test_pipeline.py."""
 
 from hant_trt import config
 from hant_trt.search.ilp import Option
-from hant_trt.search.judge import judge_config, selection_key
+from hant_trt.search.judge import judge_config, selection_key, training_settings
 
 
 def test_the_judge_shortens_the_fine_tune_and_its_deploy_resolution_share_alike():
@@ -16,6 +16,17 @@ def test_the_judge_shortens_the_fine_tune_and_its_deploy_resolution_share_alike(
     assert judge_config(cfg, 150).build.full_res_steps == 150                       # never more than all
     cfg.build.finetune_steps = 0
     assert judge_config(cfg, 10).build.full_res_steps == 0
+
+
+def test_the_judge_never_fine_tunes_on_the_eval_split_it_reads():
+    """build.finetune_images = "all" is for the shipped student: a judgement is read on the eval
+    split, so its fine-tune trains on the train split alone, and keys stay those of earlier runs."""
+    cfg = config.RunConfig()
+    cfg.build.finetune_images = "all"
+    j = judge_config(cfg, 150)
+    assert j.build.finetune_images == "train" and cfg.build.finetune_images == "all"
+    assert "finetune_images" not in training_settings(j)
+    assert training_settings(j) == training_settings(judge_config(config.RunConfig(), 150))
 
 
 def test_a_judgement_is_keyed_by_the_selection_its_precisions_and_the_settings():

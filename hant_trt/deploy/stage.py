@@ -16,7 +16,7 @@ from ..student.assemble import Choice, StudentSpec, assemble, save_student
 from ..student.stage import build_data, train_student, trained_modules
 
 
-_OMITTED_AT_DEFAULT = {"ema": 0.0, "qat": False, "full_res_steps": 0}
+_OMITTED_AT_DEFAULT = {"ema": 0.0, "qat": False, "full_res_steps": 0, "finetune_images": "train"}
 
 
 def build_fingerprint(run: RunDir, cfg: RunConfig) -> str:
@@ -59,6 +59,8 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
                     calib=t.calib, reference=t.deployed)
     info = {"seconds": round(time.time() - t0, 1), "agreement_assembled": t.before["agreement"],
             "agreement": t.after["agreement"], **result}
+    if t.notes.get("eval_split_trained_on"):
+        info["eval_split_trained_on"] = True
     atomic.write_json(run.path(BUILD), info)
     run.set_stage("build", "done", fp, info)
     return info

@@ -42,14 +42,16 @@ def judge_config(cfg, steps: int):
     the same factor, so a short fine-tune ends at the deploy resolution as the build's does."""
     out = copy.deepcopy(cfg)
     b = out.build
+    b.finetune_images = "train"     # a judgement is read on the eval split, which it must not train on
     b.full_res_steps = min(steps, round(b.full_res_steps * steps / b.finetune_steps)) if b.finetune_steps else 0
     b.finetune_steps = steps
     return out
 
 
 def training_settings(cfg) -> dict:
-    """The build settings a judgement depends on (all but where the engine goes)."""
-    return {k: v for k, v in dataclasses.asdict(cfg.build).items() if k != "engine_name"}
+    """The build settings a judgement depends on (all but where the engine goes; `finetune_images`
+    is always "train" there, and left out so earlier judgements stay valid)."""
+    return {k: v for k, v in dataclasses.asdict(cfg.build).items() if k not in ("engine_name", "finetune_images")}
 
 
 def selection_key(choices: list[Option], fixed: dict, settings: dict) -> str:

@@ -199,7 +199,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
             m.to("cpu")
     student.eval()
     return {"steps": steps, "resumed_from": start, "seconds": round(time.time() - t0, 1),
-            "final_loss": losses[-1] if losses else None}
+            "final_loss": losses[-1] if losses else None, "images": len(train_set)}
 
 
 @torch.no_grad()

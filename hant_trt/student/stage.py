@@ -47,7 +47,9 @@ def full_res_set(cfg: RunConfig, data_config: dict):
     `build.full_res_steps` steps (None when that is 0)."""
     from ..data import data_splits
 
-    return data_splits(cfg, data_config).train if cfg.build.full_res_steps > 0 else None
+    if cfg.build.full_res_steps <= 0:
+        return None
+    return data_splits(cfg, data_config, train_on_eval=cfg.build.finetune_images == "all").train
 
 
 def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set, cfg: RunConfig, ckpt_dir: Path,
@@ -132,8 +134,12 @@ def build_data(cfg: RunConfig, data_config: dict) -> BuildData:
     from ..training import eval_batches
 
     splits = data_splits(cfg, data_config, train_resolution=cfg.distill.resolution)
+    train = splits.train
+    if cfg.build.finetune_images == "all":
+        train = data_splits(cfg, data_config, train_resolution=cfg.distill.resolution, train_on_eval=True).train
+    # BN estimation and int8 calibration stay on the train split: ranges are not fitted to what is evaluated
     deploy_train = data_splits(cfg, data_config, train_augment=False).train
-    return BuildData(splits.train, full_res_set(cfg, data_config), deploy_train, DataLoader(splits.eval, batch_size=32),
+    return BuildData(train, full_res_set(cfg, data_config), deploy_train, DataLoader(splits.eval, batch_size=32),
                      eval_batches(deploy_train, cfg.build.bn_images, cfg.build.batch_size))
 
 
@@ -162,7 +168,8 @@ def train_student(student, teacher_model, d, choices: list[Choice], fixed: dict,
     before = agreement(student, teacher_model, data.eval_loader)
     ft: dict = {"steps": 0}
     ordered = sorted(choices, key=lambda c: c.first)
-    keep_check = b.keep_best and b.finetune_steps > 0
+    # trained on the eval split (`finetune_images = "all"`), it can no longer judge the fine-tune
+    keep_check = b.keep_best and b.finetune_steps > 0 and b.finetune_images == "train"
     assembled = {k: v.detach().clone() for k, v in student.state_dict().items()} if keep_check else None
     if b.finetune_steps > 0:
         # build.qat: ranges of the assembled student, which its fine-tune learns to round with
@@ -181,6 +188,8 @@ def train_student(student, teacher_model, d, choices: list[Choice], fixed: dict,
         ft["rejected_eval"] = after      # what the discarded fine-tune scored: the decision stays readable
         after = dict(before)
     calib, deployed, notes = int8_plan(student, choices, data.deploy_train, cfg, fixed, cache_dir=calib_cache)
+    if b.finetune_images == "all" and b.finetune_steps > 0:
+        notes["eval_split_trained_on"] = True
     if calib is not None:
         notes["agreement_fp32"] = after
         after = agreement(deployed, teacher_model, data.eval_loader)    # what is deployed: int8 parts simulated
