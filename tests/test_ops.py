@@ -153,6 +153,19 @@ def test_preset_sizes(decomps):
     assert any("_se25_hse_" in op for op in candidates(mnv3, "small"))
 
 
+def test_tiny_fused_adds_fused_mbconvs_to_stride2_slots_only(decomps):
+    d = decomps["efficientnet_lite0"]
+    for slot in d.slots:
+        tiny, fused = candidates(slot, "tiny"), candidates(slot, "tiny-fused")
+        extra = [op for op in fused if op not in tiny]
+        assert fused[:len(tiny)] == tiny
+        if slot.kind == "ir" and slot.stride == 2:
+            assert extra == [f"er_k3_e{x}_relu6" for x in (2, 3, 4)], (slot.name, extra)
+        else:
+            assert extra == [], (slot.name, extra)
+    assert any(s.kind == "ir" and s.stride == 2 for s in d.slots)
+
+
 def test_stride4_span_gets_only_shape_changing_ops(decomps):
     d = decomps["efficientnet_lite0"]
     span = merge(_stride4_span(d))

@@ -75,6 +75,20 @@ def tiny(slot) -> list[str]:
     return ops + [f"ir_k3_e1_{a}", f"er_k3_e1_{a}"]
 
 
+@register_preset("tiny-fused")
+def tiny_fused(slot) -> list[str]:
+    """`tiny`, plus fused MBConvs (`er`: a dense kxk expand conv, then the 1x1 project) at e2–e4 in
+    stride-2 MBConv slots. There an inverted residual runs its 1x1 expansion at the input's full
+    resolution and strides only in the depthwise conv; a fused one strides in its first conv. On ORT
+    CPU int8 (AMD EPYC with VNNI; `benchmarks/probe_ops.py`) Lite1's stride-2 slot 1 ran `er_k3_e2`
+    / `er_k3_e4` at 0.40 / 0.70 of its block against `ir_k3_e2` / `ir_k3_e4` at 0.67 / 0.80; in
+    stride-1 slots fused ones were no cheaper than `ir` of the same width, so they are not added."""
+    ops = tiny(slot)
+    if slot.kind == "ir" and slot.stride == 2:
+        ops += [f"er_k3_e{x}_{_a(slot)}" for x in (2, 3, 4)]
+    return ops
+
+
 @register_preset("small")
 def small(slot) -> list[str]:
     """≈ 26 per MBConv slot, anchored like `tiny` but dense near the teacher's block: every
