@@ -324,7 +324,7 @@ def cmd_export_triton(args) -> int:
 
 def register(sub, stage_parser) -> None:
     def distill_args(p):
-        p.add_argument("--preset", help="candidate preset: tiny | small | paper")
+        p.add_argument("--preset", help="candidate preset: tiny | tiny-fused | small | paper")
         p.add_argument("--steps", type=int, help="training steps")
         p.add_argument("--slots", help="comma-separated slot indices (default: all)")
         p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")

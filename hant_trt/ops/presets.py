@@ -1,7 +1,8 @@
 """Candidate presets: which op strings each slot gets.
 
-`tiny` (≈ 8 per slot: tests and the demo), `small` (≈ 30), `paper` (≥ 197 per MBConv slot, the
-cross product used in the HANT paper's search space). Cheap variants use the slot's own activation.
+`tiny` (≈ 8 per slot: tests and the demo), `tiny-fused` (`tiny` + fused MBConvs at stride-2
+slots), `small` (≈ 30), `paper` (≥ 197 per MBConv slot, the cross product used in the HANT paper's
+search space). Cheap variants use the slot's own activation.
 Users add presets with `register_preset(name)(fn)`, fn(slot) -> list of op strings.
 """
 
@@ -82,7 +83,11 @@ def tiny_fused(slot) -> list[str]:
     resolution and strides only in the depthwise conv; a fused one strides in its first conv. On ORT
     CPU int8 (AMD EPYC with VNNI; `benchmarks/probe_ops.py`) Lite1's stride-2 slot 1 ran `er_k3_e2`
     / `er_k3_e4` at 0.40 / 0.70 of its block against `ir_k3_e2` / `ir_k3_e4` at 0.67 / 0.80; in
-    stride-1 slots fused ones were no cheaper than `ir` of the same width, so they are not added."""
+    stride-1 slots fused ones were no cheaper than `ir` of the same width, so they are not added.
+    They cannot inherit an `ir` teacher block (its ReLU6 sits between the two convs a fused one
+    merges) and start from PyTorch's init: in Lite1's phase 1 they distilled to 1.3–2x the error of
+    the `ir` of the same latency and the search picked none at int8x 1.5–1.8 (docs/RESULTS.md,
+    session 24). Kept for targets where depthwise convs are slow (GPUs at large batch)."""
     ops = tiny(slot)
     if slot.kind == "ir" and slot.stride == 2:
         ops += [f"er_k3_e{x}_{_a(slot)}" for x in (2, 3, 4)]
