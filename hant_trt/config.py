@@ -159,7 +159,8 @@ class BuildCfg:
                                     #   and eval split: once phase 1 and the search have used the eval split,
                                     #   the shipped student may learn from it too, as a model is refitted on
                                     #   train + validation after selection; keep_best is off then, and the
-                                    #   build's eval-split figures are marked trained-on)
+                                    #   build's eval-split figures are marked trained-on); measured no gain
+                                    #   on two Lite1 students (docs/RESULTS.md, session 24)
     keep_best: bool = True          # keep the assembled weights when fine-tuning raised the eval split's
                                     #   KL + ce_weight × CE (KL alone when unlabelled)
     engine_name: str | None = None
