@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/probe_distill_longer.py RUN --slots 16 \
         --ops ir_k3_e6_relu6,ir_k5_e4_relu6 --steps 1440 --full-res-steps 360 [--mixup 1.0] [--out DIR]
+        [--er-from-ir]
 
 Trains the named candidates of RUN's phase 1 again (the same config, seeds and initialisation;
 only `distill.steps` / `distill.full_res_steps` changed, and with --mixup every training image
@@ -10,6 +11,8 @@ sees new inputs, which a few hundred images lack) into DIR (default a temporary 
 prints each candidate's validation MSE (normalised, the phase-1 measure on the eval split) from
 RUN's slot files beside the new one. Why: the late slots' candidates of Lite1 (8x8 maps) lose
 3–5x the swap-one KL of the same change in earlier stages (docs/RESULTS.md, session 23).
+--er-from-ir: fused MBConv candidates start from the teacher's inverted residual, linearised,
+instead of PyTorch's init (session 24).
 """
 
 from __future__ import annotations
@@ -45,6 +48,29 @@ class Mixed:
         return lam * x + (1 - lam) * other, y
 
 
+def er_from_ir() -> None:
+    """Fused MBConv (`er`) candidates start from the teacher's inverted residual, linearised
+    (`inherit_er_from_ir`), instead of PyTorch's init — for this process only."""
+    import dataclasses
+
+    from hant_trt.ops import grammar
+    from hant_trt.ops.families import mbconv as mb
+
+    original = grammar.REGISTRY["er"].build
+
+    def build_er(spec, slot, teacher):
+        t = mb.span_source(teacher, slot)
+        if not (mb._kind(t) == "ir" and mb._same_io(t, slot)):
+            return original(spec, slot, teacher)
+        mid = mb.make_divisible(slot.in_chs * spec.exp)
+        act = spec.act or slot.act
+        m = mb.EdgeResidual(slot.in_chs, slot.out_chs, mid, spec.kernel, slot.stride, act,
+                            mb.se_layer(spec, slot.in_chs, mid, act), mb.has_skip(slot, spec))
+        return m, mb.inherit_er_from_ir(m, t, spec.kernel)
+
+    grammar.REGISTRY["er"] = dataclasses.replace(grammar.REGISTRY["er"], build=build_er)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run")
@@ -54,7 +80,11 @@ def main() -> None:
     ap.add_argument("--full-res-steps", type=int, default=0)
     ap.add_argument("--mixup", type=float, default=0.0, help="Beta(a, a) of the blends (0: off)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--er-from-ir", action="store_true",
+                    help="fused MBConvs start from the teacher's inverted residual, linearised")
     a = ap.parse_args()
+    if a.er_from_ir:
+        er_from_ir()
 
     from hant_trt.config import from_dict
     from hant_trt.distill.stage import distill_sets
