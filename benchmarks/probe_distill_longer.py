@@ -62,10 +62,7 @@ def er_from_ir() -> None:
         t = mb.span_source(teacher, slot)
         if not (mb._kind(t) == "ir" and mb._same_io(t, slot)):
             return original(spec, slot, teacher)
-        mid = mb.make_divisible(slot.in_chs * spec.exp)
-        act = spec.act or slot.act
-        m = mb.EdgeResidual(slot.in_chs, slot.out_chs, mid, spec.kernel, slot.stride, act,
-                            mb.se_layer(spec, slot.in_chs, mid, act), mb.has_skip(slot, spec))
+        m, _ = original(spec, slot, None)           # the family's own module, untouched
         return m, mb.inherit_er_from_ir(m, t, spec.kernel)
 
     grammar.REGISTRY["er"] = dataclasses.replace(grammar.REGISTRY["er"], build=build_er)

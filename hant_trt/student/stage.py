@@ -133,13 +133,11 @@ def build_data(cfg: RunConfig, data_config: dict) -> BuildData:
     from ..data import data_splits
     from ..training import eval_batches
 
-    splits = data_splits(cfg, data_config, train_resolution=cfg.distill.resolution)
-    train = splits.train
-    if cfg.build.finetune_images == "all":
-        train = data_splits(cfg, data_config, train_resolution=cfg.distill.resolution, train_on_eval=True).train
+    splits = data_splits(cfg, data_config, train_resolution=cfg.distill.resolution,
+                         train_on_eval=cfg.build.finetune_images == "all")
     # BN estimation and int8 calibration stay on the train split: ranges are not fitted to what is evaluated
     deploy_train = data_splits(cfg, data_config, train_augment=False).train
-    return BuildData(train, full_res_set(cfg, data_config), deploy_train, DataLoader(splits.eval, batch_size=32),
+    return BuildData(splits.train, full_res_set(cfg, data_config), deploy_train, DataLoader(splits.eval, batch_size=32),
                      eval_batches(deploy_train, cfg.build.bn_images, cfg.build.batch_size))
 
 
