@@ -13,6 +13,7 @@ TEACHER = "teacher.json"                 # teacher: the slots
 CANDIDATES = "candidates"                # distill: one folder of trained candidates
 SCORES = "scores.csv"                    # score: swap-one scores, SCORE_COLUMNS
 FIXED_SCORES = "scores_fixed.json"       # score → search: the stem's and head's swap-one scores at int8
+SCORE_PARTIAL = "score.partial.json"     # score: its sums so far, for a killed score to resume from
 PROFILE = "profile"                      # profile: its working folder (exported parts)
 LATENCY = "latency.csv"                  # profile: per-candidate latencies, LATENCY_COLUMNS
 LATENCY_FIXED = "latency_fixed.json"     # profile: {"device": {fingerprint: stem, head, teacher...}}

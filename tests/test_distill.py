@@ -40,6 +40,9 @@ def test_short_distillation_lowers_validation_mse_and_keep_scores_perfectly(tmp_
     cfg = small_cfg(tmp_path / "run", slots=(1, 4), steps=10)
     run = RunDir(cfg.run_dir)
     run_distill(run, cfg)
+    t = run.stage("distill").info["timings"]      # what tools/validate_gpu.py projects phase 1 from
+    assert t["plan_s"] > 0 and t["start_s"] > 0 and 0 < t["step_low_s"] < t["loop_s"]
+    assert "step_full_s" not in t                 # no steps at the deploy resolution in this run
     for name in ("slot1", "slot4"):
         meta = json.loads((tmp_path / "run" / "candidates" / f"{name}.json").read_text())
         trained = [c for c in meta["candidates"] if c["mse_init"] > 1e-4 and c["has_weights"]]
@@ -47,6 +50,7 @@ def test_short_distillation_lowers_validation_mse_and_keep_scores_perfectly(tmp_
         for c in trained:
             assert c["mse_final"] < c["mse_init"], (name, c)
     run_score(run, cfg)
+    assert not (tmp_path / "run" / "score.partial.json").exists()     # a finished score leaves no sums
     rows = read_scores(tmp_path / "run" / "scores.csv")
     keeps = [r for r in rows if r.op == "keep"]
     assert len(keeps) == 16
@@ -300,3 +304,41 @@ def test_extend_run_trains_only_the_new_candidates(tmp_path):
     other.distill.steps = 6
     with pytest.raises(UserError, match="distill.steps"):
         extend_run(tmp_path / "src", tmp_path / "dst2", other)
+
+
+def test_a_killed_score_resumes_from_its_sums_and_ends_where_an_uninterrupted_one_does(tmp_path):
+    import copy
+
+    from hant_trt.distill.pool import TrainedPart
+    from hant_trt.distill.score import score_candidates
+    from hant_trt.teacher.decompose import decompose
+    from hant_trt.teacher.load import load_teacher
+
+    d = decompose(load_teacher("efficientnet_lite0", "default", 64).model, 64)
+    g = torch.Generator().manual_seed(0)
+    entries = []
+    for i in (1, 4):                                  # the teacher's blocks, perturbed: scores below 100 %
+        m = copy.deepcopy(d.blocks[i]).eval()
+        for p in m.parameters():
+            p.data += 0.3 * p.data.std() * torch.randn(p.shape, generator=g)
+        entries.append(TrainedPart(f"{i}:noisy", i, i, "noisy", m))
+    batches = [(torch.randn(4, 3, 64, 64, generator=g), torch.randint(0, 1000, (4,), generator=g)) for _ in range(4)]
+    whole = score_candidates(d, entries, batches, labelled=True)
+
+    def killed_after(n):
+        for b, item in enumerate(batches):
+            if b == n:
+                raise KeyboardInterrupt
+            yield item
+
+    ck = tmp_path / "score.partial.json"
+    with pytest.raises(KeyboardInterrupt):
+        score_candidates(d, entries, killed_after(2), labelled=True, checkpoint=ck, fingerprint="fp", every_s=0)
+    assert json.loads(ck.read_text())["batches"] == 2
+    assert score_candidates(d, entries, batches, labelled=True, checkpoint=ck, fingerprint="fp") == whole
+    # sums of other settings are not resumed: a wrong start would show in the figures
+    st = json.loads(ck.read_text())
+    st["accs"] = {k: {**v, "agree": 10 ** 6} for k, v in st["accs"].items()}
+    ck.write_text(json.dumps(st))
+    assert score_candidates(d, entries, batches, labelled=True, checkpoint=ck, fingerprint="other") == whole
+    assert score_candidates(d, entries, batches, labelled=True, checkpoint=ck, fingerprint="fp") != whole

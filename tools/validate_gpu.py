@@ -12,7 +12,9 @@ step timed and reported even when an earlier one failed:
    teacher the same way: predicted vs measured latency;
 4. at `--build-batch` (default 64, done first): the student of `--budget` built (fine-tune on the GPU, dynamic-batch ONNX,
    verify, side-by-side timing), its holdout top-1 beside the teacher's, and both compiled
-   (`torch.compile`, the GPU's peer) timed side by side.
+   (`torch.compile`, the GPU's peer) timed side by side;
+5. for `--rate-presets` (default `small,paper`), phase 1's time measured from a short real
+   distillation and added up to the whole run's steps (`--rates-only`: just these).
 
 Prints one table and writes `gpu_validate.json` + `gpu_validate.md` into --out. With `--device cpu
 --quick` the same path runs on a CPU in a few minutes (fp32, small sizes): a dry run, not figures.
@@ -134,6 +136,36 @@ def phase1(cfg) -> dict:
         if name == "distill":
             out["candidates"] = (info or {}).get("candidates")
     return out
+
+
+def phase1_rate(a, preset: str, run_dir: Path) -> dict:
+    """Phase 1's cost for a larger preset, from a short real distillation (`--rate-steps` at the low
+    resolution, as many at the deploy one): its candidates, the time to build them (plan) and to
+    start them (validation, least-squares refit), the median step at each resolution, and from those
+    the time of a whole phase 1 at `--steps` (a quarter at the deploy resolution, as the run above).
+    Steps cost the same at any step count: the projection is the measured parts added up, not a fit."""
+    from hant_trt.distill.stage import run_distill
+    from hant_trt.rundir import RunDir
+    from hant_trt.teacher.stage import run_teacher
+
+    cfg = base_config(a, run_dir, 1)
+    d = cfg.distill
+    d.preset, d.steps, d.full_res_steps = preset, 2 * a.rate_steps, a.rate_steps
+    d.checkpoint_every = d.steps
+    run = RunDir(cfg.run_dir)
+    run.update(config=cfg.to_dict())
+    run_teacher(run, cfg)
+    t0 = time.time()
+    info = run_distill(run, cfg, restart=True)
+    wall = time.time() - t0
+    t = info["timings"]
+    full = a.steps // 4
+    projected = (t["plan_s"] + t["start_s"] + (a.steps - full) * t["step_low_s"] + full * t["step_full_s"]
+                 + t["finish_s"])
+    shutil.rmtree(run_dir, ignore_errors=True)      # `paper`'s candidates are gigabytes
+    return {"preset": preset, "candidates": info["candidates"], "measured_steps": d.steps,
+            "wall_s": round(wall, 1), **{k: round(v, 3) for k, v in t.items()},
+            f"projected_s_{a.steps}_steps": round(projected, 1)}
 
 
 def profile_run(cfg) -> dict:
@@ -295,12 +327,18 @@ def main() -> int:
                     help="seconds: later batches and the compiled comparison are skipped when too little is left")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--profile-seconds", type=float, default=0.3)
+    ap.add_argument("--rate-presets", default="small,paper",
+                    help="presets whose phase-1 time is measured from a short distillation, last ('' for none)")
+    ap.add_argument("--rate-steps", type=int, default=12, help="steps at each resolution for --rate-presets")
+    ap.add_argument("--rates-only", action="store_true", help="only the environment and --rate-presets")
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--skip-compile", action="store_true")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a dry run of the path on a CPU")
     a = ap.parse_args()
     if a.quick:
         a.steps, a.finetune_steps, a.rounds, a.profile_seconds = 8, 4, 1, 0.05
+        a.rate_steps = 2
+        a.rate_presets = a.rate_presets if a.rate_presets != "small,paper" else "small"   # paper: 11 GB on a CPU
         a.batches = a.batches if a.batches != "1,64" else "1,2"
         a.build_batch = 2 if a.build_batch == 64 else a.build_batch
     os.environ.setdefault("HANT_TRT_NO_PROGRESS", "1")
@@ -310,13 +348,16 @@ def main() -> int:
     t_all = time.time()
     compile_cfg = None
     rep.data["environment"] = rep.step("environment", lambda: environment(a.device))
+    if a.rates_only:
+        a.skip_tests, a.batches = True, ""
     if not a.skip_tests:
         rep.step("cuda tests", lambda: run_tests(240))
-    batches = [int(b) for b in a.batches.split(",")]
+    batches = [int(b) for b in a.batches.split(",") if b]
     # the build's batch first: its student is the headline, and a short lease may end the run early
     batches.sort(key=lambda b: b != a.build_batch)
-    first = work / f"b{batches[0]}"
-    p1 = rep.step("phase 1 (distill, score)", lambda: phase1(base_config(a, first, batches[0])))
+    first = work / f"b{batches[0] if batches else 0}"
+    p1 = (rep.step("phase 1 (distill, score)", lambda: phase1(base_config(a, first, batches[0])))
+          if batches else None)
     speedups = [float(s) for s in a.speedups.split(",")]
     left = lambda: a.deadline - (time.time() - t_all)
     for b in batches:
@@ -336,6 +377,11 @@ def main() -> int:
                 compile_cfg = cfg
     if compile_cfg is not None and left() > 60:
         rep.step(f"compiled b{a.build_batch}", lambda: compiled_side_by_side(compile_cfg, a.rounds))
+    for preset in [p for p in a.rate_presets.split(",") if p]:
+        if left() < 90:
+            print(f"skipping the {preset} rate: {left():.0f} s left before --deadline", flush=True)
+            continue
+        rep.step(f"phase-1 rate {preset}", lambda: phase1_rate(a, preset, work / f"rate_{preset}"))
     rep.data["total_s"] = round(time.time() - t_all, 1)
     rep.lines = summary_lines(rep.data)
     rep.save()

@@ -3,11 +3,19 @@
 Per eval batch the teacher runs once (every slot's input captured = the prefix up to each slot,
 computed once and shared by all that slot's candidates); each candidate then runs on its slot's
 input and the teacher's suffix produces logits.
+
+Resumable: with a checkpoint file the sums so far are written (atomically) every `every_s` seconds,
+and a killed score continues from them; the loader is not shuffled, so the result is the same as
+an uninterrupted one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -40,13 +48,40 @@ class _Acc:
                 "local_mse": self.mse / max(1, self.batches)}
 
 
+def _resumed(checkpoint: Path | None, fingerprint: str, keys: list[str]) -> tuple[int, dict[str, _Acc]]:
+    """(batches done, sums) of an earlier score of the same entries and settings, else (0, {})."""
+    if checkpoint is None or not checkpoint.is_file():
+        return 0, {}
+    try:
+        st = json.loads(checkpoint.read_text())
+        if st.get("fingerprint") != fingerprint or sorted(st["accs"]) != sorted(keys):
+            return 0, {}
+        return int(st["batches"]), {k: _Acc(**v) for k, v in st["accs"].items()}
+    except (OSError, ValueError, KeyError, TypeError):      # unreadable: score from the start
+        return 0, {}
+
+
 @torch.no_grad()
 def score_candidates(d: Decomposition, entries: list[TrainedPart], eval_loader, labelled: bool, progress=None,
-                     device=None) -> dict:
+                     device=None, checkpoint: Path | None = None, fingerprint: str = "",
+                     every_s: float = 30.0) -> dict:
     """Each entry's key -> metrics dict. device: where the batches go (the caller puts the teacher
-    and the modules there; None: where they come from)."""
-    accs = {e.key: _Acc() for e in entries}
-    for x, y in eval_loader:
+    and the modules there; None: where they come from). checkpoint: a file for the sums so far,
+    resumed from when it holds `fingerprint` and the same entries."""
+    from .. import atomic
+
+    keys = [e.key for e in entries]
+    done, accs = _resumed(checkpoint, fingerprint, keys)
+    if done:
+        print(f"hant-trt: score resumes after batch {done} ({checkpoint.name})", file=sys.stderr, flush=True)
+        if progress is not None:
+            progress.update(done)
+    else:
+        accs = {k: _Acc() for k in keys}
+    saved = time.time()
+    for b, (x, y) in enumerate(eval_loader):
+        if b < done:
+            continue
         if device is not None:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         acts, t_logits = capture(d, x)
@@ -61,6 +96,10 @@ def score_candidates(d: Decomposition, entries: list[TrainedPart], eval_loader, 
             a.batches += 1
         if progress is not None:
             progress.update(1)
+        if checkpoint is not None and time.time() - saved > every_s:
+            atomic.write_json(checkpoint, {"fingerprint": fingerprint, "batches": b + 1,
+                                           "accs": {k: asdict(a) for k, a in accs.items()}})
+            saved = time.time()
     return {key: a.metrics(labelled) for key, a in accs.items()}
 
 

@@ -12,7 +12,7 @@ from ..config import RunConfig
 from ..data import data_splits
 from ..quant.layouts import layout_for
 from ..rundir import RunDir, stage_fingerprint
-from ..runfiles import CANDIDATES, FIXED_SCORES, SCORES
+from ..runfiles import CANDIDATES, FIXED_SCORES, SCORE_PARTIAL, SCORES
 from ..teacher.stage import load_from_config, run_teacher, teacher_fingerprint
 from .pool import TrainedPart
 from .train import distill, merge_slot_files
@@ -73,7 +73,7 @@ def run_distill(run: RunDir, cfg: RunConfig, resume: bool = False, restart: bool
         if rank != 0:
             return summary
     info = {"candidates": n_candidates, "steps": summary["steps"],
-            "seconds": summary["seconds"], "data": sets.description}
+            "seconds": summary["seconds"], "timings": summary["timings"], "data": sets.description}
     run.set_stage("distill", "done", fp, info)
     return info
 
@@ -137,7 +137,9 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
     for m in (d.stem, d.head, *d.blocks, *(e.module for e in entries)):
         m.to(dev)
     bar = progress(len(loader), 0, f"score {len(entries)} candidates")
-    metrics = score_candidates(d, entries, loader, labelled, bar, dev)
+    # a distillation run again (same settings, other weights on a GPU) must not resume older sums
+    metrics = score_candidates(d, entries, loader, labelled, bar, dev, checkpoint=run.path(SCORE_PARTIAL),
+                               fingerprint=f"{fp}:{run.stage('distill').finished}")
     bar.close()
     for m in (d.stem, d.head, *d.blocks, *(e.module for e in entries)):
         m.to("cpu")                     # parameter and MAC counts below run on CPU inputs
@@ -153,6 +155,7 @@ def run_score(run: RunDir, cfg: RunConfig) -> dict:
         _write_fixed_scores(run, cfg, teacher, d, loader, labelled)
     info = {"rows": len(rows), "eval_images": len(loader.dataset), "seconds": round(time.time() - t0, 1)}
     run.set_stage("score", "done", fp, info)
+    run.path(SCORE_PARTIAL).unlink(missing_ok=True)
     return info
 
 

@@ -358,6 +358,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
         raise UserError(f"distill.fisher must be between 0 and 1, not {cfg.fisher}")
     dev = resolve_device(cfg.device)
     amp, amp_dtype = autocast_of(dev)
+    t_plan = time.time()
     jobs = plan_jobs(d, cfg, rank, world, only_spans=only_spans, only_ops=only_ops, only_keys=only_keys)
     fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
     for m in (d.stem, d.head, *d.blocks, *(j.module for j in jobs)):
@@ -370,6 +371,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
         g.opt = adamw([p for j in g.jobs for p in j.module.parameters() if p.requires_grad], cfg.lr)
     ckpt = Checkpointer(out_dir / "ckpt" / f"rank{rank}", fingerprint)
     st = ckpt.state()
+    t_start = time.time()
     evb = [b.to(dev) for b in eval_batches(eval_set, eval_images, cfg.batch_size)]
     start = 0
     if st is not None and not restart:
@@ -393,6 +395,8 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
             ckpt.dir.mkdir(parents=True, exist_ok=True)
             atomic.write_with(ckpt.dir / "start.pt", lambda tmp: torch.save(_snapshot(jobs), tmp))
     t0 = time.time()
+    timings = {"plan_s": t_start - t_plan, "start_s": t0 - t_start}
+    step_s: dict[bool, list[float]] = {False: [], True: []}   # by "at the deploy resolution"
     bar = progress(cfg.steps, start, f"distill {len(trainable)} candidates")
     for j in trainable:
         set_train_mode(j.module, cfg.bn)
@@ -412,6 +416,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
             # the step index only seeds Fisher labels, which graphs refuse: any value replays the same
             graphed = GraphedStep(lambda x: step_fn(x, 0, zero=False), [j.module for j in trainable],
                                   [g.opt for g in groups])
+    t_step = time.time()
     for step, x in zip(range(start, cfg.steps), batches):
         x = x.to(dev, non_blocking=True).contiguous(memory_format=fmt)
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
@@ -425,14 +430,18 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
                     pg["lr"] = lr
             loss_sum = step_fn(x, step)
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss_sum) / max(1, len(trainable)):.4f}")
+        bar.set_postfix(loss=f"{float(loss_sum) / max(1, len(trainable)):.4f}")   # float(): the step has run
+        now = time.time()
+        step_s[step >= full_from].append(now - t_step)
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             ckpt.save(done, groups, {"mse_init": mse_init, "mse_refit": mse_refit,
                                      "scaler": scaler.state_dict() if scaler.is_enabled() else None})
         if _STEP_DELAY:  # test hook: slows steps so a test can kill the process mid-run
             time.sleep(_STEP_DELAY)
+        t_step = time.time()
     bar.close()
+    t_loop = time.time()
     if bn_set is not None and bn_batches and cfg.bn_recalibrate:
         recalibrate_bn(d, trainable, [b.to(dev) for b in eval_batches(bn_set, bn_batches * cfg.batch_size, cfg.batch_size)])
     mse_final = validation_mse(d, jobs, evb, cfg)
@@ -441,8 +450,21 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
         start_w = torch.load(start_p, map_location=dev, weights_only=True)
         mse_final = keep_better(jobs, mse_final, mse_refit, start_w)
     summary = write_slot_files(jobs, out_dir, mse_init, mse_refit, mse_final, rank, world)
-    summary.update(steps=cfg.steps, seconds=round(time.time() - t0, 1), candidates=len(jobs))
+    timings.update(loop_s=t_loop - t0, finish_s=time.time() - t_loop, **_step_medians(step_s))
+    summary.update(steps=cfg.steps, seconds=round(time.time() - t0, 1), candidates=len(jobs),
+                   timings={k: round(v, 4) for k, v in timings.items()})
     return summary
+
+
+def _step_medians(step_s: dict[bool, list[float]]) -> dict[str, float]:
+    """Median seconds of a step at the low and at the deploy resolution, the first of each left out
+    (allocations, cuDNN's autotuning, a CUDA graph's capture): what a longer run's steps cost."""
+    out = {}
+    for full, key in ((False, "step_low_s"), (True, "step_full_s")):
+        xs = sorted(step_s[full][1:] or step_s[full])
+        if xs:
+            out[key] = xs[len(xs) // 2]
+    return out
 
 
 def write_slot_files(jobs: list[Job], out_dir: Path, mse_init: dict, mse_refit: dict, mse_final: dict,
