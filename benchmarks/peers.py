@@ -52,12 +52,13 @@ def cpu_name() -> str:
     return cpu_model() or platform.processor()
 
 
-def holdout_batches(folder: str, data_config: dict, batch: int = 50):
+def holdout_batches(folder: str, data_config: dict, batch: int = 50, limit: int | None = None):
     from torch.utils.data import DataLoader
 
     from hant_trt.data import FolderDataset, eval_transform, scan_folder
 
     items, _, _ = scan_folder(folder)
+    items = items[:limit]
     loader = DataLoader(FolderDataset(items, eval_transform(data_config)), batch_size=batch)
     return [(x.numpy(), y.numpy()) for x, y in loader]
 

@@ -55,7 +55,7 @@ def main() -> None:
     for s in sizes:
         dc = {**teacher.data_config, "input_size": (3, s, s)}
         fp32 = export_onnx(teacher.model, (1, 3, s, s), work / f"fp32_{s}.onnx")
-        calib = [x for x, _ in holdout_batches(a.calib, dc, batch=64)[:1]]
+        calib = [x for x, _ in holdout_batches(a.calib, dc, batch=64, limit=64)]
         int8 = ort_ptq(fp32, calib, work / f"int8_{s}.onnx")
         batches = holdout_batches(a.holdout, dc)
         y = np.concatenate([b[1] for b in batches])

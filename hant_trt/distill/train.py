@@ -431,8 +431,7 @@ def distill(d: Decomposition, train_set, eval_set, cfg: DistillCfg, out_dir: Pat
             loss_sum = step_fn(x, step)
         bar.update(1)
         bar.set_postfix(loss=f"{float(loss_sum) / max(1, len(trainable)):.4f}")   # float(): the step has run
-        now = time.time()
-        step_s[step >= full_from].append(now - t_step)
+        step_s[step >= full_from].append(time.time() - t_step)
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             ckpt.save(done, groups, {"mse_init": mse_init, "mse_refit": mse_refit,
