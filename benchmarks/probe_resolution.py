@@ -1,7 +1,7 @@
 """Probe: the unchanged teacher at lower input resolutions — holdout top-1 and ORT CPU speed.
 
     .venv/bin/python benchmarks/probe_resolution.py --model efficientnet_lite1 --sizes 240,224,208,192
-        [--holdout DIR] [--calib DIR] [--rounds 9] [--out FILE.json]
+        [--holdout DIR] [--calib DIR] [--rounds 9] [--finetune STEPS [--lr 1e-4] [--train DIR]] [--out FILE.json]
 
 Why: the first lever a deployment engineer tries is a smaller input, with no training at all. Its
 speed beside its accuracy is the peer any "speed at the teacher's accuracy" has to be read
@@ -11,22 +11,63 @@ as ONNX Runtime's `quantize_static` (the peers benchmark's plain int8, calibrate
 `--calib` at that size), top-1 on the holdout (timm's eval transform at that size: resize to
 size / crop_pct, centre crop); every model timed beside the fp32 teacher at its own size in the same
 rounds. Printed: top-1, speedup over the fp32 teacher and over plain int8 at the teacher's size.
+
+`--finetune STEPS` adds the next peer, one that trains: at each smaller size a copy of the teacher
+fine-tuned to that input (`finetune_at`: distilled from the teacher at its own size on the same
+crops, all weights, BatchNorm frozen) on the train part of `--train` (the split phase 1 uses: 80 %
+of the dev images, seed 0; never the holdout), then exported, quantized and timed like the others.
+A network trained at one size sees objects smaller at a smaller input (Touvron et al., "Fixing the
+train-test resolution discrepancy", 2019); a short fine-tune at the new size recovers part of it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "imagenet-sample"
+
+
+def finetune_at(teacher: torch.nn.Module, train_set, size: int, steps: int, lr: float, batch_size: int = 16,
+                seed: int = 0, ce_weight: float = 0.5) -> torch.nn.Module:
+    """A copy of `teacher` fine-tuned for `size` px inputs: each step's crops (at the teacher's own
+    size, from `train_set`) go to the teacher as they are and to the copy resized to `size`; the loss
+    is the fine-tune's (`kd_loss`: KL to the teacher's logits + `ce_weight` × CE on labels). All
+    weights train, BatchNorm keeps the teacher's statistics (batches of 16 are noisier than those)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from hant_trt.progress import progress
+    from hant_trt.student.finetune import kd_loss
+    from hant_trt.training import adamw, labelled_batch_for_step, lr_at, set_train_mode
+
+    student = copy.deepcopy(teacher)
+    set_train_mode(student, "frozen")
+    opt = adamw(list(student.parameters()), lr)
+    with progress(steps, desc=f"fine-tune at {size} px") as bar:
+        for step in range(steps):
+            x, y = labelled_batch_for_step(train_set, step, batch_size, seed)
+            with torch.no_grad():
+                target = teacher(x)
+            small = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, steps, lr, warmup=10)
+            loss = kd_loss(student(small), target, y, ce_weight=ce_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return student.eval()
 
 
 def main() -> None:
@@ -40,6 +81,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0.4, help="timing per model per round")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    ap.add_argument("--finetune", type=int, default=0, metavar="STEPS",
+                    help="also a copy of the teacher fine-tuned this many steps at each smaller size")
+    ap.add_argument("--lr", type=float, default=1e-4, help="the fine-tune's peak learning rate")
+    ap.add_argument("--train", default=str(DATA / "dev"), help="images the fine-tune trains on (its 80 %% split)")
     a = ap.parse_args()
     from peers import cpu_name, holdout_batches, onnx_logits, ort_ptq
 
@@ -50,40 +95,53 @@ def main() -> None:
 
     sizes = [int(s) for s in a.sizes.split(",")]
     teacher = load_teacher(a.model, a.weights)
+    torch.set_num_threads(a.threads or torch.get_num_threads())
+    train_set = None
+    if a.finetune:
+        from hant_trt.data import make_splits
+
+        train_set = make_splits(a.train, None, teacher.data_config, eval_fraction=0.2, seed=0).train
     work = Path(tempfile.mkdtemp(prefix="probe_res_"))
     files, rows = {}, []
     for s in sizes:
         dc = {**teacher.data_config, "input_size": (3, s, s)}
-        fp32 = export_onnx(teacher.model, (1, 3, s, s), work / f"fp32_{s}.onnx")
         calib = [x for x, _ in holdout_batches(a.calib, dc, batch=64, limit=64)]
-        int8 = ort_ptq(fp32, calib, work / f"int8_{s}.onnx")
         batches = holdout_batches(a.holdout, dc)
         y = np.concatenate([b[1] for b in batches])
-        for prec, path in (("fp32", fp32), ("int8", int8)):
-            top1 = float((onnx_logits(path, batches).argmax(1) == y).mean() * 100)
-            files[(s, prec)] = path
-            rows.append({"size": s, "precision": prec, "top1": round(top1, 1), "images": len(y)})
-            print(f"{s} px {prec}: top-1 {top1:.1f} on {len(y)} images", flush=True)
+        models = [("", teacher.model)]
+        if train_set is not None and s < sizes[0]:
+            models.append((f"ft{a.finetune}", finetune_at(teacher.model, train_set, s, a.finetune, a.lr)))
+        for tag, model in models:
+            fp32 = export_onnx(model, (1, 3, s, s), work / f"fp32_{s}{tag}.onnx")
+            int8 = ort_ptq(fp32, calib, work / f"int8_{s}{tag}.onnx")
+            for prec, path in (("fp32", fp32), ("int8", int8)):
+                top1 = float((onnx_logits(path, batches).argmax(1) == y).mean() * 100)
+                files[(s, prec, tag)] = path
+                rows.append({"size": s, "precision": prec, "trained": tag or "no", "top1": round(top1, 1),
+                             "images": len(y)})
+                print(f"{s} px {prec} {tag or 'as trained'}: top-1 {top1:.1f} on {len(y)} images", flush=True)
     backend = get_backend("ort", threads=a.threads)
-    ref = backend.prepare(str(files[(sizes[0], "fp32")]))
-    keys = [(r["size"], r["precision"]) for r in rows]
+    ref = backend.prepare(str(files[(sizes[0], "fp32", "")]))
+    keys = [(r["size"], r["precision"], "" if r["trained"] == "no" else r["trained"]) for r in rows]
     pairs = time_beside(backend, ref, [backend.prepare(str(files[k])) for k in keys], a.rounds, max_seconds=a.seconds)
     for r, model in zip(rows, pairs):
         r["speedup"] = round(statistics.median(t / m for t, m in model), 3)
         r["ms"] = round(statistics.median(m for _, m in model) * 1e3, 3)
-    int8_ref = next(r for r in rows if r["size"] == sizes[0] and r["precision"] == "int8")
-    top_ref = next(r for r in rows if r["size"] == sizes[0] and r["precision"] == "fp32")["top1"]
+    int8_ref = next(r for r in rows if r["size"] == sizes[0] and r["precision"] == "int8" and r["trained"] == "no")
+    top_ref = next(r for r in rows if r["size"] == sizes[0] and r["precision"] == "fp32" and r["trained"] == "no")["top1"]
     print(f"\n{a.model}, ONNX Runtime CPU, {cpu_name()}, {a.rounds} rounds; teacher fp32 at {sizes[0]} px "
           f"= 1.00x, top-1 {top_ref}")
-    print("| size | precision | top-1 | − teacher | ms | speedup | over plain int8 at the teacher's size |")
-    print("|---|---|---|---|---|---|---|")
+    print("| size | precision | fine-tuned | top-1 | − teacher | ms | speedup | over plain int8 at the teacher's size |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         r["over_int8"] = round(r["speedup"] / int8_ref["speedup"], 3)
-        print(f"| {r['size']} | {r['precision']} | {r['top1']} | {r['top1'] - top_ref:+.1f} | {r['ms']} | "
+        print(f"| {r['size']} | {r['precision']} | {r['trained']} | {r['top1']} | {r['top1'] - top_ref:+.1f} | {r['ms']} | "
               f"{r['speedup']:.2f}x | {r['over_int8']:.2f}x |")
     if a.out:
-        Path(a.out).write_text(json.dumps({"model": a.model, "cpu": cpu_name(), "rounds": a.rounds, "rows": rows},
-                                          indent=1))
+        from hant_trt import atomic
+
+        atomic.write_json(Path(a.out), {"model": a.model, "cpu": cpu_name(), "rounds": a.rounds,
+                                        "finetune_steps": a.finetune, "lr": a.lr, "rows": rows})
 
 
 if __name__ == "__main__":

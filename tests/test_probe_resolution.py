@@ -1,0 +1,54 @@
+"""The smaller-input peer that trains (benchmarks/probe_resolution.py `finetune_at`): the copy learns
+to give the teacher's answers at a smaller input, and the teacher itself is left as it was."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from torch import nn
+
+_root = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("probe_resolution", _root / "benchmarks/probe_resolution.py")
+probe = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(probe)
+
+
+class Crops(torch.utils.data.Dataset):
+    """Fixed random 'images' with labels: (tensor, label) as the project's datasets yield."""
+
+    def __init__(self, n=32, size=32):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 3, size, size, generator=g)
+        self.y = torch.randint(0, 5, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+
+
+def test_finetune_at_a_smaller_size_moves_the_copy_towards_the_teacher_and_leaves_the_teacher(monkeypatch):
+    monkeypatch.setenv("HANT_TRT_NO_PROGRESS", "1")
+    teacher, data = _net(), Crops()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    x = data.x
+    small = torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
+
+    def gap(model):
+        with torch.no_grad():
+            t = torch.log_softmax(teacher(x), 1)
+            return torch.nn.functional.kl_div(torch.log_softmax(model(small), 1), t, log_target=True,
+                                              reduction="batchmean").item()
+
+    student = probe.finetune_at(teacher, data, 16, steps=60, lr=3e-3, batch_size=16, ce_weight=0.0)
+    assert gap(student) < 0.5 * gap(teacher)                       # the teacher itself at 16 px is the start
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    bn_t, bn_s = teacher[1], student[1]
+    assert torch.equal(bn_t.running_mean, bn_s.running_mean) and not student.training   # statistics kept
