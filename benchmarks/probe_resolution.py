@@ -95,14 +95,15 @@ def main() -> None:
 
     sizes = [int(s) for s in a.sizes.split(",")]
     teacher = load_teacher(a.model, a.weights)
-    torch.set_num_threads(a.threads or torch.get_num_threads())
+    if a.threads:
+        torch.set_num_threads(a.threads)
     train_set = None
     if a.finetune:
         from hant_trt.data import make_splits
 
         train_set = make_splits(a.train, None, teacher.data_config, eval_fraction=0.2, seed=0).train
     work = Path(tempfile.mkdtemp(prefix="probe_res_"))
-    files, rows = {}, []
+    files, rows, keys = {}, [], []
     for s in sizes:
         dc = {**teacher.data_config, "input_size": (3, s, s)}
         calib = [x for x, _ in holdout_batches(a.calib, dc, batch=64, limit=64)]
@@ -117,12 +118,12 @@ def main() -> None:
             for prec, path in (("fp32", fp32), ("int8", int8)):
                 top1 = float((onnx_logits(path, batches).argmax(1) == y).mean() * 100)
                 files[(s, prec, tag)] = path
+                keys.append((s, prec, tag))
                 rows.append({"size": s, "precision": prec, "trained": tag or "no", "top1": round(top1, 1),
                              "images": len(y)})
                 print(f"{s} px {prec} {tag or 'as trained'}: top-1 {top1:.1f} on {len(y)} images", flush=True)
     backend = get_backend("ort", threads=a.threads)
     ref = backend.prepare(str(files[(sizes[0], "fp32", "")]))
-    keys = [(r["size"], r["precision"], "" if r["trained"] == "no" else r["trained"]) for r in rows]
     pairs = time_beside(backend, ref, [backend.prepare(str(files[k])) for k in keys], a.rounds, max_seconds=a.seconds)
     for r, model in zip(rows, pairs):
         r["speedup"] = round(statistics.median(t / m for t, m in model), 3)
