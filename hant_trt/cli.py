@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("model", help="timm model name, e.g. efficientnet_lite0")
     t.add_argument("--weights", default="default",
                    help="default | offline-lite0 | offline-lite1 | hub | random | PATH (.safetensors, .pth)")
-    t.add_argument("--resolution", type=int, default=None, help="input side (multiple of 32)")
+    t.add_argument("--resolution", type=int, default=None, help="input side in pixels (at least 32)")
     t.add_argument("--json", action="store_true", help="print the slot table as JSON")
     t.set_defaults(func=cmd_teacher)
 

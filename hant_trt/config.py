@@ -246,10 +246,6 @@ def _in_range(v: float, r: Rule) -> bool:
     return r.hi is None or (v < r.hi if r.open_hi else v <= r.hi)
 
 
-def _multiple_of_32(v: int) -> str | None:
-    return None if v % 32 == 0 else "expected a multiple of 32 (the model's stride)"
-
-
 def _multiple_of_8(v: int) -> str | None:
     return None if v % 8 == 0 else "expected 0 or a multiple of 8 (widths are rounded to 8)"
 
@@ -311,7 +307,7 @@ FRACTION = dict(lo=0, hi=1)
 RULES: dict[str, dict[str, Rule]] = {
     "": {"run_dir": Rule(str)},
     "teacher": {"model": Rule(str), "weights": Rule(str),
-                "resolution": Rule(int, lo=32, optional=True, check=_multiple_of_32)},
+                "resolution": Rule(int, lo=32, optional=True)},
     "data": {"train": Rule(str), "eval": Rule(str, optional=True),
              "eval_fraction": Rule(float, lo=0, hi=1, open_lo=True, open_hi=True),
              "max_images": Rule(int, lo=1, optional=True)},

@@ -59,7 +59,7 @@ CONFIG_CASES = [
     ("[distill]\nfisher = 2.0\n", "distill.fisher = 2.0"),
     ('[distill]\nkeep_best = "yes"\n', "expected true or false"),
     ("[distill]\ncheckpoint_every = 0\n", "distill.checkpoint_every"),
-    ("[teacher]\nresolution = 100\n", "multiple of 32"),
+    ("[teacher]\nresolution = 16\n", "teacher.resolution"),
     ("[data]\neval_fraction = 1.5\n", "data.eval_fraction = 1.5"),
     ("[data]\nmax_images = 0\n", "data.max_images"),
     ("[score]\nbatch_size = -1\n", "score.batch_size"),

@@ -25,7 +25,7 @@ def test_teacher_lists_16_slots_json():
 @pytest.mark.parametrize("args,needle", [
     (("teacher", "no_such_model"), "unknown timm model"),
     (("teacher", "efficientnet_lite0", "--weights", "/nope.pth"), "not found"),
-    (("teacher", "efficientnet_lite0", "--resolution", "100"), "multiple of 32"),
+    (("teacher", "efficientnet_lite0", "--resolution", "16"), "below 32"),
 ])
 def test_bad_input_one_line_exit_2(args, needle):
     r = run_cli(*args)

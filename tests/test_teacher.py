@@ -81,8 +81,26 @@ def test_corrupt_weights_file(tmp_path):
 def test_unknown_model_and_bad_resolution():
     with pytest.raises(UserError, match="unknown timm model"):
         load_teacher("efficientnet_lite99", "random")
-    with pytest.raises(UserError, match="multiple of 32"):
-        load_teacher("efficientnet_lite0", "random", resolution=225)
+    with pytest.raises(UserError, match="below 32"):
+        load_teacher("efficientnet_lite0", "random", resolution=16)
+
+
+def test_any_side_from_32(lite0):
+    """A side that is no multiple of 32 (208: maps of 13 then 7, rounded up as the teacher's strided
+    convs do): every tiny-preset candidate of every slot and two-slot span gives its slot's shape."""
+    from hant_trt.distill.pool import build_candidate, candidate_ops
+    from hant_trt.teacher.decompose import decompose, module_slot_of, span_teacher
+
+    d = decompose(lite0.model, 208)
+    assert [tuple(s.out_shape) for s in d.slots][-1] == (320, 7, 7)
+    with torch.no_grad():
+        for first in range(len(d.slots)):
+            for last in range(first, min(len(d.slots), first + 2)):
+                s = module_slot_of(d.slots, first, last)
+                for op in candidate_ops(s, "tiny", fused=last > first):
+                    module, _ = build_candidate(op, s, span_teacher(d, first, last))
+                    y = module.eval()(torch.zeros(1, *s.in_shape))
+                    assert tuple(y.shape[1:]) == tuple(s.out_shape), (first, last, op)
 
 
 def test_data_config_travels(lite0):

@@ -183,7 +183,8 @@ def load_teacher(name: str = "efficientnet_lite0", weights: str = "default",
                  resolution: int | None = None) -> Teacher:
     """A timm model in eval mode with weights from `weights` (see module doc).
 
-    `resolution`: input side in pixels (None: the model's own); must be a multiple of 32.
+    `resolution`: input side in pixels (None: the model's own), at least 32. Any side works: strided
+    layers round odd sizes up ("same" padding), and every candidate does the same (ops.layers.out_hw).
     """
     import timm
 
@@ -220,8 +221,8 @@ def load_teacher(name: str = "efficientnet_lite0", weights: str = "default",
     model.eval()
     cfg = dict(timm.data.resolve_data_config({}, model=model))
     if resolution is not None:
-        if resolution <= 0 or resolution % 32:
-            raise UserError(f"resolution {resolution} is not a positive multiple of 32 (the model's stride)")
+        if resolution < 32:
+            raise UserError(f"resolution {resolution} is below 32 px (one pixel left at the model's stride)")
         cfg["input_size"] = (3, resolution, resolution)
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
     if isinstance(getattr(model, "num_classes", None), int) and model.num_classes > 0:
