@@ -63,6 +63,27 @@ def holdout_batches(folder: str, data_config: dict, batch: int = 50, limit: int 
     return [(x.numpy(), y.numpy()) for x, y in loader]
 
 
+def side_of(path: Path) -> int:
+    """The input side an ONNX model was exported at (its input's last dimension)."""
+    import onnx
+
+    return int(onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[-1].dim_value)
+
+
+def holdout_at(folder: str, data_config: dict):
+    """side → the holdout's batches at that side (timm's eval transform there: the same photos and
+    the same field of view), each side read once: a student searched at a smaller input is read at
+    its own side beside a teacher at its own."""
+    made: dict[int, list] = {}
+
+    def at(side: int) -> list:
+        if side not in made:
+            made[side] = holdout_batches(folder, {**data_config, "input_size": [3, side, side]})
+        return made[side]
+
+    return at
+
+
 def onnx_logits(path: Path, batches) -> np.ndarray:
     """Logits of an ONNX on ONNX Runtime CPU with its full optimisation (what deploys), batch 1
     models fed one image at a time."""
@@ -227,6 +248,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--finetune-steps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--teacher-resolution", type=int, default=None, metavar="SIDE",
+                    help="the teacher and its plain int8 at this input side (default: the first run's), e.g. "
+                         "its own 224 when the runs search a smaller input; each student is read at its own")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="config override for the students' copies (repeatable)")
     ap.add_argument("--report-only", metavar="PEERS_JSON", default=None,
@@ -255,19 +279,26 @@ def main() -> None:
     cfg = from_dict(json.loads((run / "run.json").read_text())["config"])
     out = Path(a.out) if a.out else run / "peers"
     out.mkdir(parents=True, exist_ok=True)
-    teacher, d = load_from_config(cfg)
+    ref_cfg = cfg
+    if a.teacher_resolution:
+        import copy
+
+        ref_cfg = copy.deepcopy(cfg)
+        ref_cfg.teacher.resolution = a.teacher_resolution
+    teacher, d = load_from_config(ref_cfg)
     shape = (1, 3, teacher.resolution, teacher.resolution)
     t0 = time.time()
-    batches = holdout_batches(a.holdout, teacher.data_config)
+    holdout = holdout_at(a.holdout, teacher.data_config)
+    batches = holdout(teacher.resolution)
     labels = np.concatenate([y for _, y in batches])
     from hant_trt.data import data_splits
     from hant_trt.training import eval_batches
 
-    deploy_train = data_splits(cfg, teacher.data_config, train_augment=False).train
+    deploy_train = data_splits(ref_cfg, teacher.data_config, train_augment=False).train
     calib = [x.numpy() for x in eval_batches(deploy_train, 64, 16)]
 
     models: dict[str, Path] = {"teacher fp32": export_onnx(teacher.model, shape, out / "teacher.onnx")}
-    models["int8 PTQ (hant-trt)"] = our_int8_teacher(run, cfg, teacher, d, out / "teacher.int8.onnx")
+    models["int8 PTQ (hant-trt)"] = our_int8_teacher(run, ref_cfg, teacher, d, out / "teacher.int8.onnx")
     models["int8 PTQ (ORT quantize_static)"] = ort_ptq(models["teacher fp32"], calib, out / "teacher.ort_ptq.onnx")
     details: dict[str, dict] = {}
     for r in runs:
@@ -290,8 +321,8 @@ def main() -> None:
     t_logits = onnx_logits(models["teacher fp32"], batches)
     rows = []
     for name, path in models.items():
-        logits = t_logits if name == "teacher fp32" else onnx_logits(path, batches)
-        rows.append({"model": name, "speedup": 1.0,
+        logits = t_logits if name == "teacher fp32" else onnx_logits(path, holdout(side_of(path)))
+        rows.append({"model": name, "speedup": 1.0, "side": side_of(path),
                      "top1": round(100 * float((logits.argmax(1) == labels).mean()), 2),
                      "agreement": round(100 * float((logits.argmax(1) == t_logits.argmax(1)).mean()), 2),
                      **paired_delta(logits.argmax(1) == labels, t_logits.argmax(1) == labels),
@@ -364,16 +395,16 @@ def recheck(peers_json: Path, holdout: str) -> None:
     doc = json.loads(peers_json.read_text())
     folder = peers_json.parent
     tcfg = json.loads(next(folder.glob("students/**/run.json")).read_text())["config"]["teacher"]
-    teacher = load_teacher(tcfg["model"], tcfg.get("weights"), tcfg.get("resolution"))
-    batches = holdout_batches(holdout, teacher.data_config)
-    labels = np.concatenate([y for _, y in batches])
-    t_correct = onnx_logits(folder / "teacher.onnx", batches).argmax(1) == labels
+    teacher = load_teacher(tcfg["model"], tcfg.get("weights"), side_of(folder / "teacher.onnx"))
+    at = holdout_at(holdout, teacher.data_config)
+    labels = np.concatenate([y for _, y in at(teacher.resolution)])
+    t_correct = onnx_logits(folder / "teacher.onnx", at(teacher.resolution)).argmax(1) == labels
     for r in doc["rows"]:
         f = model_file(folder, r["model"])
         if f is None or not f.is_file():
             print(f"{r['model']}: no model file, left as it was")
             continue
-        correct = onnx_logits(f, batches).argmax(1) == labels
+        correct = onnx_logits(f, at(side_of(f))).argmax(1) == labels
         top1 = round(100 * float(correct.mean()), 2)
         if abs(top1 - r["top1"]) > 1e-6:
             raise SystemExit(f"{r['model']}: top-1 {top1} now, {r['top1']} recorded: not the same file or data")

@@ -5,10 +5,11 @@
 
 Why: the first lever a deployment engineer tries is a smaller input, with no training at all. Its
 speed beside its accuracy is the peer any "speed at the teacher's accuracy" has to be read
-against, and it composes with what the search changes (hant-trt runs at any multiple of 32 via
-`teacher.resolution`). Per size: the teacher exported as ONNX at that size (batch 1), in fp32 and
-as ONNX Runtime's `quantize_static` (the peers benchmark's plain int8, calibrated on 64 images of
-`--calib` at that size), top-1 on the holdout (timm's eval transform at that size: resize to
+against, and it composes with what the search changes (hant-trt runs at any side from 32 px via
+`teacher.resolution`; `build.teacher_resolution` fine-tunes the student from the teacher at its
+own). Per size: the teacher exported as ONNX at that size (batch 1), in fp32 and as ONNX
+Runtime's `quantize_static` (the peers benchmark's plain int8, calibrated on 64 images of `--calib`
+at that size), top-1 on the holdout (timm's eval transform at that size: resize to
 size / crop_pct, centre crop); every model timed beside the fp32 teacher at its own size in the same
 rounds. Printed: top-1, speedup over the fp32 teacher and over plain int8 at the teacher's size.
 

@@ -194,7 +194,14 @@ def summary_lines(info: dict) -> str:
         lines.append(f"latency ({info.get('backend', '?')}, batch {info.get('batch', 1)}): "
                      f"teacher {t:.3f} ms, student {s:.3f} ms, speedup {t / s:.2f}x")
         q = info.get("plain_int8_speedup")
-        if q:
+        if info.get("teacher_resolution"):
+            # the profile timed the teacher at the student's side only: no product of the two
+            lines.append(f"  teacher at {info['teacher_resolution']} px (build.teacher_resolution), student at "
+                         f"{info['student_resolution']} px")
+            if q:
+                lines.append(f"plain int8 of the whole teacher on this machine (profile, at "
+                             f"{info['student_resolution']} px): {q:.2f}x")
+        elif q:
             lines.append(f"plain int8 of the whole teacher on this machine (profile): {q:.2f}x — this student is "
                          f"{t / s / q:.2f}x that")
     if "agreement" in info:

@@ -163,6 +163,10 @@ class BuildCfg:
                                     #   on two Lite1 students (docs/RESULTS.md, session 24)
     keep_best: bool = True          # keep the assembled weights when fine-tuning raised the eval split's
                                     #   KL + ce_weight × CE (KL alone when unlabelled)
+    teacher_resolution: int | None = None  # fine-tune: the teacher's logits (and the eval split's figures)
+                                    #   on images at this side, the student on the same crops resized to
+                                    #   its own: a run at a smaller `teacher.resolution` learns from the
+                                    #   teacher at the side it was trained at (None: the run's side)
     engine_name: str | None = None
 
 
@@ -349,7 +353,8 @@ RULES: dict[str, dict[str, Rule]] = {
               "ce_weight": Rule(float, lo=0),
               "ema": Rule(float, lo=0, hi=1, open_hi=True), "qat": Rule(bool),
               "full_res_steps": Rule(int, lo=0), "finetune_images": Rule(str, choices=("train", "all")),
-              "keep_best": Rule(bool), "engine_name": Rule(str, optional=True)},
+              "keep_best": Rule(bool), "teacher_resolution": Rule(int, lo=32, optional=True),
+              "engine_name": Rule(str, optional=True)},
 }
 
 

@@ -298,3 +298,58 @@ def test_finetune_images_all_trains_on_the_eval_split_and_calibrates_on_train(li
     t = train_student(assemble(d, choices), lite0.model, d, choices, {}, both, cfg, tmp_path / "ckpt", "fp")
     assert t.finetune["steps"] == 2 and t.finetune["images"] == 10
     assert "kept" not in t.finetune and t.notes["eval_split_trained_on"] is True
+
+
+def test_finetune_teacher_sees_its_own_side_and_the_student_its_own(tmp_path):
+    """`build.teacher_resolution`: batches come at the teacher's side; the teacher's logits are
+    taken on them as they are, the student (and the feature-map targets) sees them resized to its
+    side of the step: the first, then from `full_from` on the second."""
+    from hant_trt.student.finetune import agreement, student_view
+
+    d, teacher, student = _chain()
+    seen = {"teacher": [], "student": [], "capture": []}
+    teacher.register_forward_pre_hook(lambda m, a: seen["teacher"].append(a[0].shape[-1]))
+    student.parts[1].register_forward_pre_hook(lambda m, a: seen["student"].append(a[0].shape[-1]))
+    d.blocks[1].register_forward_pre_hook(lambda m, a: seen["capture"].append(a[0].shape[-1]))
+    data = [(torch.randn(3, 20, 20), i % 5) for i in range(16)]
+    finetune(student, teacher, data, 5, 4, 1e-2, tmp_path / "f", fingerprint="f", decomposition=d,
+             boundaries=[1, 2], full_set=data, full_from=3, sides=(12, 16))
+    assert seen["teacher"] == [20] * 5
+    assert seen["student"] == [12, 12, 12, 16, 16]
+    # the chain's teacher shares its blocks: each step, the feature targets at the student's side,
+    # then the teacher's logits at its own
+    assert seen["capture"] == [12, 20, 12, 20, 12, 20, 16, 20, 16, 20]
+    seen = {k: [] for k in seen}
+    finetune(student, teacher, data, 2, 4, 1e-2, tmp_path / "g", fingerprint="g", sides=(12, 12))
+    assert seen["teacher"] == [20, 20] and seen["student"] == [12, 12]
+    seen = {k: [] for k in seen}
+    res = agreement(student, teacher, [(torch.stack([x for x, _ in data[:4]]), torch.arange(4))], side=8)
+    assert seen["teacher"] == [20] and seen["student"] == [8] and res["images"] == 4
+    x = torch.randn(2, 3, 20, 20)
+    assert student_view(x, None) is x and student_view(x, 20) is x
+    assert student_view(torch.ones(1, 3, 20, 20), 13).allclose(torch.ones(1, 3, 13, 13))   # antialiased, no ringing
+
+
+def test_build_data_at_the_teachers_side(lite0, tmp_path):
+    """build.teacher_resolution: the fine-tune's set and the eval split at the teacher's side, one
+    set for both phases of the fine-tune, the student's sides (distill.resolution, the run's); BN
+    estimation and int8 calibration images stay at the run's side. Unset: as before."""
+    from PIL import Image
+
+    from hant_trt.config import RunConfig, validate
+    from hant_trt.student.stage import build_data
+
+    for i in range(10):
+        Image.new("RGB", (80, 60), (20 * i, 10, 10)).save(tmp_path / f"{i}.jpg")
+    cfg = RunConfig()
+    cfg.data.train, cfg.data.eval_fraction, cfg.distill.resolution = str(tmp_path), 0.2, 64
+    cfg.build.full_res_steps, cfg.build.bn_images, cfg.build.batch_size = 1, 2, 2
+    cfg.build.teacher_resolution = 224
+    run_side = {**lite0.data_config, "input_size": [3, 208, 208]}
+    data = build_data(validate(cfg), run_side)
+    assert data.sides == (64, 208) and data.eval_side == 208 and data.full is data.train
+    assert data.train[0][0].shape == (3, 224, 224) and data.eval_loader.dataset[0][0].shape == (3, 224, 224)
+    assert data.deploy_train[0][0].shape == (3, 208, 208) and data.bn_batches[0].shape[-1] == 208
+    cfg.build.teacher_resolution = None
+    plain = build_data(validate(cfg), run_side)
+    assert plain.sides is None and plain.eval_side is None and plain.train[0][0].shape == (3, 64, 64)

@@ -73,3 +73,25 @@ def test_time_rows_times_every_model_in_the_same_rounds(tmp_path, monkeypatch):
     assert [r["speedup"] for r in rows] == [1.0, 2.0, 4.0, 7.0]
     assert rows[1]["speedup_rounds"] == [2.0, 2.0, 2.0] and "speedup_rounds" not in rows[3]
     assert seen == ["t.onnx", "a.onnx", "t.onnx", "b.onnx"] * 3
+
+
+def test_students_are_read_at_their_own_side(tmp_path):
+    """A student exported at 208 beside a teacher at 224: side_of reads each ONNX's input side and
+    holdout_at gives the same photos (same labels, same order) at each side, read once per side."""
+    import torch
+    from PIL import Image
+
+    from hant_trt.latency.export import export_onnx
+
+    for c in range(3):
+        (tmp_path / "photos" / f"n0{c}").mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (90, 70), (60 * c, 20 * i, 10)).save(tmp_path / "photos" / f"n0{c}" / f"{i}.jpg")
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    assert peers.side_of(export_onnx(net, (1, 3, 48, 48), tmp_path / "a.onnx")) == 48
+    assert peers.side_of(export_onnx(net, (1, 3, 40, 40), tmp_path / "b.onnx")) == 40
+    cfg = {"input_size": [3, 48, 48], "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 0.875}
+    at = peers.holdout_at(str(tmp_path / "photos"), cfg)
+    big, small = at(48), at(40)
+    assert at(40) is small and big[0][0].shape[-1] == 48 and small[0][0].shape[-1] == 40
+    assert np.array_equal(np.concatenate([y for _, y in big]), np.concatenate([y for _, y in small]))

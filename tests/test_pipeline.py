@@ -121,6 +121,18 @@ engine_name = "e2e"
     assert r.returncode == 0, r.stderr[-2000:]
     ft = json.loads((run / "student" / "spec.json").read_text())["notes"]["finetune"]
     assert ft["qat_sites"] > 0 and json.loads((run / "build.json").read_text())["verify"]["passed"]
+    # build.teacher_resolution: the fine-tune learns from the teacher at 128 px while the student
+    # stays at the run's 96; the export verifies on the eval images resized to 96, and the teacher
+    # it is timed against is the one at 128
+    r = run_cli("build", str(run), "--engines-dir", str(tmp_path / "engines"), "--set", "build.teacher_resolution=128",
+                "--set", "build.full_res_steps=1", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = json.loads((run / "build.json").read_text())
+    assert info["verify"]["passed"] and (info["teacher_resolution"], info["student_resolution"]) == (128, 96)
+    assert "teacher at 128 px" in r.stdout
+    dims = [[d.dim_value for d in onnx.load(str(run / "student" / f)).graph.input[0].type.tensor_type.shape.dim]
+            for f in ("student.onnx", "teacher.onnx")]
+    assert dims == [[1, 3, 96, 96], [1, 3, 128, 128]]
     # a GPU-style plan (fp16 base + int8 choices): the teacher and fixed parts timed at fp16, the
     # final ONNX in fp16 outside the int8/fp32 parts, verified; ORT CPU runs it (slowly)
     # budget: the teacher's own latency, always reachable (fp16 and TensorRT-layout int8 are both slow

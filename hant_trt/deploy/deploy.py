@@ -14,9 +14,12 @@ from ..config import RunConfig
 from ..rundir import RunDir
 from ..runfiles import default_engines_dir
 
-def _sample_inputs(loader, batch: int = 1, n: int = 2) -> list[np.ndarray]:
-    """`n` arrays of `batch` real images each (images reused in turn when the loader has fewer)."""
-    images = [x[i:i + 1] for x, _ in loader for i in range(x.shape[0])][:batch * n]
+def _sample_inputs(loader, batch: int = 1, n: int = 2, side: int | None = None) -> list[np.ndarray]:
+    """`n` arrays of `batch` real images each (images reused in turn when the loader has fewer);
+    side: the loader's images resized to it (`student_view`: a loader at the teacher's side)."""
+    from ..student.finetune import student_view
+
+    images = [student_view(x, side)[i:i + 1] for x, _ in loader for i in range(x.shape[0])][:batch * n]
     if not images:
         raise ValueError("no images to verify the export with")
     return [torch.cat([images[(k * batch + i) % len(images)] for i in range(batch)]).numpy() for k in range(n)]
@@ -73,9 +76,12 @@ def _say_if_cores_taken(backend) -> None:
 
 
 def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, acc: dict, eval_loader,
-           engines_dir: Path | None = None, calib=None, reference=None) -> dict:
+           engines_dir: Path | None = None, calib=None, reference=None, eval_side: int | None = None) -> dict:
     """calib: the int8 parts' ranges (None: all fp32); reference: the model the ONNX must match
-    (the student with its int8 parts simulated; default the student)."""
+    (the student with its int8 parts simulated; default the student); eval_side: the student's side
+    on `eval_loader`'s images (`BuildData.eval_side`). With `build.teacher_resolution` the teacher
+    is timed at that side: the student at a smaller input is measured against the teacher as it was
+    trained, which is what it replaces."""
     from ..latency.export import export_onnx
     from ..latency.backends import profile_backend, profiled_threads
     from ..latency.precision import base_precision, to_fp16
@@ -89,6 +95,8 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
     batch = cfg.profile.batch
     res = teacher.resolution
     shape = (batch, 3, res, res)
+    t_res = cfg.build.teacher_resolution or res
+    t_shape = (batch, 3, t_res, t_res)
     sdir = run.root / "student"
     base = base_precision(cfg.profile.precisions)       # fp16/bf16 on GPU targets: everything not int8
     backend = profile_backend(cfg.profile, profiled_threads(run))
@@ -97,15 +105,15 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
         _say_if_cores_taken(backend)
     # a GPU target is served by batching requests (Triton, TensorRT profiles): a symbolic batch there
     s_onnx = export_with_plan(student, shape, sdir / "student.onnx", calib, spec.choices, base, dynamic_batch=gpu)
-    t_onnx = export_onnx(teacher.model, shape, sdir / "teacher.onnx", dynamic_batch=gpu)
+    t_onnx = export_onnx(teacher.model, t_shape, sdir / "teacher.onnx", dynamic_batch=gpu)
     if base == "fp16":                                   # side by side at the same base precision
         t_onnx = to_fp16(t_onnx, sdir / "teacher.fp16.onnx")
     onnx_base = "fp16" if base == "fp16" else "fp32"
-    ver = verify_onnx(reference if reference is not None else student, s_onnx, _sample_inputs(eval_loader, batch),
+    ver = verify_onnx(reference if reference is not None else student, s_onnx, _sample_inputs(eval_loader, batch, side=eval_side),
                       "int8" if calib is not None else onnx_base, base=onnx_base,
                       layout=layout_of_calib(calib))
     if backend.name == "torch":                          # the modules themselves, as the profile timed parts
-        t_s, s_s = measure_prepared(backend, backend.prepare_module(teacher.model, shape, base),
+        t_s, s_s = measure_prepared(backend, backend.prepare_module(teacher.model, t_shape, base),
                                     backend.prepare_module(student, shape, base),
                                     max_seconds=max(1.0, cfg.profile.max_seconds))
     else:
@@ -149,7 +157,8 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
                        "engine_top1_agreement": ver.engine_top1_agreement},
             "onnx": str(s_onnx), "engine": str(engine), "triton": str(triton), "report": str(report),
             "student_top1": acc.get("student_top1"), "teacher_top1": acc.get("teacher_top1"),
-            "plain_int8_speedup": plain_int8_speedup(run.root, solution.get("device"))}
+            "plain_int8_speedup": plain_int8_speedup(run.root, solution.get("device")),
+            **({"teacher_resolution": t_res, "student_resolution": res} if t_res != res else {})}
 
 
 def plain_int8_speedup(run_root: Path, device: str | None) -> float | None:

@@ -16,7 +16,8 @@ from ..student.assemble import Choice, StudentSpec, assemble, save_student
 from ..student.stage import build_data, train_student, trained_modules
 
 
-_OMITTED_AT_DEFAULT = {"ema": 0.0, "qat": False, "full_res_steps": 0, "finetune_images": "train"}
+_OMITTED_AT_DEFAULT = {"ema": 0.0, "qat": False, "full_res_steps": 0, "finetune_images": "train",
+                       "teacher_resolution": None}
 
 
 def build_fingerprint(run: RunDir, cfg: RunConfig) -> str:
@@ -56,7 +57,7 @@ def run_build(run: RunDir, cfg: RunConfig, engines_dir: Path | None = None) -> d
     if t.calib is not None:
         atomic.write_json(run.root / STUDENT / INT8_CALIB, t.calib.to_json())
     result = deploy(run, cfg, student, teacher, solution, spec, t.after, data.eval_loader, engines_dir,
-                    calib=t.calib, reference=t.deployed)
+                    calib=t.calib, reference=t.deployed, eval_side=data.eval_side)
     info = {"seconds": round(time.time() - t0, 1), "agreement_assembled": t.before["agreement"],
             "agreement": t.after["agreement"], **result}
     if t.notes.get("eval_split_trained_on"):

@@ -50,8 +50,12 @@ def judge_config(cfg, steps: int):
 
 def training_settings(cfg) -> dict:
     """The build settings a judgement depends on (all but where the engine goes; `finetune_images`
-    is always "train" there, and left out so earlier judgements stay valid)."""
-    return {k: v for k, v in dataclasses.asdict(cfg.build).items() if k not in ("engine_name", "finetune_images")}
+    is always "train" there, and left out so earlier judgements stay valid; so is
+    `teacher_resolution` while unset)."""
+    out = {k: v for k, v in dataclasses.asdict(cfg.build).items() if k not in ("engine_name", "finetune_images")}
+    if out.get("teacher_resolution") is None:
+        out.pop("teacher_resolution", None)
+    return out
 
 
 def selection_key(choices: list[Option], fixed: dict, settings: dict) -> str:

@@ -54,13 +54,14 @@ def full_res_set(cfg: RunConfig, data_config: dict):
 
 def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set, cfg: RunConfig, ckpt_dir: Path,
                      fingerprint: str, steps: int | None = None, lr: float | None = None, device="cpu",
-                     trainable: list | None = None, int8_calib=None, full_set=None) -> dict:
+                     trainable: list | None = None, int8_calib=None, full_set=None,
+                     sides: tuple[int, int] | None = None) -> dict:
     """The build's end-to-end fine-tune of an assembled student, every setting from `cfg.build`
     (steps and lr overridable: benchmarks sweep them; `trainable`: these modules instead of what
     `build.train` names — benchmarks/label_control.py trains the teacher's blocks at a student's
     positions). int8_calib: the int8 parts' ranges (`int8_calibration`) to train through their
     roundings (`build.qat`; `quant/qat.py`), taken off again when it returns. full_set: `full_res_set`,
-    for the last `build.full_res_steps` steps."""
+    for the last `build.full_res_steps` steps. sides: `BuildData.sides`."""
     from ..quant.qat import attach
     from .finetune import finetune
 
@@ -73,7 +74,8 @@ def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set
                         decomposition=d, boundaries=[c.last + 1 for c in ordered], feature_weight=b.feature_weight,
                         bn=b.bn, mixup=b.mixup, ce_weight=b.ce_weight, ema=b.ema,
                         trainable=trainable if trainable is not None else trainable_parts(student, ordered, b.train),
-                        full_set=full_set, full_from=max(0, total - b.full_res_steps), device=device)
+                        full_set=full_set, full_from=max(0, total - b.full_res_steps), device=device,
+                        sides=sides)
     finally:
         if attached is not None:
             attached.remove()
@@ -118,13 +120,22 @@ def int8_plan(student, choices: list[Choice], calib_set, cfg: RunConfig, fixed: 
 class BuildData:
     """What the build trains and measures a student on: the fine-tune's training images (at the
     distillation resolution, and at the deploy resolution for its last steps), un-augmented
-    training images for BN estimation and int8 calibration, and the eval split."""
+    training images for BN estimation and int8 calibration, and the eval split. With
+    `build.teacher_resolution` the fine-tune's images and the eval split come at the teacher's side
+    and `sides` says the student's (during the fine-tune's first steps, from `full_res_steps` on):
+    the student sees them resized (`finetune.student_view`)."""
 
     train: Any
     full: Any
     deploy_train: Any
     eval_loader: Any
     bn_batches: list
+    sides: tuple[int, int] | None = None
+
+    @property
+    def eval_side(self) -> int | None:
+        """The student's side on the eval split's images (None: they are at it already)."""
+        return self.sides[1] if self.sides else None
 
 
 def build_data(cfg: RunConfig, data_config: dict) -> BuildData:
@@ -133,12 +144,23 @@ def build_data(cfg: RunConfig, data_config: dict) -> BuildData:
     from ..data import data_splits
     from ..training import eval_batches
 
-    splits = data_splits(cfg, data_config, train_resolution=cfg.distill.resolution,
-                         train_on_eval=cfg.build.finetune_images == "all")
     # BN estimation and int8 calibration stay on the train split: ranges are not fitted to what is evaluated
     deploy_train = data_splits(cfg, data_config, train_augment=False).train
+    bn_batches = eval_batches(deploy_train, cfg.build.bn_images, cfg.build.batch_size)
+    big = cfg.build.teacher_resolution
+    if big is not None:
+        # one set at the teacher's side serves both phases of the fine-tune: only the student's
+        # side changes at `full_res_steps`, and the same seeded steps draw the same crops
+        run_side = int(data_config["input_size"][-1])
+        splits = data_splits(cfg, data_config, train_resolution=big, resolution=big,
+                             train_on_eval=cfg.build.finetune_images == "all")
+        full = splits.train if cfg.build.full_res_steps > 0 else None
+        return BuildData(splits.train, full, deploy_train, DataLoader(splits.eval, batch_size=32), bn_batches,
+                         sides=(cfg.distill.resolution or run_side, run_side))
+    splits = data_splits(cfg, data_config, train_resolution=cfg.distill.resolution,
+                         train_on_eval=cfg.build.finetune_images == "all")
     return BuildData(splits.train, full_res_set(cfg, data_config), deploy_train, DataLoader(splits.eval, batch_size=32),
-                     eval_batches(deploy_train, cfg.build.bn_images, cfg.build.batch_size))
+                     bn_batches)
 
 
 @dataclass
@@ -163,7 +185,7 @@ def train_student(student, teacher_model, d, choices: list[Choice], fixed: dict,
     from .finetune import agreement, finetune_rejected
 
     b = cfg.build
-    before = agreement(student, teacher_model, data.eval_loader)
+    before = agreement(student, teacher_model, data.eval_loader, data.eval_side)
     ft: dict = {"steps": 0}
     ordered = sorted(choices, key=lambda c: c.first)
     # trained on the eval split (`finetune_images = "all"`), it can no longer judge the fine-tune
@@ -173,11 +195,11 @@ def train_student(student, teacher_model, d, choices: list[Choice], fixed: dict,
         # build.qat: ranges of the assembled student, which its fine-tune learns to round with
         qat = int8_calibration(student, choices, data.deploy_train, cfg, fixed, cache_dir=calib_cache) if b.qat else None
         ft = finetune_student(student, teacher_model, d, ordered, data.train, cfg, ckpt_dir, fingerprint, device=device,
-                              int8_calib=qat, full_set=data.full)
+                              int8_calib=qat, full_set=data.full, sides=data.sides)
         if qat is not None:
             ft["qat_sites"] = len(qat.amax)
     recalibrate(student, ordered, data.bn_batches, b.bn_recalibrate)
-    after = agreement(student, teacher_model, data.eval_loader)
+    after = agreement(student, teacher_model, data.eval_loader, data.eval_side)
     if keep_check and finetune_rejected(before, after, b.ce_weight):
         # with few images a fine-tune can move a good assembly away from the teacher: measured on
         # the eval split, the assembled weights are kept then
@@ -190,5 +212,5 @@ def train_student(student, teacher_model, d, choices: list[Choice], fixed: dict,
         notes["eval_split_trained_on"] = True
     if calib is not None:
         notes["agreement_fp32"] = after
-        after = agreement(deployed, teacher_model, data.eval_loader)    # what is deployed: int8 parts simulated
+        after = agreement(deployed, teacher_model, data.eval_loader, data.eval_side)   # as deployed: int8 simulated
     return Trained(before, after, ft, calib, deployed, notes)
