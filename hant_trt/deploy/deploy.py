@@ -141,7 +141,8 @@ def deploy(run: RunDir, cfg: RunConfig, student, teacher, solution: dict, spec, 
         + [{"slot": "head", "op": "keep", "precision": fixed.get("head", base)}],
         inputs=inputs, outputs=outputs, batch=batch,
         predicted_latency_s=solution.get("predicted_s"), measured_latency_s=s_s,
-        accuracy=acc, teacher={"model": teacher.name, "measured_latency_s": t_s},
+        accuracy=acc, teacher={"model": teacher.name, "measured_latency_s": t_s,
+                                            **({"resolution": t_res} if t_res != res else {})},
         **target_fields(backend),
     )
     write_metadata(engine, meta)

@@ -48,7 +48,8 @@ class EngineMetadata:
         shape with -1 for a dynamic dimension.
     predicted_latency_s: the search's additive prediction; measured_latency_s: timed on the engine.
     accuracy: e.g. {"agreement": 97.1, "student_top1": ..., "teacher_top1": ...} (percent).
-    teacher: e.g. {"model": "efficientnet_lite0", "measured_latency_s": ...}.
+    teacher: e.g. {"model": "efficientnet_lite0", "measured_latency_s": ..., "resolution": 224} (its
+        input side when it is not the student's: `build.teacher_resolution`).
     hant_trt_version: the package version that wrote it.
     """
 
