@@ -321,8 +321,9 @@ def main() -> None:
     t_logits = onnx_logits(models["teacher fp32"], batches)
     rows = []
     for name, path in models.items():
-        logits = t_logits if name == "teacher fp32" else onnx_logits(path, holdout(side_of(path)))
-        rows.append({"model": name, "speedup": 1.0, "side": side_of(path),
+        side = side_of(path)
+        logits = t_logits if name == "teacher fp32" else onnx_logits(path, holdout(side))
+        rows.append({"model": name, "speedup": 1.0, "side": side,
                      "top1": round(100 * float((logits.argmax(1) == labels).mean()), 2),
                      "agreement": round(100 * float((logits.argmax(1) == t_logits.argmax(1)).mean()), 2),
                      **paired_delta(logits.argmax(1) == labels, t_logits.argmax(1) == labels),

@@ -1,7 +1,8 @@
 """Probe: the unchanged teacher at lower input resolutions — holdout top-1 and ORT CPU speed.
 
     .venv/bin/python benchmarks/probe_resolution.py --model efficientnet_lite1 --sizes 240,224,208,192
-        [--holdout DIR] [--calib DIR] [--rounds 9] [--finetune STEPS [--lr 1e-4] [--train DIR]] [--out FILE.json]
+        [--holdout DIR] [--calib DIR] [--rounds 9] [--finetune STEPS [--lr 1e-4] [--train DIR]] [--upsampled]
+        [--out FILE.json]
 
 Why: the first lever a deployment engineer tries is a smaller input, with no training at all. Its
 speed beside its accuracy is the peer any "speed at the teacher's accuracy" has to be read
@@ -19,6 +20,12 @@ crops, all weights, BatchNorm frozen) on the train part of `--train` (the split 
 of the dev images, seed 0; never the holdout), then exported, quantized and timed like the others.
 A network trained at one size sees objects smaller at a smaller input (Touvron et al., "Fixing the
 train-test resolution discrepancy", 2019); a short fine-tune at the new size recovers part of it.
+
+`--upsampled` answers which way a resize may go when the student runs at a smaller side than its
+teacher (`build.teacher_resolution`): the fp32 teacher at the first size, fed each smaller size's
+crops resized up to it (bilinear and bicubic, antialiased), beside the same crops at their own size.
+If the upsampled crops score below the small ones, the teacher's targets must come from the photo at
+the larger side and the student's input be resized down, as `student_view` does.
 """
 
 from __future__ import annotations
@@ -71,6 +78,14 @@ def finetune_at(teacher: torch.nn.Module, train_set, size: int, steps: int, lr: 
     return student.eval()
 
 
+def upsampled(batches: list, side: int, mode: str) -> list:
+    """`batches` ((images, labels) of numpy arrays, as `holdout_batches` gives) resized to `side`."""
+    import torch.nn.functional as F
+
+    return [(F.interpolate(torch.from_numpy(x), size=(side, side), mode=mode, antialias=True,
+                           align_corners=False).numpy(), y) for x, y in batches]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="efficientnet_lite0")
@@ -86,6 +101,8 @@ def main() -> None:
                     help="also a copy of the teacher fine-tuned this many steps at each smaller size")
     ap.add_argument("--lr", type=float, default=1e-4, help="the fine-tune's peak learning rate")
     ap.add_argument("--train", default=str(DATA / "dev"), help="images the fine-tune trains on (its 80 %% split)")
+    ap.add_argument("--upsampled", action="store_true",
+                    help="also the fp32 teacher on each smaller size's crops resized up to the first size")
     a = ap.parse_args()
     from peers import cpu_name, holdout_batches, onnx_logits, ort_ptq
 
@@ -123,6 +140,17 @@ def main() -> None:
                 rows.append({"size": s, "precision": prec, "trained": tag or "no", "top1": round(top1, 1),
                              "images": len(y)})
                 print(f"{s} px {prec} {tag or 'as trained'}: top-1 {top1:.1f} on {len(y)} images", flush=True)
+    ups = []
+    if a.upsampled:
+        for s in sizes[1:]:
+            batches = holdout_batches(a.holdout, {**teacher.data_config, "input_size": (3, s, s)})
+            y = np.concatenate([b[1] for b in batches])
+            for mode in ("bilinear", "bicubic"):
+                top1 = float((onnx_logits(files[(sizes[0], "fp32", "")], upsampled(batches, sizes[0], mode))
+                              .argmax(1) == y).mean() * 100)
+                ups.append({"size": s, "upsampled_to": sizes[0], "resize": mode, "top1": round(top1, 1),
+                            "images": len(y)})
+                print(f"{s} px crops resized ({mode}) to {sizes[0]} px, fp32 teacher: top-1 {top1:.1f}", flush=True)
     backend = get_backend("ort", threads=a.threads)
     ref = backend.prepare(str(files[(sizes[0], "fp32", "")]))
     pairs = time_beside(backend, ref, [backend.prepare(str(files[k])) for k in keys], a.rounds, max_seconds=a.seconds)
@@ -143,7 +171,8 @@ def main() -> None:
         from hant_trt import atomic
 
         atomic.write_json(Path(a.out), {"model": a.model, "cpu": cpu_name(), "rounds": a.rounds,
-                                        "finetune_steps": a.finetune, "lr": a.lr, "rows": rows})
+                                        "finetune_steps": a.finetune, "lr": a.lr, "rows": rows,
+                                        "upsampled": ups})
 
 
 if __name__ == "__main__":

@@ -52,3 +52,14 @@ def test_finetune_at_a_smaller_size_moves_the_copy_towards_the_teacher_and_leave
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     bn_t, bn_s = teacher[1], student[1]
     assert torch.equal(bn_t.running_mean, bn_s.running_mean) and not student.training   # statistics kept
+
+
+def test_upsampled_resizes_each_batch_to_the_side_and_keeps_the_labels():
+    import numpy as np
+
+    x = np.random.default_rng(0).random((4, 3, 26, 26), dtype=np.float32)
+    y = np.arange(4)
+    out = probe.upsampled([(x, y), (x[:2], y[:2])], 32, "bicubic")
+    assert [b[0].shape for b in out] == [(4, 3, 32, 32), (2, 3, 32, 32)]
+    assert np.array_equal(out[0][1], y) and np.array_equal(out[1][1], y[:2])
+    assert abs(float(out[0][0].mean()) - float(x.mean())) < 0.02   # a resize, not a crop or a pad
