@@ -167,6 +167,9 @@ class BuildCfg:
                                     #   on images at this side, the student on the same crops resized to
                                     #   its own: a run at a smaller `teacher.resolution` learns from the
                                     #   teacher at the side it was trained at (None: the run's side)
+    seed: int | None = None         # fine-tune: the seed of its batches and mixup (None: distill.seed, which
+                                    #   draws the train/eval split too); another seed over the same split
+                                    #   says how much of a build's figures is its fine-tune's luck
     engine_name: str | None = None
 
 
@@ -354,7 +357,7 @@ RULES: dict[str, dict[str, Rule]] = {
               "ema": Rule(float, lo=0, hi=1, open_hi=True), "qat": Rule(bool),
               "full_res_steps": Rule(int, lo=0), "finetune_images": Rule(str, choices=("train", "all")),
               "keep_best": Rule(bool), "teacher_resolution": Rule(int, lo=32, optional=True),
-              "engine_name": Rule(str, optional=True)},
+              "seed": Rule(int, lo=0, optional=True), "engine_name": Rule(str, optional=True)},
 }
 
 

@@ -29,6 +29,16 @@ def test_the_judge_never_fine_tunes_on_the_eval_split_it_reads():
     assert training_settings(j) == training_settings(judge_config(config.RunConfig(), 150))
 
 
+def test_the_fine_tunes_own_seed_keys_a_judgement_only_when_set():
+    from hant_trt.student.stage import finetune_seed
+
+    cfg = config.RunConfig()
+    cfg.distill.seed = 4
+    assert "seed" not in training_settings(cfg) and finetune_seed(cfg) == 4
+    cfg.build.seed = 1
+    assert training_settings(cfg)["seed"] == 1 and finetune_seed(cfg) == 1
+
+
 def test_a_judgement_is_keyed_by_the_selection_its_precisions_and_the_settings():
     a = [Option(0, 0, "ir_k3_e4", "int8", 0.1, {}), Option(1, 2, "keep", "fp32", 0.0, {})]
     key = selection_key(a, {"stem": "int8"}, {"build": {"ce_weight": 2.0}})

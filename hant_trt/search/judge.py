@@ -50,11 +50,12 @@ def judge_config(cfg, steps: int):
 
 def training_settings(cfg) -> dict:
     """The build settings a judgement depends on (all but where the engine goes; `finetune_images`
-    is always "train" there, and left out so earlier judgements stay valid; so is
-    `teacher_resolution` while unset)."""
+    is always "train" there, and left out so earlier judgements stay valid; so are
+    `teacher_resolution` and `seed` while unset)."""
     out = {k: v for k, v in dataclasses.asdict(cfg.build).items() if k not in ("engine_name", "finetune_images")}
-    if out.get("teacher_resolution") is None:
-        out.pop("teacher_resolution", None)
+    for unset in ("teacher_resolution", "seed"):
+        if out.get(unset) is None:
+            out.pop(unset, None)
     return out
 
 
@@ -99,7 +100,7 @@ def finetuned_objective(run_root, cfg, steps: int, log: Callable[[str], None] | 
         scfg = jcfg
         if seed is not None:
             scfg = copy.deepcopy(jcfg)
-            scfg.distill.seed = seed
+            scfg.distill.seed = scfg.build.seed = seed
         choices = [Choice(o.first, o.last, o.op, o.precision) for o in blocks]
         student = assemble(d, choices, trained_modules(run_root / CANDIDATES, d, choices))
         ckpt = run_root / JUDGE_DIR / key

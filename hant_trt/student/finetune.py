@@ -216,7 +216,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
         for m in moved:
             m.to("cpu")
     student.eval()
-    return {"steps": steps, "resumed_from": start, "seconds": round(time.time() - t0, 1),
+    return {"steps": steps, "seed": seed, "resumed_from": start, "seconds": round(time.time() - t0, 1),
             "final_loss": losses[-1] if losses else None, "images": len(train_set)}
 
 

@@ -52,6 +52,12 @@ def full_res_set(cfg: RunConfig, data_config: dict):
     return data_splits(cfg, data_config, train_on_eval=cfg.build.finetune_images == "all").train
 
 
+def finetune_seed(cfg: RunConfig) -> int:
+    """The fine-tune's seed: `build.seed`, else `distill.seed` (the split's, so runs before
+    `build.seed` existed fine-tune as they did)."""
+    return cfg.distill.seed if cfg.build.seed is None else cfg.build.seed
+
+
 def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set, cfg: RunConfig, ckpt_dir: Path,
                      fingerprint: str, steps: int | None = None, lr: float | None = None, device="cpu",
                      trainable: list | None = None, int8_calib=None, full_set=None,
@@ -70,7 +76,7 @@ def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set
     attached = attach(student, int8_calib) if int8_calib is not None else None
     try:
         return finetune(student, teacher_model, train_set, total, b.batch_size,
-                        b.finetune_lr if lr is None else lr, ckpt_dir, seed=cfg.distill.seed, fingerprint=fingerprint,
+                        b.finetune_lr if lr is None else lr, ckpt_dir, seed=finetune_seed(cfg), fingerprint=fingerprint,
                         decomposition=d, boundaries=[c.last + 1 for c in ordered], feature_weight=b.feature_weight,
                         bn=b.bn, mixup=b.mixup, ce_weight=b.ce_weight, ema=b.ema,
                         trainable=trainable if trainable is not None else trainable_parts(student, ordered, b.train),
