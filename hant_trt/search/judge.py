@@ -32,7 +32,7 @@ import sys
 from typing import Callable
 
 from .. import atomic
-from ..rundir import file_hash, fingerprint
+from ..rundir import file_hash, fingerprint, without_defaults
 from ..runfiles import CANDIDATES, JUDGE, JUDGE_DIR, SCORES
 from .ilp import Option
 
@@ -53,10 +53,7 @@ def training_settings(cfg) -> dict:
     is always "train" there, and left out so earlier judgements stay valid; so are
     `teacher_resolution` and `seed` while unset)."""
     out = {k: v for k, v in dataclasses.asdict(cfg.build).items() if k not in ("engine_name", "finetune_images")}
-    for unset in ("teacher_resolution", "seed"):
-        if out.get(unset) is None:
-            out.pop(unset, None)
-    return out
+    return without_defaults(out, {"teacher_resolution": None, "seed": None})
 
 
 def selection_key(choices: list[Option], fixed: dict, settings: dict) -> str:
@@ -91,7 +88,7 @@ def finetuned_objective(run_root, cfg, steps: int, log: Callable[[str], None] | 
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
 
     def evaluate(options: list[Option], seed: int | None = None) -> float:
-        """seed: the fine-tune's seed (batches, mixup) instead of `distill.seed`, as the build's."""
+        """seed: the fine-tune's seed (batches, mixup; `build.seed`) instead of the build's own."""
         fixed = {o.op: o.precision for o in options if o.op in ("stem", "head") and (o.first < 0 or o.first >= n_slots)}
         blocks = sorted((o for o in options if 0 <= o.first < n_slots), key=lambda o: o.first)
         key = selection_key(blocks, fixed, settings if seed is None else {**settings, "seed": seed})
@@ -100,7 +97,7 @@ def finetuned_objective(run_root, cfg, steps: int, log: Callable[[str], None] | 
         scfg = jcfg
         if seed is not None:
             scfg = copy.deepcopy(jcfg)
-            scfg.distill.seed = scfg.build.seed = seed
+            scfg.build.seed = seed
         choices = [Choice(o.first, o.last, o.op, o.precision) for o in blocks]
         student = assemble(d, choices, trained_modules(run_root / CANDIDATES, d, choices))
         ckpt = run_root / JUDGE_DIR / key

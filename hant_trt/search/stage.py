@@ -194,8 +194,11 @@ def _refining(solve_fn, run: RunDir, cfg, log: list):
         # only parts that change an operation: excluding an int8 `keep` puts one block back at the
         # base precision, rarely better and one fine-tune each (Lite1: 18 parts, 8 of them ops)
         excludable, measure = (lambda o: o.op != "keep"), "judge objective"  # noqa: E731
+        from ..student.stage import finetune_seed
+
         n = cfg.search.judge_confirm
-        confirm = confirmer(evaluate, [cfg.distill.seed + 1 + k for k in range(n)], MIN_GAIN) if n > 0 else None
+        # seeds the sweep's own fine-tunes did not use
+        confirm = confirmer(evaluate, [finetune_seed(cfg) + 1 + k for k in range(n)], MIN_GAIN) if n > 0 else None
     else:
         evaluate, excludable, measure, confirm = composed_kl(run.root, cfg), None, "KL", None
 
