@@ -69,3 +69,12 @@ def test_a_move_is_confirmed_by_its_mean_gain_on_fresh_seeds_only():
     table[(2, "e4")] = 4.2                                                           # +5 %, −5 %
     ok, detail = confirmer(evaluate, [1, 2], 0.005)(current, proposed)
     assert not ok and detail["gains"] == [0.05, -0.05]
+
+
+def test_confirmations_use_seeds_past_the_builds_own():
+    from hant_trt.search.judge import confirmation_seeds
+
+    cfg = config.RunConfig()
+    assert confirmation_seeds(cfg, 2) == [1, 2]          # distill.seed 0: as before build.seed existed
+    cfg.build.seed = 5
+    assert confirmation_seeds(cfg, 2) == [6, 7]

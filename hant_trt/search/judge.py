@@ -118,6 +118,13 @@ def finetuned_objective(run_root, cfg, steps: int, log: Callable[[str], None] | 
     return evaluate
 
 
+def confirmation_seeds(cfg, n: int) -> list[int]:
+    """`n` fine-tune seeds the sweep's own fine-tunes (the build's seed) did not use."""
+    from ..student.stage import finetune_seed
+
+    return [finetune_seed(cfg) + 1 + k for k in range(n)]
+
+
 def confirmer(evaluate: Callable, seeds: list[int], min_gain: float) -> Callable:
     """confirm(current, proposed) for `refine.exclusions`: both selections judged again with each of
     `seeds` (fine-tune seeds the sweep did not use), accepted when the mean relative gain

@@ -185,7 +185,7 @@ def _refining(solve_fn, run: RunDir, cfg, log: list):
 
     moves = getattr(cfg.search, "refine_moves", "both")
     if _judges_by_finetune(cfg):
-        from .judge import confirmer, finetuned_objective
+        from .judge import confirmation_seeds, confirmer, finetuned_objective
 
         if moves == "swap":
             raise UserError('search.refine_judge = "finetune" judges exclusion moves only: set search.refine_moves '
@@ -194,11 +194,8 @@ def _refining(solve_fn, run: RunDir, cfg, log: list):
         # only parts that change an operation: excluding an int8 `keep` puts one block back at the
         # base precision, rarely better and one fine-tune each (Lite1: 18 parts, 8 of them ops)
         excludable, measure = (lambda o: o.op != "keep"), "judge objective"  # noqa: E731
-        from ..student.stage import finetune_seed
-
         n = cfg.search.judge_confirm
-        # seeds the sweep's own fine-tunes did not use
-        confirm = confirmer(evaluate, [finetune_seed(cfg) + 1 + k for k in range(n)], MIN_GAIN) if n > 0 else None
+        confirm = confirmer(evaluate, confirmation_seeds(cfg, n), MIN_GAIN) if n > 0 else None
     else:
         evaluate, excludable, measure, confirm = composed_kl(run.root, cfg), None, "KL", None
 
