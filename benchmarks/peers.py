@@ -166,6 +166,44 @@ def build_student(run: Path, cfg, budget: str, work: Path, finetune_steps: int |
     return dst / "student" / "student.onnx"
 
 
+def rebuild_student(src: Path, dst: Path, overrides: list[str]) -> Path:
+    """A student of an earlier peers run built again into `dst` under `overrides` (build settings
+    only, e.g. `build.seed=1`), from its own copy of the run: the same pick, fine-tuned again — what
+    one build's figure is worth, measured beside a fresh teacher and plain int8."""
+    from hant_trt.commands import apply_overrides
+    from hant_trt.config import from_dict
+    from hant_trt.deploy.stage import run_build
+    from hant_trt.rundir import RunDir
+
+    if not (dst / "student" / "student.onnx").is_file():
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("student", "triton", "engines", "report*", "*.png",
+                                                                "build.json"))
+        r = RunDir(dst)
+        c = from_dict(r.manifest()["config"])
+        c.run_dir = str(dst)
+        apply_overrides(c, list(overrides))
+        r.update(config=c.to_dict())
+        r.invalidate_from("build")      # with no override its fingerprint would still match
+        run_build(r, c, engines_dir=dst / "engines")
+    return dst / "student" / "student.onnx"
+
+
+def earlier_students(peers_json: Path) -> dict[str, Path]:
+    """Row name → the folder of that student's copy of the run, for every student row of an earlier
+    peers run whose files are still there."""
+    doc = json.loads(peers_json.read_text())
+    out = {}
+    for r in doc["rows"]:
+        f = model_file(peers_json.parent, r["model"]) if r["model"].startswith("hant-trt ") else None
+        if f is None or not (f.parent.parent / "solution.json").is_file():
+            print(f"{r['model']}: no copy of the run beside it, not rebuilt", flush=True)
+            continue
+        out[r["model"]] = f.parent.parent
+    return out
+
+
 def student_details(copy_dir: Path) -> dict:
     """What the search chose for a built copy: predicted speedup and Σ swap-one KL, the replaced
     parts (skips, fused spans) — to read each student's accuracy against what it changed."""
@@ -253,6 +291,9 @@ def main() -> None:
                          "its own 224 when the runs search a smaller input; each student is read at its own")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="config override for the students' copies (repeatable)")
+    ap.add_argument("--picks", metavar="PEERS_JSON", default=None,
+                    help="instead of searching: the students of an earlier peers run, each its own pick built "
+                         "again under --set (build.* only, e.g. build.seed=1: what a single build is worth)")
     ap.add_argument("--report-only", metavar="PEERS_JSON", default=None,
                     help="redo the headline, table and plot of an earlier peers.json (nothing measured)")
     ap.add_argument("--recheck", metavar="PEERS_JSON", default=None,
@@ -274,6 +315,8 @@ def main() -> None:
         return
     if not a.run_dirs:
         ap.error("give at least one run directory (or --report-only PEERS_JSON)")
+    if a.picks and any(not o.startswith("build.") for o in a.set):
+        ap.error("--picks rebuilds the same picks: only build.* settings may change (--set build.KEY=VALUE)")
     runs = [Path(r) for r in a.run_dirs]
     run = runs[0]
     cfg = from_dict(json.loads((run / "run.json").read_text())["config"])
@@ -301,6 +344,13 @@ def main() -> None:
     models["int8 PTQ (hant-trt)"] = our_int8_teacher(run, ref_cfg, teacher, d, out / "teacher.int8.onnx")
     models["int8 PTQ (ORT quantize_static)"] = ort_ptq(models["teacher fp32"], calib, out / "teacher.ort_ptq.onnx")
     details: dict[str, dict] = {}
+    if a.picks:
+        earlier = Path(a.picks)
+        for name, src in earlier_students(earlier).items():
+            onnx = rebuild_student(src, out / "students" / src.relative_to(earlier.parent / "students"), a.set)
+            models[name] = onnx
+            details[name] = student_details(onnx.parent.parent)
+        runs = []
     for r in runs:
         rcfg = from_dict(json.loads((r / "run.json").read_text())["config"])
         tag = f"{r.name} " if len(runs) > 1 else ""

@@ -133,6 +133,33 @@ engine_name = "e2e"
     dims = [[d.dim_value for d in onnx.load(str(run / "student" / f)).graph.input[0].type.tensor_type.shape.dim]
             for f in ("student.onnx", "teacher.onnx")]
     assert dims == [[1, 3, 96, 96], [1, 3, 128, 128]]
+    # benchmarks/peers.py --picks: an earlier peers run's student, its own pick built again under
+    # another fine-tune seed in a folder of its own; the earlier copy left as it was
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    spec_ = importlib.util.spec_from_file_location("peers", Path(__file__).resolve().parents[1] / "benchmarks/peers.py")
+    peers = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(peers)
+    earlier = tmp_path / "peers"
+    shutil.copytree(run, earlier / "students" / "i1.00")
+    (earlier / "peers.json").write_text(json.dumps({"rows": [{"model": "teacher fp32"}, {"model": "hant-trt int8x 1.00"},
+                                                             {"model": "hant-trt int8x 9.00"}]}))
+    found = peers.earlier_students(earlier / "peers.json")
+    assert found == {"hant-trt int8x 1.00": earlier / "students" / "i1.00"}     # 9.00: no files, left out
+    before = (earlier / "students" / "i1.00" / "student" / "spec.json").read_text()
+    onnx_path = peers.rebuild_student(found["hant-trt int8x 1.00"], tmp_path / "again" / "i1.00", ["build.seed=1"])
+    again_dir = tmp_path / "again" / "i1.00"
+    assert onnx_path == again_dir / "student" / "student.onnx" and onnx_path.is_file()
+    cfgs = [json.loads((d / "run.json").read_text()) for d in (earlier / "students" / "i1.00", again_dir)]
+    assert [c["config"]["build"]["seed"] for c in cfgs] == [None, 1]
+    assert cfgs[0]["stages"]["build"]["fingerprint"] != cfgs[1]["stages"]["build"]["fingerprint"]
+    assert cfgs[1]["stages"]["build"]["status"] == "done"
+    assert (again_dir / "solution.json").read_text() == (earlier / "students" / "i1.00" / "solution.json").read_text()
+    assert json.loads((again_dir / "run.json").read_text())["config"]["run_dir"] == str(again_dir)
+    assert (earlier / "students" / "i1.00" / "student" / "spec.json").read_text() == before
+    assert json.loads((again_dir / "build.json").read_text())["verify"]["passed"]
     # a GPU-style plan (fp16 base + int8 choices): the teacher and fixed parts timed at fp16, the
     # final ONNX in fp16 outside the int8/fp32 parts, verified; ORT CPU runs it (slowly)
     # budget: the teacher's own latency, always reachable (fp16 and TensorRT-layout int8 are both slow
