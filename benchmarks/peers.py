@@ -26,7 +26,9 @@ teacher / model per round, median). Prints the table, the Pareto front (speed vs
 headline: hant-trt's speedup over the best plain int8 among the models within 1 point of the
 teacher's top-1, with the quartiles of that factor over the rounds. Writes peers.json and peers.png.
 `--recheck PEERS_JSON` evaluates an earlier run's files again (adding top-1 intervals);
-`--retime PEERS_JSON` times them again, all in the same rounds.
+`--retime PEERS_JSON` times them again, all in the same rounds. `--picks PEERS_JSON` builds an
+earlier run's students again, each its own pick, under `--set build.*` (another fine-tune seed, a
+logits model), beside a fresh teacher and plain int8 from RUN_DIR.
 """
 
 from __future__ import annotations
@@ -195,8 +197,8 @@ def earlier_students(peers_json: Path) -> dict[str, Path]:
     peers run whose files are still there."""
     doc = json.loads(peers_json.read_text())
     out = {}
-    for r in doc["rows"]:
-        f = model_file(peers_json.parent, r["model"]) if r["model"].startswith("hant-trt ") else None
+    for r in (r for r in doc["rows"] if r["model"].startswith("hant-trt ")):
+        f = model_file(peers_json.parent, r["model"])
         if f is None or not (f.parent.parent / "solution.json").is_file():
             print(f"{r['model']}: no copy of the run beside it, not rebuilt", flush=True)
             continue
@@ -291,9 +293,10 @@ def main() -> None:
                          "its own 224 when the runs search a smaller input; each student is read at its own")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="config override for the students' copies (repeatable)")
-    ap.add_argument("--picks", metavar="PEERS_JSON", default=None,
+    ap.add_argument("--picks", metavar="PEERS_JSON", action="append", default=[],
                     help="instead of searching: the students of an earlier peers run, each its own pick built "
-                         "again under --set (build.* only, e.g. build.seed=1: what a single build is worth)")
+                         "again under --set (build.* only, e.g. build.seed=1: what a single build is worth); "
+                         "repeatable, the runs' student names must differ")
     ap.add_argument("--report-only", metavar="PEERS_JSON", default=None,
                     help="redo the headline, table and plot of an earlier peers.json (nothing measured)")
     ap.add_argument("--recheck", metavar="PEERS_JSON", default=None,
@@ -345,11 +348,13 @@ def main() -> None:
     models["int8 PTQ (ORT quantize_static)"] = ort_ptq(models["teacher fp32"], calib, out / "teacher.ort_ptq.onnx")
     details: dict[str, dict] = {}
     if a.picks:
-        earlier = Path(a.picks)
-        for name, src in earlier_students(earlier).items():
-            onnx = rebuild_student(src, out / "students" / src.relative_to(earlier.parent / "students"), a.set)
-            models[name] = onnx
-            details[name] = student_details(onnx.parent.parent)
+        for earlier in map(Path, a.picks):
+            for name, src in earlier_students(earlier).items():
+                if name in models:
+                    raise SystemExit(f"{name}: in two --picks runs; rebuild them in separate peers runs")
+                onnx = rebuild_student(src, out / "students" / src.relative_to(earlier.parent / "students"), a.set)
+                models[name] = onnx
+                details[name] = student_details(onnx.parent.parent)
         runs = []
     for r in runs:
         rcfg = from_dict(json.loads((r / "run.json").read_text())["config"])

@@ -170,6 +170,12 @@ class BuildCfg:
     seed: int | None = None         # fine-tune: the seed of its batches and mixup (None: distill.seed, which
                                     #   draws the train/eval split too); another seed over the same split
                                     #   says how much of a build's figures is its fine-tune's luck
+    kd_model: str | None = None     # fine-tune: the logits the student learns from come from this model
+                                    #   instead of the teacher (e.g. "efficientnet_lite1", a stronger model
+                                    #   of the same input normalisation); the feature-map targets, the eval
+                                    #   split's figures and everything the build compares with stay the
+                                    #   teacher's (None: the teacher's logits)
+    kd_weights: str = "default"     # its weights, as `teacher.weights` takes them (e.g. "offline-lite1")
     engine_name: str | None = None
 
 
@@ -357,7 +363,8 @@ RULES: dict[str, dict[str, Rule]] = {
               "ema": Rule(float, lo=0, hi=1, open_hi=True), "qat": Rule(bool),
               "full_res_steps": Rule(int, lo=0), "finetune_images": Rule(str, choices=("train", "all")),
               "keep_best": Rule(bool), "teacher_resolution": Rule(int, lo=32, optional=True),
-              "seed": Rule(int, lo=0, optional=True), "engine_name": Rule(str, optional=True)},
+              "seed": Rule(int, lo=0, optional=True), "kd_model": Rule(str, optional=True),
+              "kd_weights": Rule(str), "engine_name": Rule(str, optional=True)},
 }
 
 

@@ -331,6 +331,54 @@ def test_finetune_teacher_sees_its_own_side_and_the_student_its_own(tmp_path):
     assert student_view(torch.ones(1, 3, 20, 20), 13).allclose(torch.ones(1, 3, 13, 13))   # antialiased, no ringing
 
 
+def test_finetune_learns_the_logits_of_the_kd_model_and_the_features_of_the_teacher(tmp_path):
+    """`build.kd_model`: each step the logits come from that model, on the teacher's images, the
+    feature-map targets from the teacher; trained on its logits alone, the student moves towards
+    it and away from the teacher."""
+    import torch.nn.functional as F
+
+    d, teacher, student = _chain()
+    torch.manual_seed(1)
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 5))
+    seen = {"other": [], "capture": [], "teacher": []}
+    other.register_forward_pre_hook(lambda m, a: seen["other"].append(a[0].shape[-1]))
+    teacher.register_forward_pre_hook(lambda m, a: seen["teacher"].append(a[0].shape[-1]))
+    d.blocks[1].register_forward_pre_hook(lambda m, a: seen["capture"].append(a[0].shape[-1]))
+    data = [(torch.randn(3, 16, 16), i % 5) for i in range(16)]
+    finetune(student, teacher, data, 3, 4, 1e-2, tmp_path / "f", fingerprint="f", decomposition=d,
+             boundaries=[1, 2], logits_teacher=other, sides=(12, 12))
+    assert seen == {"other": [16] * 3, "capture": [12] * 3, "teacher": []}
+    assert not any(p.requires_grad for p in other.parameters()) and not other.training
+
+    x = torch.stack([x for x, _ in data])
+
+    def kl(a, b):
+        return float(F.kl_div(F.log_softmax(a(x), 1), F.log_softmax(b(x), 1), reduction="batchmean", log_target=True))
+
+    with torch.no_grad():
+        before = kl(student, other), kl(student, teacher)
+    finetune(student, teacher, data, 60, 8, 3e-2, tmp_path / "g", fingerprint="g", ce_weight=0.0, logits_teacher=other)
+    with torch.no_grad():
+        after = kl(student, other), kl(student, teacher)
+    assert after[0] < 0.5 * before[0] and after[1] > before[1], (before, after)
+
+
+def test_kd_model_must_normalise_as_the_teacher_does():
+    """A logits model reading the teacher's images must expect them: another mean/std is refused."""
+    from hant_trt.config import RunConfig
+    from hant_trt.errors import UserError
+    from hant_trt.student.stage import kd_logits_model
+
+    cfg = RunConfig()
+    imagenet = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert kd_logits_model(cfg, imagenet) is None
+    cfg.build.kd_model, cfg.build.kd_weights = "efficientnet_lite1", "random"
+    assert not kd_logits_model(cfg, imagenet).training
+    with pytest.raises(UserError, match="normalises its input with mean"):
+        kd_logits_model(cfg, {"mean": [0.5] * 3, "std": [0.5] * 3})
+
+
 def test_build_data_at_the_teachers_side(lite0, tmp_path):
     """build.teacher_resolution: the fine-tune's set and the eval split at the teacher's side, one
     set for both phases of the fine-tune, the student's sides (distill.resolution, the run's); BN

@@ -85,6 +85,10 @@ def test_build_options_left_out_at_their_default_still_count_when_set(tmp_path):
     assert build_fingerprint(run, cfg) != plain
     cfg.build.ema, cfg.build.seed = 0.0, 0
     assert build_fingerprint(run, cfg) != plain        # set, even to distill.seed's value, it is a choice made
+    cfg.build.seed = None
+    assert build_fingerprint(run, cfg) == plain
+    cfg.build.kd_model = "efficientnet_lite1"
+    assert build_fingerprint(run, cfg) != plain
 
 
 def test_a_search_judged_by_fine_tunes_is_redone_when_the_build_trains_otherwise(tmp_path):

@@ -17,7 +17,7 @@ from ..student.stage import build_data, train_student, trained_modules
 
 
 _OMITTED_AT_DEFAULT = {"ema": 0.0, "qat": False, "full_res_steps": 0, "finetune_images": "train",
-                       "teacher_resolution": None, "seed": None}
+                       "teacher_resolution": None, "seed": None, "kd_model": None, "kd_weights": "default"}
 
 
 def build_fingerprint(run: RunDir, cfg: RunConfig) -> str:

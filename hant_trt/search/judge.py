@@ -51,9 +51,9 @@ def judge_config(cfg, steps: int):
 def training_settings(cfg) -> dict:
     """The build settings a judgement depends on (all but where the engine goes; `finetune_images`
     is always "train" there, and left out so earlier judgements stay valid; so are
-    `teacher_resolution` and `seed` while unset)."""
+    `teacher_resolution`, `seed`, `kd_model` and `kd_weights` while unset)."""
     out = {k: v for k, v in dataclasses.asdict(cfg.build).items() if k not in ("engine_name", "finetune_images")}
-    return without_defaults(out, {"teacher_resolution": None, "seed": None})
+    return without_defaults(out, {"teacher_resolution": None, "seed": None, "kd_model": None, "kd_weights": "default"})
 
 
 def selection_key(choices: list[Option], fixed: dict, settings: dict) -> str:

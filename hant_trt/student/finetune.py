@@ -87,7 +87,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
              feature_weight: float = 1.0, bn: str = "frozen", mixup: float = 0.0, ce_weight: float = 0.5,
              trainable: list[nn.Module] | None = None, ema: float = 0.0,
              full_set=None, full_from: int | None = None, device: str | torch.device = "cpu",
-             sides: tuple[int, int] | None = None) -> dict:
+             sides: tuple[int, int] | None = None, logits_teacher: nn.Module | None = None) -> dict:
     """Fine-tune `student` in place; resumes from `ckpt_dir` when it holds the same fingerprint.
 
     decomposition + boundaries: the teacher's Decomposition and, per student part, the index of the
@@ -108,6 +108,8 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
     sides: (before full_from, from it on) the student's input side when the batches come at the
     teacher's own (`build.teacher_resolution`): the teacher's logits are taken on them as they are,
     the student and the feature-map targets on `student_view`s of them.
+    logits_teacher: the logits the student learns come from this model (on the teacher's images)
+    instead of the teacher (`build.kd_model`); the feature-map targets stay the teacher's.
     device: where to train; on CUDA in mixed precision (bf16 autocast, or fp16 with gradient scaling
     on GPUs without bf16). Student
     and teacher are back on the CPU when it returns.
@@ -121,10 +123,13 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
         return {"steps": 0, "skipped": "nothing to train"}
     dev = torch.device(device)
     amp, amp_dtype = autocast_of(dev)
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    moved = [student, teacher] + ([decomposition.stem, decomposition.head, *decomposition.blocks] if use_feats else [])
+    logits_from = teacher if logits_teacher is None else logits_teacher
+    for m in {id(teacher): teacher, id(logits_from): logits_from}.values():
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+    moved = ([student, teacher] + ([logits_teacher] if logits_teacher is not None else [])
+             + ([decomposition.stem, decomposition.head, *decomposition.blocks] if use_feats else []))
     for m in moved:
         m.to(dev)
     frozen = [p for p in student.parameters() if p.requires_grad and id(p) not in params]
@@ -172,16 +177,16 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
             with torch.autocast("cuda", dtype=amp_dtype, enabled=amp):
                 if use_feats:
                     acts, t_logits = capture(decomposition, x)
-                    if x_teacher is not x:
+                    if x_teacher is not x or logits_teacher is not None:
                         with torch.no_grad():
-                            t_logits = teacher(x_teacher)
+                            t_logits = logits_from(x_teacher)
                     feats, logits = student_features(student, x)
                     f_loss = sum(normalised_mse(f.float(), acts[b].float()) for f, b in zip(feats, boundaries)) / len(feats)
                     loss = (kd_loss(logits.float(), t_logits.float(), y, ce_weight=ce_weight, mixed=mixed)
                             + feature_weight * f_loss)
                 else:
                     with torch.no_grad():
-                        t_logits = teacher(x_teacher)
+                        t_logits = logits_from(x_teacher)
                     loss = kd_loss(student(x).float(), t_logits.float(), y, ce_weight=ce_weight,
                                    mixed=mixed)
             scaler.scale(loss).backward()

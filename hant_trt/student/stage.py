@@ -58,16 +58,36 @@ def finetune_seed(cfg: RunConfig) -> int:
     return cfg.distill.seed if cfg.build.seed is None else cfg.build.seed
 
 
+def kd_logits_model(cfg: RunConfig, data_config: dict):
+    """`build.kd_model` in eval mode (None when unset): the model whose logits the fine-tune's
+    student learns from instead of the teacher's. It reads the fine-tune's images as they come, so
+    it must normalise its input as the teacher does."""
+    from ..errors import UserError
+    from ..teacher.load import load_teacher
+
+    b = cfg.build
+    if b.kd_model is None:
+        return None
+    kd = load_teacher(b.kd_model, b.kd_weights)
+    for key in ("mean", "std"):
+        ours, theirs = [round(float(v), 4) for v in data_config[key]], [round(float(v), 4) for v in kd.data_config[key]]
+        if ours != theirs:
+            raise UserError(f"build.kd_model '{b.kd_model}' normalises its input with {key} {theirs}, the teacher with "
+                            f"{ours}: its logits would be taken on images it does not expect")
+    return kd.model
+
+
 def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set, cfg: RunConfig, ckpt_dir: Path,
                      fingerprint: str, steps: int | None = None, lr: float | None = None, device="cpu",
                      trainable: list | None = None, int8_calib=None, full_set=None,
-                     sides: tuple[int, int] | None = None) -> dict:
+                     sides: tuple[int, int] | None = None, logits_teacher=None) -> dict:
     """The build's end-to-end fine-tune of an assembled student, every setting from `cfg.build`
     (steps and lr overridable: benchmarks sweep them; `trainable`: these modules instead of what
     `build.train` names — benchmarks/label_control.py trains the teacher's blocks at a student's
     positions). int8_calib: the int8 parts' ranges (`int8_calibration`) to train through their
     roundings (`build.qat`; `quant/qat.py`), taken off again when it returns. full_set: `full_res_set`,
-    for the last `build.full_res_steps` steps. sides: `BuildData.sides`."""
+    for the last `build.full_res_steps` steps. sides: `BuildData.sides`. logits_teacher:
+    `BuildData.logits_teacher`."""
     from ..quant.qat import attach
     from .finetune import finetune
 
@@ -81,7 +101,7 @@ def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set
                         bn=b.bn, mixup=b.mixup, ce_weight=b.ce_weight, ema=b.ema,
                         trainable=trainable if trainable is not None else trainable_parts(student, ordered, b.train),
                         full_set=full_set, full_from=max(0, total - b.full_res_steps), device=device,
-                        sides=sides)
+                        sides=sides, logits_teacher=logits_teacher)
     finally:
         if attached is not None:
             attached.remove()
@@ -129,7 +149,8 @@ class BuildData:
     training images for BN estimation and int8 calibration, and the eval split. With
     `build.teacher_resolution` the fine-tune's images and the eval split come at the teacher's side
     and `sides` says the student's (during the fine-tune's first steps, from `full_res_steps` on):
-    the student sees them resized (`finetune.student_view`)."""
+    the student sees them resized (`finetune.student_view`). logits_teacher: `build.kd_model`, whose
+    logits the fine-tune learns from instead of the teacher's (None: the teacher's)."""
 
     train: Any
     full: Any
@@ -137,6 +158,7 @@ class BuildData:
     eval_loader: Any
     bn_batches: list
     sides: tuple[int, int] | None = None
+    logits_teacher: Any = None
 
     @property
     def eval_side(self) -> int | None:
@@ -153,6 +175,7 @@ def build_data(cfg: RunConfig, data_config: dict) -> BuildData:
     # BN estimation and int8 calibration stay on the train split: ranges are not fitted to what is evaluated
     deploy_train = data_splits(cfg, data_config, train_augment=False).train
     bn_batches = eval_batches(deploy_train, cfg.build.bn_images, cfg.build.batch_size)
+    kd = kd_logits_model(cfg, data_config)
     big = cfg.build.teacher_resolution
     if big is not None:
         # one set at the teacher's side serves both phases of the fine-tune: only the student's
@@ -162,11 +185,11 @@ def build_data(cfg: RunConfig, data_config: dict) -> BuildData:
                              train_on_eval=cfg.build.finetune_images == "all")
         full = splits.train if cfg.build.full_res_steps > 0 else None
         return BuildData(splits.train, full, deploy_train, DataLoader(splits.eval, batch_size=32), bn_batches,
-                         sides=(cfg.distill.resolution or run_side, run_side))
+                         sides=(cfg.distill.resolution or run_side, run_side), logits_teacher=kd)
     splits = data_splits(cfg, data_config, train_resolution=cfg.distill.resolution,
                          train_on_eval=cfg.build.finetune_images == "all")
     return BuildData(splits.train, full_res_set(cfg, data_config), deploy_train, DataLoader(splits.eval, batch_size=32),
-                     bn_batches)
+                     bn_batches, logits_teacher=kd)
 
 
 @dataclass
@@ -201,9 +224,11 @@ def train_student(student, teacher_model, d, choices: list[Choice], fixed: dict,
         # build.qat: ranges of the assembled student, which its fine-tune learns to round with
         qat = int8_calibration(student, choices, data.deploy_train, cfg, fixed, cache_dir=calib_cache) if b.qat else None
         ft = finetune_student(student, teacher_model, d, ordered, data.train, cfg, ckpt_dir, fingerprint, device=device,
-                              int8_calib=qat, full_set=data.full, sides=data.sides)
+                              int8_calib=qat, full_set=data.full, sides=data.sides, logits_teacher=data.logits_teacher)
         if qat is not None:
             ft["qat_sites"] = len(qat.amax)
+        if b.kd_model is not None:
+            ft["logits_from"] = f"{b.kd_model} ({b.kd_weights})"
     recalibrate(student, ordered, data.bn_batches, b.bn_recalibrate)
     after = agreement(student, teacher_model, data.eval_loader, data.eval_side)
     if keep_check and finetune_rejected(before, after, b.ce_weight):
