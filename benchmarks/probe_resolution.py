@@ -1,8 +1,8 @@
 """Probe: the unchanged teacher at lower input resolutions — holdout top-1 and ORT CPU speed.
 
     .venv/bin/python benchmarks/probe_resolution.py --model efficientnet_lite1 --sizes 240,224,208,192
-        [--holdout DIR] [--calib DIR] [--rounds 9] [--finetune STEPS [--lr 1e-4] [--train DIR]] [--upsampled]
-        [--out FILE.json]
+        [--holdout DIR] [--calib DIR] [--rounds 9] [--finetune STEPS [--lr 1e-4] [--train DIR]
+        [--kd-model NAME --kd-weights W]] [--upsampled] [--out FILE.json]
 
 Why: the first lever a deployment engineer tries is a smaller input, with no training at all. Its
 speed beside its accuracy is the peer any "speed at the teacher's accuracy" has to be read
@@ -20,6 +20,10 @@ crops, all weights, BatchNorm frozen) on the train part of `--train` (the split 
 of the dev images, seed 0; never the holdout), then exported, quantized and timed like the others.
 A network trained at one size sees objects smaller at a smaller input (Touvron et al., "Fixing the
 train-test resolution discrepancy", 2019); a short fine-tune at the new size recovers part of it.
+With `--kd-model` the fine-tune's logits come from that model instead (on the same crops at the
+teacher's size, as `build.kd_model` gives a student's), and the first size is fine-tuned too: the
+control for a student fine-tuned from a stronger model — what that model adds to the unchanged
+teacher.
 
 `--upsampled` answers which way a resize may go when the student runs at a smaller side than its
 teacher (`build.teacher_resolution`): the fp32 teacher at the first size, fed each smaller size's
@@ -45,11 +49,12 @@ DATA = ROOT.parent / "shared" / "data" / "imagenet-sample"
 
 
 def finetune_at(teacher: torch.nn.Module, train_set, size: int, steps: int, lr: float, batch_size: int = 16,
-                seed: int = 0, ce_weight: float = 0.5) -> torch.nn.Module:
+                seed: int = 0, ce_weight: float = 0.5, logits_from: torch.nn.Module | None = None) -> torch.nn.Module:
     """A copy of `teacher` fine-tuned for `size` px inputs: each step's crops (at the teacher's own
     size, from `train_set`) go to the teacher as they are and to the copy resized to `size`; the loss
     is the fine-tune's (`kd_loss`: KL to the teacher's logits + `ce_weight` × CE on labels). All
-    weights train, BatchNorm keeps the teacher's statistics (batches of 16 are noisier than those)."""
+    weights train, BatchNorm keeps the teacher's statistics (batches of 16 are noisier than those).
+    logits_from: the targets' model instead of the teacher (`--kd-model`)."""
     import copy
 
     import torch.nn.functional as F
@@ -65,7 +70,7 @@ def finetune_at(teacher: torch.nn.Module, train_set, size: int, steps: int, lr: 
         for step in range(steps):
             x, y = labelled_batch_for_step(train_set, step, batch_size, seed)
             with torch.no_grad():
-                target = teacher(x)
+                target = (teacher if logits_from is None else logits_from)(x)
             small = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, steps, lr, warmup=10)
@@ -101,6 +106,9 @@ def main() -> None:
                     help="also a copy of the teacher fine-tuned this many steps at each smaller size")
     ap.add_argument("--lr", type=float, default=1e-4, help="the fine-tune's peak learning rate")
     ap.add_argument("--train", default=str(DATA / "dev"), help="images the fine-tune trains on (its 80 %% split)")
+    ap.add_argument("--kd-model", default=None, help="the fine-tune's logits from this model (and the first size "
+                                                      "fine-tuned too), e.g. efficientnet_lite1")
+    ap.add_argument("--kd-weights", default="default", help="its weights, as --weights takes them")
     ap.add_argument("--upsampled", action="store_true",
                     help="also the fp32 teacher on each smaller size's crops resized up to the first size")
     a = ap.parse_args()
@@ -120,6 +128,14 @@ def main() -> None:
         from hant_trt.data import make_splits
 
         train_set = make_splits(a.train, None, teacher.data_config, eval_fraction=0.2, seed=0).train
+    kd = None
+    if a.kd_model:
+        if not a.finetune:
+            ap.error("--kd-model is the fine-tune's: give --finetune STEPS")
+        kd = load_teacher(a.kd_model, a.kd_weights)
+        if [kd.data_config[k] for k in ("mean", "std")] != [teacher.data_config[k] for k in ("mean", "std")]:
+            ap.error(f"{a.kd_model} normalises its input otherwise than {a.model}")
+        kd = kd.model
     work = Path(tempfile.mkdtemp(prefix="probe_res_"))
     files, rows, keys = {}, [], []
     for s in sizes:
@@ -128,11 +144,12 @@ def main() -> None:
         batches = holdout_batches(a.holdout, dc)
         y = np.concatenate([b[1] for b in batches])
         models = [("", teacher.model)]
-        if train_set is not None and s < sizes[0]:
-            models.append((f"ft{a.finetune}", finetune_at(teacher.model, train_set, s, a.finetune, a.lr)))
+        if train_set is not None and (s < sizes[0] or kd is not None):
+            tag = f"ft{a.finetune}" + (f" from {a.kd_model}" if kd is not None else "")
+            models.append((tag, finetune_at(teacher.model, train_set, s, a.finetune, a.lr, logits_from=kd)))
         for tag, model in models:
-            fp32 = export_onnx(model, (1, 3, s, s), work / f"fp32_{s}{tag}.onnx")
-            int8 = ort_ptq(fp32, calib, work / f"int8_{s}{tag}.onnx")
+            fp32 = export_onnx(model, (1, 3, s, s), work / f"fp32_{s}{tag.replace(' ', '_')}.onnx")
+            int8 = ort_ptq(fp32, calib, work / f"int8_{s}{tag.replace(' ', '_')}.onnx")
             for prec, path in (("fp32", fp32), ("int8", int8)):
                 top1 = float((onnx_logits(path, batches).argmax(1) == y).mean() * 100)
                 files[(s, prec, tag)] = path
@@ -171,7 +188,7 @@ def main() -> None:
         from hant_trt import atomic
 
         atomic.write_json(Path(a.out), {"model": a.model, "cpu": cpu_name(), "rounds": a.rounds,
-                                        "finetune_steps": a.finetune, "lr": a.lr, "rows": rows,
+                                        "finetune_steps": a.finetune, "lr": a.lr, "kd_model": a.kd_model, "rows": rows,
                                         "upsampled": ups})
 
 

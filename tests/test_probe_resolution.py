@@ -54,6 +54,24 @@ def test_finetune_at_a_smaller_size_moves_the_copy_towards_the_teacher_and_leave
     assert torch.equal(bn_t.running_mean, bn_s.running_mean) and not student.training   # statistics kept
 
 
+def test_finetune_at_with_a_kd_model_learns_its_logits_not_the_teachers(monkeypatch):
+    """`--kd-model`: the copy of the teacher learns the other model's answers, at the teacher's size."""
+    monkeypatch.setenv("HANT_TRT_NO_PROGRESS", "1")
+    teacher, data = _net(), Crops()
+    torch.manual_seed(3)
+    other = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 5)).eval()
+    x = data.x
+
+    def kl(model, target):
+        with torch.no_grad():
+            return torch.nn.functional.kl_div(torch.log_softmax(model(x), 1), torch.log_softmax(target(x), 1),
+                                              log_target=True, reduction="batchmean").item()
+
+    student = probe.finetune_at(teacher, data, 32, steps=60, lr=3e-3, batch_size=16, ce_weight=0.0, logits_from=other)
+    assert kl(student, other) < 0.5 * kl(teacher, other) and kl(student, teacher) > 0.05
+
+
 def test_upsampled_resizes_each_batch_to_the_side_and_keeps_the_labels():
     import numpy as np
 
