@@ -364,19 +364,22 @@ def test_finetune_learns_the_logits_of_the_kd_model_and_the_features_of_the_teac
     assert after[0] < 0.5 * before[0] and after[1] > before[1], (before, after)
 
 
-def test_kd_model_must_normalise_as_the_teacher_does():
-    """A logits model reading the teacher's images must expect them: another mean/std is refused."""
+def test_kd_model_must_normalise_as_the_teacher_does_and_share_its_classes():
+    """A logits model reading the teacher's images must expect them, and answer in the teacher's
+    classes: another mean/std or class count is refused."""
     from hant_trt.config import RunConfig
     from hant_trt.errors import UserError
     from hant_trt.student.stage import kd_logits_model
 
     cfg = RunConfig()
-    imagenet = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    imagenet = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "num_classes": 1000}
     assert kd_logits_model(cfg, imagenet) is None
     cfg.build.kd_model, cfg.build.kd_weights = "efficientnet_lite1", "random"
     assert not kd_logits_model(cfg, imagenet).training
     with pytest.raises(UserError, match="normalises its input with mean"):
-        kd_logits_model(cfg, {"mean": [0.5] * 3, "std": [0.5] * 3})
+        kd_logits_model(cfg, {**imagenet, "mean": [0.5] * 3})
+    with pytest.raises(UserError, match="1000 classes, the teacher 10"):
+        kd_logits_model(cfg, {**imagenet, "num_classes": 10})
 
 
 def test_build_data_at_the_teachers_side(lite0, tmp_path):

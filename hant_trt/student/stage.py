@@ -69,6 +69,9 @@ def kd_logits_model(cfg: RunConfig, data_config: dict):
     if b.kd_model is None:
         return None
     kd = load_teacher(b.kd_model, b.kd_weights)
+    if kd.data_config.get("num_classes") != data_config.get("num_classes"):
+        raise UserError(f"build.kd_model '{b.kd_model}' has {kd.data_config.get('num_classes')} classes, the teacher "
+                        f"{data_config.get('num_classes')}: its logits are not the teacher's classes")
     for key in ("mean", "std"):
         ours, theirs = [round(float(v), 4) for v in data_config[key]], [round(float(v), 4) for v in kd.data_config[key]]
         if ours != theirs:
