@@ -132,10 +132,16 @@ def main() -> None:
     if a.kd_model:
         if not a.finetune:
             ap.error("--kd-model is the fine-tune's: give --finetune STEPS")
-        kd = load_teacher(a.kd_model, a.kd_weights)
-        if [kd.data_config[k] for k in ("mean", "std")] != [teacher.data_config[k] for k in ("mean", "std")]:
-            ap.error(f"{a.kd_model} normalises its input otherwise than {a.model}")
-        kd = kd.model
+        from hant_trt.config import RunConfig
+        from hant_trt.errors import UserError
+        from hant_trt.student.stage import kd_logits_model
+
+        kcfg = RunConfig()
+        kcfg.build.kd_model, kcfg.build.kd_weights = a.kd_model, a.kd_weights
+        try:        # the build's own loader and checks (same normalisation, same classes)
+            kd = kd_logits_model(kcfg, teacher.data_config)
+        except UserError as exc:
+            ap.error(str(exc))
     work = Path(tempfile.mkdtemp(prefix="probe_res_"))
     files, rows, keys = {}, [], []
     for s in sizes:

@@ -179,6 +179,11 @@ class BuildCfg:
     engine_name: str | None = None
 
 
+# Build options added after runs were saved, left out of the build's and the judge's fingerprints
+# while unset, so those runs and judgements stay valid: one list for both
+BUILD_OPT_INS = {"teacher_resolution": None, "seed": None, "kd_model": None, "kd_weights": "default"}
+
+
 @dataclass
 class RunConfig:
     run_dir: str = "runs/demo"

@@ -9,15 +9,14 @@ import time
 from pathlib import Path
 
 from .. import atomic
-from ..config import RunConfig
+from ..config import BUILD_OPT_INS, RunConfig
 from ..rundir import RunDir, stage_fingerprint, without_defaults
 from ..runfiles import BUILD, CANDIDATES, INT8_CALIB, SOLUTION, STUDENT
 from ..student.assemble import Choice, StudentSpec, assemble, save_student
 from ..student.stage import build_data, train_student, trained_modules
 
 
-_OMITTED_AT_DEFAULT = {"ema": 0.0, "qat": False, "full_res_steps": 0, "finetune_images": "train",
-                       "teacher_resolution": None, "seed": None, "kd_model": None, "kd_weights": "default"}
+_OMITTED_AT_DEFAULT = {"ema": 0.0, "qat": False, "full_res_steps": 0, "finetune_images": "train", **BUILD_OPT_INS}
 
 
 def build_fingerprint(run: RunDir, cfg: RunConfig) -> str:

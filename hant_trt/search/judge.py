@@ -32,6 +32,7 @@ import sys
 from typing import Callable
 
 from .. import atomic
+from ..config import BUILD_OPT_INS
 from ..rundir import file_hash, fingerprint, without_defaults
 from ..runfiles import CANDIDATES, JUDGE, JUDGE_DIR, SCORES
 from .ilp import Option
@@ -51,9 +52,9 @@ def judge_config(cfg, steps: int):
 def training_settings(cfg) -> dict:
     """The build settings a judgement depends on (all but where the engine goes; `finetune_images`
     is always "train" there, and left out so earlier judgements stay valid; so are
-    `teacher_resolution`, `seed`, `kd_model` and `kd_weights` while unset)."""
+    the later opt-ins, `config.BUILD_OPT_INS`, while unset)."""
     out = {k: v for k, v in dataclasses.asdict(cfg.build).items() if k not in ("engine_name", "finetune_images")}
-    return without_defaults(out, {"teacher_resolution": None, "seed": None, "kd_model": None, "kd_weights": "default"})
+    return without_defaults(out, BUILD_OPT_INS)
 
 
 def selection_key(choices: list[Option], fixed: dict, settings: dict) -> str:

@@ -124,7 +124,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_set, steps: int, batc
     dev = torch.device(device)
     amp, amp_dtype = autocast_of(dev)
     logits_from = teacher if logits_teacher is None else logits_teacher
-    for m in {id(teacher): teacher, id(logits_from): logits_from}.values():
+    for m in (m for m in (teacher, logits_teacher) if m is not None):
         m.eval()
         for p in m.parameters():
             p.requires_grad_(False)
