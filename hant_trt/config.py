@@ -176,12 +176,18 @@ class BuildCfg:
                                     #   split's figures and everything the build compares with stay the
                                     #   teacher's (None: the teacher's logits)
     kd_weights: str = "default"     # its weights, as `teacher.weights` takes them (e.g. "offline-lite1")
+    polish_steps: int = 0           # after the fine-tune, this many steps more in which every weight trains,
+                                    #   at the deploy resolution, on the logits alone (the kd model's when
+                                    #   set; no feature-map pull), at `polish_lr`: the student as a whole moves
+                                    #   to its logits target once its replaced parts have settled (0: off)
+    polish_lr: float = 1e-4
     engine_name: str | None = None
 
 
 # Build options added after runs were saved, left out of the build's and the judge's fingerprints
 # while unset, so those runs and judgements stay valid: one list for both
-BUILD_OPT_INS = {"teacher_resolution": None, "seed": None, "kd_model": None, "kd_weights": "default"}
+BUILD_OPT_INS = {"teacher_resolution": None, "seed": None, "kd_model": None, "kd_weights": "default",
+                 "polish_steps": 0, "polish_lr": 1e-4}
 
 
 @dataclass
@@ -369,7 +375,8 @@ RULES: dict[str, dict[str, Rule]] = {
               "full_res_steps": Rule(int, lo=0), "finetune_images": Rule(str, choices=("train", "all")),
               "keep_best": Rule(bool), "teacher_resolution": Rule(int, lo=32, optional=True),
               "seed": Rule(int, lo=0, optional=True), "kd_model": Rule(str, optional=True),
-              "kd_weights": Rule(str), "engine_name": Rule(str, optional=True)},
+              "kd_weights": Rule(str), "polish_steps": Rule(int, lo=0), "polish_lr": Rule(float, **POSITIVE),
+              "engine_name": Rule(str, optional=True)},
 }
 
 

@@ -405,3 +405,44 @@ def test_build_data_at_the_teachers_side(lite0, tmp_path):
     cfg.build.teacher_resolution = None
     plain = build_data(validate(cfg), run_side)
     assert plain.sides is None and plain.eval_side is None and plain.train[0][0].shape == (3, 64, 64)
+
+
+def test_polish_trains_every_weight_on_the_kd_models_logits_at_the_deploy_side(tmp_path):
+    """`build.polish_steps`: after the fine-tune, every weight of the student trains (not only the
+    replaced part), on the deploy-side images (`BuildData.full`, the student at `sides[1]`), on the
+    logits of `build.kd_model` alone: no feature-map targets are taken from the teacher."""
+    from hant_trt.config import RunConfig
+    from hant_trt.student.stage import BuildData, polish_student
+
+    d, teacher, student = _chain()
+    torch.manual_seed(1)
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 5))
+    seen = {"other": [], "student": [], "capture": [], "teacher": []}
+    other.register_forward_pre_hook(lambda m, a: seen["other"].append(a[0].shape[-1]))
+    student.register_forward_pre_hook(lambda m, a: seen["student"].append(a[0].shape[-1]))
+    teacher.register_forward_pre_hook(lambda m, a: seen["teacher"].append(a[0].shape[-1]))
+    d.blocks[1].register_forward_pre_hook(lambda m, a: seen["capture"].append(a[0].shape[-1]))
+    small = [(torch.randn(3, 12, 12), i % 5) for i in range(16)]
+    full = [(torch.randn(3, 16, 16), i % 5) for i in range(16)]
+    cfg = RunConfig()
+    cfg.build.polish_steps, cfg.build.polish_lr, cfg.build.batch_size = 3, 1e-2, 4
+    start = {k: v.clone() for k, v in student.state_dict().items() if v.dtype.is_floating_point}
+    data = BuildData(small, full, small, None, [], sides=(10, 14), logits_teacher=other)
+    out = polish_student(student, teacher, data, cfg, tmp_path / "p", "p")
+    assert out["steps"] == 3 and out["images"] == len(full)
+    assert seen == {"other": [16] * 3, "student": [14] * 3, "capture": [], "teacher": []}
+    moved = {k for k, v in student.state_dict().items() if k in start and not torch.equal(v, start[k])}
+    weights = {k for k in start if k.endswith("weight") and "running" not in k}
+    assert weights <= moved, weights - moved     # stem, kept block and head too, not only the replaced part
+
+
+def test_judge_scales_the_polish_steps_with_the_fine_tune():
+    from hant_trt.config import RunConfig
+    from hant_trt.search.judge import judge_config
+
+    cfg = RunConfig()
+    cfg.build.finetune_steps, cfg.build.polish_steps = 1200, 400
+    assert judge_config(cfg, 150).build.polish_steps == 50
+    cfg.build.polish_steps = 0
+    assert judge_config(cfg, 150).build.polish_steps == 0

@@ -89,6 +89,10 @@ def test_build_options_left_out_at_their_default_still_count_when_set(tmp_path):
     assert build_fingerprint(run, cfg) == plain
     cfg.build.kd_model = "efficientnet_lite1"
     assert build_fingerprint(run, cfg) != plain
+    cfg.build.kd_model, cfg.build.polish_steps = None, 400
+    assert build_fingerprint(run, cfg) != plain
+    cfg.build.polish_steps = 0
+    assert build_fingerprint(run, cfg) == plain
 
 
 def test_a_search_judged_by_fine_tunes_is_redone_when_the_build_trains_otherwise(tmp_path):

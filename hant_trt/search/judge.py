@@ -39,12 +39,13 @@ from .ilp import Option
 
 
 def judge_config(cfg, steps: int):
-    """`cfg` with the build's fine-tune shortened to `steps`: its deploy-resolution steps scaled by
-    the same factor, so a short fine-tune ends at the deploy resolution as the build's does."""
+    """`cfg` with the build's fine-tune shortened to `steps`: its deploy-resolution and polish steps
+    scaled by the same factor, so a short fine-tune ends at the deploy resolution as the build's does."""
     out = copy.deepcopy(cfg)
     b = out.build
     b.finetune_images = "train"     # a judgement is read on the eval split, which it must not train on
     b.full_res_steps = min(steps, round(b.full_res_steps * steps / b.finetune_steps)) if b.finetune_steps else 0
+    b.polish_steps = round(b.polish_steps * steps / b.finetune_steps) if b.finetune_steps else 0
     b.finetune_steps = steps
     return out
 

@@ -44,10 +44,10 @@ def trainable_parts(student, ordered: list[Choice], which: str):
 
 def full_res_set(cfg: RunConfig, data_config: dict):
     """The fine-tune's training images at the deploy resolution, for its last
-    `build.full_res_steps` steps (None when that is 0)."""
+    `build.full_res_steps` steps and `build.polish_steps` (None when both are 0)."""
     from ..data import data_splits
 
-    if cfg.build.full_res_steps <= 0:
+    if cfg.build.full_res_steps <= 0 and cfg.build.polish_steps <= 0:
         return None
     return data_splits(cfg, data_config, train_on_eval=cfg.build.finetune_images == "all").train
 
@@ -105,6 +105,29 @@ def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set
                         trainable=trainable if trainable is not None else trainable_parts(student, ordered, b.train),
                         full_set=full_set, full_from=max(0, total - b.full_res_steps), device=device,
                         sides=sides, logits_teacher=logits_teacher)
+    finally:
+        if attached is not None:
+            attached.remove()
+
+
+def polish_student(student, teacher_model, data: "BuildData", cfg: RunConfig, ckpt_dir: Path, fingerprint: str,
+                   device="cpu", int8_calib=None) -> dict:
+    """`build.polish_steps` after the fine-tune: every weight trains, on the training images at the
+    deploy resolution, on the logits alone (`data.logits_teacher`'s when set) at `build.polish_lr`.
+    The fine-tune first settles the replaced parts against the teacher's feature maps; a whole
+    network moved to a logits target at the deploy side is what carried a stronger model's
+    knowledge into the unchanged teacher (benchmarks/probe_resolution.py --kd-model)."""
+    from ..quant.qat import attach
+    from .finetune import finetune
+
+    b = cfg.build
+    deploy_side = data.sides[1] if data.sides else None
+    attached = attach(student, int8_calib) if int8_calib is not None else None
+    try:
+        return finetune(student, teacher_model, data.full, b.polish_steps, b.batch_size, b.polish_lr, ckpt_dir,
+                        seed=finetune_seed(cfg), fingerprint=fingerprint, feature_weight=0.0, bn=b.bn, mixup=b.mixup,
+                        ce_weight=b.ce_weight, ema=b.ema, trainable=None, device=device,
+                        sides=(deploy_side, deploy_side) if deploy_side else None, logits_teacher=data.logits_teacher)
     finally:
         if attached is not None:
             attached.remove()
@@ -186,7 +209,7 @@ def build_data(cfg: RunConfig, data_config: dict) -> BuildData:
         run_side = int(data_config["input_size"][-1])
         splits = data_splits(cfg, data_config, train_resolution=big, resolution=big,
                              train_on_eval=cfg.build.finetune_images == "all")
-        full = splits.train if cfg.build.full_res_steps > 0 else None
+        full = splits.train if cfg.build.full_res_steps > 0 or cfg.build.polish_steps > 0 else None
         return BuildData(splits.train, full, deploy_train, DataLoader(splits.eval, batch_size=32), bn_batches,
                          sides=(cfg.distill.resolution or run_side, run_side), logits_teacher=kd)
     splits = data_splits(cfg, data_config, train_resolution=cfg.distill.resolution,
@@ -228,6 +251,9 @@ def train_student(student, teacher_model, d, choices: list[Choice], fixed: dict,
         qat = int8_calibration(student, choices, data.deploy_train, cfg, fixed, cache_dir=calib_cache) if b.qat else None
         ft = finetune_student(student, teacher_model, d, ordered, data.train, cfg, ckpt_dir, fingerprint, device=device,
                               int8_calib=qat, full_set=data.full, sides=data.sides, logits_teacher=data.logits_teacher)
+        if b.polish_steps > 0:
+            ft["polish"] = polish_student(student, teacher_model, data, cfg, Path(ckpt_dir) / "polish", fingerprint,
+                                          device=device, int8_calib=qat)
         if qat is not None:
             ft["qat_sites"] = len(qat.amax)
         if b.kd_model is not None:
