@@ -1,7 +1,7 @@
 """Probe: the unchanged teacher at lower input resolutions — holdout top-1 and ORT CPU speed.
 
     .venv/bin/python benchmarks/probe_resolution.py --model efficientnet_lite1 --sizes 240,224,208,192
-        [--holdout DIR] [--calib DIR] [--rounds 9] [--finetune STEPS [--lr 1e-4] [--train DIR]
+        [--holdout DIR] [--calib DIR] [--rounds 9] [--finetune STEPS [--lr 1e-4] [--ce-weight 0.5] [--train DIR]
         [--kd-model NAME --kd-weights W]] [--upsampled] [--out FILE.json]
 
 Why: the first lever a deployment engineer tries is a smaller input, with no training at all. Its
@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--finetune", type=int, default=0, metavar="STEPS",
                     help="also a copy of the teacher fine-tuned this many steps at each smaller size")
     ap.add_argument("--lr", type=float, default=1e-4, help="the fine-tune's peak learning rate")
+    ap.add_argument("--ce-weight", type=float, default=0.5, help="the fine-tune's weight of the label "
+                                                                    "cross-entropy (the build's build.ce_weight)")
     ap.add_argument("--train", default=str(DATA / "dev"), help="images the fine-tune trains on (its 80 %% split)")
     ap.add_argument("--kd-model", default=None, help="the fine-tune's logits from this model (and the first size "
                                                       "fine-tuned too), e.g. efficientnet_lite1")
@@ -152,7 +154,8 @@ def main() -> None:
         models = [("", teacher.model)]
         if train_set is not None and (s < sizes[0] or kd is not None):
             tag = f"ft{a.finetune}" + (f" from {a.kd_model}" if kd is not None else "")
-            models.append((tag, finetune_at(teacher.model, train_set, s, a.finetune, a.lr, logits_from=kd)))
+            models.append((tag, finetune_at(teacher.model, train_set, s, a.finetune, a.lr, ce_weight=a.ce_weight,
+                                                  logits_from=kd)))
         for tag, model in models:
             fp32 = export_onnx(model, (1, 3, s, s), work / f"fp32_{s}{tag.replace(' ', '_')}.onnx")
             int8 = ort_ptq(fp32, calib, work / f"int8_{s}{tag.replace(' ', '_')}.onnx")
@@ -194,7 +197,8 @@ def main() -> None:
         from hant_trt import atomic
 
         atomic.write_json(Path(a.out), {"model": a.model, "cpu": cpu_name(), "rounds": a.rounds,
-                                        "finetune_steps": a.finetune, "lr": a.lr, "kd_model": a.kd_model, "rows": rows,
+                                        "finetune_steps": a.finetune, "lr": a.lr, "ce_weight": a.ce_weight,
+                                        "kd_model": a.kd_model, "rows": rows,
                                         "upsampled": ups})
 
 
