@@ -179,7 +179,9 @@ class BuildCfg:
     polish_steps: int = 0           # after the fine-tune, this many steps more in which every weight trains,
                                     #   at the deploy resolution, on the logits alone (the kd model's when
                                     #   set; no feature-map pull), at `polish_lr`: the student as a whole moves
-                                    #   to its logits target once its replaced parts have settled (0: off)
+                                    #   to its logits target once its replaced parts have settled (0: off);
+                                    #   measured 4-5 holdout points lost on a Lite0 student with Lite1's
+                                    #   logits, with or without QAT (docs/RESULTS.md, session 31)
     polish_lr: float = 1e-4
     engine_name: str | None = None
 

@@ -116,7 +116,8 @@ def polish_student(student, teacher_model, data: "BuildData", cfg: RunConfig, ck
     deploy resolution, on the logits alone (`data.logits_teacher`'s when set) at `build.polish_lr`.
     The fine-tune first settles the replaced parts against the teacher's feature maps; a whole
     network moved to a logits target at the deploy side is what carried a stronger model's
-    knowledge into the unchanged teacher (benchmarks/probe_resolution.py --kd-model)."""
+    knowledge into the unchanged teacher (benchmarks/probe_resolution.py --kd-model). On a student
+    of 400 training images it undid what the fine-tune built (docs/RESULTS.md, session 31)."""
     from ..quant.qat import attach
     from .finetune import finetune
 
