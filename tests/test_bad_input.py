@@ -91,6 +91,7 @@ CONFIG_CASES = [
     ("[build]\nmixup = -0.5\n", "build.mixup"),
     ('[build]\nqat = true\nbn = "train"\n', 'build.qat = true needs build.bn = "frozen"'),
     ("[build]\nema = 1.0\n", "build.ema"),
+    ("[build]\nsoup = 17\n", "build.soup"),
     ('[build]\nfinetune_images = "eval"\n', "build.finetune_images"),
     ('[build]\nfinetune_images = "all"\n', 'build.finetune_images = "all" needs data.train to be a folder'),
     ('[build]\nstepz = 3\n', "unknown key 'stepz'"),

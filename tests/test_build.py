@@ -446,3 +446,58 @@ def test_judge_scales_the_polish_steps_with_the_fine_tune():
     assert judge_config(cfg, 150).build.polish_steps == 50
     cfg.build.polish_steps = 0
     assert judge_config(cfg, 150).build.polish_steps == 0
+
+
+def test_soup_is_the_average_of_its_ingredients_each_fine_tuned_alone(tmp_path):
+    """`build.soup = 3`: three fine-tunes from the same assembled weights at seeds build.seed + 0..2,
+    averaged; the parts no fine-tune trains stay bit for bit; a second call resumes every ingredient
+    from its checkpoints and makes the same soup."""
+    import copy
+
+    from hant_trt.config import RunConfig
+    from hant_trt.search.judge import judge_config
+    from hant_trt.student.stage import BuildData, soup_finetune, tune_once
+
+    d, teacher, student = _chain()
+    ordered = [Choice(0, 0, "keep"), Choice(1, 1, "conv1x1")]
+    images = [(torch.randn(3, 12, 12), i % 5) for i in range(16)]
+    data = BuildData(images, None, images, None, [])
+    cfg = RunConfig()
+    cfg.build.finetune_steps, cfg.build.full_res_steps, cfg.build.batch_size = 3, 0, 4
+    cfg.build.finetune_lr, cfg.build.soup, cfg.build.seed = 1e-2, 3, 5
+    start = copy.deepcopy(student)
+    out = soup_finetune(student, teacher, d, ordered, data, cfg, tmp_path / "soup", "fp", "cpu", None)
+    assert out["soup"]["seeds"] == [5, 6, 7] and out["seed"] == 5 and len(out["soup"]["final_losses"]) == 3
+    alone = []
+    for seed in (5, 6, 7):
+        one, one_cfg = copy.deepcopy(start), copy.deepcopy(cfg)
+        one_cfg.build.soup, one_cfg.build.seed = 0, seed
+        tune_once(one, teacher, d, ordered, data, one_cfg, tmp_path / f"alone{seed}", "fp", "cpu", None)
+        alone.append(one.state_dict())
+    assert not torch.equal(alone[0]["parts.1.0.weight"], alone[1]["parts.1.0.weight"])
+    got, before = student.state_dict(), start.state_dict()
+    for key, value in got.items():
+        if key.startswith("parts.1.") and value.is_floating_point() and "running" not in key:
+            assert torch.allclose(value, sum(s[key] for s in alone) / 3, atol=1e-6), key
+        else:
+            assert torch.equal(value, before[key]), key        # untrained: not rounded by the average
+    again = copy.deepcopy(start)
+    out2 = soup_finetune(again, teacher, d, ordered, data, cfg, tmp_path / "soup", "fp", "cpu", None)
+    assert out2["resumed_from"] == 3 and (tmp_path / "soup" / "soup2").is_dir()
+    assert all(torch.equal(v, got[k]) for k, v in again.state_dict().items())
+    assert judge_config(cfg, 2).build.soup == 0 and cfg.build.soup == 3    # a judgement fine-tunes once
+
+
+def test_no_soup_is_one_fine_tune_at_the_builds_seed(tmp_path):
+    from hant_trt.config import RunConfig
+    from hant_trt.student.stage import BuildData, soup_finetune, soup_seeds
+
+    d, teacher, student = _chain()
+    images = [(torch.randn(3, 12, 12), i % 5) for i in range(8)]
+    cfg = RunConfig()
+    cfg.build.finetune_steps, cfg.build.full_res_steps, cfg.build.batch_size = 2, 0, 4
+    assert soup_seeds(cfg) == [cfg.distill.seed]
+    cfg.build.soup = 1
+    out = soup_finetune(student, teacher, d, [Choice(0, 0, "keep"), Choice(1, 1, "conv1x1")],
+                        BuildData(images, None, images, None, []), cfg, tmp_path / "one", "fp", "cpu", None)
+    assert "soup" not in out and out["steps"] == 2 and not (tmp_path / "one" / "soup1").exists()

@@ -91,7 +91,9 @@ def test_build_options_left_out_at_their_default_still_count_when_set(tmp_path):
     assert build_fingerprint(run, cfg) != plain
     cfg.build.kd_model, cfg.build.polish_steps = None, 400
     assert build_fingerprint(run, cfg) != plain
-    cfg.build.polish_steps = 0
+    cfg.build.polish_steps, cfg.build.soup = 0, 3
+    assert build_fingerprint(run, cfg) != plain
+    cfg.build.soup = 0
     assert build_fingerprint(run, cfg) == plain
 
 

@@ -40,10 +40,13 @@ from .ilp import Option
 
 def judge_config(cfg, steps: int):
     """`cfg` with the build's fine-tune shortened to `steps`: its deploy-resolution and polish steps
-    scaled by the same factor, so a short fine-tune ends at the deploy resolution as the build's does."""
+    scaled by the same factor, so a short fine-tune ends at the deploy resolution as the build's does;
+    one fine-tune, never a soup."""
     out = copy.deepcopy(cfg)
     b = out.build
     b.finetune_images = "train"     # a judgement is read on the eval split, which it must not train on
+    b.soup = 0                      # one fine-tune a judgement: a soup multiplies its cost and lifts every
+                                    #   selection alike (docs/RESULTS.md, session 32)
     b.full_res_steps = min(steps, round(b.full_res_steps * steps / b.finetune_steps)) if b.finetune_steps else 0
     b.polish_steps = round(b.polish_steps * steps / b.finetune_steps) if b.finetune_steps else 0
     b.finetune_steps = steps

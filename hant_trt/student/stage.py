@@ -219,6 +219,66 @@ def build_data(cfg: RunConfig, data_config: dict) -> BuildData:
                      bn_batches, logits_teacher=kd)
 
 
+def tune_once(student, teacher_model, d, ordered: list[Choice], data: BuildData, cfg: RunConfig, ckpt_dir: Path,
+              fingerprint: str, device, qat) -> dict:
+    """One fine-tune of an assembled student as `cfg.build` sets it, its polish included."""
+    ft = finetune_student(student, teacher_model, d, ordered, data.train, cfg, ckpt_dir, fingerprint, device=device,
+                          int8_calib=qat, full_set=data.full, sides=data.sides, logits_teacher=data.logits_teacher)
+    if cfg.build.polish_steps > 0:
+        ft["polish"] = polish_student(student, teacher_model, data, cfg, Path(ckpt_dir) / "polish", fingerprint,
+                                      device=device, int8_calib=qat)
+    return ft
+
+
+def soup_seeds(cfg: RunConfig) -> list[int]:
+    """The fine-tune seeds of `build.soup`'s ingredients; one seed, the build's own, without a soup."""
+    first = finetune_seed(cfg)
+    return [first + k for k in range(max(1, cfg.build.soup))]
+
+
+def average_states(states: list[dict]) -> dict:
+    """The uniform average of state dicts of one architecture; entries equal in all of them (the
+    parts no fine-tune trained, integer counters) are kept bit for bit."""
+    import torch
+
+    out = {}
+    for key, first in states[0].items():
+        if not first.is_floating_point() or all(torch.equal(first, s[key]) for s in states[1:]):
+            out[key] = first
+        else:
+            out[key] = (sum(s[key].double() for s in states) / len(states)).to(first.dtype)
+    return out
+
+
+def soup_finetune(student, teacher_model, d, ordered: list[Choice], data: BuildData, cfg: RunConfig, ckpt_dir: Path,
+                  fingerprint: str, device, qat) -> dict:
+    """`build.soup` fine-tunes of the assembled student (`tune_once`), each from the same weights
+    at its own seed, then their average in place — a uniform model soup (Wortsman et al. 2022):
+    fine-tunes of one start differ in their batches' order and crops, and their average sits nearer
+    the middle of the basin they share than any of them, for no latency. The first ingredient is
+    the build without a soup (same seed, `ckpt_dir`); the k-th checkpoints under `ckpt_dir/soup{k}`,
+    so a killed soup resumes where it was. Its record: the first ingredient's, with `soup` added."""
+    import copy
+    import sys
+
+    seeds = soup_seeds(cfg)
+    if len(seeds) == 1:
+        return tune_once(student, teacher_model, d, ordered, data, cfg, ckpt_dir, fingerprint, device, qat)
+    start = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    states, records = [], []
+    for k, seed in enumerate(seeds):
+        print(f"fine-tune {k + 1} of a soup of {len(seeds)} (seed {seed})", file=sys.stderr, flush=True)
+        student.load_state_dict(start)
+        kcfg = copy.deepcopy(cfg)
+        kcfg.build.seed = seed
+        records.append(tune_once(student, teacher_model, d, ordered, data, kcfg,
+                                 Path(ckpt_dir) / f"soup{k}" if k else ckpt_dir, fingerprint, device, qat))
+        states.append({key: v.detach().clone() for key, v in student.state_dict().items()})
+    student.load_state_dict(average_states(states))
+    return {**records[0], "soup": {"seeds": seeds, "final_losses": [r.get("final_loss") for r in records],
+                                   "seconds": round(sum(r.get("seconds", 0.0) for r in records), 1)}}
+
+
 @dataclass
 class Trained:
     """A student as the build leaves it: eval-split agreement before and after (after: as deployed,
@@ -250,11 +310,7 @@ def train_student(student, teacher_model, d, choices: list[Choice], fixed: dict,
     if b.finetune_steps > 0:
         # build.qat: ranges of the assembled student, which its fine-tune learns to round with
         qat = int8_calibration(student, choices, data.deploy_train, cfg, fixed, cache_dir=calib_cache) if b.qat else None
-        ft = finetune_student(student, teacher_model, d, ordered, data.train, cfg, ckpt_dir, fingerprint, device=device,
-                              int8_calib=qat, full_set=data.full, sides=data.sides, logits_teacher=data.logits_teacher)
-        if b.polish_steps > 0:
-            ft["polish"] = polish_student(student, teacher_model, data, cfg, Path(ckpt_dir) / "polish", fingerprint,
-                                          device=device, int8_calib=qat)
+        ft = soup_finetune(student, teacher_model, d, ordered, data, cfg, ckpt_dir, fingerprint, device, qat)
         if qat is not None:
             ft["qat_sites"] = len(qat.amax)
         if b.kd_model is not None:
