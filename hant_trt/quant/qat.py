@@ -21,6 +21,7 @@ trained float values (the deploy then calibrates and quantizes them as always).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -196,3 +197,15 @@ def attach(student: nn.Module, calib: CalibResult) -> Attached:
         parametrize.register_parametrization(layer, "weight", RoundedWeight())
         done.weights.append(layer)
     return done
+
+
+@contextmanager
+def rounded(student: nn.Module, calib: CalibResult | None):
+    """`attach(student, calib)` for the duration of a `with` block (nothing when calib is None),
+    taken off however the block ends: a failed fine-tune leaves the plain float student."""
+    attached = attach(student, calib) if calib is not None else None
+    try:
+        yield attached
+    finally:
+        if attached is not None:
+            attached.remove()

@@ -91,13 +91,12 @@ def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set
     roundings (`build.qat`; `quant/qat.py`), taken off again when it returns. full_set: `full_res_set`,
     for the last `build.full_res_steps` steps. sides: `BuildData.sides`. logits_teacher:
     `BuildData.logits_teacher`."""
-    from ..quant.qat import attach
+    from ..quant.qat import rounded
     from .finetune import finetune
 
     b = cfg.build
     total = b.finetune_steps if steps is None else steps
-    attached = attach(student, int8_calib) if int8_calib is not None else None
-    try:
+    with rounded(student, int8_calib):
         return finetune(student, teacher_model, train_set, total, b.batch_size,
                         b.finetune_lr if lr is None else lr, ckpt_dir, seed=finetune_seed(cfg), fingerprint=fingerprint,
                         decomposition=d, boundaries=[c.last + 1 for c in ordered], feature_weight=b.feature_weight,
@@ -105,9 +104,6 @@ def finetune_student(student, teacher_model, d, ordered: list[Choice], train_set
                         trainable=trainable if trainable is not None else trainable_parts(student, ordered, b.train),
                         full_set=full_set, full_from=max(0, total - b.full_res_steps), device=device,
                         sides=sides, logits_teacher=logits_teacher)
-    finally:
-        if attached is not None:
-            attached.remove()
 
 
 def polish_student(student, teacher_model, data: "BuildData", cfg: RunConfig, ckpt_dir: Path, fingerprint: str,
@@ -118,20 +114,16 @@ def polish_student(student, teacher_model, data: "BuildData", cfg: RunConfig, ck
     network moved to a logits target at the deploy side is what carried a stronger model's
     knowledge into the unchanged teacher (benchmarks/probe_resolution.py --kd-model). On a student
     of 400 training images it undid what the fine-tune built (docs/RESULTS.md, session 31)."""
-    from ..quant.qat import attach
+    from ..quant.qat import rounded
     from .finetune import finetune
 
     b = cfg.build
     deploy_side = data.sides[1] if data.sides else None
-    attached = attach(student, int8_calib) if int8_calib is not None else None
-    try:
+    with rounded(student, int8_calib):
         return finetune(student, teacher_model, data.full, b.polish_steps, b.batch_size, b.polish_lr, ckpt_dir,
                         seed=finetune_seed(cfg), fingerprint=fingerprint, feature_weight=0.0, bn=b.bn, mixup=b.mixup,
                         ce_weight=b.ce_weight, ema=b.ema, trainable=None, device=device,
                         sides=(deploy_side, deploy_side) if deploy_side else None, logits_teacher=data.logits_teacher)
-    finally:
-        if attached is not None:
-            attached.remove()
 
 
 def int8_calibration(student, choices: list[Choice], calib_set, cfg: RunConfig, fixed: dict | None = None,
