@@ -187,8 +187,9 @@ class BuildCfg:
                                     #   student, at seeds `build.seed` + 0..N-1, and the shipped weights are
                                     #   their average, a uniform "model soup" (Wortsman et al. 2022): N times
                                     #   the fine-tune's cost, no latency (0 or 1: one fine-tune). The search's
-                                    #   fine-tune judge runs one. Measured on 5 student pairs: +0.5 holdout
-                                    #   points on average over one fine-tune (docs/RESULTS.md, session 32)
+                                    #   fine-tune judge runs one. Measured on six picks of Lite0 and Lite1: the
+                                    #   soup's int8 holdout top-1 0.7 points over its fine-tunes' mean (-0.1
+                                    #   to +1.6), 0.4 over the best of them (docs/RESULTS.md, session 32)
     engine_name: str | None = None
 
 
