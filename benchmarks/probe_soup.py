@@ -29,14 +29,17 @@ from hant_trt import config  # noqa: E402
 from hant_trt.data import FolderDataset, eval_transform, scan_folder  # noqa: E402
 from hant_trt.student.assemble import load_student  # noqa: E402
 from hant_trt.student.finetune import agreement  # noqa: E402
-from hant_trt.student.stage import average_states, build_data, int8_plan  # noqa: E402
+from hant_trt.student.stage import average_states, build_data, ingredient_dir, int8_plan  # noqa: E402
 from hant_trt.teacher.load import load_teacher  # noqa: E402
 
 
-def checkpoint_states(run: Path) -> list[tuple[str, dict]]:
+def checkpoint_states(run: Path, spec) -> list[tuple[str, dict]]:
     """(label, weights) of a soup build's ingredients: the last checkpoint of each fine-tune."""
+    seeds = spec.notes.get("finetune", {}).get("soup", {}).get("seeds", [])
+    if len(seeds) < 2:
+        raise SystemExit(f"{run}: one fine-tune only, no soup to compare")
     ckpt = run / "student" / "ckpt"
-    dirs = [ckpt] + sorted((p for p in ckpt.glob("soup*") if p.is_dir()), key=lambda p: int(p.name[4:]))
+    dirs = [ingredient_dir(ckpt, k) for k in range(len(seeds))]
     out = []
     for folder in dirs:
         if (folder / "polish").is_dir():
@@ -48,8 +51,6 @@ def checkpoint_states(run: Path) -> list[tuple[str, dict]]:
         # saved while `build.qat`'s roundings were attached: a weight parametrized, its float original kept
         weights = {k.replace(".parametrizations.weight.original", ".weight"): v for k, v in blob["model"].items()}
         out.append((f"{folder.relative_to(run)} ({last[-1].name})", weights))
-    if len(out) < 2:
-        raise SystemExit(f"{run}: one fine-tune only, no soup to compare")
     return out
 
 
@@ -71,7 +72,7 @@ def main() -> None:
     dev = build_data(cfg, teacher.data_config)
     student, spec = load_student(first / "student")
     if a.ingredients:
-        states = checkpoint_states(first)
+        states = checkpoint_states(first, spec)
     else:
         states = [(r, load_student(Path(r) / "student")[0].state_dict()) for r in a.runs]
         for r in a.runs[1:]:

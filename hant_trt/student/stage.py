@@ -228,6 +228,11 @@ def soup_seeds(cfg: RunConfig) -> list[int]:
     return [first + k for k in range(max(1, cfg.build.soup))]
 
 
+def ingredient_dir(ckpt_dir: Path, k: int) -> Path:
+    """Where the k-th fine-tune of a soup checkpoints: the first in the fine-tune's own folder."""
+    return Path(ckpt_dir) / f"soup{k}" if k else Path(ckpt_dir)
+
+
 def average_states(states: list[dict]) -> dict:
     """The uniform average of state dicts of one architecture; entries equal in all of them (the
     parts no fine-tune trained, integer counters) are kept bit for bit."""
@@ -260,11 +265,12 @@ def soup_finetune(student, teacher_model, d, ordered: list[Choice], data: BuildD
     states, records = [], []
     for k, seed in enumerate(seeds):
         print(f"fine-tune {k + 1} of a soup of {len(seeds)} (seed {seed})", file=sys.stderr, flush=True)
-        student.load_state_dict(start)
+        if k:
+            student.load_state_dict(start)
         kcfg = copy.deepcopy(cfg)
         kcfg.build.seed = seed
-        records.append(tune_once(student, teacher_model, d, ordered, data, kcfg,
-                                 Path(ckpt_dir) / f"soup{k}" if k else ckpt_dir, fingerprint, device, qat))
+        records.append(tune_once(student, teacher_model, d, ordered, data, kcfg, ingredient_dir(ckpt_dir, k),
+                                 fingerprint, device, qat))
         states.append({key: v.detach().clone() for key, v in student.state_dict().items()})
     student.load_state_dict(average_states(states))
     return {**records[0], "soup": {"seeds": seeds, "final_losses": [r.get("final_loss") for r in records],
