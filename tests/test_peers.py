@@ -95,3 +95,33 @@ def test_students_are_read_at_their_own_side(tmp_path):
     big, small = at(48), at(40)
     assert at(40) is small and big[0][0].shape[-1] == 48 and small[0][0].shape[-1] == 40
     assert np.array_equal(np.concatenate([y for _, y in big]), np.concatenate([y for _, y in small]))
+
+
+def test_every_student_gets_its_factor_and_the_stretch_reads_the_most_accurate_fast_one():
+    rows = [{"model": "teacher fp32", "speedup": 1.0, "top1": 70.0},
+            {"model": "int8 PTQ (hant-trt)", "speedup": 2.0, "top1": 68.0, "speedup_rounds": [2.0, 2.0, 2.0]},
+            {"model": "int8 PTQ (ORT quantize_static)", "speedup": 1.8, "top1": 68.4},
+            {"model": "hant-trt int8x 1.30", "speedup": 2.6, "top1": 69.5, "speedup_rounds": [2.6, 2.6, 2.8]},
+            {"model": "hant-trt int8x 1.50", "speedup": 3.1, "top1": 67.0, "top1_delta_ci95": [-5.0, -1.0],
+             "speedup_rounds": [3.0, 3.1, 3.2]},
+            {"model": "hant-trt int8x 1.70", "speedup": 3.4, "top1": 64.0}]
+    peers.over_int8(rows)
+    assert "over_int8" not in rows[0] and "over_int8" not in rows[2]
+    assert [r["over_int8"] for r in rows[3:]] == [1.3, 1.55, 1.7]
+    assert rows[3]["over_int8_quartiles"] == [1.3, 1.35] and rows[5]["over_int8_quartiles"] is None
+    s = peers.stretch(rows)
+    assert s["model"] == "hant-trt int8x 1.50" and s["below_teacher"] == 3.0 and s["delta_ci95"] == [-5.0, -1.0]
+    assert peers.stretch(rows, factor=1.8) is None
+    assert peers.headline(rows)["at_stretch"] == s
+
+
+def test_report_writes_the_factors_into_peers_json(tmp_path):
+    import json
+
+    rows = [{"model": "teacher fp32", "speedup": 1.0, "top1": 70.0},
+            {"model": "int8 PTQ (hant-trt)", "speedup": 2.0, "top1": 68.0},
+            {"model": "hant-trt int8x 1.50", "speedup": 3.0, "top1": 68.5}]
+    peers.report(rows, tmp_path, "test CPU", 500)
+    doc = json.loads((tmp_path / "peers.json").read_text())
+    assert doc["rows"][2]["over_int8"] == 1.5
+    assert doc["headline"]["at_stretch"]["below_teacher"] == 1.5 and (tmp_path / "peers.png").stat().st_size > 0
