@@ -111,8 +111,9 @@ class SearchCfg:
     max_params: str | None = None   # Σ params of the slots: "0.8x" of the teacher's, "3.5M", or None
     max_macs: str | None = None     # Σ MACs of the slots: "0.5x", "300M", "1.2G", or None
     latency_model: str = "scale"    # whole model from parts: scale (× teacher/Σ parts) | offset (+ teacher − Σ parts)
-    calibrate_rounds: int = 0       # N > 0: time the chosen student beside the teacher on the profile
-                                    #   backend and re-solve with a corrected budget, up to N times
+    calibrate_rounds: int = 0       # N > 0: time the chosen student beside the teacher (int8x budgets:
+                                    #   its plain int8) on the profile backend and re-solve with a
+                                    #   corrected budget, up to N times
     refine_sweeps: int = 0          # N > 0: improve the ILP's pick by local search on the composed
                                     #   student's KL (eval split, int8 parts simulated), up to N sweeps
     refine_moves: str = "both"      # exclude: solve again without one replaced part (a span too) at a

@@ -165,3 +165,19 @@ def test_plan_onnx_times_the_int8_plan_the_build_deploys(lite0, tmp_path):
     assert not any("head" in s or "parts.2" in s for s in scopes), scopes
     out = _run(path, torch.randn(1, 3, RES, RES))
     assert out.shape == (1, 1000) and np.isfinite(out).all()
+
+
+def test_the_int8_teacher_a_calibration_times_against_is_int8_everywhere(lite0, tmp_path):
+    """`int8_teacher`: what an `int8x=` budget's calibration rounds time the student beside — every
+    slot, the stem and the head quantized, as the profile's plain int8 teacher."""
+    from hant_trt.search.calibrate import int8_teacher
+    from hant_trt.student.plan import plan_onnx
+    from hant_trt.teacher.decompose import decompose
+
+    d = decompose(lite0.model, RES)
+    path = plan_onnx(d, int8_teacher(len(d.slots)), (1, 3, RES, RES), LAYOUTS["ort"], tmp_path / "t8.onnx")
+    scopes = [node_scope(n.name) for n in onnx.load(str(path)).graph.node if n.op_type == "QuantizeLinear"]
+    assert any("stem" in s for s in scopes) and any("head" in s for s in scopes)
+    assert all(any(f"parts.{i}" in s for s in scopes) for i in range(len(d.slots))), scopes
+    out = _run(path, torch.randn(1, 3, RES, RES))
+    assert out.shape == (1, 1000) and np.isfinite(out).all()

@@ -587,3 +587,36 @@ def test_exclude_takes_the_named_candidates_out_of_the_selection():
     p.options = [o for o in opts if o.key not in out]
     assert [(o.first, o.op) for o in solve(p).choices] == [(0, "skip"), (1, "keep")]
     assert exclude_problem("14-15:*") is None and "SLOTS:OP" in exclude_problem("skip")
+
+
+def test_an_int8x_budget_is_calibrated_beside_the_int8_teacher(monkeypatch):
+    """`search.calibrate_rounds` with an `int8x=` budget times the student beside the teacher in
+    plain int8 and scales by the table's int8 teacher (the ratio the budget names); other budgets
+    beside the fp32 teacher, by the table's teacher."""
+    from types import SimpleNamespace as NS
+
+    import hant_trt.latency.backends as backends
+    import hant_trt.search.calibrate as calibrate
+    from hant_trt.search import stage
+
+    seen = {}
+
+    def measure_factory(cfg, reference_s, rounds=3, threads=None, beside_int8=False):
+        seen.update(reference_s=reference_s, beside_int8=beside_int8)
+        return lambda sol: reference_s
+
+    def calibrated(problem, device, solve, measure, rounds):
+        measure(None)
+        return NS(predicted_s={"d": 1e-3}, score=1.0, status="optimal", solver="cbc", solve_seconds=0.0,
+                  n_variables=3), []
+
+    monkeypatch.setattr(calibrate, "engine_measure", measure_factory)
+    monkeypatch.setattr(calibrate, "calibrated_solve", calibrated)
+    monkeypatch.setattr(backends, "profiled_threads", lambda run: None)
+    tables = NS(fixed={"d": NS(teacher_s=3e-3, teacher_int8_s=1.5e-3)}, dropped=[])
+    for budget, reference_s, beside_int8 in (("int8x=1.3", 1.5e-3, True), ("speedup=2", 3e-3, False),
+                                             ("0.5x", 3e-3, False)):
+        cfg = NS(search=NS(budget=budget, calibrate_rounds=2, refine_sweeps=0, solver="cbc", time_limit=None))
+        sol, info = stage.solve_posed(None, cfg, stage.Posed(NS(junction_mixed_s=None), tables, "latency", ["d"]))
+        assert seen == {"reference_s": reference_s, "beside_int8": beside_int8}, budget
+        assert info["calibrated_beside"] == ("teacher int8" if beside_int8 else "teacher")

@@ -40,6 +40,12 @@ def relative_budget(text: str) -> float | None:
     return None
 
 
+def is_int8x(text: str) -> bool:
+    """Whether a latency budget is written relative to the teacher in plain int8 ("int8x=1.2")."""
+    m = _BUDGET.match(str(text))
+    return bool(m and m["i8"])
+
+
 def parse_budget(text: str, teacher_s: float, teacher_int8_s: float | None = None) -> float:
     """Latency budget in seconds for one device.
 

@@ -13,6 +13,7 @@ import statistics
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 from ..errors import UserError
@@ -61,11 +62,25 @@ def calibrated_solve(problem, device: str, solve: Callable, measure: Callable, r
     return min(tried, key=lambda t: t[0])[1], history
 
 
-def engine_measure(cfg, teacher_table_s: float, rounds: int = 3, threads: int | None = None) -> Callable:
+def int8_teacher(n_slots: int) -> SimpleNamespace:
+    """The whole teacher at int8 as a selection `plan_onnx` builds: every slot `keep`, stem and head
+    int8 — the profile's plain int8 teacher (`teacher_int8_s`)."""
+    keep = [SimpleNamespace(first=i, last=i, op="keep", precision="int8") for i in range(n_slots)]
+    ends = [SimpleNamespace(first=-1, last=-1, op="stem", precision="int8"),
+            SimpleNamespace(first=n_slots, last=n_slots, op="head", precision="int8")]
+    return SimpleNamespace(choices=keep, fixed_choices=ends)
+
+
+def engine_measure(cfg, reference_table_s: float, rounds: int = 3, threads: int | None = None,
+                   beside_int8: bool = False) -> Callable:
     """measure(solution) for `calibrated_solve`: the student assembled from the solution's op
-    strings (untrained: weights do not change latency) and the teacher, exported and timed in
+    strings (untrained: weights do not change latency) and a reference, exported and timed in
     `rounds` alternating rounds on `cfg.profile.backend` (with the profile's `threads`); the median
-    ratio × the table's teacher."""
+    ratio × the table's figure for that reference. The reference is the fp32 teacher, or with
+    `beside_int8` the teacher in plain int8: an `int8x=` budget is a ratio to that model, and the
+    table's int8 teacher and fp32 teacher can have been timed minutes apart on a host whose speed
+    moves (−18 % over one profile on an AMD EPYC, docs/RESULTS.md), so only a ratio to the model
+    the budget names, timed in the same rounds, lands where it was asked."""
     from ..latency.backends import profile_backend
     from ..latency.export import export_onnx
     from ..latency.paired import time_beside
@@ -77,9 +92,11 @@ def engine_measure(cfg, teacher_table_s: float, rounds: int = 3, threads: int | 
     backend = profile_backend(cfg.profile, threads)
     shape = (cfg.profile.batch, 3, teacher.resolution, teacher.resolution)
     tmp = Path(tempfile.mkdtemp(prefix="hant_calibrate_"))
-    t_prep = backend.prepare(export_onnx(teacher.model.eval(), shape, tmp / "teacher.onnx"))
-
     layout = layout_for(cfg.profile)
+    if beside_int8:
+        t_prep = backend.prepare(plan_onnx(d, int8_teacher(len(d.slots)), shape, layout, tmp / "teacher.int8.onnx"))
+    else:
+        t_prep = backend.prepare(export_onnx(teacher.model.eval(), shape, tmp / "teacher.onnx"))
 
     def measure(sol) -> float:
         if any(o.precision == "fp16" for o in sol.choices + list(sol.fixed_choices)):
@@ -87,9 +104,9 @@ def engine_measure(cfg, teacher_table_s: float, rounds: int = 3, threads: int | 
                             "(profile.precisions without fp16)")
         s_prep = backend.prepare(plan_onnx(d, sol, shape, layout, tmp / "student.onnx"))
         pairs = time_beside(backend, t_prep, [s_prep], rounds, max_seconds=cfg.profile.max_seconds)[0]
-        return statistics.median([s / t for t, s in pairs]) * teacher_table_s
+        return statistics.median([s / t for t, s in pairs]) * reference_table_s
 
     return measure
 
 
-__all__ = ["Round", "calibrated_solve", "engine_measure"]
+__all__ = ["Round", "calibrated_solve", "engine_measure", "int8_teacher"]

@@ -11,6 +11,7 @@ from ..errors import UserError
 from ..rundir import RunDir, file_hash, stage_fingerprint, without_defaults
 from ..runfiles import (FIXED_SCORES, INTERACTIONS, LATENCY, LATENCY_FIXED, PARETO_JSON, PARETO_PNG, SCORES,
                         SOLUTION, TEACHER)
+from .budget import is_int8x
 from .ilp import Problem, Solution, solve
 from .limits import excluded, read_stages, skips_per_stage
 from .sweep import pareto_sweep, plot_pareto
@@ -123,7 +124,7 @@ def solve_posed(run: RunDir, cfg, posed: Posed) -> tuple[Solution, dict]:
     """The solution of `posed` as the search stage finds it (the solver, then engine calibration
     and composition refinement where `cfg.search` asks for them) and the stage's info about it."""
     c, problem, tables, devices = cfg.search, posed.problem, posed.tables, posed.devices
-    calibration, refinements = None, []
+    calibration, refinements, beside_int8 = None, [], False
     solve_fn = lambda p: solve(p, c.solver, c.time_limit)  # noqa: E731
     if getattr(c, "refine_sweeps", 0) > 0:
         solve_fn = _refining(solve_fn, run, cfg, refinements)
@@ -131,7 +132,10 @@ def solve_posed(run: RunDir, cfg, posed: Posed) -> tuple[Solution, dict]:
         from ..latency.backends import profiled_threads
         from .calibrate import calibrated_solve, engine_measure
 
-        measure = engine_measure(cfg, tables.fixed[devices[0]].teacher_s, threads=profiled_threads(run))
+        fixed = tables.fixed[devices[0]]
+        beside_int8 = is_int8x(str(c.budget)) and bool(fixed.teacher_int8_s)
+        measure = engine_measure(cfg, fixed.teacher_int8_s if beside_int8 else fixed.teacher_s,
+                                 threads=profiled_threads(run), beside_int8=beside_int8)
         sol, calibration = calibrated_solve(problem, devices[0], solve_fn, measure, c.calibrate_rounds)
     else:
         sol = solve_fn(problem)
@@ -142,6 +146,7 @@ def solve_posed(run: RunDir, cfg, posed: Posed) -> tuple[Solution, dict]:
             "dropped_rows": tables.dropped}
     if calibration is not None:
         info["calibration"] = [r.to_dict() for r in calibration]
+        info["calibrated_beside"] = "teacher int8" if beside_int8 else "teacher"
     if refinements:
         info["refine"] = refinements[-1] if len(refinements) == 1 else refinements
     if problem.junction_mixed_s:     # what the profile's float islands made of the int8 model
