@@ -476,11 +476,19 @@ def factor_range(student: dict, int8: dict) -> list[float] | None:
     the same round (None unless both rows carry `speedup_rounds` of one run, at least 2): how far
     the headline factor moves with the host from round to round. Quartiles, not the extremes: one
     disturbed round of 11 would otherwise set the range."""
+    ratios = paired_ratios(student, int8)
+    if not ratios:
+        return None
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return [round(q1, 3), round(q3, 3)]
+
+
+def paired_ratios(student: dict, int8: dict) -> list[float] | None:
+    """student / plain int8 in each timing round, when both rows carry the rounds of one run (≥ 2)."""
     a, b = student.get("speedup_rounds"), int8.get("speedup_rounds")
     if not a or not b or len(a) != len(b) or len(a) < 2:
         return None
-    q1, _, q3 = statistics.quantiles([x / y for x, y in zip(a, b)], n=4, method="inclusive")
-    return [round(q1, 3), round(q3, 3)]
+    return [x / y for x, y in zip(a, b)]
 
 
 def retime(peers_json: Path, rounds: int, seconds: float, threads: int | None) -> None:
@@ -508,16 +516,19 @@ STRETCH_FACTOR = 1.5
 
 
 def over_int8(rows: list[dict]) -> None:
-    """Every student's speed over the fastest plain int8 row, median and per-round quartiles, set in
-    place (`over_int8`, `over_int8_quartiles`): the factor the changed operations add, for each
-    student and not only the headline's."""
+    """Every student's speed over the fastest plain int8 row, set in place (`over_int8`,
+    `over_int8_quartiles`): the factor the changed operations add, for each student and not only
+    the headline's. With both timed in the same rounds, the median and quartiles of the per-round
+    ratios (a ratio of the two medians can fall outside their quartiles); else the ratio of the
+    medians."""
     int8 = [r for r in rows if r["model"].startswith("int8 PTQ")]
     if not int8:
         return
     fastest = max(int8, key=lambda r: r["speedup"])
     for r in rows:
         if r["model"].startswith("hant-trt "):
-            r["over_int8"] = round(r["speedup"] / fastest["speedup"], 3)
+            ratios = paired_ratios(r, fastest)
+            r["over_int8"] = round(statistics.median(ratios) if ratios else r["speedup"] / fastest["speedup"], 3)
             r["over_int8_quartiles"] = factor_range(r, fastest)
 
 

@@ -113,6 +113,13 @@ def test_every_student_gets_its_factor_and_the_stretch_reads_the_most_accurate_f
     assert s["model"] == "hant-trt int8x 1.50" and s["below_teacher"] == 3.0 and s["delta_ci95"] == [-5.0, -1.0]
     assert peers.stretch(rows, factor=1.8) is None
     assert peers.headline(rows)["at_stretch"] == s
+    # paired rounds: the median of the per-round ratios, inside their quartiles (a ratio of the
+    # medians, 2.7 / 2.0 = 1.35, would sit above their middle half, 1.27–1.31)
+    rows[3]["speedup"], rows[3]["speedup_rounds"] = 2.7, [2.6, 2.6, 2.7, 2.8]
+    rows[1]["speedup_rounds"] = [2.0, 2.0, 2.0, 2.4]
+    peers.over_int8(rows)
+    lo, hi = rows[3]["over_int8_quartiles"]
+    assert rows[3]["over_int8"] == 1.3 and lo <= 1.3 <= hi
 
 
 def test_report_writes_the_factors_into_peers_json(tmp_path):
