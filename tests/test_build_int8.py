@@ -167,17 +167,38 @@ def test_plan_onnx_times_the_int8_plan_the_build_deploys(lite0, tmp_path):
     assert out.shape == (1, 1000) and np.isfinite(out).all()
 
 
-def test_the_int8_teacher_a_calibration_times_against_is_int8_everywhere(lite0, tmp_path):
-    """`int8_teacher`: what an `int8x=` budget's calibration rounds time the student beside — every
-    slot, the stem and the head quantized, as the profile's plain int8 teacher."""
-    from hant_trt.search.calibrate import int8_teacher
-    from hant_trt.student.plan import plan_onnx
-    from hant_trt.teacher.decompose import decompose
 
-    d = decompose(lite0.model, RES)
-    path = plan_onnx(d, int8_teacher(len(d.slots)), (1, 3, RES, RES), LAYOUTS["ort"], tmp_path / "t8.onnx")
+def test_an_int8x_calibration_times_the_student_beside_the_profiles_int8_teacher(lite0, lite0_decomposition,
+                                                                                   monkeypatch):
+    """`search.calibrate_rounds` at an `int8x=` budget: the reference is the whole teacher exported at
+    int8 as the profile timed `teacher_int8_s` (quantized in the stem, every block and the head, it
+    runs on ORT), and a measurement is the per-round ratio × the table figure it was given."""
+    from types import SimpleNamespace as NS
+
+    import hant_trt.latency.paired as paired
+    import hant_trt.latency.profile as profile
+    import hant_trt.teacher.stage as teacher_stage
+    from hant_trt.config import ProfileCfg
+    from hant_trt.search.calibrate import engine_measure
+
+    monkeypatch.setattr(teacher_stage, "load_from_config", lambda cfg: (lite0, lite0_decomposition))
+    seen = []
+    real = profile.prepare_item
+
+    def spy(item, precision, backend, workdir, layout=profile.DEFAULT):
+        seen.append(profile._make_onnx(item, precision, workdir, layout))
+        return real(item, precision, backend, workdir, layout)
+
+    monkeypatch.setattr(profile, "prepare_item", spy)
+    monkeypatch.setattr(paired, "time_beside", lambda backend, ref, preps, rounds, **kw: [[(2.0, 1.0)] * rounds])
+    cfg = NS(profile=ProfileCfg(precisions=["fp32", "int8"], max_seconds=0.05))
+    measure = engine_measure(cfg, 1.5e-3, beside_int8=True)
+    (path,) = seen
     scopes = [node_scope(n.name) for n in onnx.load(str(path)).graph.node if n.op_type == "QuantizeLinear"]
-    assert any("stem" in s for s in scopes) and any("head" in s for s in scopes)
-    assert all(any(f"parts.{i}" in s for s in scopes) for i in range(len(d.slots))), scopes
-    out = _run(path, torch.randn(1, 3, RES, RES))
+    assert any("conv_stem" in s for s in scopes) and any("conv_head" in s for s in scopes), scopes
+    assert all(any(f"blocks.{i}." in s for s in scopes) for i in range(7)), scopes
+    out = _run(path, torch.randn(1, 3, lite0.resolution, lite0.resolution))
     assert out.shape == (1, 1000) and np.isfinite(out).all()
+    sol = NS(choices=[NS(first=i, last=i, op="keep", precision="fp32") for i in range(len(lite0_decomposition.slots))],
+             fixed_choices=[])
+    assert measure(sol) == 0.5 * 1.5e-3

@@ -13,7 +13,6 @@ import statistics
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable
 
 from ..errors import UserError
@@ -62,15 +61,6 @@ def calibrated_solve(problem, device: str, solve: Callable, measure: Callable, r
     return min(tried, key=lambda t: t[0])[1], history
 
 
-def int8_teacher(n_slots: int) -> SimpleNamespace:
-    """The whole teacher at int8 as a selection `plan_onnx` builds: every slot `keep`, stem and head
-    int8 — the profile's plain int8 teacher (`teacher_int8_s`)."""
-    keep = [SimpleNamespace(first=i, last=i, op="keep", precision="int8") for i in range(n_slots)]
-    ends = [SimpleNamespace(first=-1, last=-1, op="stem", precision="int8"),
-            SimpleNamespace(first=n_slots, last=n_slots, op="head", precision="int8")]
-    return SimpleNamespace(choices=keep, fixed_choices=ends)
-
-
 def engine_measure(cfg, reference_table_s: float, rounds: int = 3, threads: int | None = None,
                    beside_int8: bool = False) -> Callable:
     """measure(solution) for `calibrated_solve`: the student assembled from the solution's op
@@ -84,6 +74,7 @@ def engine_measure(cfg, reference_table_s: float, rounds: int = 3, threads: int 
     from ..latency.backends import profile_backend
     from ..latency.export import export_onnx
     from ..latency.paired import time_beside
+    from ..latency.profile import ProfileItem, prepare_item
     from ..quant.layouts import layout_for
     from ..student.plan import plan_onnx
     from ..teacher.stage import load_from_config
@@ -93,8 +84,9 @@ def engine_measure(cfg, reference_table_s: float, rounds: int = 3, threads: int 
     shape = (cfg.profile.batch, 3, teacher.resolution, teacher.resolution)
     tmp = Path(tempfile.mkdtemp(prefix="hant_calibrate_"))
     layout = layout_for(cfg.profile)
-    if beside_int8:
-        t_prep = backend.prepare(plan_onnx(d, int8_teacher(len(d.slots)), shape, layout, tmp / "teacher.int8.onnx"))
+    if beside_int8:     # exported as the profile timed the table's `teacher_int8_s` (latency/stage.py)
+        item = ProfileItem(f"{teacher.name}:teacher|{teacher.resolution}", shape, lambda: teacher.model.eval())
+        t_prep = prepare_item(item, "int8", backend, tmp, layout)
     else:
         t_prep = backend.prepare(export_onnx(teacher.model.eval(), shape, tmp / "teacher.onnx"))
 
@@ -109,4 +101,4 @@ def engine_measure(cfg, reference_table_s: float, rounds: int = 3, threads: int 
     return measure
 
 
-__all__ = ["Round", "calibrated_solve", "engine_measure", "int8_teacher"]
+__all__ = ["Round", "calibrated_solve", "engine_measure"]
