@@ -176,20 +176,20 @@ def test_an_int8x_calibration_times_the_student_beside_the_profiles_int8_teacher
     from types import SimpleNamespace as NS
 
     import hant_trt.latency.paired as paired
-    import hant_trt.latency.profile as profile
+    import hant_trt.quant.layouts as layouts
     import hant_trt.teacher.stage as teacher_stage
     from hant_trt.config import ProfileCfg
     from hant_trt.search.calibrate import engine_measure
 
     monkeypatch.setattr(teacher_stage, "load_from_config", lambda cfg: (lite0, lite0_decomposition))
     seen = []
-    real = profile.prepare_item
+    real = layouts.quantize_int8
 
-    def spy(item, precision, backend, workdir, layout=profile.DEFAULT):
-        seen.append(profile._make_onnx(item, precision, workdir, layout))
-        return real(item, precision, backend, workdir, layout)
+    def spy(*args, **kw):
+        seen.append(real(*args, **kw))
+        return seen[-1]
 
-    monkeypatch.setattr(profile, "prepare_item", spy)
+    monkeypatch.setattr(layouts, "quantize_int8", spy)
     monkeypatch.setattr(paired, "time_beside", lambda backend, ref, preps, rounds, **kw: [[(2.0, 1.0)] * rounds])
     cfg = NS(profile=ProfileCfg(precisions=["fp32", "int8"], max_seconds=0.05))
     measure = engine_measure(cfg, 1.5e-3, beside_int8=True)

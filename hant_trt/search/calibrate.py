@@ -74,8 +74,7 @@ def engine_measure(cfg, reference_table_s: float, rounds: int = 3, threads: int 
     from ..latency.backends import profile_backend
     from ..latency.export import export_onnx
     from ..latency.paired import time_beside
-    from ..latency.profile import ProfileItem, prepare_item
-    from ..quant.layouts import layout_for
+    from ..quant.layouts import layout_for, quantize_int8
     from ..student.plan import plan_onnx
     from ..teacher.stage import load_from_config
 
@@ -84,9 +83,9 @@ def engine_measure(cfg, reference_table_s: float, rounds: int = 3, threads: int 
     shape = (cfg.profile.batch, 3, teacher.resolution, teacher.resolution)
     tmp = Path(tempfile.mkdtemp(prefix="hant_calibrate_"))
     layout = layout_for(cfg.profile)
-    if beside_int8:     # exported as the profile timed the table's `teacher_int8_s` (latency/stage.py)
-        item = ProfileItem(f"{teacher.name}:teacher|{teacher.resolution}", shape, lambda: teacher.model.eval())
-        t_prep = prepare_item(item, "int8", backend, tmp, layout)
+    if beside_int8:     # exported as the profile exports the teacher it times for `teacher_int8_s`
+        t_prep = backend.prepare(quantize_int8(teacher.model.eval(), shape, tmp / "teacher.int8.onnx", layout=layout),
+                                 "int8")
     else:
         t_prep = backend.prepare(export_onnx(teacher.model.eval(), shape, tmp / "teacher.onnx"))
 
